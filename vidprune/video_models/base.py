@@ -1,0 +1,344 @@
+"""What both video-LLM families share: loading, the vision side's contract, prompts, generation.
+
+An adapter wraps a stock Hugging Face model (``VideoLlavaForConditionalGeneration`` or
+``LlavaNextVideoForConditionalGeneration``) and its processor, both loaded with
+``from_pretrained``. It never changes the model's classes; it calls their public seams:
+
+* the vision tower (with ``output_hidden_states`` for the two layers it needs),
+* the model's own projector / pooler modules,
+* ``generate(input_ids=..., mm_encoder_outputs={"video": ...})``: **this is the point
+  where the pruned tokens enter the LLM** (see :meth:`VideoLLM.generate`). The prompt
+  carries exactly as many ``<video>`` placeholders as there are kept token rows.
+
+A family subclass supplies only :meth:`VideoLLM.encode` (tower → prunable features,
+[CLS] attention, extra tokens) and :meth:`VideoLLM.project`, plus its
+:class:`VisualGeometry` read from the config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, ModelLoadError
+
+__all__ = [
+    "VisualGeometry",
+    "EncodedFrames",
+    "VideoLLM",
+    "register_family",
+    "list_families",
+    "family_of_checkpoint",
+    "load_video_llm",
+]
+
+_FAMILIES: dict[str, type["VideoLLM"]] = {}
+
+
+def register_family(model_type: str):
+    """Class decorator: register an adapter for a transformers ``config.model_type``."""
+
+    def wrap(cls):
+        _FAMILIES[model_type] = cls
+        cls.model_type = model_type
+        return cls
+
+    return wrap
+
+
+def list_families() -> list[str]:
+    """The ``model_type`` values that vidprune can run, sorted."""
+    return sorted(_FAMILIES)
+
+
+@dataclass(frozen=True)
+class VisualGeometry:
+    """How many visual tokens one frame yields, known from the config before any weights load.
+
+    Attributes:
+        patch_grid: (h, w) patch grid of the vision tower, e.g. (16, 16) at 224 px, (24, 24) at 336 px.
+        prune_grid: (h, w) grid of the tokens the pruner chooses from (pooled or not).
+        extra_per_frame: tokens per frame handed on outside the pruner (Video-LLaVA's [CLS]: 1).
+        stock_per_frame: tokens per frame the stock model feeds its LLM (257 or 144).
+    """
+
+    patch_grid: tuple[int, int]
+    prune_grid: tuple[int, int]
+    extra_per_frame: int
+    stock_per_frame: int
+
+    @property
+    def prunable_per_frame(self) -> int:
+        return self.prune_grid[0] * self.prune_grid[1]
+
+    @property
+    def full_per_frame(self) -> int:
+        """Tokens per frame handed on with pruning off (prunable + extra)."""
+        return self.prunable_per_frame + self.extra_per_frame
+
+
+@dataclass
+class EncodedFrames:
+    """The vision side's output for a batch of frames, before the projector.
+
+    Attributes:
+        features: (T, N, Dv) the prunable tokens at ``vision_feature_layer`` (pooled if the family pools).
+        cls_attn: (T, N) float32 head-averaged [CLS] attention over those tokens (pooled the same way).
+        extra: (T, E, Dv) tokens kept outside pruning (Video-LLaVA's [CLS]), or None.
+    """
+
+    features: torch.Tensor
+    cls_attn: torch.Tensor
+    extra: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+
+def _read_config_dict(path: str | os.PathLike) -> dict | None:
+    cfg = Path(path) / "config.json"
+    if cfg.is_file():
+        try:
+            return json.loads(cfg.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+    return None
+
+
+def family_of_checkpoint(model: str) -> type["VideoLLM"]:
+    """The adapter class for a checkpoint directory or hub id, from its config alone (no weights).
+
+    Raises:
+        ModelLoadError: the directory has no config, or its ``model_type`` is not supported.
+    """
+    if os.path.isdir(model):
+        cfg = _read_config_dict(model)
+        if cfg is None:
+            raise ModelLoadError(
+                f"{model!r} is a directory without a readable config.json; pass a checkpoint saved with save_pretrained"
+            )
+        model_type = cfg.get("model_type")
+    elif os.path.exists(model):
+        raise ModelLoadError(f"{model!r} is a file, not a checkpoint directory or hub id")
+    else:
+        try:
+            from transformers import AutoConfig
+
+            model_type = AutoConfig.from_pretrained(model).model_type
+        except Exception as exc:  # hub unreachable, unknown id, ...
+            raise ModelLoadError(
+                f"cannot read the config of {model!r} ({type(exc).__name__}); "
+                "pass a local checkpoint directory or a hub id you can download"
+            ) from None
+    if model_type not in _FAMILIES:
+        raise ModelLoadError(
+            f"{model!r} is a {model_type!r} checkpoint; vidprune supports {', '.join(list_families())}"
+        )
+    return _FAMILIES[model_type]
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise ConfigError(f"Unknown dtype {dtype!r}. Has to be one of {sorted(names)}")
+    return names[dtype]
+
+
+class VideoLLM:
+    """A stock HF video LLM plus what vidprune needs from it. Build with :func:`load_video_llm`.
+
+    Subclasses set ``model_class_name`` and implement :meth:`geometry_from_config`,
+    :meth:`encode` and :meth:`project`.
+    """
+
+    model_type: ClassVar[str]
+    model_class_name: ClassVar[str]
+    default_num_frames: ClassVar[int]
+
+    def __init__(self, model, processor, name_or_path: str, *, keep_cls: bool = True, prune_pooled: bool = True):
+        self.model = model.eval()
+        self.processor = processor
+        self.config = model.config
+        self.name_or_path = name_or_path
+        self.keep_cls = keep_cls
+        self.prune_pooled = prune_pooled
+        self.geometry = self.geometry_from_config(self.config, keep_cls=keep_cls, prune_pooled=prune_pooled)
+        tokenizer = processor.tokenizer
+        self.video_token = getattr(processor, "video_token", "<video>")
+        self.video_token_id = self.config.video_token_id
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._check_vision_feature_layer()
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, device: str | torch.device = "cpu",
+                        dtype: str | torch.dtype | None = None, keep_cls: bool = True,
+                        prune_pooled: bool = True, attn_implementation: str | None = None) -> "VideoLLM":
+        """Load model + processor from a checkpoint directory or hub id.
+
+        Args:
+            device: where to run (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
+            dtype: weights dtype (``"bfloat16"``, ``"float16"``, ``"float32"`` or a torch dtype);
+                None keeps the checkpoint's dtype on GPU and uses float32 on CPU.
+            attn_implementation: passed to ``from_pretrained`` (default: transformers' choice, SDPA).
+        """
+        import transformers
+        from transformers import AutoProcessor
+
+        torch_dtype = _resolve_dtype(dtype)
+        if torch_dtype is None and str(device).startswith("cpu"):
+            torch_dtype = torch.float32
+        model_cls = getattr(transformers, cls.model_class_name)
+        kwargs = {"dtype": torch_dtype if torch_dtype is not None else "auto"}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        try:
+            model = model_cls.from_pretrained(name_or_path, **kwargs)
+            processor = AutoProcessor.from_pretrained(name_or_path)
+        except OSError as exc:
+            raise ModelLoadError(f"cannot load {name_or_path!r}: {str(exc).splitlines()[0]}") from None
+        model.to(device)
+        return cls(model, processor, name_or_path, keep_cls=keep_cls, prune_pooled=prune_pooled)
+
+    # ------------------------------------------------------------- vision side
+    @classmethod
+    def geometry_from_config(cls, config, *, keep_cls: bool, prune_pooled: bool) -> VisualGeometry:
+        raise NotImplementedError
+
+    def _check_vision_feature_layer(self) -> None:
+        if not isinstance(self.config.vision_feature_layer, int):
+            raise ModelLoadError(
+                f"vision_feature_layer={self.config.vision_feature_layer!r}: vidprune supports a single feature layer"
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
+        """Frames (T, H, W, 3) uint8 RGB → pixel values (T, 3, S, S) with the checkpoint's own video processor."""
+        out = self.processor.video_processor(videos=[frames], return_tensors="pt")
+        return out["pixel_values_videos"][0]
+
+    def _tower_hidden_states(self, tower, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Run ``tower`` (SDPA as loaded) and return (layer input, feature layer output, layer index).
+
+        The feature layer is ``config.vision_feature_layer``; its input is the hidden state one
+        index earlier. Only those two hidden states are captured.
+        """
+        num_states = tower.config.num_hidden_layers + 1
+        feature_idx = self.config.vision_feature_layer % num_states
+        layer_idx = feature_idx - 1  # hidden_states[i] is the input of encoder layer i
+        pixel_values = pixel_values.to(self.device, self.dtype)
+        out = tower(pixel_values, output_hidden_states=[layer_idx, feature_idx], return_dict=True)
+        return out.hidden_states[layer_idx], out.hidden_states[feature_idx], layer_idx
+
+    @staticmethod
+    def _encoder_layer(tower, index: int):
+        """Encoder layer ``index`` of a CLIP tower (``CLIPVisionModel`` or a bare vision transformer)."""
+        return getattr(tower, "vision_model", tower).encoder.layers[index]
+
+    def encode(self, pixel_values: torch.Tensor) -> EncodedFrames:
+        """Pixel values (T, 3, S, S) → :class:`EncodedFrames` (features, [CLS] attention, extra tokens)."""
+        raise NotImplementedError
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """Pre-projector tokens (..., Dv) → LLM input embeddings (..., D) with the model's projector."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- language
+    def build_prompt(self, question: str) -> str:
+        """The checkpoint's chat template applied to one user turn: the video, then the question."""
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        if getattr(self.processor, "chat_template", None) is None:
+            raise ModelLoadError(
+                f"the processor of {self.name_or_path!r} has no chat template; save one with the processor"
+            )
+        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        if prompt.count(self.video_token) != 1:
+            raise ModelLoadError(
+                f"the chat template of {self.name_or_path!r} must place exactly one {self.video_token} "
+                f"for one video, it placed {prompt.count(self.video_token)}"
+            )
+        return prompt
+
+    def tokenize(self, prompts: list[str], visual_counts: list[int]) -> dict[str, torch.Tensor]:
+        """Tokenize prompts, each ``<video>`` expanded to that sample's kept-token count; left padding.
+
+        Returns ``input_ids`` and ``attention_mask`` (B, L) on the model's device.
+        """
+        texts = [p.replace(self.video_token, self.video_token * k) for p, k in zip(prompts, visual_counts)]
+        tok = self.processor.tokenizer
+        old_side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            enc = tok(texts, return_tensors="pt", padding=True)
+        finally:
+            tok.padding_side = old_side
+        got = (enc["input_ids"] == self.video_token_id).sum(dim=1).tolist()
+        if got != list(visual_counts):
+            raise RuntimeError(f"placeholder counts {got} differ from kept-token counts {list(visual_counts)}")
+        return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], visual_tokens: list[torch.Tensor], **generate_kwargs) -> list[list[int]]:
+        """Generate answers. **The pruned visual tokens enter the LLM here.**
+
+        Args:
+            prompts: one chat-formatted prompt per sample, each with one ``<video>``.
+            visual_tokens: per sample, (K_i, D) projected visual tokens in stream order
+                (temporal, then raster inside a frame). K_i may differ between samples.
+            generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample``...).
+
+        Returns:
+            The generated token ids of each sample (prompt removed, padding stripped).
+        """
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        counts = [int(t.shape[0]) for t in visual_tokens]
+        inputs = self.tokenize(prompts, counts)
+        stream = torch.cat(list(visual_tokens), dim=0).unsqueeze(0)  # (1, sum K_i, D), batch order
+        out = self.model.generate(
+            **inputs,
+            mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=stream)},
+            **generate_kwargs,
+        )
+        new_tokens = out[:, inputs["input_ids"].shape[1]:]
+        pad = self.processor.tokenizer.pad_token_id
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+        result = []
+        for row in new_tokens.tolist():
+            ids = []
+            for t in row:
+                if t in eos_ids:
+                    break
+                ids.append(t)
+            while ids and ids[-1] == pad and pad not in eos_ids:
+                ids.pop()
+            result.append(ids)
+        return result
+
+    def decode_text(self, ids: list[int]) -> str:
+        return self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def load_video_llm(name_or_path: str, **kwargs) -> VideoLLM:
+    """Load a checkpoint of any supported family: the adapter is chosen from its config."""
+    from . import llava_next_video, video_llava  # noqa: F401  (register the families)
+
+    return family_of_checkpoint(name_or_path).from_pretrained(name_or_path, **kwargs)

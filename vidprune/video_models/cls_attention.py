@@ -1,0 +1,83 @@
+"""The [CLS] query's attention over patch tokens, recomputed without eager attention.
+
+VisPruner ranks a frame's patches by how much the vision tower's [CLS] token attends
+to them at the layer whose output the model feeds to its projector. Under SDPA the
+tower returns no attention weights, and switching it to eager materialises every
+layer's full (heads, N+1, N+1) map. We need one row of one layer, so we recompute it
+from that layer's input (method.md §1):
+
+    h = layer_norm1(x)            # x: the layer's input, (B, N+1, D)
+    q = q_proj(h[:, :1])          # the [CLS] query only,   (B, 1, D)
+    k = k_proj(h)                 # all keys,               (B, N+1, D)
+    p = softmax(q · kᵀ · scale)   # over all N+1 keys, per head
+    attn = mean_heads(p)[:, 1:]   # drop the [CLS] key, no renormalisation -> (B, N)
+
+That is O(N·D²) extra work per frame, one row instead of an N×N matrix, and the tower
+itself keeps SDPA / flash attention. The test suite checks it against eager attention.
+
+Mirrors ``CLIPEncoderLayer.forward`` / ``CLIPAttention.forward`` of transformers 5.23
+(pre-norm layer, separate q/k projections with bias, no rotary embedding).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["clip_cls_attention", "mean_received_attention"]
+
+
+@torch.no_grad()
+def clip_cls_attention(encoder_layer: nn.Module, layer_input: torch.Tensor, cls_index: int = 0) -> torch.Tensor:
+    """Head-averaged attention of the [CLS] query over the patch keys of one CLIP layer.
+
+    Args:
+        encoder_layer: a ``CLIPEncoderLayer`` (has ``layer_norm1`` and ``self_attn`` with
+            ``q_proj``, ``k_proj``, ``num_heads``, ``head_dim``, ``scale``).
+        layer_input: (B, N+1, D) hidden states entering that layer ([CLS] at ``cls_index``).
+        cls_index: position of the [CLS] token in the sequence.
+
+    Returns:
+        (B, N) float32 attention probabilities of the [CLS] query on the N patch keys, in
+        patch order, averaged over heads. The softmax ran over all N+1 keys; the [CLS]
+        key's column is dropped without renormalising.
+    """
+    attn_module = encoder_layer.self_attn
+    batch, seq_len, _ = layer_input.shape
+    num_heads, head_dim = attn_module.num_heads, attn_module.head_dim
+    hidden = encoder_layer.layer_norm1(layer_input)
+    query = attn_module.q_proj(hidden[:, cls_index : cls_index + 1])  # (B, 1, D)
+    keys = attn_module.k_proj(hidden)  # (B, N+1, D)
+    query = query.view(batch, 1, num_heads, head_dim).transpose(1, 2).float()  # (B, nh, 1, hd)
+    keys = keys.view(batch, seq_len, num_heads, head_dim).transpose(1, 2).float()  # (B, nh, N+1, hd)
+    scores = torch.matmul(query, keys.transpose(-1, -2)) * attn_module.scale  # (B, nh, 1, N+1)
+    probs = scores.softmax(dim=-1).mean(dim=1).squeeze(1)  # (B, N+1)
+    keep = torch.ones(seq_len, dtype=torch.bool, device=probs.device)
+    keep[cls_index] = False
+    return probs[:, keep]
+
+
+@torch.no_grad()
+def mean_received_attention(attn_module: nn.Module, normed_input: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Mean attention each token receives from all queries, for encoders without [CLS] (e.g. SigLIP).
+
+    Computed in query chunks so that no (heads, N, N) map is held at once.
+
+    Args:
+        attn_module: attention with ``q_proj``, ``k_proj``, ``num_heads``, ``head_dim``, ``scale``.
+        normed_input: (B, N, D) the layer's input after its pre-attention norm.
+        chunk: queries per chunk.
+
+    Returns:
+        (B, N) float32: for each key token, its attention probability averaged over heads and queries.
+    """
+    batch, seq_len, _ = normed_input.shape
+    num_heads, head_dim = attn_module.num_heads, attn_module.head_dim
+    keys = attn_module.k_proj(normed_input).view(batch, seq_len, num_heads, head_dim).transpose(1, 2).float()
+    received = torch.zeros(batch, seq_len, dtype=torch.float32, device=normed_input.device)
+    for start in range(0, seq_len, chunk):
+        q = attn_module.q_proj(normed_input[:, start : start + chunk])
+        q = q.view(batch, q.shape[1], num_heads, head_dim).transpose(1, 2).float()  # (B, nh, c, hd)
+        probs = (torch.matmul(q, keys.transpose(-1, -2)) * attn_module.scale).softmax(dim=-1)  # (B, nh, c, N)
+        received += probs.sum(dim=2).mean(dim=1)
+    return received / seq_len

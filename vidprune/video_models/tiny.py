@@ -1,0 +1,224 @@
+"""Small random-weight checkpoints of both model families, built offline.
+
+They exist so that the whole pipeline (decode → vision tower → pruning → LLM →
+generate) runs on any machine without hub access: in the tests, in CI and in
+``vidprune ask --demo``. They are saved with ``save_pretrained`` and loaded back with
+``from_pretrained`` from the directory, exactly like a user's checkpoint.
+
+What they keep from the real models: the model classes, the vision geometry (224 px
+and 16×16 patches + [CLS] for Video-LLaVA, 336 px and 24×24 patches pooled 2×2 to
+12×12 for LLaVA-NeXT-Video), ``vision_feature_layer = -2``, the linear RoPE scaling of
+LLaVA-NeXT-Video, the processors and a Vicuna-style chat template. So every token count
+equals the real model's. What they do not keep: sizes (a few layers, hidden 32–64) and
+weights (random). **A tiny model answers nonsense**; it exists to exercise the code.
+
+The tokenizer is byte-level (one token per byte, no merges) built with the
+``tokenizers`` library, plus ``<s>``, ``</s>``, ``<unk>``, ``<pad>``, ``<image>`` and
+``<video>`` special tokens; ``<s>`` is prepended as a Llama tokenizer does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["TINY_FAMILIES", "build_tiny_checkpoint", "tiny_checkpoint_dir", "ensure_tiny_checkpoint"]
+
+TINY_FAMILIES = ("video_llava", "llava_next_video")
+
+# Bump when the tiny configs change, so cached demo checkpoints are rebuilt.
+_TINY_FORMAT_VERSION = 1
+
+# Vicuna-style template, as on the real model cards:
+# "USER: <video>\n{question} ASSISTANT:" (media first, then the text of the turn).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'][0]['text'] if message['content'] is not string else message['content'] }}{{ ' ' }}"
+    "{% else %}{{ message['role'].upper() + ': ' }}"
+    "{% if message['content'] is string %}{{ message['content'] + ' ' }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}{% endfor %}"
+    "{% endif %}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>", "<video>"]
+
+
+def _build_tokenizer():
+    """Byte-level Llama-like tokenizer: 256 byte tokens + the special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    byte_alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(_SPECIAL_TOKENS)}
+    for ch in sorted(byte_alphabet):
+        vocab[ch] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        padding_side="left",
+        extra_special_tokens=["<image>", "<video>"],
+        model_max_length=4096,
+    )
+    return tokenizer
+
+
+def _text_config(vocab_size: int, family: str):
+    from transformers import LlamaConfig
+
+    kwargs = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
+    if family == "llava_next_video":
+        # The real checkpoint uses linear RoPE scaling with factor 2.
+        kwargs["rope_parameters"] = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    return LlamaConfig(**kwargs)
+
+
+def _vision_config(image_size: int):
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,  # vision_feature_layer = -2 reads the output of layer 1
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=14,
+        projection_dim=32,
+    )
+
+
+def build_tiny_checkpoint(family: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """Build a random-weight checkpoint of ``family`` and save model + processor in ``out_dir``.
+
+    Args:
+        family: ``"video_llava"`` or ``"llava_next_video"``.
+        out_dir: directory to write (created; existing files are overwritten).
+        seed: torch seed for the random weights (same seed → same weights).
+
+    Returns:
+        The directory, loadable with ``VideoQA.from_pretrained`` or the HF classes.
+    """
+    from transformers import (
+        LlavaNextImageProcessor,
+        LlavaNextVideoConfig,
+        LlavaNextVideoForConditionalGeneration,
+        LlavaNextVideoProcessor,
+        LlavaNextVideoVideoProcessor,
+        VideoLlavaConfig,
+        VideoLlavaForConditionalGeneration,
+        VideoLlavaImageProcessor,
+        VideoLlavaProcessor,
+        VideoLlavaVideoProcessor,
+    )
+
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"Unknown tiny model family {family!r}. Has to be one of {list(TINY_FAMILIES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = _build_tokenizer()
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    video_token_id = tokenizer.convert_tokens_to_ids("<video>")
+    torch.manual_seed(seed)
+    if family == "video_llava":
+        config = VideoLlavaConfig(
+            vision_config=_vision_config(224),
+            text_config=_text_config(len(tokenizer), family),
+            image_token_index=image_token_id,
+            video_token_index=video_token_id,
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+            image_seq_length=256,
+            video_seq_length=8 * 257,
+        )
+        model = VideoLlavaForConditionalGeneration(config)
+        crop = {"height": 224, "width": 224}
+        processor = VideoLlavaProcessor(
+            image_processor=VideoLlavaImageProcessor(size={"shortest_edge": 224}, crop_size=crop),
+            video_processor=VideoLlavaVideoProcessor(size={"shortest_edge": 224}, crop_size=crop),
+            tokenizer=tokenizer,
+            patch_size=14,
+            vision_feature_select_strategy="default",
+            chat_template=CHAT_TEMPLATE,
+            num_additional_image_tokens=1,
+        )
+    else:
+        config = LlavaNextVideoConfig(
+            vision_config=_vision_config(336),
+            text_config=_text_config(len(tokenizer), family),
+            image_token_index=image_token_id,
+            video_token_index=video_token_id,
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+            spatial_pool_mode="average",
+            spatial_pool_stride=2,
+            image_seq_length=576,
+            video_seq_length=144,
+        )
+        model = LlavaNextVideoForConditionalGeneration(config)
+        crop = {"height": 336, "width": 336}
+        processor = LlavaNextVideoProcessor(
+            video_processor=LlavaNextVideoVideoProcessor(size={"shortest_edge": 336}, crop_size=crop),
+            image_processor=LlavaNextImageProcessor(
+                size={"shortest_edge": 336}, crop_size=crop, image_grid_pinpoints=config.image_grid_pinpoints
+            ),
+            tokenizer=tokenizer,
+            patch_size=14,  # an offline-built processor needs this explicitly
+            vision_feature_select_strategy="default",
+            chat_template=CHAT_TEMPLATE,
+            num_additional_image_tokens=1,
+        )
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "vidprune_tiny.json").write_text(
+        json.dumps({"family": family, "seed": seed, "format": _TINY_FORMAT_VERSION, "note": "random weights: answers are nonsense"})
+    )
+    return out
+
+
+def tiny_checkpoint_dir(family: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the demo checkpoint of ``family`` lives (``$VIDPRUNE_CACHE`` or ``~/.cache/vidprune``)."""
+    root = Path(cache_dir or os.environ.get("VIDPRUNE_CACHE") or Path.home() / ".cache" / "vidprune")
+    return root / f"tiny-{family.replace('_', '-')}-v{_TINY_FORMAT_VERSION}"
+
+
+def ensure_tiny_checkpoint(family: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Return the demo checkpoint of ``family``, building and saving it on first use."""
+    path = tiny_checkpoint_dir(family, cache_dir)
+    if not (path / "vidprune_tiny.json").exists():
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        build_tiny_checkpoint(family, tmp)
+        try:
+            tmp.rename(path)
+        except OSError:  # another process won the race; use its copy
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
