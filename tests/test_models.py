@@ -1,0 +1,172 @@
+"""Model-level correctness against independent references: the stock HF model and eager attention.
+
+Every test loads a tiny random-weight checkpoint from its directory with
+``from_pretrained``, exactly as a user's checkpoint is loaded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vidprune import VideoQA
+from vidprune.errors import ConfigError, ModelLoadError
+from vidprune.video_models import load_video_llm
+from vidprune.video_models.cls_attention import clip_cls_attention
+
+FAMILIES = [("video_llava", 8, 257), ("llava_next_video", 4, 144)]
+QUESTIONS = ["What is the man holding?", "Describe what happens."]
+
+
+def _ckpt(tiny_checkpoints, family):
+    return tiny_checkpoints[family]
+
+
+def _stock_generate(llm, frames: np.ndarray, question: str, max_new_tokens: int) -> list[int]:
+    """The stock pipeline: the checkpoint's own processor on the same frames, then model.generate."""
+    prompt = llm.processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}], add_generation_prompt=True
+    )
+    inputs = llm.processor(text=prompt, videos=frames, return_tensors="pt")
+    out = llm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    ids = out[0, inputs["input_ids"].shape[1]:].tolist()
+    eos = llm.model.generation_config.eos_token_id
+    return ids[: ids.index(eos)] if eos in ids else ids
+
+
+@pytest.mark.parametrize("family,num_frames,per_frame", FAMILIES)
+def test_pruning_off_generates_exactly_the_stock_model(tiny_checkpoints, random_frames, family, num_frames, per_frame):
+    qa = VideoQA.from_pretrained(_ckpt(tiny_checkpoints, family), budget=None, dedup=False)
+    for seed, question in enumerate(QUESTIONS):
+        frames = random_frames(num_frames, seed=seed)
+        answer = qa.ask(frames, question, max_new_tokens=12)
+        assert answer.report["tokens"]["to_llm"] == num_frames * per_frame == answer.report["tokens"]["full"]
+        assert len(answer.token_ids) > 0
+        assert answer.token_ids == _stock_generate(qa.llm, frames, question, 12)
+
+
+@pytest.mark.parametrize("family,num_frames,per_frame", FAMILIES)
+def test_pruning_off_from_a_video_file_matches_stock_on_the_decoded_frames(tiny_checkpoints, sample_video, family,
+                                                                          num_frames, per_frame):
+    from vidprune.pipeline.decode import read_video
+
+    qa = VideoQA.from_pretrained(_ckpt(tiny_checkpoints, family), budget=None, dedup=False, frames=num_frames)
+    answer = qa.ask(sample_video, "What moves?", max_new_tokens=8)
+    clip = read_video(sample_video, num_frames=num_frames)
+    assert [f["index"] for f in answer.report["frames"]] == clip.indices
+    assert answer.token_ids == _stock_generate(qa.llm, clip.frames, "What moves?", 8)
+
+
+@pytest.mark.parametrize("family", ["video_llava", "llava_next_video"])
+def test_recomputed_cls_attention_equals_eager_attention(tiny_checkpoints, random_frames, family):
+    llm = load_video_llm(_ckpt(tiny_checkpoints, family))
+    pixel_values = llm.preprocess(random_frames(3, seed=5))
+    tower = llm.model.model.video_tower if family == "video_llava" else llm.model.model.vision_tower
+    tower.config._attn_implementation = "eager"
+    try:
+        out = tower(pixel_values, output_attentions=True, output_hidden_states=True)
+    finally:
+        tower.config._attn_implementation = "sdpa"
+    layer = llm.config.vision_feature_layer % (tower.config.num_hidden_layers + 1) - 1
+    eager = out.attentions[layer][:, :, 0, 1:].mean(dim=1)  # (T, N): [CLS] row, heads averaged, [CLS] key dropped
+    recomputed = clip_cls_attention(tower.encoder.layers[layer], out.hidden_states[layer])
+    torch.testing.assert_close(recomputed, eager, rtol=1e-5, atol=1e-7)
+    encoded = llm.encode(pixel_values)  # the adapter's SDPA path gives the same scores
+    if family == "video_llava":
+        torch.testing.assert_close(encoded.cls_attn, eager, rtol=1e-5, atol=1e-7)
+        assert encoded.features.shape == (3, 256, llm.config.vision_config.hidden_size)
+    else:  # pooled 2x2 like the features
+        pooled = torch.nn.functional.avg_pool2d(eager.view(3, 1, 24, 24), 2).flatten(1)
+        torch.testing.assert_close(encoded.cls_attn, pooled, rtol=1e-5, atol=1e-7)
+        assert encoded.features.shape == (3, 144, llm.config.vision_config.hidden_size)
+
+
+@pytest.mark.parametrize("family,num_frames,per_frame", FAMILIES)
+def test_kept_tokens_are_exactly_the_stock_features_at_the_kept_positions(tiny_checkpoints, random_frames, family,
+                                                                          num_frames, per_frame):
+    """What enters the LLM = rows of the stock get_video_features output, in temporal then raster order."""
+    qa = VideoQA.from_pretrained(_ckpt(tiny_checkpoints, family), budget=num_frames * 20, dedup=False)
+    frames = random_frames(num_frames, seed=3)
+    pruned = qa.prepare(frames)
+    projected = qa.llm.project(pruned.tokens)
+    stock = qa.llm.model.model.get_video_features(
+        pixel_values_videos=qa.llm.preprocess(frames)[None], return_dict=True
+    ).pooler_output.reshape(num_frames, per_frame, -1)
+    extra = 1 if family == "video_llava" else 0
+    rows = []
+    for t, frame in enumerate(pruned.frames):
+        assert frame["kept"] == sorted(frame["kept"])
+        idx = ([0] if extra else []) + [i + extra for i in frame["kept"]]
+        rows.append(stock[t, idx])
+    torch.testing.assert_close(projected, torch.cat(rows), rtol=1e-5, atol=1e-5)
+    assert projected.shape[0] == num_frames * 20
+
+
+@pytest.mark.parametrize("family,num_frames,per_frame", FAMILIES)
+def test_budgeted_answer_report(tiny_checkpoints, sample_video, family, num_frames, per_frame):
+    budget = 114 if family == "video_llava" else 64
+    qa = VideoQA.from_pretrained(_ckpt(tiny_checkpoints, family), budget=budget, frames=num_frames)
+    answer = qa.ask(sample_video, "What is moving?", max_new_tokens=6)
+    r = answer.report
+    assert r["answer"] == answer.text
+    assert r["tokens"]["full"] == num_frames * per_frame
+    assert r["tokens"]["to_llm"] <= budget
+    assert r["tokens"]["to_llm"] == r["tokens"]["after_dedup"] <= r["tokens"]["after_vispruner"]
+    assert len(r["frames"]) == num_frames
+    assert sum(len(f["kept"]) for f in r["frames"]) + (num_frames if family == "video_llava" else 0) == r["tokens"]["to_llm"]
+    assert [f["time_s"] for f in r["frames"]] == sorted(f["time_s"] for f in r["frames"])
+    assert 0 < r["flops"]["llm_prefill_pruned"] < r["flops"]["llm_prefill_full"]
+    assert set(r["timings_s"]) >= {"decode", "encode", "select", "generate"}
+    # the static background repeats: dedup drops duplicates after the first frame
+    assert sum(len(f["duplicates"]) for f in r["frames"]) > 0
+    assert r["frames"][0]["duplicates"] == []
+
+
+@pytest.mark.parametrize("family,num_frames,per_frame", FAMILIES)
+def test_batch_with_different_kept_counts_equals_one_at_a_time(tiny_checkpoints, random_frames, family, num_frames,
+                                                               per_frame):
+    qa = VideoQA.from_pretrained(_ckpt(tiny_checkpoints, family), budget=num_frames * 24, dedup=False)
+    a = qa.prepare(random_frames(num_frames, seed=11))
+    qa.select_stage.budget = num_frames * 12
+    b = qa.prepare(random_frames(num_frames, seed=12))
+    assert a.tokens.shape[0] != b.tokens.shape[0]
+    items = [(a, "What is the man holding?"), (b, "Why?")]
+    batched = qa.answer_batch(items, max_new_tokens=8)
+    single = [qa.answer_batch([item], max_new_tokens=8)[0] for item in items]
+    assert [x.token_ids for x in batched] == [x.token_ids for x in single]
+
+
+def test_wrong_family_fails_before_loading_weights(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ModelLoadError, match="bert.*supports llava_next_video, video_llava"):
+        VideoQA.from_pretrained(str(tmp_path), budget=100)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match="without a readable config.json"):
+        VideoQA.from_pretrained(str(empty), budget=100)
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"budget": 0}, "budget must be a positive integer"),
+    ({"budget": -5}, "budget must be a positive integer"),
+    ({"important_ratio": 1.5}, r"important_ratio must be in \[0, 1\]"),
+    ({"budget": 4}, "smaller than the 8 \\[CLS\\] tokens"),
+    ({"pruner": "magic"}, "pruner must be one of"),
+])
+def test_bad_options_fail_before_any_model_loads(video_llava_ckpt, monkeypatch, options, message):
+    from vidprune.video_models.base import VideoLLM
+
+    def boom(*a, **k):
+        raise AssertionError("the model must not load")
+
+    monkeypatch.setattr(VideoLLM, "from_pretrained", classmethod(boom))
+    with pytest.raises(ConfigError, match=message):
+        VideoQA.from_pretrained(video_llava_ckpt, **options)
+
+
+def test_empty_question_is_refused(video_llava_ckpt, random_frames):
+    qa = VideoQA.from_pretrained(video_llava_ckpt, budget=100)
+    for q in ["", "   ", None]:
+        with pytest.raises(ConfigError, match="question is empty"):
+            qa.ask(random_frames(8), q)

@@ -1,0 +1,168 @@
+"""The ``vidprune`` command.
+
+    vidprune ask VIDEO "What is the man holding?" --model llava-hf/LLaVA-NeXT-Video-7B-hf --budget 227
+    vidprune ask --demo                      # offline: tiny random-weight model + generated video
+    vidprune make-tiny-checkpoint DIR --family video_llava
+    vidprune pruners
+
+User mistakes print one line on stderr (no traceback): exit code 2 for bad options or a
+bad model, 1 for an unreadable video.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .errors import ConfigError, VidpruneError
+
+__all__ = ["main", "build_parser", "add_pipeline_options", "options_from_args"]
+
+DEMO_QUESTION = "What is moving in this video?"
+
+
+def _budget(value: str) -> int | str:
+    if value.lower() in ("none", "off", "full"):
+        return "none"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"budget must be an integer or 'none', got {value!r}") from None
+
+
+def add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    """Model, frame, pruning and generation flags shared by ``ask`` and the batch commands."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="hub id or checkpoint directory (Video-LLaVA or LLaVA-NeXT-Video)")
+    g.add_argument("--config", help="YAML preset (file path, or a name in configs/); flags override it")
+    g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cpu)")
+    g.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float32 on CPU)")
+    g = p.add_argument_group("frames")
+    g.add_argument("--frames", type=int, help="sample N frames uniformly (default 8 Video-LLaVA, 32 LLaVA-NeXT-Video)")
+    g.add_argument("--fps", type=float, help="sample at F frames per second instead (cap with --max-frames)")
+    g.add_argument("--max-frames", type=int)
+    g.add_argument("--decode-backend", choices=["pyav", "decord"])
+    g.add_argument("--encoder-batch-size", type=int, help="frames per vision-tower call (default: all)")
+    g = p.add_argument_group("pruning")
+    g.add_argument("--budget", type=_budget, help="total visual tokens handed to the LLM per video, or 'none'")
+    g.add_argument("--pruner", help="per-frame pruner (see `vidprune pruners`; default vispruner)")
+    g.add_argument("--important-ratio", type=float, help="VisPruner's share of important tokens (default 0.5)")
+    g.add_argument("--dedup", dest="dedup", action="store_true", default=None, help="cross-frame dedup on (default)")
+    g.add_argument("--no-dedup", dest="dedup", action="store_false", help="cross-frame dedup off")
+    g.add_argument("--dedup-threshold", type=float, help="cosine similarity at which a token is a duplicate (0.9)")
+    g.add_argument("--dedup-reference", choices=["kept", "previous", "kept_any"])
+    g.add_argument("--dedup-window", type=int, help="frames back that dedup compares with (default: all)")
+    g.add_argument("--drop-cls", dest="keep_cls", action="store_false", default=None,
+                   help="Video-LLaVA: do not hand on each frame's [CLS] token")
+    g.add_argument("--prune-unpooled", dest="prune_pooled", action="store_false", default=None,
+                   help="LLaVA-NeXT-Video: prune the 576 unpooled tokens instead of the 144 pooled ones")
+    g.add_argument("--seed", type=int)
+    g = p.add_argument_group("generation")
+    g.add_argument("--max-new-tokens", type=int)
+    g.add_argument("--sample", dest="do_sample", action="store_true", default=None, help="sample instead of greedy")
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-p", type=float)
+
+
+_OPTION_KEYS = ("model", "device", "dtype", "frames", "fps", "max_frames", "decode_backend", "encoder_batch_size",
+                "budget", "pruner", "important_ratio", "dedup", "dedup_threshold", "dedup_reference", "dedup_window",
+                "keep_cls", "prune_pooled", "seed", "max_new_tokens", "do_sample", "temperature", "top_p")
+
+
+def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags the user gave, as VidpruneConfig overrides (flags not given are left out)."""
+    opts = {k: getattr(args, k) for k in _OPTION_KEYS if getattr(args, k, None) is not None}
+    if opts.get("budget") == "none":
+        opts["budget"] = None
+    return opts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidprune", description="Visual token pruning for video LLMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ask = sub.add_parser("ask", help="answer a question about a video", description="Answer a question about a video.")
+    ask.add_argument("video", nargs="?", help="video file")
+    ask.add_argument("question", nargs="?", help="the question")
+    ask.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    ask.add_argument("--demo", action="store_true",
+                     help="run offline on a tiny random-weight model and a generated video (answers are nonsense)")
+    ask.add_argument("--demo-family", choices=["video_llava", "llava_next_video"], default="video_llava")
+    add_pipeline_options(ask)
+
+    tiny = sub.add_parser("make-tiny-checkpoint", help="save a small random-weight checkpoint (for tests and demos)")
+    tiny.add_argument("out", help="directory to write")
+    tiny.add_argument("--family", choices=["video_llava", "llava_next_video"], required=True)
+    tiny.add_argument("--seed", type=int, default=0)
+
+    sub.add_parser("pruners", help="list the registered per-frame pruners")
+    return parser
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from .qa import VideoQA, check_question, summarize
+
+    opts = options_from_args(args)
+    if args.demo:
+        from .samples import ensure_sample_video
+        from .video_models.tiny import ensure_tiny_checkpoint
+
+        if args.video and not args.question:  # `vidprune ask --demo "question"`
+            args.question, args.video = args.video, None
+        print("demo: a tiny random-weight model; it runs the whole pipeline offline but ANSWERS NONSENSE.",
+              file=sys.stderr)
+        opts.setdefault("model", str(ensure_tiny_checkpoint(args.demo_family)))
+        opts.setdefault("budget", 114 if args.demo_family == "video_llava" else 256)
+        opts.setdefault("max_new_tokens", 16)
+        video = args.video or str(ensure_sample_video())
+        question = args.question or DEMO_QUESTION
+    else:
+        if not args.video or not args.question:
+            raise ConfigError("give a VIDEO and a QUESTION (or --demo to try it offline)")
+        video, question = args.video, args.question
+    check_question(question)
+    qa = VideoQA.from_pretrained(config=args.config, **opts)
+    answer = qa.ask(video, question)
+    if args.json:
+        print(json.dumps(answer.report, indent=2))
+    else:
+        print(answer.text)
+        print(summarize(answer.report), file=sys.stderr)
+    return 0
+
+
+def _cmd_make_tiny(args: argparse.Namespace) -> int:
+    from .video_models.tiny import build_tiny_checkpoint
+
+    path = build_tiny_checkpoint(args.family, args.out, seed=args.seed)
+    print(f"saved a tiny random-weight {args.family} checkpoint to {path} (answers are nonsense)")
+    return 0
+
+
+def _cmd_pruners(args: argparse.Namespace) -> int:
+    from .pruners import list_pruners
+
+    print("\n".join(list_pruners()))
+    return 0
+
+
+_COMMANDS = {"ask": _cmd_ask, "make-tiny-checkpoint": _cmd_make_tiny, "pruners": _cmd_pruners}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except VidpruneError as exc:
+        print(f"vidprune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("vidprune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

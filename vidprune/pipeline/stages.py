@@ -1,0 +1,227 @@
+"""The pipeline's stages as plain classes: decode → encode → select (VisPruner + dedup + budget) → answer.
+
+Each stage has a ``name``, is built from plain keyword arguments, and runs in-process
+with no Ray: :class:`vidprune.VideoQA` chains them directly, and the Ray layer wraps the
+very same objects as actors. Only the pruned tokens leave :class:`SelectStage`.
+
+Shapes: T frames, N prunable tokens per frame, E extra tokens per frame
+(Video-LLaVA's [CLS]: 1, else 0), Dv the vision width, D the LLM width.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, VideoDecodeError
+from ..pruners import CrossFrameDedup, FrameSelection, VideoTokenSelector, create_pruner
+from ..video_models.base import EncodedFrames, VideoLLM, VisualGeometry
+from .decode import DecodedClip, read_video
+
+__all__ = [
+    "PrunedVideo",
+    "DecodeStage",
+    "EncodeStage",
+    "SelectStage",
+    "AnswerStage",
+    "clip_from_array",
+    "plan_tokens",
+    "TokenPlan",
+]
+
+
+@dataclass(frozen=True)
+class TokenPlan:
+    """Token counts known before any model runs (from the config and the frame count)."""
+
+    num_frames: int
+    full: int  # what the stock model would feed its LLM for these frames
+    budget: int | None
+    max_to_llm: int  # the hard upper bound of what vidprune hands on
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"num_frames": self.num_frames, "full": self.full, "budget": self.budget, "max_to_llm": self.max_to_llm}
+
+
+def plan_tokens(geometry: VisualGeometry, num_frames: int, budget: int | None) -> TokenPlan:
+    """How many visual tokens each stage may hand on for ``num_frames`` frames.
+
+    Raises:
+        ConfigError: the budget cannot even hold the extra tokens kept per frame.
+    """
+    reserved = geometry.extra_per_frame * num_frames
+    if budget is not None and budget < reserved:
+        raise ConfigError(
+            f"budget {budget} is smaller than the {reserved} [CLS] tokens kept (one per frame for {num_frames} "
+            f"frames); raise the budget, sample fewer frames, or drop the [CLS] tokens (keep_cls=False / --drop-cls)"
+        )
+    possible = geometry.full_per_frame * num_frames
+    return TokenPlan(
+        num_frames=num_frames,
+        full=geometry.stock_per_frame * num_frames,
+        budget=budget,
+        max_to_llm=possible if budget is None else min(budget, possible),
+    )
+
+
+@dataclass
+class PrunedVideo:
+    """One video's budgeted token stream, before the projector. What crosses from the vision side to the LLM.
+
+    Attributes:
+        tokens: (K, Dv) kept tokens in stream order: frame by frame, each frame's extra
+            tokens first (the stock layout puts [CLS] first) then its kept patches in raster order.
+        frames: per sampled frame, a dict with index, time_s, kept, duplicates, candidates, allowance.
+        tokens_count: full / after_vispruner / after_dedup / to_llm totals.
+        decode: what the decoder said (backend, stream frame count, warnings).
+    """
+
+    tokens: torch.Tensor
+    frames: list[dict[str, Any]]
+    tokens_count: dict[str, int]
+    decode: dict[str, Any] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def clip_from_array(frames: np.ndarray, fps: float | None = None) -> DecodedClip:
+    """Wrap a (T, H, W, 3) uint8 array as a clip, used as given (no sampling)."""
+    arr = np.asarray(frames)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] == 0:
+        raise ConfigError(f"a video array must have shape (T, H, W, 3) with T >= 1, got {tuple(arr.shape)}")
+    if arr.dtype != np.uint8:
+        raise ConfigError(f"a video array must be uint8 RGB, got dtype {arr.dtype}")
+    times = [i / fps for i in range(len(arr))] if fps else [float(i) for i in range(len(arr))]
+    return DecodedClip(frames=arr, indices=list(range(len(arr))), times_s=times, num_stream_frames=len(arr),
+                       backend="array", warnings=[])
+
+
+class DecodeStage:
+    """Video file → sampled frames (:class:`DecodedClip`)."""
+
+    name = "decode"
+
+    def __init__(self, num_frames: int | None = None, fps: float | None = None, max_frames: int | None = None,
+                 backend: str = "pyav"):
+        self.num_frames, self.fps, self.max_frames, self.backend = num_frames, fps, max_frames, backend
+
+    def process(self, video: Any) -> DecodedClip:
+        if isinstance(video, np.ndarray):
+            return clip_from_array(video)
+        if not isinstance(video, (str, bytes)) and not hasattr(video, "__fspath__"):
+            raise VideoDecodeError(f"cannot read a video from a {type(video).__name__}; pass a file path or a (T, H, W, 3) uint8 array")
+        return read_video(video, num_frames=self.num_frames, fps=self.fps, max_frames=self.max_frames,
+                          backend=self.backend)
+
+
+class EncodeStage:
+    """Frames (T, H, W, 3) uint8 → :class:`EncodedFrames` with the model's own processor and vision tower."""
+
+    name = "encode"
+
+    def __init__(self, llm: VideoLLM, batch_size: int | None = None):
+        self.llm, self.batch_size = llm, batch_size
+
+    def process(self, frames: np.ndarray) -> EncodedFrames:
+        pixel_values = self.llm.preprocess(frames)  # (T, 3, S, S)
+        step = self.batch_size or len(pixel_values)
+        parts = [self.llm.encode(pixel_values[i : i + step]) for i in range(0, len(pixel_values), step)]
+        if len(parts) == 1:
+            return parts[0]
+        return EncodedFrames(
+            features=torch.cat([p.features for p in parts]),
+            cls_attn=torch.cat([p.cls_attn for p in parts]),
+            extra=None if parts[0].extra is None else torch.cat([p.extra for p in parts]),
+        )
+
+
+class SelectStage:
+    """Per-frame VisPruner, cross-frame dedup and the video's total budget (method.md §1–3).
+
+    Built from plain options; :meth:`process` handles one whole video's frames in
+    temporal order (a new budget and dedup state per video).
+    """
+
+    name = "select"
+
+    def __init__(self, geometry: VisualGeometry, *, budget: int | None, pruner: str = "vispruner",
+                 important_ratio: float = 0.5, seed: int = 0, dedup: bool = True, dedup_threshold: float = 0.9,
+                 dedup_reference: str = "kept", dedup_window: int | None = None):
+        self.geometry, self.budget = geometry, budget
+        kwargs: dict[str, Any] = {}
+        if pruner == "vispruner":
+            kwargs["important_ratio"] = important_ratio
+        elif pruner == "random":
+            kwargs["seed"] = seed
+        elif pruner == "uniform":
+            kwargs["grid"] = geometry.prune_grid
+        self.pruner = create_pruner(pruner, **kwargs)
+        self.dedup_options = (
+            {"threshold": dedup_threshold, "reference": dedup_reference, "window": dedup_window} if dedup else None
+        )
+
+    def new_selector(self, num_frames: int) -> VideoTokenSelector:
+        """A fresh streaming selector for a video (or stream window) of ``num_frames`` frames."""
+        dedup = CrossFrameDedup(**self.dedup_options) if self.dedup_options else None
+        return VideoTokenSelector(self.budget, num_frames, self.pruner, dedup=dedup,
+                                  reserved_per_frame=self.geometry.extra_per_frame)
+
+    def process(self, encoded: EncodedFrames, clip: DecodedClip) -> PrunedVideo:
+        num_frames = len(encoded)
+        plan = plan_tokens(self.geometry, num_frames, self.budget)
+        selector = self.new_selector(num_frames)
+        rows, frames = [], []
+        after_pruner = 0
+        for t in range(num_frames):
+            sel: FrameSelection = selector.select(encoded.cls_attn[t], encoded.features[t])
+            if encoded.extra is not None:
+                rows.append(encoded.extra[t])
+            rows.append(encoded.features[t].index_select(0, sel.kept.to(encoded.features.device)))
+            after_pruner += len(sel.candidates)
+            frames.append({
+                "index": int(clip.indices[t]),
+                "time_s": round(float(clip.times_s[t]), 6),
+                "kept": sel.kept.tolist(),
+                "duplicates": sel.duplicates.tolist(),
+                "candidates": int(len(sel.candidates)),
+                "allowance": int(sel.allowance),
+            })
+        extra = self.geometry.extra_per_frame * num_frames
+        kept = sum(len(f["kept"]) for f in frames)
+        tokens = torch.cat(rows, dim=0)  # (K, Dv)
+        if tokens.shape[0] > plan.max_to_llm:  # the budget is a hard limit: never hand on more
+            raise RuntimeError(f"selected {tokens.shape[0]} tokens, above the plan's {plan.max_to_llm}")
+        counts = {"full": plan.full, "after_vispruner": after_pruner + extra, "after_dedup": kept + extra,
+                  "to_llm": kept + extra}
+        return PrunedVideo(tokens=tokens, frames=frames, tokens_count=counts,
+                           decode={"backend": clip.backend, "num_stream_frames": clip.num_stream_frames},
+                           warnings=list(clip.warnings))
+
+
+class AnswerStage:
+    """Pruned token streams + questions → answers, with the LLM through ``generate()``."""
+
+    name = "answer"
+
+    def __init__(self, llm: VideoLLM, **generate_kwargs: Any):
+        self.llm, self.generate_kwargs = llm, generate_kwargs
+
+    def process_batch(self, items: list[tuple[PrunedVideo, str]], **overrides: Any) -> list[dict[str, Any]]:
+        """Answer several (video, question) pairs in one left-padded batch; kept counts may differ.
+
+        Returns per item ``{"text", "token_ids", "prompt_tokens"}``.
+        """
+        kwargs = {**self.generate_kwargs, **overrides}
+        prompts = [self.llm.build_prompt(q) for _, q in items]
+        dtype = self.llm.dtype
+        visual = [self.llm.project(v.tokens.to(self.llm.device, dtype)) for v, _ in items]  # (K_i, D) each
+        start = time.perf_counter()
+        ids = self.llm.generate(prompts, visual, **kwargs)
+        elapsed = time.perf_counter() - start
+        prompt_tokens = [len(self.llm.processor.tokenizer(p)["input_ids"]) - 1 + v.shape[0] for p, v in zip(prompts, visual)]
+        return [{"text": self.llm.decode_text(i), "token_ids": i, "prompt_tokens": n, "generate_s": elapsed}
+                for i, n in zip(ids, prompt_tokens)]

@@ -1,0 +1,204 @@
+"""``VideoQA``: ask questions about videos with a pruned visual token stream.
+
+    qa = VideoQA.from_pretrained("LanguageBind/Video-LLaVA-7B-hf", budget=227, device="cuda", dtype="bfloat16")
+    ans = qa.ask("clip.mp4", "What happens?", max_new_tokens=64)
+    ans.text, ans.report
+
+It chains the plain stages of :mod:`vidprune.pipeline.stages` in-process. Options are
+validated (and the checkpoint's family checked from its config) before any weights load.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .config import VidpruneConfig, load_preset
+from .errors import ConfigError
+from .flops import llm_flops, vision_tower_flops
+from .pipeline.stages import AnswerStage, DecodeStage, EncodeStage, PrunedVideo, SelectStage, plan_tokens
+from .video_models.base import VideoLLM, family_of_checkpoint
+
+__all__ = ["VideoQA", "Answer", "check_question", "summarize"]
+
+# Questions longer than this many characters are refused (they would crowd out the video).
+MAX_QUESTION_CHARS = 4000
+
+
+@dataclass
+class Answer:
+    """The answer text and the pruning report (a JSON-serialisable dict, the CLI's ``--json``)."""
+
+    text: str
+    report: dict[str, Any]
+    token_ids: list[int]  # the generated ids (prompt removed, stopped before EOS)
+
+
+def check_question(question: Any) -> str:
+    """Return the question stripped, or raise :class:`ConfigError` for an empty / non-text / huge one."""
+    if not isinstance(question, str) or not question.strip():
+        raise ConfigError("the question is empty; pass the text to ask about the video")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise ConfigError(f"the question has {len(question)} characters, more than {MAX_QUESTION_CHARS}; shorten it")
+    return question.strip()
+
+
+class VideoQA:
+    """Video question answering with VisPruner + cross-frame dedup under a token budget."""
+
+    def __init__(self, llm: VideoLLM, config: VidpruneConfig):
+        self.llm, self.config = llm, config
+        num_frames = config.frames if (config.frames or config.fps) else llm.default_num_frames
+        self.decode_stage = DecodeStage(
+            num_frames=num_frames if config.fps is None else None,
+            fps=config.fps,
+            max_frames=config.max_frames,
+            backend=config.decode_backend,
+        )
+        self.encode_stage = EncodeStage(llm, batch_size=config.encoder_batch_size)
+        self.select_stage = SelectStage(
+            llm.geometry,
+            budget=config.budget,
+            pruner=config.pruner if config.budget is not None else "none",
+            important_ratio=config.important_ratio,
+            seed=config.seed,
+            dedup=config.dedup,
+            dedup_threshold=config.dedup_threshold,
+            dedup_reference=config.dedup_reference,
+            dedup_window=config.dedup_window,
+        )
+        self.answer_stage = AnswerStage(llm, **config.generate_kwargs())
+
+    # ----------------------------------------------------------------- build
+    @staticmethod
+    def resolve_config(model: str | None = None, config: str | os.PathLike | dict | None = None,
+                       **options: Any) -> VidpruneConfig:
+        """Preset (file, preset name or dict) + keyword overrides → a validated config. No model loads."""
+        preset = load_preset(config) if isinstance(config, (str, os.PathLike)) else dict(config or {})
+        cfg = VidpruneConfig.from_dict(preset, source=str(config) if config else "options")
+        explicit = {k: v for k, v in options.items() if k in ("budget", "dedup", "frames", "fps")}
+        cfg = cfg.replace(model=model, **{k: v for k, v in options.items() if k not in explicit})
+        for key, value in explicit.items():  # budget=None / frames=None are meaningful: "no budget"
+            setattr(cfg, key, value)
+        if "frames" in options and "fps" not in options:  # an explicit sampling choice replaces the preset's
+            cfg.fps = None
+        elif "fps" in options and "frames" not in options:
+            cfg.frames = None
+        if cfg.model is None:
+            raise ConfigError("no model given; pass a hub id or a checkpoint directory (--model)")
+        cfg.validate()
+        family = family_of_checkpoint(cfg.model)  # config only: fails fast on the wrong family
+        from transformers import AutoConfig
+
+        geometry = family.geometry_from_config(AutoConfig.from_pretrained(cfg.model), keep_cls=cfg.keep_cls,
+                                               prune_pooled=cfg.prune_pooled)
+        if cfg.fps is None:
+            plan_tokens(geometry, cfg.frames or family.default_num_frames, cfg.budget)  # budget vs [CLS] tokens
+        return cfg
+
+    @classmethod
+    def from_pretrained(cls, model: str | None = None, *, config: str | os.PathLike | dict | None = None,
+                        **options: Any) -> "VideoQA":
+        """Load a checkpoint (hub id or directory) of either family with pruning options.
+
+        Args:
+            model: hub id or checkpoint directory (or ``model:`` in the config).
+            config: a YAML preset path / preset name in ``configs/``, or a dict of options.
+            options: any :class:`VidpruneConfig` field, e.g. ``budget=227``, ``dedup=False``,
+                ``device="cuda"``, ``dtype="bfloat16"``, ``frames=8``. ``budget=None`` with
+                ``dedup=False`` runs exactly the stock model.
+        """
+        cfg = cls.resolve_config(model, config, **options)
+        llm = family_of_checkpoint(cfg.model).from_pretrained(
+            cfg.model, device=cfg.device, dtype=cfg.dtype, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled
+        )
+        return cls(llm, cfg)
+
+    # -------------------------------------------------------------- run
+    def prepare(self, video: Any) -> PrunedVideo:
+        """Decode, encode and prune one video (path or (T, H, W, 3) uint8 array): its token stream."""
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        clip = self.decode_stage.process(video)
+        t1 = time.perf_counter()
+        encoded = self.encode_stage.process(clip.frames)
+        t2 = time.perf_counter()
+        pruned = self.select_stage.process(encoded, clip)
+        t3 = time.perf_counter()
+        timings.update(decode=t1 - t0, encode=t2 - t1, select=t3 - t2)
+        pruned.timings_s = timings
+        return pruned
+
+    def answer(self, pruned: PrunedVideo, questions: list[str], **generate_overrides: Any) -> list[Answer]:
+        """Answer several questions about one prepared video (its token stream is reused)."""
+        return self.answer_batch([(pruned, q) for q in questions], **generate_overrides)
+
+    def answer_batch(self, items: list[tuple[PrunedVideo, str]], **generate_overrides: Any) -> list[Answer]:
+        """Answer (prepared video, question) pairs in one batch."""
+        items = [(v, check_question(q)) for v, q in items]
+        gen = {k: v for k, v in generate_overrides.items() if v is not None}
+        if gen.get("do_sample", self.config.do_sample):
+            torch.manual_seed(self.config.seed)
+        outs = self.answer_stage.process_batch(items, **gen)
+        return [Answer(text=o["text"], report=self._report(v, q, o), token_ids=o["token_ids"]) for (v, q), o in zip(items, outs)]
+
+    def ask(self, video: Any, question: str, **generate_overrides: Any) -> Answer:
+        """Answer one question about one video. ``generate_overrides``: e.g. ``max_new_tokens=64``."""
+        check_question(question)
+        return self.answer_batch([(self.prepare(video), question)], **generate_overrides)[0]
+
+    def ask_batch(self, items: list[tuple[Any, str]], **generate_overrides: Any) -> list[Answer]:
+        """Answer several (video, question) pairs in one generate batch (kept counts may differ)."""
+        for _, q in items:
+            check_question(q)
+        prepared = [(self.prepare(v), q) for v, q in items]
+        return self.answer_batch(prepared, **generate_overrides)
+
+    # ------------------------------------------------------------ report
+    def _report(self, video: PrunedVideo, question: str, out: dict[str, Any]) -> dict[str, Any]:
+        cfg, llm = self.config, self.llm
+        text_tokens = out["prompt_tokens"] - video.tokens_count["to_llm"]
+        full_seq = text_tokens + video.tokens_count["full"]
+        pruned_seq = out["prompt_tokens"]
+        flops_full = llm_flops(llm.config.text_config, full_seq)
+        flops_pruned = llm_flops(llm.config.text_config, pruned_seq)
+        num_frames = len(video.frames)
+        return {
+            "answer": out["text"],
+            "question": question,
+            "model": llm.name_or_path,
+            "family": llm.model_type,
+            "frames": video.frames,
+            "tokens": {**video.tokens_count, "budget": cfg.budget, "text": text_tokens},
+            "flops": {
+                "llm_prefill_full": flops_full,
+                "llm_prefill_pruned": flops_pruned,
+                "llm_ratio": round(flops_pruned / flops_full, 6),
+                "vision_tower": vision_tower_flops(llm.config.vision_config, num_frames),
+            },
+            "timings_s": {**{k: round(v, 4) for k, v in video.timings_s.items()}, "generate": round(out["generate_s"], 4)},
+            "decode": video.decode,
+            "warnings": video.warnings,
+            "options": {k: getattr(cfg, k) for k in ("budget", "pruner", "important_ratio", "dedup", "dedup_threshold",
+                                                     "dedup_reference", "keep_cls", "prune_pooled")},
+        }
+
+
+def summarize(report: dict[str, Any]) -> str:
+    """The short pruning report the CLI prints under the answer."""
+    tok, fl = report["tokens"], report["flops"]
+    lines = [
+        f"frames: {len(report['frames'])}  visual tokens: {tok['full']} full -> {tok['after_vispruner']} after "
+        f"{report['options']['pruner']} -> {tok['after_dedup']} after dedup -> {tok['to_llm']} to the LLM"
+        + (f" (budget {tok['budget']})" if tok["budget"] is not None else ""),
+        f"LLM prefill: {fl['llm_prefill_pruned'] / 1e12:.3g} of {fl['llm_prefill_full'] / 1e12:.3g} TFLOPs "
+        f"({100 * fl['llm_ratio']:.1f}%)",
+        "time: " + ", ".join(f"{k} {v:.2f}s" for k, v in report["timings_s"].items()),
+    ]
+    lines += [f"warning: {w}" for w in report["warnings"]]
+    return "\n".join(lines)
+
