@@ -1,0 +1,38 @@
+"""Per-frame token pruners, cross-frame dedup and the per-video token budget.
+
+    from vidprune.pruners import create_pruner, CrossFrameDedup, VideoTokenSelector
+
+    pruner = create_pruner("vispruner", important_ratio=0.5)
+    selector = VideoTokenSelector(budget=455, num_frames=8, pruner=pruner, dedup=CrossFrameDedup(0.9))
+    for attn, feats in frames:                  # (N,), (N, D), in temporal order
+        kept = selector.select(attn, feats).kept
+
+Importing this package registers the built-in pruners (none, random, uniform, vispruner).
+"""
+
+from .registry import Pruner, create_pruner, list_pruners, register_pruner
+from .vispruner import MAX_DROP_PER_ROUND, VisPrunerPruner, vispruner_select
+from .baselines import NoPruner, RandomPruner, UniformPruner, uniform_grid_indices
+from .dedup import DEDUP_REFERENCES, KEPT_ANY_MAX_FRAMES, CrossFrameDedup
+from .budget import FrameSelection, VideoTokenSelector, frame_shares, frame_token_counts
+
+__all__ = [
+    "Pruner",
+    "register_pruner",
+    "create_pruner",
+    "list_pruners",
+    "vispruner_select",
+    "VisPrunerPruner",
+    "MAX_DROP_PER_ROUND",
+    "RandomPruner",
+    "UniformPruner",
+    "NoPruner",
+    "uniform_grid_indices",
+    "CrossFrameDedup",
+    "DEDUP_REFERENCES",
+    "KEPT_ANY_MAX_FRAMES",
+    "FrameSelection",
+    "VideoTokenSelector",
+    "frame_shares",
+    "frame_token_counts",
+]

@@ -1,0 +1,187 @@
+"""The token budget of a video (docs/method.md section 3), frame by frame.
+
+``budget`` is the total number of visual tokens handed to the LLM for one video. It is
+a hard limit. ``reserved_per_frame`` tokens per frame that are kept outside the pruner
+(e.g. a [CLS] token) come off it first; the rest, the *patch budget*
+``P = budget - reserved_per_frame * num_frames``, is split evenly over the frames
+(``frame_shares``). ``VideoTokenSelector`` then walks the frames in temporal order:
+
+    allowance_t  = share_t + carry             (carry: allowance earlier frames left unused)
+    candidates_t = pruner(attn_t, feats_t, min(allowance_t, N))
+    kept_t       = candidates_t minus the duplicates CrossFrameDedup finds
+    carry        = allowance_t - len(kept_t)
+
+so the budget that static frames free goes to later frames with new content, and the
+kept tokens of the whole video never exceed P. ``frame_shares`` and
+``frame_token_counts`` are pure functions, usable before any model loads.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import torch
+
+from vidprune.errors import ConfigError
+from vidprune.pruners.dedup import CrossFrameDedup
+from vidprune.pruners.registry import Pruner
+
+__all__ = ["FrameSelection", "VideoTokenSelector", "frame_shares", "frame_token_counts"]
+
+
+def _check_int(label: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(f"{label}={value!r} is not allowed: it must be an integer >= {minimum}")
+    return int(value)
+
+
+def frame_shares(budget: int, num_frames: int, reserved_per_frame: int = 0) -> list[int]:
+    """Each frame's even share of the patch budget (before any carry).
+
+    ``P = budget - reserved_per_frame * num_frames``; every frame gets ``P // num_frames``
+    and the first ``P % num_frames`` frames one more, so ``sum(shares) == P``.
+
+    Raises:
+        ConfigError: bad types/values, or ``P < 0`` (the budget does not cover the reserved tokens).
+    """
+    budget = _check_int("budget", budget, 1)
+    num_frames = _check_int("num_frames", num_frames, 1)
+    reserved_per_frame = _check_int("reserved_per_frame", reserved_per_frame, 0)
+    patch_budget = budget - reserved_per_frame * num_frames
+    if patch_budget < 0:
+        raise ConfigError(
+            f"budget={budget} is smaller than the {reserved_per_frame * num_frames} reserved tokens "
+            f"({reserved_per_frame} per frame x {num_frames} frames); the budget must be at least "
+            f"{reserved_per_frame * num_frames}: raise the budget or drop the reserved tokens"
+        )
+    base, extra = divmod(patch_budget, num_frames)
+    return [base + (1 if t < extra else 0) for t in range(num_frames)]
+
+
+def frame_token_counts(
+    budget: int | None, num_frames: int, tokens_per_frame: int, reserved_per_frame: int = 0
+) -> list[int]:
+    """Patch tokens ``VideoTokenSelector`` keeps per frame without dedup (reserved tokens not included).
+
+    ``budget=None`` keeps all ``tokens_per_frame``. With a budget, frame t keeps
+    ``min(share_t + carry, tokens_per_frame)`` (a share above N carries over). With dedup
+    a frame may keep fewer (duplicates) or, later on, more (freed budget carried to it);
+    the video's total is then at most ``sum(counts)``.
+    """
+    num_frames = _check_int("num_frames", num_frames, 1)
+    tokens_per_frame = _check_int("tokens_per_frame", tokens_per_frame, 0)
+    if budget is None:
+        return [tokens_per_frame] * num_frames
+    counts, carry = [], 0
+    for share in frame_shares(budget, num_frames, reserved_per_frame):
+        kept = min(share + carry, tokens_per_frame)
+        carry = share + carry - kept
+        counts.append(kept)
+    return counts
+
+
+@dataclass
+class FrameSelection:
+    """What ``VideoTokenSelector.select`` decided for one frame (indices into its N tokens)."""
+
+    kept: torch.Tensor  # (K,) long, sorted ascending: handed to the LLM
+    candidates: torch.Tensor  # (C,) long, sorted ascending: what the pruner proposed
+    duplicates: torch.Tensor  # (C - K,) long, sorted ascending: candidates dropped by dedup
+    allowance: int  # tokens this frame was allowed (share + carry; N when there is no budget)
+
+
+class VideoTokenSelector:
+    """Streams the frames of one video through a pruner, optional dedup and a hard budget.
+
+    Args:
+        budget: total visual tokens for the video, reserved ones included; None = no
+            limit (every frame's candidates are all its N tokens; dedup still applies).
+        num_frames: frames the video has; ``select`` is called once per frame.
+        pruner: a ``Pruner`` (see ``create_pruner``); must respect the budget when one is set.
+        dedup: a ``CrossFrameDedup``, or None. The selector owns it: it is reset here.
+        reserved_per_frame: tokens per frame kept outside the pruner (not selected here).
+
+    Raises:
+        ConfigError: bad arguments, a budget below ``reserved_per_frame * num_frames``, or a
+            pruner that ignores the budget (``"none"``) under a finite budget.
+    """
+
+    def __init__(
+        self,
+        budget: int | None,
+        num_frames: int,
+        pruner: Pruner,
+        dedup: CrossFrameDedup | None = None,
+        reserved_per_frame: int = 0,
+    ):
+        self.num_frames = _check_int("num_frames", num_frames, 1)
+        self.reserved_per_frame = _check_int("reserved_per_frame", reserved_per_frame, 0)
+        if budget is None:
+            self.shares: list[int] | None = None
+        else:
+            self.shares = frame_shares(budget, self.num_frames, self.reserved_per_frame)
+            if not getattr(pruner, "respects_budget", True):
+                raise ConfigError(
+                    f"pruner {getattr(pruner, 'name', pruner)!r} keeps every token and ignores budget={budget}; "
+                    "use budget=None with it, or a pruner that respects the budget"
+                )
+        self.budget = budget
+        self.pruner = pruner
+        self.dedup = dedup
+        if dedup is not None:
+            dedup.reset()
+        self._frame = 0
+        self._carry = 0
+        self.total_kept = 0  # patch tokens kept so far
+
+    @property
+    def patch_budget(self) -> int | None:
+        """``budget - reserved_per_frame * num_frames``, or None without a budget."""
+        return None if self.shares is None else sum(self.shares)
+
+    def select(self, cls_attn: torch.Tensor, features: torch.Tensor) -> FrameSelection:
+        """Decide the next frame (call in temporal order, once per frame).
+
+        Args:
+            cls_attn: (N,) attention of the frame's patch tokens (what the pruner scores).
+            features: (N, D) the frame's patch features, pre-projector.
+        """
+        if self._frame >= self.num_frames:
+            raise RuntimeError(
+                f"select() called for frame {self._frame + 1} but the selector was built for "
+                f"num_frames={self.num_frames}; build a new VideoTokenSelector per video"
+            )
+        if cls_attn.dim() != 1 or features.dim() != 2 or features.shape[0] != cls_attn.shape[0]:
+            raise ConfigError(
+                f"select() takes one frame: cls_attn (N,) and features (N, D), got {tuple(cls_attn.shape)} "
+                f"and {tuple(features.shape)}"
+            )
+        num_tokens = cls_attn.shape[0]
+        device = cls_attn.device
+        if self.shares is None:
+            allowance = num_tokens
+            candidates = torch.arange(num_tokens, device=device)
+        else:
+            allowance = self.shares[self._frame] + self._carry
+            proposed = min(allowance, num_tokens)
+            if proposed > 0:
+                candidates = self.pruner(cls_attn, features, proposed).to(torch.long)
+                if candidates.dim() != 1 or candidates.shape[0] > proposed:
+                    raise RuntimeError(
+                        f"pruner {getattr(self.pruner, 'name', self.pruner)!r} returned {tuple(candidates.shape)} "
+                        f"indices for a budget of {proposed}"
+                    )
+            else:
+                candidates = torch.zeros(0, dtype=torch.long, device=device)
+
+        if self.dedup is not None:
+            kept, duplicates = self.dedup.step(features, candidates)
+        else:
+            kept, duplicates = candidates, candidates[:0]
+
+        if self.shares is not None:
+            self._carry = allowance - kept.shape[0]
+        self._frame += 1
+        self.total_kept += kept.shape[0]
+        return FrameSelection(kept=kept, candidates=candidates, duplicates=duplicates, allowance=allowance)
