@@ -27,7 +27,6 @@ DEFAULT_DEDUP_THRESHOLD = 0.9
 
 _DTYPES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")
 _DECODE_BACKENDS = ("pyav", "decord")
-_DEDUP_REFERENCES = ("kept", "previous", "kept_any")
 
 
 @dataclass
@@ -56,6 +55,11 @@ class VidpruneConfig:
     dedup_threshold: float = DEFAULT_DEDUP_THRESHOLD
     dedup_reference: str = "kept"
     dedup_window: int | None = None
+    # --- IVTP: prune again inside the LLM, conditioned on the question (off by default)
+    ivtp_layer: int | None = None  # k: score after layer k-1, layers >= k run on the kept tokens
+    ivtp_keep: float | None = None  # share of visual tokens kept at layer k (ceil)
+    ivtp_schedule: list | None = None  # progressive form: [[k1, r1], [k2, r2], ...] instead of layer/keep
+    ivtp_fusion: Any = None  # "none" | "mean" | [w_0..w_k] | {layer: weight}: scores fused over layers <= k
     # --- generation
     max_new_tokens: int = 64
     do_sample: bool = False
@@ -112,8 +116,12 @@ class VidpruneConfig:
             p.append(f"important_ratio must be in [0, 1], got {self.important_ratio!r}")
         if not isinstance(self.dedup_threshold, (int, float)) or not 0.0 < self.dedup_threshold <= 1.0:
             p.append(f"dedup_threshold must be in (0, 1], got {self.dedup_threshold!r}")
-        if self.dedup_reference not in _DEDUP_REFERENCES:
-            p.append(f"dedup_reference must be one of {', '.join(_DEDUP_REFERENCES)}, got {self.dedup_reference!r}")
+        from .pruners import DEDUP_REFERENCES, list_pruners
+
+        if self.dedup_reference not in DEDUP_REFERENCES:
+            p.append(f"dedup_reference must be one of {', '.join(DEDUP_REFERENCES)}, got {self.dedup_reference!r}")
+        elif self.dedup_reference == "previous" and self.dedup_window is not None:
+            p.append("dedup_window has no effect with dedup_reference 'previous' (it compares with the previous frame only)")
         if self.decode_backend not in _DECODE_BACKENDS:
             p.append(f"decode_backend must be one of {', '.join(_DECODE_BACKENDS)}, got {self.decode_backend!r}")
         if self.dtype is not None and self.dtype not in _DTYPES:
@@ -122,12 +130,14 @@ class VidpruneConfig:
             p.append(f"temperature must be > 0, got {self.temperature!r}")
         if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
             p.append(f"top_p must be in (0, 1], got {self.top_p!r}")
-        from .pruners import list_pruners
-
         if self.pruner not in list_pruners():
             p.append(f"pruner must be one of {', '.join(list_pruners())}, got {self.pruner!r}")
         elif self.pruner == "none" and self.budget is not None:
             p.append("pruner 'none' keeps every token: drop the budget or choose another pruner")
+        try:
+            self.ivtp()
+        except ConfigError as exc:
+            p.append(str(exc))
         if self.model is not None and not isinstance(self.model, str):
             p.append(f"model must be a hub id or a directory, got {self.model!r}")
         return p
@@ -140,6 +150,20 @@ class VidpruneConfig:
         return self
 
     # ------------------------------------------------------------- derived
+    def ivtp(self):
+        """The IVTP schedule these options describe (None when IVTP is off). Layer range is
+        checked against the model by ``IVTPSchedule.validate(num_layers)``."""
+        from .pruners.ivtp import IVTPSchedule
+
+        schedule = IVTPSchedule.from_options(self.ivtp_layer, self.ivtp_keep, self.ivtp_schedule, self.ivtp_fusion)
+        if schedule is not None:
+            problems = [q for q in schedule.problems(num_layers=10**9) if "out of range" not in q]
+            if any(k <= 0 for k in schedule.prune_layers):
+                problems.insert(0, f"ivtp layer must be >= 1, got {min(schedule.prune_layers)}")
+            if problems:
+                raise ConfigError("; ".join(problems))
+        return schedule
+
     def generate_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
         if self.do_sample:

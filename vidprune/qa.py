@@ -19,7 +19,7 @@ import torch
 
 from .config import VidpruneConfig, load_preset
 from .errors import ConfigError
-from .flops import llm_flops, vision_tower_flops
+from .flops import layer_flops, llm_flops, vision_tower_flops
 from .pipeline.stages import AnswerStage, DecodeStage, EncodeStage, PrunedVideo, SelectStage, plan_tokens
 from .video_models.base import VideoLLM, family_of_checkpoint
 
@@ -98,6 +98,10 @@ class VideoQA:
                                                prune_pooled=cfg.prune_pooled)
         if cfg.fps is None:
             plan_tokens(geometry, cfg.frames or family.default_num_frames, cfg.budget)  # budget vs [CLS] tokens
+        schedule = cfg.ivtp()
+        if schedule is not None:
+            text_config = AutoConfig.from_pretrained(cfg.model).get_text_config()
+            schedule.validate(text_config.num_hidden_layers)
         return cfg
 
     @classmethod
@@ -114,7 +118,8 @@ class VideoQA:
         """
         cfg = cls.resolve_config(model, config, **options)
         llm = family_of_checkpoint(cfg.model).from_pretrained(
-            cfg.model, device=cfg.device, dtype=cfg.dtype, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled
+            cfg.model, device=cfg.device, dtype=cfg.dtype, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled,
+            ivtp=cfg.ivtp(),
         )
         return cls(llm, cfg)
 
@@ -165,7 +170,20 @@ class VideoQA:
         full_seq = text_tokens + video.tokens_count["full"]
         pruned_seq = out["prompt_tokens"]
         flops_full = llm_flops(llm.config.text_config, full_seq)
-        flops_pruned = llm_flops(llm.config.text_config, pruned_seq)
+        ivtp_info = out.get("ivtp")
+        if ivtp_info is not None:
+            per_layer = [layer_flops(n, llm.config.text_config.hidden_size, llm.config.text_config.intermediate_size)
+                         for n in ivtp_info["tokens_per_layer"]]
+            flops_pruned = sum(per_layer)
+            ivtp_report = {"schedule": [list(st) for st in llm.ivtp.schedule.stages],
+                           "fusion": llm.ivtp.schedule.fusion if isinstance(llm.ivtp.schedule.fusion, str)
+                           else dict(llm.ivtp.schedule.fusion),
+                           "kept": ivtp_info["kept"], "visual_tokens_in": video.tokens_count["to_llm"],
+                           "visual_tokens_kept": len(ivtp_info["kept"]),
+                           "tokens_per_layer": ivtp_info["tokens_per_layer"], "flops_per_layer": per_layer}
+        else:
+            flops_pruned = llm_flops(llm.config.text_config, pruned_seq)
+            ivtp_report = None
         num_frames = len(video.frames)
         return {
             "answer": out["text"],
@@ -182,9 +200,11 @@ class VideoQA:
             },
             "timings_s": {**{k: round(v, 4) for k, v in video.timings_s.items()}, "generate": round(out["generate_s"], 4)},
             "decode": video.decode,
+            "ivtp": ivtp_report,
             "warnings": video.warnings,
             "options": {k: getattr(cfg, k) for k in ("budget", "pruner", "important_ratio", "dedup", "dedup_threshold",
-                                                     "dedup_reference", "keep_cls", "prune_pooled")},
+                                                     "dedup_reference", "keep_cls", "prune_pooled", "ivtp_layer",
+                                                     "ivtp_keep", "ivtp_schedule", "ivtp_fusion")},
         }
 
 

@@ -213,15 +213,16 @@ class AnswerStage:
     def process_batch(self, items: list[tuple[PrunedVideo, str]], **overrides: Any) -> list[dict[str, Any]]:
         """Answer several (video, question) pairs in one left-padded batch; kept counts may differ.
 
-        Returns per item ``{"text", "token_ids", "prompt_tokens"}``.
+        Returns per item ``{"text", "token_ids", "prompt_tokens", "generate_s", "ivtp"}``.
         """
         kwargs = {**self.generate_kwargs, **overrides}
         prompts = [self.llm.build_prompt(q) for _, q in items]
         dtype = self.llm.dtype
         visual = [self.llm.project(v.tokens.to(self.llm.device, dtype)) for v, _ in items]  # (K_i, D) each
         start = time.perf_counter()
-        ids = self.llm.generate(prompts, visual, **kwargs)
+        out = self.llm.generate(prompts, visual, **kwargs)
         elapsed = time.perf_counter() - start
         prompt_tokens = [len(self.llm.processor.tokenizer(p)["input_ids"]) - 1 + v.shape[0] for p, v in zip(prompts, visual)]
-        return [{"text": self.llm.decode_text(i), "token_ids": i, "prompt_tokens": n, "generate_s": elapsed}
-                for i, n in zip(ids, prompt_tokens)]
+        ivtp = out.ivtp or [None] * len(items)
+        return [{"text": self.llm.decode_text(ids), "token_ids": ids, "prompt_tokens": n, "generate_s": elapsed,
+                 "ivtp": info} for ids, n, info in zip(out.sequences, prompt_tokens, ivtp)]

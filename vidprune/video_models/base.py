@@ -17,20 +17,24 @@ A family subclass supplies only :meth:`VideoLLM.encode` (tower → prunable feat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, ModelLoadError
+from ..pruners.ivtp import IVTPSchedule
+from .ivtp_decoder import IVTPDecoder
 
 __all__ = [
     "VisualGeometry",
     "EncodedFrames",
+    "GenerationOutput",
     "VideoLLM",
     "register_family",
     "list_families",
@@ -81,6 +85,20 @@ class VisualGeometry:
     def full_per_frame(self) -> int:
         """Tokens per frame handed on with pruning off (prunable + extra)."""
         return self.prunable_per_frame + self.extra_per_frame
+
+
+@dataclass
+class GenerationOutput:
+    """What :meth:`VideoLLM.generate` returns.
+
+    Attributes:
+        sequences: per sample, the generated token ids (prompt removed, stopped before EOS).
+        ivtp: per sample ``{"kept": sorted visual-stream indices that survive IVTP,
+            "tokens_per_layer": tokens each decoder layer ran on in prefill}``, or None without IVTP.
+    """
+
+    sequences: list[list[int]]
+    ivtp: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -164,7 +182,8 @@ class VideoLLM:
     model_class_name: ClassVar[str]
     default_num_frames: ClassVar[int]
 
-    def __init__(self, model, processor, name_or_path: str, *, keep_cls: bool = True, prune_pooled: bool = True):
+    def __init__(self, model, processor, name_or_path: str, *, keep_cls: bool = True, prune_pooled: bool = True,
+                 ivtp: IVTPSchedule | None = None):
         self.model = model.eval()
         self.processor = processor
         self.config = model.config
@@ -178,12 +197,20 @@ class VideoLLM:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._check_vision_feature_layer()
+        # IVTP: instance-local wrappers on the LLM's decoder layers (stock behaviour outside a session)
+        self.ivtp = IVTPDecoder(self.language_model, ivtp) if ivtp is not None else None
+
+    @property
+    def language_model(self) -> torch.nn.Module:
+        """The decoder stack (``LlamaModel``) inside the HF model."""
+        return self.model.model.language_model
 
     # ----------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, device: str | torch.device = "cpu",
                         dtype: str | torch.dtype | None = None, keep_cls: bool = True,
-                        prune_pooled: bool = True, attn_implementation: str | None = None) -> "VideoLLM":
+                        prune_pooled: bool = True, attn_implementation: str | None = None,
+                        ivtp: IVTPSchedule | None = None) -> "VideoLLM":
         """Load model + processor from a checkpoint directory or hub id.
 
         Args:
@@ -191,6 +218,7 @@ class VideoLLM:
             dtype: weights dtype (``"bfloat16"``, ``"float16"``, ``"float32"`` or a torch dtype);
                 None keeps the checkpoint's dtype on GPU and uses float32 on CPU.
             attn_implementation: passed to ``from_pretrained`` (default: transformers' choice, SDPA).
+            ivtp: in-LLM pruning schedule (None: off).
         """
         import transformers
         from transformers import AutoProcessor
@@ -208,7 +236,7 @@ class VideoLLM:
         except OSError as exc:
             raise ModelLoadError(f"cannot load {name_or_path!r}: {str(exc).splitlines()[0]}") from None
         model.to(device)
-        return cls(model, processor, name_or_path, keep_cls=keep_cls, prune_pooled=prune_pooled)
+        return cls(model, processor, name_or_path, keep_cls=keep_cls, prune_pooled=prune_pooled, ivtp=ivtp)
 
     # ------------------------------------------------------------- vision side
     @classmethod
@@ -295,7 +323,7 @@ class VideoLLM:
         return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], visual_tokens: list[torch.Tensor], **generate_kwargs) -> list[list[int]]:
+    def generate(self, prompts: list[str], visual_tokens: list[torch.Tensor], **generate_kwargs) -> GenerationOutput:
         """Generate answers. **The pruned visual tokens enter the LLM here.**
 
         Args:
@@ -305,18 +333,24 @@ class VideoLLM:
             generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample``...).
 
         Returns:
-            The generated token ids of each sample (prompt removed, padding stripped).
+            :class:`GenerationOutput`: per sample the generated ids (prompt removed, stopped
+            before EOS) and, with IVTP, what it kept and the tokens each layer ran on.
         """
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         counts = [int(t.shape[0]) for t in visual_tokens]
         inputs = self.tokenize(prompts, counts)
         stream = torch.cat(list(visual_tokens), dim=0).unsqueeze(0)  # (1, sum K_i, D), batch order
-        out = self.model.generate(
-            **inputs,
-            mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=stream)},
-            **generate_kwargs,
+        session = (
+            self.ivtp.session(inputs["input_ids"], inputs["attention_mask"], self.video_token_id)
+            if self.ivtp is not None else contextlib.nullcontext()
         )
+        with session as ivtp_state:
+            out = self.model.generate(
+                **inputs,
+                mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=stream)},
+                **generate_kwargs,
+            )
         new_tokens = out[:, inputs["input_ids"].shape[1]:]
         pad = self.processor.tokenizer.pad_token_id
         eos = self.model.generation_config.eos_token_id
@@ -331,7 +365,8 @@ class VideoLLM:
             while ids and ids[-1] == pad and pad not in eos_ids:
                 ids.pop()
             result.append(ids)
-        return result
+        ivtp = [ivtp_state.summary(b) for b in range(len(result))] if ivtp_state is not None else None
+        return GenerationOutput(sequences=result, ivtp=ivtp)
 
     def decode_text(self, ids: list[int]) -> str:
         return self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()

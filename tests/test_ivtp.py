@@ -1,0 +1,200 @@
+"""IVTP inside the LLM, checked against independent references.
+
+* keep ratio 1.0 → the stock model's generation, token for token;
+* the kept set → the top tokens by scores from the *stock* model's eager attention
+  probabilities at layer k (``output_attentions``), with the scores themselves equal;
+* generation with the pruned KV cache → a cache-free recomputation with the same kept tokens;
+* a left-padded batch of two → the two prompts one at a time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from vidprune import VideoQA
+from vidprune.errors import ConfigError
+
+FAMILIES = [("video_llava", 8), ("llava_next_video", 4)]
+QUESTIONS = ["What is the man holding?", "Describe the colours you see in great detail, please."]
+
+
+def _qa(ckpt, num_frames, **ivtp):
+    return VideoQA.from_pretrained(ckpt, budget=num_frames * 24, dedup=False, **ivtp)
+
+
+def _eager_scores(ckpt, qa, pruned, question, layers):
+    """Instruction→visual attention scores from the stock model run with eager attention."""
+    from transformers import AutoModelForImageTextToText
+
+    eager = AutoModelForImageTextToText.from_pretrained(ckpt, attn_implementation="eager", dtype=torch.float32)
+    prompt = qa.llm.build_prompt(question)
+    visual = qa.llm.project(pruned.tokens)
+    inputs = qa.llm.tokenize([prompt], [visual.shape[0]])
+    with torch.no_grad():
+        out = eager(**inputs, mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=visual[None])},
+                    output_attentions=True, use_cache=False)
+    ids = inputs["input_ids"][0]
+    vis_pos = torch.nonzero(ids == qa.llm.video_token_id).flatten()
+    rows = torch.arange(int(vis_pos.max()) + 1, len(ids))  # instruction tokens: after the last visual token
+    per_layer = {k: out.attentions[k][0][:, rows][:, :, vis_pos].mean(dim=0).mean(dim=0) for k in layers}
+    return per_layer
+
+
+@pytest.mark.parametrize("family,num_frames", FAMILIES)
+def test_keep_ratio_one_generates_exactly_the_stock_model(tiny_checkpoints, random_frames, family, num_frames):
+    ckpt = tiny_checkpoints[family]
+    frames = random_frames(num_frames, seed=1)
+    stock = _qa(ckpt, num_frames).ask(frames, QUESTIONS[0], max_new_tokens=12)
+    ivtp = _qa(ckpt, num_frames, ivtp_layer=2, ivtp_keep=1.0).ask(frames, QUESTIONS[0], max_new_tokens=12)
+    assert ivtp.token_ids == stock.token_ids
+    assert len(ivtp.report["ivtp"]["kept"]) == num_frames * 24
+
+
+@pytest.mark.parametrize("family,num_frames", FAMILIES)
+@pytest.mark.parametrize("layer,keep", [(1, 0.5), (2, 0.25), (3, 0.1)])
+def test_kept_set_is_the_top_by_eager_attention_of_the_stock_model(tiny_checkpoints, random_frames, family,
+                                                                    num_frames, layer, keep):
+    ckpt = tiny_checkpoints[family]
+    qa = _qa(ckpt, num_frames, ivtp_layer=layer, ivtp_keep=keep)
+    for seed, question in enumerate(QUESTIONS):
+        pruned = qa.prepare(random_frames(num_frames, seed=seed + 20))
+        answer = qa.answer(pruned, [question], max_new_tokens=2)[0]
+        scores = _eager_scores(ckpt, qa, pruned, question, [layer])[layer]
+        n_visual = pruned.tokens.shape[0]
+        expected = sorted(torch.argsort(scores, descending=True, stable=True)[: math.ceil(keep * n_visual)].tolist())
+        assert answer.report["ivtp"]["kept"] == expected
+        assert len(expected) == math.ceil(keep * n_visual)
+        # the recomputed scores equal eager attention's, to float rounding
+        session_scores = _recomputed_scores(qa, pruned, question)
+        torch.testing.assert_close(session_scores[layer], scores, rtol=1e-4, atol=1e-7)
+
+
+def _recomputed_scores(qa, pruned, question):
+    prompt = qa.llm.build_prompt(question)
+    visual = qa.llm.project(pruned.tokens)
+    inputs = qa.llm.tokenize([prompt], [visual.shape[0]])
+    with qa.llm.ivtp.session(inputs["input_ids"], inputs["attention_mask"], qa.llm.video_token_id) as s, torch.no_grad():
+        qa.llm.model(**inputs, mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=visual[None])},
+                     use_cache=False)
+    return {k: v[0] for k, v in s.stage_scores.items()}
+
+
+@pytest.mark.parametrize("family,num_frames", FAMILIES)
+def test_multi_layer_fusion_matches_eager_scores_averaged_over_layers(tiny_checkpoints, random_frames, family,
+                                                                     num_frames):
+    ckpt = tiny_checkpoints[family]
+    weights = [0.5, 0.0, 2.0]  # layers 0, 1, 2
+    qa = _qa(ckpt, num_frames, ivtp_layer=2, ivtp_keep=0.3, ivtp_fusion=weights)
+    pruned = qa.prepare(random_frames(num_frames, seed=7))
+    answer = qa.answer(pruned, [QUESTIONS[1]], max_new_tokens=2)[0]
+    per_layer = _eager_scores(ckpt, qa, pruned, QUESTIONS[1], [0, 1, 2])
+    fused = sum(w * per_layer[k] for k, w in enumerate(weights)) / sum(weights)
+    expected = sorted(torch.argsort(fused, descending=True, stable=True)[: math.ceil(0.3 * len(fused))].tolist())
+    assert answer.report["ivtp"]["kept"] == expected
+    mean_qa = _qa(ckpt, num_frames, ivtp_layer=2, ivtp_keep=0.3, ivtp_fusion="mean")
+    mean_answer = mean_qa.answer(pruned, [QUESTIONS[1]], max_new_tokens=2)[0]
+    mean = sum(per_layer.values()) / 3
+    assert mean_answer.report["ivtp"]["kept"] == sorted(
+        torch.argsort(mean, descending=True, stable=True)[: math.ceil(0.3 * len(mean))].tolist())
+
+
+@pytest.mark.parametrize("family,num_frames", FAMILIES)
+def test_generation_with_pruned_cache_equals_cache_free_recomputation(tiny_checkpoints, random_frames, family,
+                                                                      num_frames):
+    ckpt = tiny_checkpoints[family]
+    qa = _qa(ckpt, num_frames, ivtp_layer=2, ivtp_keep=0.3)
+    pruned = qa.prepare(random_frames(num_frames, seed=3))
+    answer = qa.answer(pruned, [QUESTIONS[0]], max_new_tokens=10)[0]
+    kept = answer.report["ivtp"]["kept"]
+    # cache-free greedy loop: the whole sequence each step, the same kept visual tokens forced
+    prompt = qa.llm.build_prompt(QUESTIONS[0])
+    visual = qa.llm.project(pruned.tokens)
+    inputs = qa.llm.tokenize([prompt], [visual.shape[0]])
+    ids, generated = inputs["input_ids"], []
+    eos = qa.llm.model.generation_config.eos_token_id
+    for _ in range(10):
+        with qa.llm.ivtp.session(inputs["input_ids"], inputs["attention_mask"], qa.llm.video_token_id,
+                                 forced_keep=[kept]), torch.no_grad():
+            logits = qa.llm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False,
+                                  mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=visual[None])},
+                                  ).logits
+        nxt = int(logits[0, -1].argmax())
+        if nxt == eos:
+            break
+        generated.append(nxt)
+        ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+    assert len(generated) > 3
+    assert answer.token_ids == generated
+
+
+@pytest.mark.parametrize("family,num_frames", FAMILIES)
+@pytest.mark.parametrize("ivtp", [{"ivtp_layer": 2, "ivtp_keep": 0.3}, {"ivtp_schedule": [[1, 0.6], [3, 0.5]]}])
+def test_left_padded_batch_equals_one_at_a_time(tiny_checkpoints, random_frames, family, num_frames, ivtp):
+    ckpt = tiny_checkpoints[family]
+    qa = _qa(ckpt, num_frames, **ivtp)
+    a = qa.prepare(random_frames(num_frames, seed=4))
+    qa.select_stage.budget = num_frames * 10
+    b = qa.prepare(random_frames(num_frames, seed=5))
+    items = [(a, QUESTIONS[0]), (b, QUESTIONS[1])]  # different visual counts and prompt lengths: left padding
+    batched = qa.answer_batch(items, max_new_tokens=8)
+    single = [qa.answer_batch([item], max_new_tokens=8)[0] for item in items]
+    assert [x.token_ids for x in batched] == [x.token_ids for x in single]
+    assert [x.report["ivtp"]["kept"] for x in batched] == [x.report["ivtp"]["kept"] for x in single]
+    assert [x.report["ivtp"]["tokens_per_layer"] for x in batched] == [x.report["ivtp"]["tokens_per_layer"] for x in single]
+
+
+def test_progressive_schedule_counts_and_report(video_llava_ckpt, random_frames):
+    qa = _qa(video_llava_ckpt, 8, ivtp_schedule=[[1, 0.5], [3, 0.5]])
+    answer = qa.ask(random_frames(8, seed=9), QUESTIONS[0], max_new_tokens=4)
+    r = answer.report["ivtp"]
+    n_visual = answer.report["tokens"]["to_llm"]
+    kept_1 = math.ceil(0.5 * n_visual)
+    assert len(r["kept"]) == math.ceil(0.5 * kept_1)
+    assert r["kept"] == sorted(set(r["kept"])) and max(r["kept"]) < n_visual
+    full = r["tokens_per_layer"][0]
+    assert r["tokens_per_layer"] == [full, full - n_visual + kept_1, full - n_visual + kept_1, full - n_visual + len(r["kept"])]
+    assert r["flops_per_layer"][0] > r["flops_per_layer"][1] > r["flops_per_layer"][3]
+    assert answer.report["flops"]["llm_prefill_pruned"] == sum(r["flops_per_layer"])
+    assert qa.llm.config.text_config._attn_implementation == "sdpa"  # no layer switched to eager
+
+
+def test_sampling_with_ivtp_is_seeded(video_llava_ckpt, random_frames):
+    frames = random_frames(8, seed=2)
+    runs = []
+    for _ in range(2):
+        qa = _qa(video_llava_ckpt, 8, ivtp_layer=2, ivtp_keep=0.5, do_sample=True, temperature=0.9, seed=123)
+        runs.append(qa.ask(frames, QUESTIONS[0], max_new_tokens=8).token_ids)
+    assert runs[0] == runs[1] and len(runs[0]) > 0
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"ivtp_layer": 0, "ivtp_keep": 0.5}, "ivtp layer must be >= 1"),
+    ({"ivtp_layer": 4, "ivtp_keep": 0.5}, "out of range: it must be in 1..3 for a 4-layer LLM"),
+    ({"ivtp_layer": 2, "ivtp_keep": 0.0}, r"keep ratio 0.0 must be in \(0, 1\]"),
+    ({"ivtp_layer": 2, "ivtp_keep": 1.5}, r"keep ratio 1.5 must be in \(0, 1\]"),
+    ({"ivtp_layer": 2}, "needs both ivtp_layer"),
+    ({"ivtp_schedule": [[2, 0.5], [1, 0.5]]}, "strictly increasing"),
+])
+def test_bad_ivtp_options_fail_before_the_model_loads(video_llava_ckpt, monkeypatch, options, message):
+    from vidprune.video_models.base import VideoLLM
+
+    monkeypatch.setattr(VideoLLM, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("model loaded")))
+    with pytest.raises(ConfigError, match=message):
+        VideoQA.from_pretrained(video_llava_ckpt, budget=100, **options)
+
+
+def test_ivtp_wrappers_leave_other_models_alone(video_llava_ckpt, random_frames):
+    """Instance-local: a second model of the same class in the process keeps the stock forward."""
+    plain = _qa(video_llava_ckpt, 8)
+    ivtp = _qa(video_llava_ckpt, 8, ivtp_layer=1, ivtp_keep=0.2)
+    frames = random_frames(8, seed=6)
+    before = plain.ask(frames, QUESTIONS[0], max_new_tokens=6).token_ids
+    ivtp.ask(frames, QUESTIONS[0], max_new_tokens=6)
+    assert plain.ask(frames, QUESTIONS[0], max_new_tokens=6).token_ids == before
+    assert "forward" not in vars(plain.llm.language_model.layers[1])
+    assert np.all([("forward" in vars(layer)) for layer in ivtp.llm.language_model.layers[1:]])

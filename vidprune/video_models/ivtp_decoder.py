@@ -1,0 +1,291 @@
+"""IVTP wired into a Llama decoder: prune visual tokens after layer k-1, run layers ≥ k on the rest.
+
+``IVTPDecoder(language_model, schedule)`` wraps the ``forward`` of the decoder layers of
+**one model instance** (no class is patched; other models in the process are untouched).
+Outside a :meth:`IVTPDecoder.session` the wrapped layers behave exactly like the stock ones.
+
+Inside a session, in the prefill forward:
+
+* at every scoring layer j, the instruction rows of layer j's attention are recomputed from
+  the layer's input (``input_layernorm`` → ``q_proj`` for instruction rows only, ``k_proj``
+  for all rows, the model's own rotary ``position_embeddings``, GQA repeat, causal and
+  padding masks): O(n_text · n · d) and no eager attention; every layer keeps SDPA/flash;
+* at a pruning layer k the fused scores pick the visual tokens to keep; the hidden states,
+  rotary cos/sin and position ids are gathered (kept tokens keep their original positions)
+  and re-left-padded per sample; the mask for the new layout is built with transformers'
+  own ``create_causal_mask`` from the new layout's 2-D mask and the layer's cache sizes;
+* layers ≥ k run on that layout and cache only the kept tokens (``DynamicCache`` holds
+  per-layer lengths).
+
+In decode steps, layers < k see the stock mask; each pruned segment gets a mask built from
+its own prompt layout plus the generated tokens, sized from its own cache layer.
+
+Mirrors ``LlamaModel.forward`` / ``LlamaDecoderLayer.forward`` of transformers 5.23: the
+model computes one mask, ``position_ids`` and ``position_embeddings`` per forward and hands
+them to every layer as keyword arguments, which is what the wrapper replaces.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers.masking_utils import create_causal_mask
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+from ..pruners.ivtp import IVTPSchedule, instruction_attention_scores, instruction_rows, select_visual_tokens
+
+__all__ = ["IVTPDecoder", "IVTPSession"]
+
+
+@dataclass
+class _Layout:
+    """A token layout of the batch: which original positions sit where (left-padded)."""
+
+    start_layer: int
+    index: torch.Tensor  # (B, L) long: original position of each slot, -1 for padding
+    valid: torch.Tensor  # (B, L) bool
+    visual: torch.Tensor  # (B, L) bool
+    hidden_pad: Any = None
+    position_ids: torch.Tensor | None = None
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
+    mask: Any = None  # the 4-D (or None) mask handed to this layout's layers in the current forward
+
+
+@dataclass
+class IVTPSession:
+    """State of one ``generate`` (or forward) call with IVTP. Read the results after the call.
+
+    Attributes:
+        stage_scores: per pruning layer, the fused scores over the visual tokens still
+            present, per sample (list of (n,) float tensors), in visual-stream order.
+        kept: per sample, the visual-stream indices that survive the last stage (sorted).
+        tokens_per_layer: per sample, the number of tokens each decoder layer ran on in prefill.
+    """
+
+    visual: torch.Tensor  # (B, L0) bool, prompt layout
+    valid: torch.Tensor  # (B, L0) bool
+    forced_keep: list[list[int]] | None = None
+    layouts: list[_Layout] = field(default_factory=list)
+    score_sum: torch.Tensor | None = None
+    weight_sum: float = 0.0
+    stage_scores: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    kept: list[list[int]] = field(default_factory=list)
+    tokens_per_layer: list[list[int]] = field(default_factory=list)
+
+    def summary(self, sample: int) -> dict[str, Any]:
+        return {"kept": self.kept[sample], "tokens_per_layer": self.tokens_per_layer[sample]}
+
+
+class IVTPDecoder:
+    """Installs IVTP on one Llama-style ``language_model`` (``.layers``, ``.config``, ``.rotary_emb``)."""
+
+    def __init__(self, language_model: torch.nn.Module, schedule: IVTPSchedule):
+        self.language_model = language_model
+        self.config = language_model.config
+        self.schedule = schedule.validate(self.config.num_hidden_layers)
+        self.prune_layers = schedule.prune_layers
+        self.scoring_layers = schedule.scoring_layers()
+        self._session: IVTPSession | None = None
+        self._originals: dict[int, Any] = {}
+        first = min(self.scoring_layers | set(self.prune_layers))
+        for i in range(first, self.config.num_hidden_layers):
+            layer = language_model.layers[i]
+            self._originals[i] = layer.forward
+            layer.forward = functools.partial(self._layer_forward, i, layer.forward)
+
+    def remove(self) -> None:
+        """Restore the stock layer forwards."""
+        for i, original in self._originals.items():
+            self.language_model.layers[i].forward = original
+        self._originals.clear()
+
+    @contextmanager
+    def session(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, visual_token_id: int,
+                forced_keep: list[list[int]] | None = None):
+        """Enable IVTP for the calls inside the ``with`` block (one generate or forward).
+
+        Args:
+            input_ids: (B, L) prompt ids; visual positions are ``input_ids == visual_token_id``.
+            attention_mask: (B, L) 1 for tokens, 0 for (left) padding; None = no padding.
+            forced_keep: instead of scoring, keep these visual-stream indices per sample
+                (single-stage schedules; used to check the cache against a cache-free run).
+        """
+        if forced_keep is not None and len(self.prune_layers) != 1:
+            raise ValueError("forced_keep needs a single-stage IVTP schedule")
+        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        self._session = IVTPSession(visual=input_ids == visual_token_id, valid=valid, forced_keep=forced_keep)
+        try:
+            yield self._session
+        finally:
+            self._session = None
+
+    # ----------------------------------------------------------------- wrapper
+    def _layer_forward(self, layer_idx: int, original, hidden_states: torch.Tensor, *args, **kwargs):
+        session = self._session
+        if session is None:
+            return original(hidden_states, *args, **kwargs)
+        cache = kwargs.get("past_key_values")
+        prefill = cache is None or cache.get_seq_length(layer_idx) == 0
+        if prefill:
+            return self._prefill_layer(session, layer_idx, original, hidden_states, args, kwargs)
+        return self._decode_layer(session, layer_idx, original, hidden_states, args, kwargs)
+
+    def _prefill_layer(self, s: IVTPSession, i: int, original, hidden: torch.Tensor, args, kwargs):
+        first = min(self._originals)
+        if i == first:  # a new prefill forward: start from the prompt layout
+            self._begin_prefill(s, hidden, kwargs)
+        layout = s.layouts[-1]
+        if layout.start_layer > 0 or len(s.layouts) > 1:  # a pruned layout: hand the layer its own tensors
+            kwargs.update(attention_mask=layout.mask, position_ids=layout.position_ids,
+                          position_embeddings=layout.position_embeddings)
+        if i in self.scoring_layers:
+            self._accumulate_scores(s, i, hidden, kwargs["position_embeddings"], layout)
+        if i in self.prune_layers:
+            hidden = self._prune(s, i, hidden, kwargs)
+            layout = s.layouts[-1]
+            kwargs.update(attention_mask=layout.mask, position_ids=layout.position_ids,
+                          position_embeddings=layout.position_embeddings)
+        counts = layout.valid.sum(dim=1).tolist()
+        for b, n in enumerate(counts):
+            s.tokens_per_layer[b].append(int(n))
+        if i == first:  # layers below the first wrapped one ran on the full prompt
+            for b in range(len(counts)):
+                s.tokens_per_layer[b][:0] = [int(s.layouts[0].valid[b].sum())] * first
+        return original(hidden, *args, **kwargs)
+
+    def _begin_prefill(self, s: IVTPSession, hidden: torch.Tensor, kwargs) -> None:
+        batch, length = hidden.shape[:2]
+        visual, valid = s.visual.to(hidden.device), s.valid.to(hidden.device)
+        extra = length - visual.shape[1]
+        if extra < 0:
+            raise RuntimeError(f"IVTP session prompt has {visual.shape[1]} tokens but the forward got {length}")
+        if extra:  # cache-free decoding: generated tokens follow the prompt
+            visual = torch.cat([visual, visual.new_zeros(batch, extra)], dim=1)
+            valid = torch.cat([valid, valid.new_ones(batch, extra)], dim=1)
+        index = torch.arange(length, device=hidden.device).expand(batch, length).masked_fill(~valid, -1)
+        s.layouts = [_Layout(start_layer=0, index=index, valid=valid, visual=visual)]
+        s.score_sum, s.weight_sum = None, 0.0
+        s.stage_scores, s.kept = {}, []
+        s.tokens_per_layer = [[] for _ in range(batch)]
+
+    def _accumulate_scores(self, s: IVTPSession, i: int, hidden: torch.Tensor, position_embeddings, layout: _Layout):
+        next_prune = min(k for k in self.prune_layers if k >= i)
+        previous = max([k for k in self.prune_layers if k < i], default=-1)
+        weight = self.schedule.fusion_weights(next_prune, previous).get(i, 0.0)
+        if weight == 0.0 or s.forced_keep is not None:
+            return
+        scores = layer_instruction_scores(self.language_model.layers[i], hidden, position_embeddings,
+                                          layout.visual, layout.valid)
+        s.score_sum = scores * weight if s.score_sum is None else s.score_sum + scores * weight
+        s.weight_sum += weight
+
+    def _prune(self, s: IVTPSession, i: int, hidden: torch.Tensor, kwargs) -> torch.Tensor:
+        layout = s.layouts[-1]
+        batch = hidden.shape[0]
+        original_visual = s.layouts[0].visual  # visual positions of the prompt layout
+        if s.forced_keep is not None:
+            keep = ~layout.visual.clone()
+            for b in range(batch):
+                positions = torch.nonzero(original_visual[b]).flatten()[torch.as_tensor(s.forced_keep[b], dtype=torch.long)]
+                keep[b] |= torch.isin(layout.index[b], positions.to(layout.index.device))
+        else:
+            fused = s.score_sum / s.weight_sum
+            s.stage_scores[i] = [fused[b][layout.visual[b]] for b in range(batch)]
+            keep = select_visual_tokens(fused, layout.visual, self.schedule.keep_ratio_at(i))
+            s.score_sum, s.weight_sum = None, 0.0
+        keep &= layout.valid
+        counts = keep.sum(dim=1)
+        new_len = int(counts.max())
+        # slot -> source slot in the current layout, left-padded per sample (order preserved)
+        src = torch.full((batch, new_len), -1, dtype=torch.long, device=hidden.device)
+        for b in range(batch):
+            kept_slots = torch.nonzero(keep[b]).flatten()
+            src[b, new_len - len(kept_slots):] = kept_slots
+        pad = src < 0
+        gather = src.clamp_min(0)
+        new_hidden = torch.gather(hidden, 1, gather[..., None].expand(-1, -1, hidden.shape[-1])).masked_fill(pad[..., None], 0)
+        cos, sin = kwargs["position_embeddings"]
+        cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
+        idx3 = gather[..., None].expand(-1, -1, cos.shape[-1])
+        position_embeddings = (torch.gather(cos, 1, idx3), torch.gather(sin, 1, idx3))
+        position_ids = kwargs.get("position_ids")
+        if position_ids is not None:
+            position_ids = torch.gather(position_ids.expand(batch, -1), 1, gather).masked_fill(pad, 0)
+        new = _Layout(
+            start_layer=i,
+            index=torch.gather(layout.index, 1, gather).masked_fill(pad, -1),
+            valid=~pad,
+            visual=torch.gather(layout.visual, 1, gather) & ~pad,
+            position_ids=position_ids,
+            position_embeddings=position_embeddings,
+        )
+        new.mask = create_causal_mask(
+            config=self.config, inputs_embeds=new_hidden, attention_mask=new.valid.long(),
+            past_key_values=kwargs.get("past_key_values"), position_ids=position_ids, layer_idx=i,
+        )
+        s.layouts.append(new)
+        self._record_kept(s, new)
+        return new_hidden
+
+    @staticmethod
+    def _record_kept(s: IVTPSession, layout: _Layout) -> None:
+        original_visual = s.layouts[0].visual
+        s.kept = []
+        for b in range(layout.index.shape[0]):
+            positions = layout.index[b][layout.visual[b]]
+            visual_positions = torch.nonzero(original_visual[b]).flatten()
+            s.kept.append(torch.searchsorted(visual_positions, positions).tolist())
+
+    def _decode_layer(self, s: IVTPSession, i: int, original, hidden: torch.Tensor, args, kwargs):
+        pruned = [lay for lay in s.layouts[1:] if lay.start_layer <= i]
+        if not pruned:
+            return original(hidden, *args, **kwargs)
+        layout = pruned[-1]
+        cache = kwargs["past_key_values"]
+        if i == layout.start_layer:  # first layer of the segment in this step: build its mask once
+            new_tokens = cache.get_seq_length(i) - layout.valid.shape[1] + hidden.shape[1]
+            mask_2d = torch.cat([layout.valid, layout.valid.new_ones(hidden.shape[0], new_tokens)], dim=1)
+            layout.mask = create_causal_mask(
+                config=self.config, inputs_embeds=hidden, attention_mask=mask_2d.long(), past_key_values=cache,
+                position_ids=kwargs.get("position_ids"), layer_idx=i,
+            )
+        kwargs["attention_mask"] = layout.mask
+        return original(hidden, *args, **kwargs)
+
+
+@torch.no_grad()
+def layer_instruction_scores(layer: torch.nn.Module, hidden: torch.Tensor,
+                             position_embeddings: tuple[torch.Tensor, torch.Tensor],
+                             visual: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Scores of one decoder layer: mean attention from the instruction rows, recomputed from the layer input.
+
+    Args:
+        layer: a ``LlamaDecoderLayer`` (``input_layernorm``, ``self_attn`` with q/k projections).
+        hidden: (B, L, D) the layer's input.
+        position_embeddings: (cos, sin), each (B or 1, L, hd), as the model hands them to the layer.
+        visual, valid: (B, L) bool masks of the current layout.
+
+    Returns:
+        (B, L) float32 scores (meaningful at visual positions).
+    """
+    attn = layer.self_attn
+    batch, length, _ = hidden.shape
+    rows = instruction_rows(visual, valid)  # (B, L)
+    has_rows = rows.any(dim=0)
+    start = int(torch.nonzero(has_rows).min()) if bool(has_rows.any()) else length - 1
+    normed = layer.input_layernorm(hidden)
+    head_dim = attn.head_dim
+    query = attn.q_proj(normed[:, start:]).view(batch, length - start, -1, head_dim).transpose(1, 2)  # (B, H, T, hd)
+    key = attn.k_proj(normed).view(batch, length, -1, head_dim).transpose(1, 2)  # (B, KVH, L, hd)
+    cos, sin = position_embeddings
+    query, _ = apply_rotary_pos_emb(query, query, cos[:, start:], sin[:, start:])
+    _, key = apply_rotary_pos_emb(key, key, cos, sin)
+    key = repeat_kv(key, attn.num_key_value_groups)  # (B, H, L, hd)
+    positions = torch.arange(length, device=hidden.device)
+    causal = positions[None, :] <= positions[start:, None]  # (T, L)
+    allowed = causal[None] & valid[:, None, :]  # (B, T, L)
+    return instruction_attention_scores(query, key, attn.scaling, allowed, rows[:, start:])
