@@ -1,0 +1,460 @@
+"""Tests of vidprune.pipeline.decode on small generated videos whose frames carry their index."""
+
+from __future__ import annotations
+
+import sys
+import time
+import types
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+from videos import (  # tests/videos.py (tests/ is on sys.path under pytest)
+    make_audio_file,
+    make_moving_square_video,
+    make_resolution_change_ts,
+    make_vfr_video,
+    make_video,
+    read_stamp,
+    texture,
+)
+
+from vidprune.errors import ConfigError, VideoDecodeError
+from vidprune.pipeline.decode import (
+    DecodedClip,
+    Frame,
+    VideoReader,
+    available_backends,
+    fps_indices,
+    read_video,
+    uniform_indices,
+)
+
+FPS = 10
+N = 40
+
+
+def stamps(frames) -> list[int]:
+    return [read_stamp(f) for f in frames]
+
+
+def raw_decode_pts(path) -> tuple[list[int], Fraction]:
+    """Reference: pts of every frame plain PyAV decodes, in output order."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        return [f.pts for f in c.decode(s)], s.time_base
+
+
+@pytest.fixture(scope="module")
+def vids(tmp_path_factory):
+    d = tmp_path_factory.mktemp("videos")
+    v = {
+        "h264": make_video(d / "h264.mp4", N, FPS, (64, 48), "libx264"),
+        "mpeg4": make_video(d / "mpeg4.avi", N, FPS, (64, 48), "mpeg4"),
+        "vp9": make_video(d / "vp9.webm", 20, FPS, (64, 48), "libvpx-vp9", moving=True),
+        "mkv": make_video(d / "h264.mkv", N, FPS, (96, 64), "libx264", moving=True),
+        "short": make_video(d / "short.mp4", 5, FPS, (64, 48), "libx264"),
+        "seek_mp4": make_video(d / "seek.mp4", 120, 25, (64, 48), "libx264", gop=10, bframes=2),
+        "seek_avi": make_video(d / "seek.avi", 120, 25, (64, 48), "mpeg4", gop=10),
+        "cut": make_video(d / "cut.mkv", N, FPS, (64, 48), "libx264", gop=10, bframes=0, drop_packets=(0,)),
+    }
+    return v
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@pytest.mark.parametrize("n,k", [(40, 8), (40, 40), (100, 7), (2, 2), (1000, 32), (9, 3)])
+def test_uniform_indices_is_lmms_eval_linspace(n, k):
+    assert uniform_indices(n, k) == np.linspace(0, n - 1, k, dtype=int).tolist()
+
+
+def test_uniform_indices_shorter_video_gives_all_frames():
+    assert uniform_indices(5, 8) == [0, 1, 2, 3, 4]
+    assert uniform_indices(0, 8) == []
+    with pytest.raises(ConfigError):
+        uniform_indices(10, 0)
+
+
+def test_fps_indices_nearest_dedup_and_cap():
+    times = [i / 10 for i in range(40)]  # 10 fps, 0.0 .. 3.9 s
+    assert fps_indices(times, 2.0, None) == [0, 5, 10, 15, 20, 25, 30, 35]
+    # thinned uniformly over the picked list: linspace(0, 7, 5) -> [0, 1, 3, 5, 7]
+    assert fps_indices(times, 2.0, 5) == [0, 5, 15, 25, 35]
+    # a rate above the video's keeps each frame once
+    assert fps_indices(times, 30.0, None) == list(range(40))
+    # ties (0.25 s between 0.2 and 0.3) go to the earlier frame
+    assert fps_indices(times, 4.0, None)[:3] == [0, 2, 5]
+    # variable frame rate: nearest real timestamp, not index / fps
+    vfr = [0.0, 0.1, 0.15, 0.4, 0.41, 0.9, 1.0, 1.7, 1.8, 1.85, 2.5]
+    assert fps_indices(vfr, 2.0, None) == [0, 4, 6, 7, 9, 10]
+    assert fps_indices([], 1.0, None) == []
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError):
+            fps_indices(times, bad, None)
+    with pytest.raises(ConfigError):
+        fps_indices(times, 1.0, 0)
+
+
+# ----------------------------------------------------------------------------- uniform sampling
+
+
+@pytest.mark.parametrize("key,size", [("h264", (64, 48)), ("mpeg4", (64, 48)), ("mkv", (96, 64))])
+def test_uniform_sampling_returns_stamped_frames_and_times(vids, key, size):
+    clip = read_video(vids[key], num_frames=8)
+    expected = np.linspace(0, N - 1, 8, dtype=int).tolist()
+    assert isinstance(clip, DecodedClip)
+    assert clip.indices == expected
+    assert stamps(clip.frames) == expected
+    assert clip.times_s == pytest.approx([i / FPS for i in expected], abs=1e-6)
+    assert clip.num_stream_frames == N
+    assert clip.backend == "pyav"
+    assert clip.warnings == []
+    w, h = size
+    assert clip.frames.shape == (8, h, w, 3) and clip.frames.dtype == np.uint8
+    assert clip.frames.flags.c_contiguous
+
+
+def test_frame_count_ignores_headers(vids):
+    # Matroska stores no frame count: the header says 0, the demuxed stream says 40.
+    with av.open(str(vids["mkv"])) as c:
+        assert c.streams.video[0].frames == 0
+    with VideoReader(vids["mkv"]) as r:
+        assert len(r) == N
+        assert r.frame_times == pytest.approx([i / FPS for i in range(N)], abs=1e-6)
+
+
+def test_fewer_frames_than_asked_uses_all_with_warning(vids):
+    clip = read_video(vids["short"], num_frames=8)
+    assert clip.indices == [0, 1, 2, 3, 4]
+    assert stamps(clip.frames) == [0, 1, 2, 3, 4]
+    assert clip.num_stream_frames == 5
+    assert clip.warnings == ["video has 5 frames, fewer than the 8 asked for: using all 5"]
+
+
+# ----------------------------------------------------------------------------- fps sampling
+
+
+def test_fps_sampling_lower_rate_with_cap(vids):
+    clip = read_video(vids["h264"], fps=2.0)
+    assert clip.indices == [0, 5, 10, 15, 20, 25, 30, 35]
+    assert stamps(clip.frames) == clip.indices
+    capped = read_video(vids["mpeg4"], fps=2.0, max_frames=5)
+    assert capped.indices == [0, 5, 15, 25, 35]
+    assert stamps(capped.frames) == [0, 5, 15, 25, 35]
+    assert capped.times_s == pytest.approx([0.0, 0.5, 1.5, 2.5, 3.5], abs=1e-6)
+    assert capped.warnings == []
+
+
+def test_fps_sampling_above_video_rate_warns(vids):
+    clip = read_video(vids["short"], fps=30.0)
+    assert clip.indices == [0, 1, 2, 3, 4]
+    assert len(clip.warnings) == 1 and "frame rate is lower" in clip.warnings[0]
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+def test_variable_frame_rate_times_come_from_pts(tmp_path, backend):
+    times = [0.0, 0.1, 0.15, 0.4, 0.41, 0.9, 1.0, 1.7, 1.8, 1.85, 2.5]
+    path = make_vfr_video(tmp_path / "vfr.mkv", times)
+    with VideoReader(path) as r:
+        assert r.frame_times == pytest.approx(times, abs=1e-6)
+    clip = read_video(path, fps=2.0, backend=backend)
+    assert clip.backend == backend
+    assert clip.indices == [0, 4, 6, 7, 9, 10]
+    assert stamps(clip.frames) == clip.indices
+    assert clip.times_s == pytest.approx([times[i] for i in clip.indices], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+@pytest.mark.parametrize("key", ["h264", "mpeg4", "vp9", "mkv"])
+def test_pyav_and_decord_give_identical_frames(vids, key):
+    a = read_video(vids[key], num_frames=6, backend="pyav")
+    b = read_video(vids[key], num_frames=6, backend="decord")
+    assert b.backend == "decord" and b.warnings == []
+    assert a.indices == b.indices
+    assert stamps(a.frames) == stamps(b.frames) == a.indices
+    assert a.times_s == b.times_s
+    assert a.num_stream_frames == b.num_stream_frames
+    # Both use FFmpeg's swscale with the frame's own matrix/range: measured difference is 0.
+    assert np.array_equal(a.frames, b.frames)
+
+
+@pytest.mark.parametrize(
+    "name,codec,pix_fmt,colorspace,full_range,options",
+    [
+        ("bt709.mp4", "libx264", "yuv444p", "bt709", False, {"qp": "0"}),
+        ("bt709_full.mp4", "libx264", "yuv444p", "bt709", True, {"qp": "0"}),
+        ("bt601_full.webm", "libvpx-vp9", "yuv444p", "bt601", True, {"lossless": "1"}),
+    ],
+)
+def test_colour_tags_are_honoured(tmp_path, name, codec, pix_fmt, colorspace, full_range, options):
+    path = make_video(
+        tmp_path / name,
+        4,
+        FPS,
+        (64, 48),
+        codec,
+        pix_fmt,
+        colorspace=colorspace,
+        full_range=full_range,
+        options=options,
+    )
+    clip = read_video(path, num_frames=2)
+    body = clip.frames[0, 16:].astype(np.int16)  # below the stamp rows
+    source = texture(48, 64)[16:].astype(np.int16)
+    assert np.abs(body - source).max() <= 3  # lossless: only rounding error is left
+    assert np.array_equal(clip.frames, read_video(path, num_frames=2, backend="decord").frames)
+
+
+def test_decord_missing_falls_back_to_pyav(vids, monkeypatch):
+    monkeypatch.setitem(sys.modules, "decord", None)  # `import decord` now raises ImportError
+    assert available_backends() == ["pyav"]
+    clip = read_video(vids["h264"], num_frames=4, backend="decord")
+    assert clip.backend == "pyav"
+    assert stamps(clip.frames) == clip.indices == [0, 13, 26, 39]
+    assert len(clip.warnings) == 1
+    assert "decord" in clip.warnings[0] and "not installed" in clip.warnings[0]
+
+
+def test_available_backends_lists_decord_when_installed():
+    assert available_backends() == ["pyav", "decord"]
+
+
+def test_decord_failing_mid_decode_falls_back(vids, monkeypatch):
+    import decord
+
+    real = decord.VideoReader.get_batch
+
+    def flaky(self, indices):
+        if len(indices) > 1:  # the one-frame check at open time still works
+            raise decord.DECORDError("simulated failure")
+        return real(self, indices)
+
+    monkeypatch.setattr(decord.VideoReader, "get_batch", flaky)
+    clip = read_video(vids["h264"], num_frames=8, backend="decord")
+    assert clip.backend == "pyav"
+    assert stamps(clip.frames) == clip.indices == np.linspace(0, N - 1, 8, dtype=int).tolist()
+    assert len(clip.warnings) == 1 and "decord failed while decoding" in clip.warnings[0]
+
+
+def test_stream_cut_before_keyframe_uses_decoded_frames(vids):
+    # The first keyframe packet was dropped: 39 packets demux, but the decoder only
+    # outputs frames from the next keyframe on. Decoded frames are the truth.
+    ref_pts, tb = raw_decode_pts(vids["cut"])
+    n_true = len(ref_pts)
+    assert n_true < N - 1  # precondition: packets and decoded frames disagree
+    for backend in ("pyav", "decord"):
+        clip = read_video(vids["cut"], num_frames=8, backend=backend)
+        assert clip.backend == "pyav"
+        assert clip.num_stream_frames == n_true
+        assert clip.indices == uniform_indices(n_true, 8)
+        assert stamps(clip.frames) == [i + N - n_true for i in clip.indices]
+        expected_t = [float((ref_pts[i] - ref_pts[0]) * tb) for i in clip.indices]
+        assert clip.times_s == pytest.approx(expected_t, abs=1e-6)
+        assert any("frame table corrected" in w for w in clip.warnings)
+        assert not any("were not returned" in w for w in clip.warnings)  # redone pass leaves no noise
+        if backend == "decord":
+            assert any("decord counts 39 frames" in w for w in clip.warnings)
+
+
+def test_iter_frames_corrects_the_table_from_the_first_decoded_frame(vids):
+    ref_pts, tb = raw_decode_pts(vids["cut"])
+    with VideoReader(vids["cut"]) as r:
+        assert len(r) == N - 1  # demuxed packets: not yet checked against the decoder
+        frames = list(r.iter_frames([0, 1, 2]))
+        assert r.table_revision == 1 and len(r) == len(ref_pts)
+        assert r.frame_times == pytest.approx([float((p - ref_pts[0]) * tb) for p in ref_pts], abs=1e-6)
+    assert [f.index for f in frames] == [0, 1, 2]
+    assert [read_stamp(f.rgb) for f in frames] == [i + N - len(ref_pts) for i in range(3)]
+    assert [f.time_s for f in frames] == pytest.approx([0.0, 0.1, 0.2], abs=1e-6)
+
+
+def test_raw_stream_without_timestamps_is_counted_by_decoding(tmp_path):
+    # A raw H.264 elementary stream: packets carry no pts, so demuxing cannot build
+    # the table; decoding does. decord cannot open such a file at all.
+    path = make_video(tmp_path / "raw.h264", 30, FPS, (64, 48), "libx264")
+    with VideoReader(path) as r:
+        assert len(r) == 30
+        assert r.stats["demux_passes"] == 1 and r.stats["decode_passes"] == 1
+        steps = np.diff(r.frame_times)
+        assert r.frame_times[0] == 0.0 and np.all(steps > 0) and np.allclose(steps, steps[0])
+    for backend in ("pyav", "decord"):
+        clip = read_video(path, num_frames=5, backend=backend)
+        assert clip.backend == "pyav"
+        assert clip.num_stream_frames == 30
+        assert stamps(clip.frames) == clip.indices == uniform_indices(30, 5)
+        assert any("extrapolated from the frame rate" in w for w in clip.warnings)
+        if backend == "decord":
+            assert any("decord cannot open it" in w for w in clip.warnings)
+
+
+def test_resolution_change_is_scaled_to_the_first_size(tmp_path):
+    path = make_resolution_change_ts(tmp_path / "cat.ts", ((20, (64, 48)), (20, (96, 64))))
+    clip = read_video(path, num_frames=8)
+    assert clip.num_stream_frames == 40
+    assert clip.frames.shape == (8, 48, 64, 3)
+    first_part = [i for i in clip.indices if i < 20]
+    assert stamps(clip.frames[: len(first_part)]) == first_part
+    assert any("resolution changes mid-stream" in w for w in clip.warnings)
+    # the scaled frames still show the second part's picture: its texture, resized
+    last = clip.frames[-1, 16:].astype(np.int16)
+    assert np.abs(last.mean(axis=(0, 1)) - texture(64, 96)[16:].mean(axis=(0, 1))).max() < 12
+
+
+# ----------------------------------------------------------------------------- streaming & seeking
+
+
+def test_iter_frames_streams_in_order(vids):
+    with VideoReader(vids["h264"], seek_threshold=None) as r:
+        it = r.iter_frames([30, 3, 10, 3])
+        assert isinstance(it, types.GeneratorType)
+        first = next(it)
+        assert isinstance(first, Frame)
+        assert (first.index, read_stamp(first.rgb)) == (3, 3)
+        assert first.time_s == pytest.approx(0.3)
+        assert first.rgb.shape == (48, 64, 3) and first.rgb.dtype == np.uint8
+        # streaming: only frames 0..3 decoded, one converted so far
+        assert r.stats["decoded_frames"] == 4 and r.stats["converted_frames"] == 1
+        rest = list(it)
+        assert [f.index for f in rest] == [10, 30]
+        assert [read_stamp(f.rgb) for f in rest] == [10, 30]
+        assert r.stats["decoded_frames"] == 31 and r.stats["converted_frames"] == 3
+        assert r.stats["demux_passes"] == 1 and r.stats["decode_passes"] == 0
+        with pytest.raises(IndexError):
+            r.iter_frames([N])
+
+
+def test_frame_times_are_lazy_and_computed_once(vids):
+    with VideoReader(vids["mpeg4"]) as r:
+        assert r.stats["demux_passes"] == 0
+        assert r.frame_times == pytest.approx([i / FPS for i in range(N)], abs=1e-6)
+        assert len(r) == N
+        assert r.stats["demux_passes"] == 1 and r.stats["decode_passes"] == 0
+
+
+@pytest.mark.parametrize("key", ["seek_mp4", "seek_avi"])
+def test_keyframe_seeking_gives_same_frames_as_sequential(vids, key):
+    wanted = [2, 57, 58, 103, 119]
+    with VideoReader(vids[key], seek_threshold=8) as r:
+        seeked = list(r.iter_frames(wanted))
+        assert r.stats["seeks"] >= 2
+        assert r.stats["decoded_frames"] < 60  # sequential would decode 120
+        assert r.warnings == []
+    with VideoReader(vids[key], seek_threshold=None) as r:
+        sequential = list(r.iter_frames(wanted))
+        assert r.stats["seeks"] == 0 and r.stats["decoded_frames"] == 120
+    assert [f.index for f in seeked] == [read_stamp(f.rgb) for f in seeked] == wanted
+    assert [f.time_s for f in seeked] == pytest.approx([i / 25 for i in wanted], abs=1e-6)
+    for a, b in zip(seeked, sequential):
+        assert a.index == b.index and a.time_s == b.time_s
+        assert np.array_equal(a.rgb, b.rgb)
+
+
+# ----------------------------------------------------------------------------- rotation
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotated_video_comes_out_upright(tmp_path, rotation):
+    path = make_video(tmp_path / f"rot{rotation}.mp4", 12, FPS, (64, 48), "libx264", rotation=rotation)
+    with av.open(str(path)) as c:  # precondition: the display matrix is there and matters
+        raw = next(c.decode(video=0))
+        assert raw.rotation % 360 == (-rotation) % 360
+        with pytest.raises(ValueError):
+            read_stamp(raw.to_ndarray(format="rgb24"))
+    clip = read_video(path, num_frames=4)
+    assert clip.frames.shape == (4, 48, 64, 3)
+    assert stamps(clip.frames) == clip.indices == [0, 3, 7, 11]
+    # decord 0.6 mishandles rotation: it must not be used
+    dclip = read_video(path, num_frames=4, backend="decord")
+    assert dclip.backend == "pyav" and "rotation" in dclip.warnings[0]
+    assert np.array_equal(dclip.frames, clip.frames)
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "text.mp4").write_text("this is not a video\n" * 50)
+    (d / "random.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes())
+    make_audio_file(d / "audio.wav")
+    make_audio_file(d / "audio.m4a")
+    make_audio_file(d / "song.mp3", cover=True)
+    (d / "folder.mp4").mkdir()
+    return {
+        "missing": (d / "missing.mp4", "does not exist"),
+        "empty": (d / "empty.mp4", "empty"),
+        "text": (d / "text.mp4", "cannot read it as a media file"),
+        "random": (d / "random.mp4", "cannot read it as a media file"),
+        "wav": (d / "audio.wav", "no video stream"),
+        "aac": (d / "audio.m4a", "no video stream"),
+        "cover": (d / "song.mp3", "no video stream (streams found: audio, cover picture)"),
+        "dir": (d / "folder.mp4", "directory"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "text", "random", "wav", "aac", "cover", "dir"])
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+def test_bad_inputs_raise_video_decode_error_quickly(bad_files, kind, backend):
+    path, cause = bad_files[kind]
+    start = time.monotonic()
+    with pytest.raises(VideoDecodeError) as info:
+        VideoReader(path, backend=backend)
+    with pytest.raises(VideoDecodeError):
+        read_video(path, num_frames=4, backend=backend)
+    assert time.monotonic() - start < 2.0
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert str(path) in msg and cause in msg
+    assert ";" in msg  # cause; what to do
+
+
+def test_bad_arguments_raise_config_error(vids):
+    p = vids["short"]
+    cases = [
+        {},
+        {"num_frames": 4, "fps": 1.0},
+        {"num_frames": 0},
+        {"num_frames": -2},
+        {"num_frames": 2.5},
+        {"fps": 0},
+        {"fps": -1.0},
+        {"fps": float("nan")},
+        {"num_frames": 4, "max_frames": 2},
+        {"fps": 1.0, "max_frames": 0},
+    ]
+    for kwargs in cases:
+        with pytest.raises(ConfigError):
+            read_video(p, **kwargs)
+    with pytest.raises(ConfigError, match="pyav, decord"):
+        read_video(p, num_frames=4, backend="opencv")
+    with pytest.raises(ConfigError, match="pyav, decord"):
+        VideoReader(p, backend="torchvision")
+
+
+# ----------------------------------------------------------------------------- test helper
+
+
+def test_moving_square_video_has_static_background(tmp_path):
+    info = make_moving_square_video(tmp_path / "square.mp4", num_frames=12, static_frames=(5,))
+    clip = read_video(info.path, num_frames=12)
+    assert clip.frames.shape == (12, 64, 96, 3)
+    s = info.square
+    masks = np.ones((12, 64, 96), bool)
+    for i, (x, y) in enumerate(info.positions):
+        masks[i, y : y + s, x : x + s] = False
+        assert np.abs(clip.frames[i, y : y + s, x : x + s].astype(int) - (255, 32, 32)).max() <= 3
+    background = masks.all(axis=0)  # pixels never covered by the square
+    assert background.mean() > 0.5
+    assert np.abs(clip.frames[:, background].astype(int) - info.background[background].astype(int)).max() <= 3
+    assert np.array_equal(
+        clip.frames[:, background], np.broadcast_to(clip.frames[0][background], clip.frames[:, background].shape)
+    )
+    assert info.positions[5] == info.positions[4] and info.positions[6] != info.positions[5]
+    assert np.array_equal(clip.frames[5], clip.frames[4])
