@@ -12,15 +12,21 @@ bad model, 1 for an unreadable video.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
 from typing import Any
 
 from .errors import ConfigError, VidpruneError
 
-__all__ = ["main", "build_parser", "add_pipeline_options", "options_from_args"]
+__all__ = ["main", "build_parser", "add_pipeline_options", "options_from_args", "check_video_path"]
 
 DEMO_QUESTION = "What is moving in this video?"
+
+# Modules that add a subcommand: each has ``add_command(subparsers)``, which registers a
+# parser whose ``func`` default is the function to run with the parsed args.
+_COMMAND_MODULES: list[str] = []
 
 
 def _budget(value: str) -> int | str:
@@ -30,6 +36,22 @@ def _budget(value: str) -> int | str:
         return int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"budget must be an integer or 'none', got {value!r}") from None
+
+
+def _ivtp_schedule(value: str) -> list[list[float]]:
+    try:
+        return [[int(k), float(r)] for k, r in (pair.split(":") for pair in value.split(","))]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ivtp schedule must look like '2:0.5,8:0.5', got {value!r}") from None
+
+
+def _ivtp_fusion(value: str) -> str | list[float]:
+    if value in ("none", "mean"):
+        return value
+    try:
+        return [float(w) for w in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ivtp fusion must be none, mean or comma-separated weights, got {value!r}") from None
 
 
 def add_pipeline_options(p: argparse.ArgumentParser) -> None:
@@ -59,6 +81,13 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prune-unpooled", dest="prune_pooled", action="store_false", default=None,
                    help="LLaVA-NeXT-Video: prune the 576 unpooled tokens instead of the 144 pooled ones")
     g.add_argument("--seed", type=int)
+    g = p.add_argument_group("IVTP (pruning inside the LLM, conditioned on the question; off by default)")
+    g.add_argument("--ivtp-layer", type=int, help="k: score after layer k-1, run layers >= k on the kept tokens")
+    g.add_argument("--ivtp-keep", type=float, help="share of visual tokens kept at layer k, in (0, 1]")
+    g.add_argument("--ivtp-schedule", type=_ivtp_schedule,
+                   help="progressive pruning instead of --ivtp-layer/--ivtp-keep, e.g. '2:0.5,8:0.5'")
+    g.add_argument("--ivtp-fusion", type=_ivtp_fusion,
+                   help="score fusion over layers <= k: 'none' (default), 'mean', or weights '0.5,0,2' for layers 0..k")
     g = p.add_argument_group("generation")
     g.add_argument("--max-new-tokens", type=int)
     g.add_argument("--sample", dest="do_sample", action="store_true", default=None, help="sample instead of greedy")
@@ -68,7 +97,8 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
 
 _OPTION_KEYS = ("model", "device", "dtype", "frames", "fps", "max_frames", "decode_backend", "encoder_batch_size",
                 "budget", "pruner", "important_ratio", "dedup", "dedup_threshold", "dedup_reference", "dedup_window",
-                "keep_cls", "prune_pooled", "seed", "max_new_tokens", "do_sample", "temperature", "top_p")
+                "keep_cls", "prune_pooled", "seed", "ivtp_layer", "ivtp_keep", "ivtp_schedule", "ivtp_fusion",
+                "max_new_tokens", "do_sample", "temperature", "top_p")
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -98,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
 
     sub.add_parser("pruners", help="list the registered per-frame pruners")
+    for module_name in _COMMAND_MODULES:
+        importlib.import_module(module_name).add_command(sub)
     return parser
 
 
@@ -123,6 +155,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
             raise ConfigError("give a VIDEO and a QUESTION (or --demo to try it offline)")
         video, question = args.video, args.question
     check_question(question)
+    check_video_path(video)
     qa = VideoQA.from_pretrained(config=args.config, **opts)
     answer = qa.ask(video, question)
     if args.json:
@@ -131,6 +164,23 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         print(answer.text)
         print(summarize(answer.report), file=sys.stderr)
     return 0
+
+
+def check_video_path(video: str) -> None:
+    """Fail fast (before any model loads) on a video path that cannot be a readable file."""
+    from .errors import VideoDecodeError
+
+    if not os.path.exists(video):
+        raise VideoDecodeError(f"cannot decode video {video!r}: the file does not exist; check the path")
+    if os.path.isdir(video):
+        raise VideoDecodeError(f"cannot decode video {video!r}: it is a directory; pass a video file")
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter (backend fallbacks, deprecations) out of the CLI's output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
 
 
 def _cmd_make_tiny(args: argparse.Namespace) -> int:
@@ -154,8 +204,10 @@ _COMMANDS = {"ask": _cmd_ask, "make-tiny-checkpoint": _cmd_make_tiny, "pruners":
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    func = getattr(args, "func", None) or _COMMANDS[args.command]
     try:
-        return _COMMANDS[args.command](args)
+        _quiet_libraries()
+        return func(args)
     except VidpruneError as exc:
         print(f"vidprune: error: {exc}", file=sys.stderr)
         return exc.exit_code

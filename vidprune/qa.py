@@ -219,6 +219,11 @@ def summarize(report: dict[str, Any]) -> str:
         f"({100 * fl['llm_ratio']:.1f}%)",
         "time: " + ", ".join(f"{k} {v:.2f}s" for k, v in report["timings_s"].items()),
     ]
+    if report.get("ivtp"):
+        iv = report["ivtp"]
+        stages = ", ".join(f"layer {k} keeps {r:g}" for k, r in iv["schedule"])
+        lines.insert(1, f"IVTP ({stages}): {iv['visual_tokens_kept']} of {iv['visual_tokens_in']} visual tokens "
+                        "reach the last layers")
     lines += [f"warning: {w}" for w in report["warnings"]]
     return "\n".join(lines)
 
