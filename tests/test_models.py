@@ -170,3 +170,20 @@ def test_empty_question_is_refused(video_llava_ckpt, random_frames):
     for q in ["", "   ", None]:
         with pytest.raises(ConfigError, match="question is empty"):
             qa.ask(random_frames(8), q)
+
+
+def test_short_video_uses_all_frames_with_a_warning(video_llava_ckpt, tmp_path):
+    from vidprune.samples import moving_square_frames, write_video
+
+    path = write_video(tmp_path / "short.mp4", moving_square_frames(num_frames=3))
+    qa = VideoQA.from_pretrained(video_llava_ckpt, budget=60, frames=8)
+    answer = qa.ask(str(path), "What moves?", max_new_tokens=2)
+    assert [f["index"] for f in answer.report["frames"]] == [0, 1, 2]
+    assert any("fewer" in w and "8" in w for w in answer.report["warnings"])
+    assert answer.report["tokens"]["to_llm"] <= 60 and answer.report["tokens"]["full"] == 3 * 257
+
+
+def test_report_names_the_pruner_that_ran(video_llava_ckpt, random_frames):
+    off = VideoQA.from_pretrained(video_llava_ckpt, budget=None, dedup=False).ask(random_frames(8), "Hi?", max_new_tokens=1)
+    on = VideoQA.from_pretrained(video_llava_ckpt, budget=100, pruner="random").ask(random_frames(8), "Hi?", max_new_tokens=1)
+    assert off.report["options"]["pruner"] == "none" and on.report["options"]["pruner"] == "random"

@@ -202,9 +202,10 @@ class VideoQA:
             "decode": video.decode,
             "ivtp": ivtp_report,
             "warnings": video.warnings,
-            "options": {k: getattr(cfg, k) for k in ("budget", "pruner", "important_ratio", "dedup", "dedup_threshold",
+            "options": {"pruner": self.select_stage.pruner.name,
+                        **{k: getattr(cfg, k) for k in ("budget", "important_ratio", "dedup", "dedup_threshold",
                                                      "dedup_reference", "keep_cls", "prune_pooled", "ivtp_layer",
-                                                     "ivtp_keep", "ivtp_schedule", "ivtp_fusion")},
+                                                     "ivtp_keep", "ivtp_schedule", "ivtp_fusion")}},
         }
 
 
