@@ -198,3 +198,20 @@ def test_ivtp_wrappers_leave_other_models_alone(video_llava_ckpt, random_frames)
     assert plain.ask(frames, QUESTIONS[0], max_new_tokens=6).token_ids == before
     assert "forward" not in vars(plain.llm.language_model.layers[1])
     assert np.all([("forward" in vars(layer)) for layer in ivtp.llm.language_model.layers[1:]])
+
+
+def test_beam_search_works_with_the_pruned_cache(video_llava_ckpt, random_frames):
+    """generate() expands prompts for beams and reorders each layer's cache: the session follows it."""
+    stock = _qa(video_llava_ckpt, 8)
+    frames = random_frames(8, seed=8)
+    pruned = stock.prepare(frames)
+    visual = stock.llm.project(pruned.tokens)
+    prompt = stock.llm.build_prompt(QUESTIONS[0])
+    ref = stock.llm.generate([prompt], [visual], max_new_tokens=6, num_beams=2, do_sample=False).sequences
+    same = _qa(video_llava_ckpt, 8, ivtp_layer=2, ivtp_keep=1.0)
+    out = same.llm.generate([prompt], [visual], max_new_tokens=6, num_beams=2, do_sample=False)
+    assert out.sequences == ref
+    pruning = _qa(video_llava_ckpt, 8, ivtp_layer=2, ivtp_keep=0.3)
+    out = pruning.llm.generate([prompt], [visual], max_new_tokens=6, num_beams=2, do_sample=False)
+    assert len(out.sequences) == 1 and len(out.sequences[0]) > 0
+    assert len(out.ivtp[0]["kept"]) == math.ceil(0.3 * visual.shape[0])

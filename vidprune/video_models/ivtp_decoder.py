@@ -160,6 +160,11 @@ class IVTPDecoder:
     def _begin_prefill(self, s: IVTPSession, hidden: torch.Tensor, kwargs) -> None:
         batch, length = hidden.shape[:2]
         visual, valid = s.visual.to(hidden.device), s.valid.to(hidden.device)
+        if batch != visual.shape[0]:  # generate() repeat-interleaves prompts for num_return_sequences / beams
+            if batch % visual.shape[0]:
+                raise RuntimeError(f"IVTP session has {visual.shape[0]} prompts but the forward got a batch of {batch}")
+            repeats = batch // visual.shape[0]
+            visual, valid = visual.repeat_interleave(repeats, dim=0), valid.repeat_interleave(repeats, dim=0)
         extra = length - visual.shape[1]
         if extra < 0:
             raise RuntimeError(f"IVTP session prompt has {visual.shape[1]} tokens but the forward got {length}")
