@@ -187,3 +187,22 @@ def test_report_names_the_pruner_that_ran(video_llava_ckpt, random_frames):
     off = VideoQA.from_pretrained(video_llava_ckpt, budget=None, dedup=False).ask(random_frames(8), "Hi?", max_new_tokens=1)
     on = VideoQA.from_pretrained(video_llava_ckpt, budget=100, pruner="random").ask(random_frames(8), "Hi?", max_new_tokens=1)
     assert off.report["options"]["pruner"] == "none" and on.report["options"]["pruner"] == "random"
+
+
+def test_unpooled_llava_next_video_prunes_the_576_tokens(llava_next_video_ckpt, random_frames):
+    qa = VideoQA.from_pretrained(llava_next_video_ckpt, budget=4 * 50, dedup=False, prune_pooled=False, frames=4)
+    answer = qa.ask(random_frames(4, seed=2), "What?", max_new_tokens=3)
+    assert answer.report["tokens"]["full"] == 4 * 144  # the stock model feeds the pooled tokens
+    assert answer.report["tokens"]["to_llm"] == 200
+    assert max(max(f["kept"]) for f in answer.report["frames"]) < 576
+    assert any(max(f["kept"]) >= 144 for f in answer.report["frames"])  # indices of the unpooled 24x24 grid
+
+
+def test_video_llava_without_cls_tokens(video_llava_ckpt, random_frames):
+    keep = VideoQA.from_pretrained(video_llava_ckpt, budget=80, dedup=False)
+    drop = VideoQA.from_pretrained(video_llava_ckpt, budget=80, dedup=False, keep_cls=False)
+    frames = random_frames(8, seed=4)
+    a, b = keep.prepare(frames), drop.prepare(frames)
+    assert a.tokens.shape[0] == b.tokens.shape[0] == 80
+    assert sum(len(f["kept"]) for f in a.frames) == 72 and sum(len(f["kept"]) for f in b.frames) == 80
+    assert drop.ask(frames, "What?", max_new_tokens=2).report["tokens"]["to_llm"] == 80
