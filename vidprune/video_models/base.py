@@ -200,6 +200,15 @@ class VideoLLM:
         # IVTP: instance-local wrappers on the LLM's decoder layers (stock behaviour outside a session)
         self.ivtp = IVTPDecoder(self.language_model, ivtp) if ivtp is not None else None
 
+    def set_ivtp(self, schedule: IVTPSchedule | None) -> None:
+        """Switch in-LLM pruning on the loaded model to ``schedule`` (None: off); a no-op if unchanged."""
+        current = self.ivtp.schedule if self.ivtp is not None else None
+        if current == schedule:
+            return
+        if self.ivtp is not None:
+            self.ivtp.remove()
+        self.ivtp = IVTPDecoder(self.language_model, schedule) if schedule is not None else None
+
     @property
     def language_model(self) -> torch.nn.Module:
         """The decoder stack (``LlamaModel``) inside the HF model."""

@@ -1,0 +1,185 @@
+"""The ``vidprune`` model for lmms-eval: lmms-eval's own tasks, answered with vidprune's pruning.
+
+    pip install 'vidprune[eval]'
+    lmms-eval --model vidprune --model_args pretrained=LanguageBind/Video-LLaVA-7B-hf,budget=227 --tasks videomme
+
+Registration: vidprune declares the entry point ``vidprune`` in the ``lmms_eval.models``
+group, pointing at :func:`manifest`; lmms-eval's model registry loads every entry point
+of that group at start-up and resolves ``--model vidprune`` to :class:`VidpruneLMM`.
+
+``--model_args``: ``pretrained`` (hub id or checkpoint directory), ``budget`` (an integer,
+or ``none`` for no pruning), ``config`` (a vidprune YAML preset), and any other
+:class:`~vidprune.config.VidpruneConfig` field (``frames``, ``pruner``, ``dedup``,
+``ivtp_layer``, ``ivtp_keep``, ``dtype``, ...). lmms-eval's ``--device`` and
+``--batch_size`` are honoured.
+
+Requests: ``generate_until`` tasks whose ``doc_to_visual`` gives one video (a file path,
+a folder of frame images, or a list of PIL frames). The task's generation kwargs are
+mapped to vidprune's (``max_new_tokens``, ``temperature`` > 0 or ``do_sample`` ->
+sampling, ``top_p``) and the answer is cut at the first ``until`` string.
+``loglikelihood`` (the ``*_mcppl`` task variants) is not supported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import numpy as np
+from lmms_eval.api.model import lmms
+
+from ..config import VidpruneConfig
+from ..errors import ConfigError
+
+__all__ = ["VidpruneLMM", "manifest", "summarize_reports", "MODEL_ID"]
+
+MODEL_ID = "vidprune"
+
+# lmms-eval hands every model these besides --model_args; vidprune reads device and batch_size.
+_HARNESS_ARGS = ("device", "batch_size", "max_batch_size")
+_PRUNE_OFF = ("none", "full", "off")
+
+
+def manifest():
+    """The ``lmms_eval.models`` entry point: how lmms-eval finds ``--model vidprune``."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id=MODEL_ID, simple_class_path=f"{__name__}.VidpruneLMM")
+
+
+def _video_input(visuals: Any, num_frames: int) -> Any:
+    """A task's visuals -> what ``VideoQA.prepare`` takes: a file path or a (T, H, W, 3) uint8 array."""
+    from PIL import Image
+
+    from ..pipeline.sampling import uniform_indices
+
+    items = []
+    for v in visuals if isinstance(visuals, (list, tuple)) else [visuals]:
+        items.extend(v if isinstance(v, (list, tuple)) else [v])
+    if not items:
+        raise ConfigError("the task gave no visual for this question; vidprune answers questions about a video")
+    if all(isinstance(v, Image.Image) for v in items):  # frames as images
+        picked = [items[i] for i in uniform_indices(len(items), num_frames)]
+        size = picked[0].size
+        return np.stack([np.asarray(im.convert("RGB").resize(size)) for im in picked])
+    if len(items) != 1:
+        raise ConfigError(f"vidprune answers about one video per question; the task gave {len(items)} visuals")
+    visual = items[0]
+    if isinstance(visual, (str, os.PathLike)) and os.path.isdir(visual):
+        from .benchmarks import Sample
+        from .runner import load_clip
+
+        return load_clip(Sample("lmms-eval", "", str(visual), "", "", ""), num_frames).frames
+    if isinstance(visual, (str, os.PathLike)):
+        return str(visual)
+    raise ConfigError(f"vidprune cannot read a {type(visual).__name__} visual; give a video path or PIL frames")
+
+
+def _generation(gen_kwargs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """lmms-eval generation kwargs -> (vidprune generate overrides, stop strings)."""
+    until = gen_kwargs.get("until") or []
+    until = [until] if isinstance(until, str) else list(until)
+    out: dict[str, Any] = {}
+    if gen_kwargs.get("max_new_tokens") is not None:
+        out["max_new_tokens"] = int(gen_kwargs["max_new_tokens"])
+    temperature = gen_kwargs.get("temperature") or 0
+    sample = bool(gen_kwargs.get("do_sample")) or float(temperature) > 0
+    out["do_sample"] = sample
+    if sample:
+        out["temperature"] = float(temperature) if float(temperature) > 0 else 1.0
+        if gen_kwargs.get("top_p") is not None:
+            out["top_p"] = float(gen_kwargs["top_p"])
+    return out, [u for u in until if u]
+
+
+def summarize_reports(reports: list[dict[str, Any]]) -> str:
+    """One line on what pruning did over the answers so far (printed after each task's generation)."""
+    to_llm = [r["tokens"]["to_llm"] for r in reports]
+    full = [r["tokens"]["full"] for r in reports]
+    ratio = [r["flops"]["llm_ratio"] for r in reports]
+    budget = reports[-1]["tokens"].get("budget")
+    return (f"vidprune: {len(reports)} answers, visual tokens to the LLM: mean {sum(to_llm) / len(to_llm):.1f}, "
+            f"max {max(to_llm)} of {max(full)} (budget {budget if budget is not None else 'none'}); "
+            f"LLM prefill FLOPs {100 * sum(ratio) / len(ratio):.1f}% of unpruned")
+
+
+def _cut(text: str, until: list[str]) -> str:
+    for stop in until:
+        pos = text.find(stop)
+        if pos != -1:
+            text = text[:pos]
+    return text.strip()
+
+
+class VidpruneLMM(lmms):
+    """lmms-eval model: a :class:`vidprune.VideoQA` (model + pruning options) behind lmms-eval's API."""
+
+    is_simple = True
+
+    def __init__(self, pretrained: str, budget: Any = None, config: str | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        from ..qa import VideoQA
+
+        harness = {k: kwargs.pop(k) for k in _HARNESS_ARGS if k in kwargs}
+        unknown = sorted(set(kwargs) - set(VidpruneConfig.field_names()))
+        if unknown:
+            raise ConfigError(f"unknown vidprune model_args {', '.join(unknown)}; allowed: pretrained, budget, config, "
+                              f"{', '.join(VidpruneConfig.field_names())}")
+        if isinstance(budget, str):
+            if budget.lower() not in _PRUNE_OFF:
+                raise ConfigError(f"budget must be an integer or 'none', got {budget!r}")
+            budget = None
+        if harness.get("device"):  # lmms-eval's --device (or device= in --model_args)
+            kwargs["device"] = str(harness["device"])
+        batch = harness.get("batch_size") or 1
+        try:
+            self.batch_size_per_gpu = max(1, int(batch))
+        except (TypeError, ValueError):
+            raise ConfigError(f"vidprune takes an integer --batch_size, got {batch!r}") from None
+        self.qa = VideoQA.from_pretrained(str(pretrained), config=config, budget=budget, **kwargs)
+        self.num_frames = self.qa.config.frames or self.qa.llm.default_num_frames
+        self.reports: list[dict[str, Any]] = []  # the pruning report of every answer, in request order
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_gpu
+
+    def generate_until(self, requests) -> list[str]:
+        from tqdm import tqdm
+
+        results: list[str] = []
+        bar = tqdm(total=len(requests), disable=self.rank != 0, desc="vidprune answering")
+        i = 0
+        while i < len(requests):
+            chunk = [requests[i]]
+            while (len(chunk) < self.batch_size_per_gpu and i + len(chunk) < len(requests)
+                   and requests[i + len(chunk)].args[1] == requests[i].args[1]):
+                chunk.append(requests[i + len(chunk)])
+            gen, until = _generation(dict(chunk[0].args[1] or {}))
+            items = []
+            for req in chunk:
+                context, _, doc_to_visual, doc_id, task, split = req.args
+                visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+                items.append((_video_input(visuals, self.num_frames), context))
+            answers = self.qa.ask_batch(items, **gen)
+            for req, ans in zip(chunk, answers):
+                text = _cut(ans.text, until)
+                self.reports.append(ans.report)
+                self.cache_hook.add_partial("generate_until", (req.args[0], req.args[1]), text)
+                results.append(text)
+            bar.update(len(chunk))
+            i += len(chunk)
+        bar.close()
+        if self.reports and self.rank == 0:
+            print(summarize_reports(self.reports), file=sys.stderr, flush=True)
+        return results
+
+    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+        raise NotImplementedError(
+            "vidprune's lmms-eval model answers generate_until tasks; this is a loglikelihood task "
+            "(e.g. a *_mcppl variant): run the task's generation variant instead"
+        )
+
+    def generate_until_multi_round(self, requests) -> list[str]:
+        raise NotImplementedError("vidprune's lmms-eval model answers single-round generate_until tasks")

@@ -1,0 +1,444 @@
+"""The budget sweep: every benchmark sample under every (method, budget) arm, resumable.
+
+    runner = SweepRunner(settings)     # settings: vidprune.eval.settings.resolve_settings(...)
+    runner.setup()                     # validate options, read annotations, find videos, open results
+    summary = runner.run()             # load the model once, answer, score, write the report
+
+Order of work: the model loads once. For each video (questions about the same video and
+clip are grouped) the frames are decoded and run through the vision tower once; every
+arm then selects its tokens from those features and answers. Selection and generation
+are the only per-arm work, so a sweep over 4 budgets x 3 methods costs little more than
+13 generate calls per question.
+
+Results: ``<out>/samples.jsonl`` gets one line per (benchmark, arm, question) as soon as
+it is answered and scored, flushed at once. A rerun of the same command reads the file,
+drops a partial last line left by an interruption, and skips every answer already there;
+``<out>/run.json`` records the options, and a rerun with different pipeline options into
+the same folder is refused. Arms, benchmarks and a judge may be added on a rerun.
+
+With ``settings.address`` the answers come from a Ray cluster instead
+(:mod:`vidprune.eval.ray_sweep`); scoring and records are the same.
+
+Latency per record: decode and vision-tower time of its video (shared by the arms, as a
+standalone run would pay it), its own selection time and its own generate time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from ..config import VidpruneConfig
+from ..errors import ConfigError, VideoDecodeError
+from .benchmarks import BenchmarkData, Sample, load_benchmark, MULTIPLE_CHOICE
+from .methods import FULL, Arm, TokenCounts, plan_arms
+from .scoring import JudgeClient, JudgeError, Judgment, contains_answer, exact_match, extract_option_letter
+from .settings import IVTP_KEYS, EvalSettings
+
+__all__ = ["SweepRunner", "ResultStore", "record_key", "load_clip", "token_counts", "rebuild_report", "SAMPLES_FILE",
+           "RUN_FILE"]
+
+SAMPLES_FILE = "samples.jsonl"
+RUN_FILE = "run.json"
+
+# The question of the one judge request sent before the model loads.
+PREFLIGHT_QUESTION = "Is this judge endpoint reachable? (a vidprune preflight check)"
+
+# Options that differ between arms by design; everything else must match on a resume.
+_PER_ARM_OPTIONS = ("budget", "pruner", "dedup") + IVTP_KEYS
+# Options that say where and in what chunks the work runs, not what is computed: a resume may change them.
+_PLACEMENT_OPTIONS = ("device", "encoder_batch_size")
+
+
+def record_key(benchmark: str, arm_label: str, sample_id: str) -> str:
+    """The identity of one answer in ``samples.jsonl``."""
+    return json.dumps([benchmark, arm_label, sample_id])
+
+
+class ResultStore:
+    """``samples.jsonl`` (one JSON record per answer, append-only) and ``run.json`` in the output folder."""
+
+    def __init__(self, out_dir: str | os.PathLike):
+        self.dir = Path(out_dir)
+        self.path = self.dir / SAMPLES_FILE
+        self.run_path = self.dir / RUN_FILE
+        self.dropped_partial = False
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """Records already written, by key. A partial last line (an interrupted write) is cut off."""
+        if not self.path.exists():
+            return {}
+        raw = self.path.read_bytes()
+        records: dict[str, dict[str, Any]] = {}
+        good_end = 0
+        lines = raw.split(b"\n")
+        for i, line in enumerate(lines):
+            if not line.strip():
+                good_end += len(line) + (1 if i < len(lines) - 1 else 0)
+                continue
+            try:
+                rec = json.loads(line)
+                complete = i < len(lines) - 1  # a line without its newline was being written
+            except json.JSONDecodeError:
+                rec, complete = None, False
+            if rec is None or not complete:
+                if any(rest.strip() for rest in lines[i + 1 :]):
+                    raise ConfigError(f"line {i + 1} of {self.path} is corrupt; delete that line (or the file) and rerun")
+                self.dropped_partial = True
+                break
+            records[rec["key"]] = rec
+            good_end += len(line) + 1
+        if self.dropped_partial:
+            with open(self.path, "r+b") as f:
+                f.truncate(good_end)
+        return records
+
+    def check_run(self, run_info: dict[str, Any]) -> None:
+        """Refuse to mix answers of a run with different pipeline options into one folder; record the run."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.run_path.exists():
+            try:
+                before = json.loads(self.run_path.read_text())
+            except json.JSONDecodeError:
+                before = {}
+            old, new = before.get("options", {}), run_info["options"]
+            differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if before and differ:
+                raise ConfigError(
+                    f"{self.dir} holds answers of a run with other options ({', '.join(differ)} differ); "
+                    "use another --out, or the same options to resume"
+                )
+        tmp = self.run_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(run_info, indent=2))
+        os.replace(tmp, self.run_path)
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def rewrite(self, records: Iterable[dict[str, Any]]) -> None:
+        """Replace the file atomically (used to add judge verdicts to earlier answers)."""
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec) + "\n")
+        os.replace(tmp, self.path)
+
+
+def token_counts(config: VidpruneConfig) -> TokenCounts:
+    """The unpruned model's visual token counts for ``config.frames`` frames, from the checkpoint's config only."""
+    from transformers import AutoConfig
+
+    from ..video_models.base import family_of_checkpoint
+
+    family = family_of_checkpoint(config.model)
+    geometry = family.geometry_from_config(AutoConfig.from_pretrained(config.model), keep_cls=config.keep_cls,
+                                           prune_pooled=config.prune_pooled)
+    frames = config.frames or family.default_num_frames
+    return TokenCounts(full=geometry.prunable_per_frame * frames, stream=geometry.full_per_frame * frames)
+
+
+# ------------------------------------------------------------------ clips
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _pick(candidates: list[int], num_frames: int) -> list[int]:
+    from ..pipeline.sampling import uniform_indices
+
+    return [candidates[i] for i in uniform_indices(len(candidates), num_frames)]
+
+
+def _frames_in(times: list[float], clip_s: tuple[float, float] | None) -> list[int]:
+    if clip_s is None:
+        return list(range(len(times)))
+    start, end = clip_s
+    inside = [i for i, t in enumerate(times) if start <= t <= end]
+    return inside or list(range(len(times)))  # bounds outside the video: use all of it
+
+
+def load_clip(sample: Sample, num_frames: int, backend: str = "pyav"):
+    """Sample ``num_frames`` frames of the sample's video (within ``clip_s`` when set) -> DecodedClip.
+
+    Handles video files (through :mod:`vidprune.pipeline.decode`) and folders of frame
+    images (sorted by name, at ``sample.frames_fps``).
+    """
+    from ..pipeline.decode import DecodedClip, VideoReader, read_video
+
+    if os.path.isdir(sample.video):
+        from PIL import Image
+
+        files = sorted(p for p in Path(sample.video).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        if not files:
+            raise VideoDecodeError(f"cannot decode video {sample.video!r}: the folder holds no frame images; "
+                                   "pass a video file or a folder of .jpg/.png frames")
+        fps = sample.frames_fps or 1.0
+        times = [i / fps for i in range(len(files))]
+        indices = _pick(_frames_in(times, sample.clip_s), num_frames)
+        images = [np.asarray(Image.open(files[i]).convert("RGB")) for i in indices]
+        size = images[0].shape
+        warnings = []
+        if any(im.shape != size for im in images):
+            images = [im if im.shape == size else np.asarray(Image.fromarray(im).resize((size[1], size[0])))
+                      for im in images]
+            warnings.append("frame images differ in size: resized to the first one's")
+        return DecodedClip(frames=np.stack(images), indices=indices, times_s=[times[i] for i in indices],
+                           num_stream_frames=len(files), backend="frames", warnings=warnings)
+    if sample.clip_s is None:
+        return read_video(sample.video, num_frames=num_frames, backend=backend)
+    with VideoReader(sample.video, backend) as reader:
+        times = reader.frame_times
+        indices = _pick(_frames_in(times, sample.clip_s), num_frames)
+        got = list(reader.iter_frames(indices))
+        return DecodedClip(frames=np.stack([f.rgb for f in got]), indices=[f.index for f in got],
+                           times_s=[f.time_s for f in got], num_stream_frames=len(times), backend=reader.backend,
+                           warnings=list(reader.warnings))
+
+
+# ------------------------------------------------------------------ runner
+class SweepRunner:
+    """Runs a validated :class:`EvalSettings`: ``setup()`` (cheap, fails fast), then ``run()``."""
+
+    def __init__(self, settings: EvalSettings, *, progress: bool = True, log: TextIO | None = None):
+        self.settings = settings
+        self.progress = progress
+        self.log = log or sys.stderr
+        self.store = ResultStore(settings.out)
+        self.data: list[BenchmarkData] = []
+        self.arms: list[Arm] = []
+        self.arm_configs: dict[str, VidpruneConfig] = {}
+        self.records: dict[str, dict[str, Any]] = {}
+        self.judge: JudgeClient | None = None
+        self.base: VidpruneConfig | None = None
+        self.counts: TokenCounts | None = None
+        self._ready = False
+
+    def _say(self, message: str) -> None:
+        print(message, file=self.log, flush=True)
+
+    # -------------------------------------------------------------- setup
+    def setup(self) -> None:
+        """Validate every arm's options, read every benchmark, check the videos, open the results. No model loads."""
+        from ..qa import VideoQA
+
+        s = self.settings
+        base_options = {k: v for k, v in s.options.items() if k not in _PER_ARM_OPTIONS}
+        self.base = VideoQA.resolve_config(config=base_options)
+        self.counts = token_counts(self.base)
+        self.arms = plan_arms(s.methods, s.budgets, self.counts, s.ivtp)
+        base_dict = {k: v for k, v in self.base.to_dict().items() if k not in _PER_ARM_OPTIONS}
+        for arm in self.arms:
+            self.arm_configs[arm.label] = VideoQA.resolve_config(config={**base_dict, **arm.options})
+
+        for src in s.benchmarks:
+            data = load_benchmark(src.name, src.annotations, src.videos, limit=s.limit)
+            if data.missing:
+                first_id, names = data.missing[0]
+                what = (f"{len(data.missing)} of {len(data.missing) + len(data.samples)} {data.spec.title} questions "
+                        f"have no video under {src.videos} (first: question {first_id}, looked for "
+                        f"{', '.join(names)})")
+                if not s.skip_missing_videos:
+                    raise ConfigError(f"{what}; check --videos, or pass --skip-missing-videos to leave them out")
+                self._say(f"warning: {what}; left out (--skip-missing-videos)")
+            if not data.samples:
+                raise ConfigError(f"no {data.spec.title} question has its video under {src.videos}; check --videos")
+            self.data.append(data)
+
+        run_info = {"model": self.base.model,
+                    "options": {k: v for k, v in base_dict.items() if k not in _PLACEMENT_OPTIONS},
+                    "token_counts": dataclasses.asdict(self.counts)}
+        self.store.check_run(run_info)
+        self.records = self.store.load()
+        if self.store.dropped_partial:
+            self._say(f"dropped a partial last line of {self.store.path} (an interrupted write); redoing that answer")
+        if s.judge is not None:
+            self.judge = JudgeClient(s.judge.url, s.judge.model, s.judge.api_key(), timeout_s=s.judge.timeout_s)
+            if any(d.spec.kind != MULTIPLE_CHOICE for d in self.data):
+                self._preflight_judge()
+            for rec in self.records.values():
+                if rec.get("judge"):
+                    j = rec["judge"]
+                    self.judge.remember(rec["question"], rec["answer"], rec["prediction"],
+                                        Judgment(j["correct"], j["score"], j["reply"], j["model"]))
+        self._ready = True
+
+    def _preflight_judge(self) -> None:
+        """One verdict before the model loads, so a wrong URL, model name or key fails now, not mid-run."""
+        try:
+            self.judge.judge(PREFLIGHT_QUESTION, "yes", "yes")
+        except JudgeError as exc:
+            raise ConfigError(f"{exc} (checked before loading the model; the API key is read from "
+                              f"${self.settings.judge.api_key_env})") from None
+
+    # ---------------------------------------------------------------- run
+    def pending(self) -> list[tuple[BenchmarkData, Sample, list[Arm]]]:
+        """(benchmark, sample, arms still to answer) for every sample with work left."""
+        work = []
+        for data in self.data:
+            for sample in data.samples:
+                arms = [a for a in self.arms if record_key(data.spec.name, a.label, sample.sample_id) not in self.records]
+                if arms:
+                    work.append((data, sample, arms))
+        return work
+
+    def run(self) -> dict[str, Any]:
+        """Answer everything not yet in ``samples.jsonl``, fill missing judge verdicts, write the report."""
+        from .report import write_report
+
+        if not self._ready:
+            self.setup()
+        work = self.pending()
+        total = sum(len(d.samples) for d in self.data) * len(self.arms)
+        todo = sum(len(arms) for _, _, arms in work)
+        if todo < total:
+            self._say(f"resuming: {total - todo} of {total} answers already in {self.store.path}")
+        if work and self.settings.address:
+            from .ray_sweep import answer_on_ray
+
+            address = None if self.settings.address == "local" else self.settings.address
+            answer_on_ray(self, work, address, self.settings.node_ip_address)
+        elif work:
+            self._answer_all(work, todo)
+        self._fill_judgments()
+        order = [r for d in self.data for a in self.arms for s in d.samples
+                 if (r := self.records.get(record_key(d.spec.name, a.label, s.sample_id))) is not None]
+        return write_report(self.settings.out, order, arms=self.arms, benchmarks=[d.spec for d in self.data],
+                            counts=self.counts, judge=self.settings.judge.describe() if self.settings.judge else None,
+                            model=self.base.model)
+
+    def _answer_all(self, work: list[tuple[BenchmarkData, Sample, list[Arm]]], todo: int) -> None:
+        from tqdm import tqdm
+
+        from ..qa import VideoQA
+
+        first = self.arm_configs[self.arms[0].label]
+        self._say(f"loading {first.model} once for {len(self.arms)} arms: {', '.join(a.label for a in self.arms)}")
+        qa0 = VideoQA.from_pretrained(config=first.to_dict())
+        llm = qa0.llm
+        qas = {a.label: (qa0 if i == 0 else VideoQA(llm, self.arm_configs[a.label])) for i, a in enumerate(self.arms)}
+        num_frames = first.frames or llm.default_num_frames
+        explicit_len = self.settings.options.get("max_new_tokens")
+        groups: dict[tuple[str, Any], list[tuple[BenchmarkData, Sample, list[Arm]]]] = {}
+        for item in work:  # questions about the same clip share one decode + encode
+            groups.setdefault((item[1].video, item[1].clip_s), []).append(item)
+        bar = tqdm(total=todo, unit="answer", desc="eval", disable=not self.progress, file=self.log,
+                   dynamic_ncols=True)
+        try:
+            for (video, _clip), items in groups.items():
+                t0 = time.perf_counter()
+                try:
+                    clip = load_clip(items[0][1], num_frames, first.decode_backend)
+                except VideoDecodeError as exc:
+                    if not self.settings.skip_missing_videos:
+                        raise VideoDecodeError(f"{exc} (pass --skip-missing-videos to leave such questions out; "
+                                               "rerun to resume)") from None
+                    bar.write(f"warning: {exc}; its {len(items)} question(s) left out (--skip-missing-videos)",
+                              file=self.log)
+                    bar.update(sum(len(arms) for _, _, arms in items))
+                    continue
+                t1 = time.perf_counter()
+                encoded = qa0.encode_stage.process(clip.frames)
+                t2 = time.perf_counter()
+                shared = {"decode": t1 - t0, "encode": t2 - t1}
+                for data, sample, arms in items:
+                    bar.set_description(f"{data.spec.title}")
+                    max_new = explicit_len or data.spec.max_new_tokens
+                    for arm in arms:
+                        qa = qas[arm.label]
+                        llm.set_ivtp(qa.config.ivtp())
+                        t3 = time.perf_counter()
+                        pruned = qa.select_stage.process(encoded, clip)
+                        pruned.timings_s = {**shared, "select": time.perf_counter() - t3}
+                        answer = qa.answer_batch([(pruned, sample.prompt)], max_new_tokens=max_new)[0]
+                        record = self._record(data, sample, arm, answer.text, answer.report)
+                        self.store.append(record)
+                        self.records[record["key"]] = record
+                        bar.update(1)
+        finally:
+            bar.close()
+
+    def _record(self, data: BenchmarkData, sample: Sample, arm: Arm, text: str, report: dict[str, Any]) -> dict[str, Any]:
+        tokens = dict(report["tokens"])
+        if report.get("ivtp"):
+            tokens["after_ivtp"] = report["ivtp"]["visual_tokens_kept"]
+        timings = dict(report["timings_s"])
+        rec: dict[str, Any] = {
+            "key": record_key(data.spec.name, arm.label, sample.sample_id),
+            "benchmark": data.spec.name, "sample_id": sample.sample_id, "arm": arm.label, "method": arm.method,
+            "budget": arm.budget, "kind": sample.kind, "category": sample.category, "video": sample.video,
+            "question": sample.question, "answer": sample.answer, "options": list(sample.options),
+            "prediction": text,
+            "tokens": tokens,
+            "visual_tokens": tokens.get("after_ivtp", tokens["to_llm"]),
+            "flops": report["flops"],
+            "latency_s": {**{k: round(float(v), 4) for k, v in timings.items()},
+                          "total": round(float(sum(timings.values())), 4)},
+            "num_frames": len(report["frames"]),
+            "warnings": report["warnings"],
+        }
+        rec.update(self._score(sample, text))
+        return rec
+
+    def _score(self, sample: Sample, text: str) -> dict[str, Any]:
+        if sample.kind == MULTIPLE_CHOICE:
+            letter = extract_option_letter(text, sample.options)
+            return {"extracted": letter, "correct": letter == sample.answer}
+        scores: dict[str, Any] = {"exact_match": exact_match(text, sample.answer),
+                                  "contains_answer": contains_answer(text, sample.answer), "judge": None,
+                                  "correct": None}
+        if self.judge is not None:
+            verdict = self.judge.judge(sample.question, sample.answer, text)
+            scores.update(judge=verdict.to_dict(), correct=verdict.correct)
+        return scores
+
+    def _fill_judgments(self) -> None:
+        """Judge earlier open-ended answers that have no verdict yet (a judge added on a rerun)."""
+        if self.judge is None:
+            return
+        missing = [r for r in self.records.values() if r["kind"] != MULTIPLE_CHOICE and not r.get("judge")]
+        if not missing:
+            return
+        from tqdm import tqdm
+
+        self._say(f"judging {len(missing)} earlier answers with {self.judge.model}")
+        try:
+            for rec in tqdm(missing, unit="answer", desc="judge", disable=not self.progress, file=self.log):
+                verdict = self.judge.judge(rec["question"], rec["answer"], rec["prediction"])
+                rec.update(judge=verdict.to_dict(), correct=verdict.correct)
+        finally:
+            self.store.rewrite(self.records.values())
+
+
+def rebuild_report(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Rewrite the report of an earlier sweep from its ``samples.jsonl`` and ``run.json`` (no model, no judge)."""
+    from .benchmarks import get_benchmark
+    from .report import write_report
+
+    store = ResultStore(out_dir)
+    if not store.path.exists():
+        raise ConfigError(f"{store.path} does not exist; --out must name the folder of an earlier sweep")
+    records = list(store.load().values())
+    if not records:
+        raise ConfigError(f"{store.path} holds no answers yet; run the sweep first")
+    run_info = json.loads(store.run_path.read_text()) if store.run_path.exists() else {}
+    counts = TokenCounts(**run_info["token_counts"]) if run_info.get("token_counts") else None
+    arms: list[Arm] = []
+    for rec in records:
+        arm = Arm(rec["method"], rec["budget"], {})
+        if arm not in arms:
+            arms.append(arm)
+    arms.sort(key=lambda a: (a.method != FULL, -(a.budget or 0)))
+    benchmarks = [get_benchmark(name) for name in dict.fromkeys(r["benchmark"] for r in records)]
+    judges = [r["judge"] for r in records if r.get("judge")]
+    judge = {"model": judges[0]["model"]} if judges else None
+    return write_report(out_dir, records, arms=arms, benchmarks=benchmarks, counts=counts, judge=judge,
+                        model=run_info.get("model"))
