@@ -1,0 +1,171 @@
+"""``vidprune demo``: serve the streaming webcam QA page.
+
+    vidprune demo                                    # tiny offline model (answers are nonsense)
+    vidprune demo --model LanguageBind/Video-LLaVA-7B-hf --dtype bfloat16 --window 60 --fps 1
+    vidprune demo --model M --source /dev/video0     # the camera is on the server
+    vidprune demo --model M --source clip.mp4 --loop # a file played in real time
+
+Every option is checked (and the memory sized) before the model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import ipaddress
+import os
+import socket
+import sys
+from typing import Any
+
+from ..errors import ConfigError
+from .limits import DEFAULT_FRAME_RATE, DEFAULT_MAX_SESSIONS, DEFAULT_PORT, DEFAULT_WINDOW_S
+
+__all__ = ["add_command", "run", "settings_from_args"]
+
+_TINY_MARKER = "vidprune_tiny.json"
+
+# Flags of the shared pipeline options that mean nothing for a live memory.
+_NOT_FOR_DEMO = {"frames": "--frames", "max_frames": "--max-frames", "decode_backend": "--decode-backend",
+                 "encoder_batch_size": "--encoder-batch-size"}
+
+
+def add_command(subparsers) -> None:
+    from ..cli import add_pipeline_options
+
+    p = subparsers.add_parser(
+        "demo", help="serve a page that answers questions about your webcam's last seconds",
+        description="Serve a page: live webcam preview, questions answered from a rolling, pruned and "
+                    "deduplicated token memory of the stream, with live stats. --fps is the rate frames enter "
+                    "the memory; --budget the tokens it holds over the whole --window.",
+    )
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    g.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free port)")
+    g.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS,
+                   help=f"browser tabs served at once, each with its own memory (default {DEFAULT_MAX_SESSIONS})")
+    g = p.add_argument_group("memory")
+    g.add_argument("--window", type=float, default=DEFAULT_WINDOW_S,
+                   help=f"seconds of stream the memory keeps (default {DEFAULT_WINDOW_S:g})")
+    g.add_argument("--frame-tokens", type=int,
+                   help="patch tokens VisPruner keeps per frame before dedup (default: budget / frames in a window)")
+    g = p.add_argument_group("source")
+    g.add_argument("--source", help="read frames on the server instead of the browser: a video file (played in "
+                                    "real time), a camera device (/dev/video0) or a stream URL (rtsp://...)")
+    g.add_argument("--loop", action="store_true", help="with a --source file: play it again when it ends")
+    add_pipeline_options(p)
+    p.set_defaults(func=run)
+
+
+def _check_host_port(host: str, port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port} is not a port number; pick one in 1..65535 (0: any free port)")
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except socket.gaierror:
+        raise ConfigError(f"--host {host!r} is not an address of this machine; use 127.0.0.1 or 0.0.0.0") from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is in use; pick another with --port (0: any free port)") from None
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --host/--port") from None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Check every option and size the memory, without loading weights. Returns (settings, VidpruneConfig)."""
+    from transformers import AutoConfig
+
+    from ..cli import options_from_args
+    from ..config import load_preset
+    from ..pipeline.memory import build_memory, plan_memory
+    from ..qa import VideoQA
+    from ..video_models.base import family_of_checkpoint
+    from .server import DemoSettings
+    from .source import ServerSource, source_kind
+
+    opts = options_from_args(args)
+    given = [flag for key, flag in _NOT_FOR_DEMO.items() if key in opts]
+    if given:
+        raise ConfigError(f"{', '.join(given)} do not apply to the demo: it keeps the last --window seconds of the "
+                          "stream, sampled at --fps frames per second")
+    if not args.window > 0:
+        raise ConfigError(f"--window {args.window:g} must be a positive number of seconds")
+    if args.max_sessions < 1:
+        raise ConfigError(f"--max-sessions {args.max_sessions} must be at least 1")
+    preset = load_preset(args.config) if args.config else {}
+    tiny = False
+    if "model" not in opts and not preset.get("model"):
+        from ..video_models.tiny import ensure_tiny_checkpoint
+
+        opts["model"] = str(ensure_tiny_checkpoint("video_llava"))
+        tiny = True
+    opts["fps"] = opts.get("fps") or preset.get("fps") or DEFAULT_FRAME_RATE
+    budget_given = "budget" in opts or "budget" in preset
+    cfg = VideoQA.resolve_config(opts.pop("model", None), args.config, **opts)
+    # vidprune's random-weight test checkpoints carry this marker file (video_models/tiny.py).
+    tiny = tiny or os.path.isfile(os.path.join(cfg.model, _TINY_MARKER))
+    family = family_of_checkpoint(cfg.model)
+    geometry = family.geometry_from_config(AutoConfig.from_pretrained(cfg.model), keep_cls=cfg.keep_cls,
+                                           prune_pooled=cfg.prune_pooled)
+    budget = cfg.budget
+    if not budget_given:  # what a stock clip costs the LLM: the memory holds one clip's worth of tokens
+        budget = family.default_num_frames * geometry.stock_per_frame
+    plan = plan_memory(geometry, budget=budget, window_s=args.window, frame_rate=cfg.fps,
+                       frame_tokens=args.frame_tokens)
+    # "none" is only valid without a budget; the memory then allows all N patches per frame, which VisPruner keeps.
+    memory_options = {"pruner": cfg.pruner if cfg.pruner != "none" else "vispruner",
+                      "important_ratio": cfg.important_ratio, "seed": cfg.seed, "dedup": cfg.dedup,
+                      "dedup_threshold": cfg.dedup_threshold, "dedup_reference": cfg.dedup_reference,
+                      "dedup_window": cfg.dedup_window}
+    build_memory(plan, prune_grid=geometry.prune_grid, **memory_options)  # pruner / dedup options, no model
+    if args.source is not None:
+        source_kind(args.source)
+        if args.loop and source_kind(args.source) != "file":
+            raise ConfigError("--loop only applies to a --source video file")
+        if source_kind(args.source) == "file":
+            ServerSource(args.source, cfg.fps, lambda rgb, t: None)  # opens the file: VideoDecodeError if unusable
+    elif args.loop:
+        raise ConfigError("--loop needs a --source video file")
+    _check_host_port(args.host, args.port)
+    settings = DemoSettings(plan=plan, memory_options=memory_options, generate_kwargs=cfg.generate_kwargs(),
+                            host=args.host, port=args.port, max_sessions=args.max_sessions, model_name=cfg.model,
+                            tiny=tiny, source=args.source, loop_source=args.loop)
+    return settings, cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..qa import VideoQA
+    from .server import DemoServer
+
+    settings, cfg = settings_from_args(args)
+    if settings.tiny:
+        print("demo: a tiny random-weight model; it runs everything but ANSWERS NONSENSE (give --model M for a real one).",
+              file=sys.stderr)
+    if not _is_loopback(settings.host):
+        print(f"demo: listening on {settings.host}: anyone who can reach this machine can use the page",
+              file=sys.stderr)
+    plan = settings.plan
+    print(f"demo: memory of {plan.window_s:g} s at {plan.frame_rate:g} fps: at most {plan.max_frames} frames, "
+          f"{plan.budget} tokens ({plan.frame_allowance} patches per frame before dedup; the stock model would "
+          f"use {plan.stock_tokens})", file=sys.stderr)
+    qa = VideoQA.from_pretrained(config=cfg.to_dict())
+    server = DemoServer(qa.llm, settings)
+
+    def announce(url: str) -> None:
+        print(f"vidprune demo: open {url}  (Ctrl+C to stop)", flush=True)
+
+    try:
+        asyncio.run(server.serve_forever(announce))
+    except KeyboardInterrupt:
+        print("vidprune demo: stopped", file=sys.stderr)
+    return 0

@@ -1,0 +1,180 @@
+"""A feed: one live stream's way into a rolling token memory.
+
+Frames are offered to the feed's :class:`~vidprune.pipeline.latest_frame.LatestFrameSlot`
+(newest wins, drops counted) by whoever receives them (a browser tab's socket, a
+server-side source); the model thread calls :meth:`Feed.encode_next` whenever it is free,
+which decodes, encodes, prunes, dedups and stores the newest pending frame and returns
+the message that tells the page what happened. Frames are JPEG bytes (from a browser) or
+RGB arrays (from a server-side source); JPEG bytes are checked against
+:data:`MAX_FRAME_BYTES` / :data:`MAX_FRAME_PIXELS` before they are queued.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..pipeline.latest_frame import LatestFrameSlot
+from ..pipeline.memory import RollingTokenMemory
+from ..pipeline.stages import EncodeStage
+from .limits import MAX_FRAME_BYTES, MAX_FRAME_PIXELS
+
+__all__ = ["FrameRefused", "PendingFrame", "Feed", "check_jpeg",
+           "decode_jpeg", "encode_jpeg", "patch_region"]
+
+_feed_ids = itertools.count(1)
+
+
+class FrameRefused(ValueError):
+    """A frame the server will not take (too large, not a JPEG, unreadable). ``code`` names the reason."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def check_jpeg(data: bytes) -> tuple[int, int]:
+    """(width, height) of a JPEG, from its header only; raise :class:`FrameRefused` if it is not acceptable."""
+    if len(data) > MAX_FRAME_BYTES:
+        raise FrameRefused("frame_too_large", f"frame has {len(data)} bytes, more than {MAX_FRAME_BYTES}; "
+                                              "send smaller JPEGs (lower the resolution or quality)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, (width, height) = img.format, img.size
+    except Exception:
+        raise FrameRefused("frame_not_jpeg", "frame is not an image; send each frame as one JPEG") from None
+    if fmt != "JPEG":
+        raise FrameRefused("frame_not_jpeg", f"frame is a {fmt} image; send JPEG frames")
+    if width * height > MAX_FRAME_PIXELS:
+        raise FrameRefused("frame_too_many_pixels", f"frame is {width}x{height} pixels, more than "
+                                                    f"{MAX_FRAME_PIXELS}; scale it down before sending")
+    return width, height
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """JPEG bytes → (H, W, 3) uint8 RGB (checked with :func:`check_jpeg` first)."""
+    check_jpeg(data)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.array(img.convert("RGB"))  # a writable copy
+    except Exception as exc:
+        raise FrameRefused("frame_unreadable", f"frame is a damaged JPEG ({type(exc).__name__}); "
+                                               "send complete JPEG frames") from None
+
+
+def encode_jpeg(rgb: np.ndarray, max_side: int, quality: int) -> bytes:
+    """(H, W, 3) uint8 → JPEG bytes, scaled so the longer side is at most ``max_side``."""
+    img = Image.fromarray(rgb)
+    img.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def patch_region(video_processor: Any, width: int, height: int) -> list[float]:
+    """The part of a ``width`` x ``height`` frame the patch grid covers, as [x0, y0, x1, y1] in [0, 1].
+
+    The model's processor resizes the shortest edge and center-crops (CLIP style); the grid
+    covers that center crop. Without a center crop it covers the whole frame.
+    """
+    size = getattr(video_processor, "size", None)
+    crop = getattr(video_processor, "crop_size", None)
+    shortest = getattr(size, "shortest_edge", None) if size is not None else None
+    if not getattr(video_processor, "do_center_crop", False) or crop is None or not shortest:
+        return [0.0, 0.0, 1.0, 1.0]
+    scale = shortest / min(width, height)
+    resized_w, resized_h = width * scale, height * scale
+    crop_w, crop_h = min(crop.width, resized_w), min(crop.height, resized_h)
+    x0, y0 = (resized_w - crop_w) / 2 / resized_w, (resized_h - crop_h) / 2 / resized_h
+    return [round(x0, 6), round(y0, 6), round(1 - x0, 6), round(1 - y0, 6)]
+
+
+@dataclass
+class PendingFrame:
+    """A frame waiting for the encoder: JPEG bytes (browser) or an RGB array (server source)."""
+
+    seq: int  # the sender's frame number (a browser tab counts its binary messages from 0)
+    time_s: float  # time.monotonic() when it arrived
+    jpeg: bytes | None = None
+    rgb: np.ndarray | None = None  # (H, W, 3) uint8
+
+
+class Feed:
+    """One stream: a newest-wins slot of pending frames and the rolling memory they end up in.
+
+    Args:
+        memory: the stream's :class:`RollingTokenMemory`.
+        preview: (max_side, quality) to send each encoded frame back as a JPEG preview
+            (server-side sources, whose frames the page has not seen); None for browser tabs.
+        shared: True if several tabs read this feed (it outlives them).
+    """
+
+    def __init__(self, memory: RollingTokenMemory, *, preview: tuple[int, int] | None = None, shared: bool = False):
+        self.id = next(_feed_ids)
+        self.memory = memory
+        self.slot: LatestFrameSlot[PendingFrame] = LatestFrameSlot(capacity=1)
+        self.preview = preview
+        self.shared = shared
+        self.subscribers: set[Any] = set()  # the tabs that read this feed (touched on the event loop only)
+        self.refused = 0  # frames refused (too large, not JPEG, unreadable)
+        self.encoded = 0
+        self.closed = False
+
+    def offer(self, frame: PendingFrame) -> None:
+        """Queue a frame for the encoder (an older pending frame is dropped and counted)."""
+        if not self.closed:
+            self.slot.put(frame)
+
+    def close(self) -> None:
+        self.closed = True
+        self.slot.close()
+        self.memory.clear()
+
+    def load(self) -> dict[str, int]:
+        """Frame counters: received, encoded, dropped (encoder busy, newest won), refused."""
+        counts = self.slot.counts()
+        return {"received": counts.received + self.refused, "encoded": self.encoded, "dropped": counts.dropped,
+                "refused": self.refused, "pending": counts.pending}
+
+    def encode_next(self, encoder: EncodeStage) -> tuple[list[Any], PendingFrame] | None:
+        """Encode the newest pending frame into the memory (model thread). None if nothing is pending.
+
+        Returns the messages for the subscribers (a JPEG preview as bytes, if enabled, then
+        the ``frame`` message) and the frame. Raises :class:`FrameRefused` for an unreadable JPEG.
+        """
+        pending = self.slot.take()
+        if pending is None or self.closed:
+            return None
+        try:
+            rgb = pending.rgb if pending.rgb is not None else decode_jpeg(pending.jpeg)
+        except FrameRefused:
+            self.refused += 1
+            raise
+        encoded = encoder.process(rgb[None])  # (1, H, W, 3) -> EncodedFrames of one frame
+        stored = self.memory.add(encoded, pending.time_s, seq=pending.seq)
+        self.encoded += 1
+        height, width = rgb.shape[:2]
+        geometry = encoder.llm.geometry
+        message = {
+            "type": "frame",
+            "feed": self.id,
+            "seq": stored.seq,
+            "size": [width, height],
+            "grid": list(geometry.prune_grid),
+            "region": patch_region(encoder.llm.processor.video_processor, width, height),
+            "kept": stored.kept.tolist(),
+            "duplicates": stored.duplicates.tolist(),
+            "candidates": stored.candidates,
+            "stats": self.memory.stats().to_dict(),
+            "load": self.load(),
+        }
+        out: list[Any] = []
+        if self.preview is not None:
+            out.append(encode_jpeg(rgb, *self.preview))
+        out.append(message)
+        return out, pending
