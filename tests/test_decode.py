@@ -17,10 +17,15 @@ from videos import (  # tests/videos.py (tests/ is on sys.path under pytest)
     make_vfr_video,
     make_video,
     read_stamp,
+    remove_avi_index,
+    scale_mp4_durations,
+    scramble_avi_index,
+    set_avi_frame_counts,
     texture,
 )
 
 from vidprune.errors import ConfigError, VideoDecodeError
+from vidprune.pipeline import decord_guard
 from vidprune.pipeline.decode import (
     DecodedClip,
     Frame,
@@ -225,20 +230,18 @@ def test_available_backends_lists_decord_when_installed():
 
 
 def test_decord_failing_mid_decode_falls_back(vids, monkeypatch):
-    import decord
-
-    real = decord.VideoReader.get_batch
-
-    def flaky(self, indices):
-        if len(indices) > 1:  # the one-frame check at open time still works
-            raise decord.DECORDError("simulated failure")
-        return real(self, indices)
-
-    monkeypatch.setattr(decord.VideoReader, "get_batch", flaky)
-    clip = read_video(vids["h264"], num_frames=8, backend="decord")
+    # decord runs in a guarded child process; the hook makes its get_batch raise there
+    # for calls of 3+ frames, so the open-time checks pass and the read itself fails.
+    proc = decord_guard.DecordProcess(init="decord_sabotage:fail_batches_of_many")
+    monkeypatch.setattr(decord_guard, "_shared", proc)
+    try:
+        clip = read_video(vids["h264"], num_frames=8, backend="decord")
+    finally:
+        proc.stop()
     assert clip.backend == "pyav"
     assert stamps(clip.frames) == clip.indices == np.linspace(0, N - 1, 8, dtype=int).tolist()
     assert len(clip.warnings) == 1 and "decord failed while decoding" in clip.warnings[0]
+    assert "simulated failure" in clip.warnings[0]
 
 
 def test_stream_cut_before_keyframe_uses_decoded_frames(vids):
@@ -352,6 +355,198 @@ def test_keyframe_seeking_gives_same_frames_as_sequential(vids, key):
     for a, b in zip(seeked, sequential):
         assert a.index == b.index and a.time_s == b.time_s
         assert np.array_equal(a.rgb, b.rgb)
+
+
+# ----------------------------------------------------------------------------- containers and codecs
+
+
+def header_frames(path) -> int:
+    """What the container header says (PyAV ``stream.frames``, 0 = not stored)."""
+    with av.open(str(path)) as c:
+        return c.streams.video[0].frames
+
+
+def assert_backends_agree(path, num_frames, expected_indices, expected_times, size, notes=()):
+    """Both backends return the stamped frames; decord runs or falls back with a warning, pixels equal.
+
+    ``notes``: the warnings expected from PyAV (decord adds only its fallback note)."""
+    w, h = size
+    a = read_video(path, num_frames=num_frames, backend="pyav")
+    assert a.backend == "pyav" and a.warnings == list(notes)
+    assert a.indices == expected_indices and stamps(a.frames) == expected_indices
+    assert a.times_s == pytest.approx(expected_times, abs=1e-6)
+    assert a.frames.shape == (len(expected_indices), h, w, 3)
+    b = read_video(path, num_frames=num_frames, backend="decord")
+    assert b.indices == a.indices and b.times_s == a.times_s
+    fallback = [msg for msg in b.warnings if "decoded with PyAV instead" in msg]
+    assert len(fallback) == (1 if b.backend == "pyav" else 0)
+    assert [msg for msg in b.warnings if msg not in fallback] == list(notes)
+    assert np.array_equal(a.frames, b.frames)
+    return b
+
+
+@pytest.mark.parametrize(
+    "name,codec,pix_fmt,size,kwargs,header,decord_runs",
+    [
+        # webm stores no frame count (header 0)
+        ("vp8.webm", "libvpx", "yuv420p", (64, 48), {}, 0, True),
+        ("vp9.webm", "libvpx-vp9", "yuv420p", (64, 48), {"moving": True}, 0, True),
+        # MPEG-2 with B-frames in an MPEG program stream (.mpg, FFmpeg's "mpeg" muxer), no count
+        # in the header; decord reports decode-order times there, so it must not be used
+        ("mpeg2.mpg", "mpeg2video", "yuv420p", (64, 48), {"gop": 12, "bframes": 2}, 0, False),
+        ("mpeg2.vob", "mpeg2video", "yuv420p", (64, 48), {"gop": 12, "bframes": 2}, 0, False),
+        # odd sizes: codecs that allow them (x264 refuses 4:2:0 at odd sizes, so 4:4:4 there)
+        ("odd.avi", "mpeg4", "yuv420p", (97, 55), {}, 40, True),
+        ("odd.mp4", "libx264", "yuv444p", (97, 55), {"bframes": 2}, 40, True),
+        ("odd.webm", "libvpx-vp9", "yuv420p", (97, 55), {}, 0, True),
+        ("odd.mkv", "mjpeg", "yuvj420p", (97, 55), {}, 0, True),
+    ],
+)
+def test_containers_and_codecs_give_stamped_frames(tmp_path, name, codec, pix_fmt, size, kwargs, header, decord_runs):
+    path = make_video(tmp_path / name, N, FPS, size, codec, pix_fmt, **kwargs)
+    assert header_frames(path) == header  # precondition: what the header claims
+    expected = uniform_indices(N, 8)
+    b = assert_backends_agree(path, 8, expected, [i / FPS for i in expected], size)
+    assert b.backend == ("decord" if decord_runs else "pyav")
+    assert b.num_stream_frames == N
+
+
+@pytest.mark.parametrize(
+    "name,codec,pix_fmt",
+    [("one.mp4", "libx264", "yuv420p"), ("one.webm", "libvpx-vp9", "yuv420p"), ("one.avi", "mjpeg", "yuvj420p"),
+     ("one.mpg", "mpeg2video", "yuv420p")],
+)
+def test_one_frame_video(tmp_path, name, codec, pix_fmt):
+    path = make_video(tmp_path / name, 1, FPS, (64, 48), codec, pix_fmt)
+    for backend in ("pyav", "decord"):
+        clip = read_video(path, num_frames=8, backend=backend)
+        assert clip.indices == [0] and clip.times_s == [0.0] and stamps(clip.frames) == [0]
+        assert clip.num_stream_frames == 1 and clip.frames.shape == (1, 48, 64, 3)
+        assert clip.warnings[-1] == "video has 1 frame, fewer than the 8 asked for: using it"
+        by_rate = read_video(path, fps=2.0, backend=backend)
+        assert by_rate.indices == [0] and stamps(by_rate.frames) == [0]
+
+
+@pytest.mark.parametrize("claimed", [0, 5, 1000])
+@pytest.mark.parametrize("codec,bframes", [("mpeg4", 0), ("mpeg4", 2)])
+def test_avi_header_frame_counts_that_lie(tmp_path, claimed, codec, bframes):
+    path = make_video(tmp_path / "lie.avi", N, FPS, (64, 48), codec, bframes=bframes)
+    set_avi_frame_counts(path, claimed)
+    assert header_frames(path) == claimed  # precondition: the header lies
+    expected = uniform_indices(N, 8)
+    # A header claiming more than there is could mean a cut file: the user is told, frames are right.
+    notes = [
+        (
+            f"the header says the video lasts {claimed / FPS:.2f} s but its frames end at {N / FPS:.2f} s: the "
+            f"file may be truncated (or its header is wrong); using the {N} frames it has"
+        )
+    ] if claimed > N else []
+    b = assert_backends_agree(path, 8, expected, [i / FPS for i in expected], (64, 48), notes)
+    assert b.num_stream_frames == N
+    if claimed == 0:  # decord trusts the header, finds nothing to read and refuses the file
+        assert b.backend == "pyav" and "decord cannot open it" in b.warnings[0]
+
+
+def test_mp4_header_duration_that_lies(tmp_path):
+    path = make_video(tmp_path / "dur.mp4", N, FPS, (64, 48), "libx264", bframes=2)
+    scale_mp4_durations(path, 0.25)
+    with av.open(str(path)) as c:  # precondition: the header says 1 s for a 4 s video
+        assert c.duration == pytest.approx(1_000_000 * N / FPS / 4, rel=0.01)
+    clip = read_video(path, fps=2.0)
+    assert clip.indices == stamps(clip.frames) == [0, 5, 10, 15, 20, 25, 30, 35]
+    assert clip.times_s == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5], abs=1e-6)
+
+
+@pytest.mark.parametrize("codec,bframes", [("mpeg4", 0), ("mpeg4", 2), ("libx264", 0)])
+def test_avi_without_index_reads_and_never_loops(tmp_path, codec, bframes):
+    # An AVI cut before its idx1 index was written. FFmpeg cannot seek in it (a seek lands at
+    # the start or a GOP late): sparse reading must still return the right frames, and decode
+    # each frame about once (it used to seek back to the start forever).
+    n = 120
+    path = make_video(tmp_path / "noidx.avi", n, 25, (64, 48), codec, gop=10, bframes=bframes)
+    remove_avi_index(path)
+    wanted = [2, 57, 58, 103, 119]
+    with VideoReader(path, seek_threshold=8) as r:
+        assert len(r) == n
+        frames = list(r.iter_frames(wanted))
+        assert r.stats["decoded_frames"] <= n + 10
+    assert [f.index for f in frames] == [read_stamp(f.rgb) for f in frames] == wanted
+    assert [f.time_s for f in frames] == pytest.approx([i / 25 for i in wanted], abs=1e-6)
+    expected = uniform_indices(n, 8)
+    assert_backends_agree(path, 8, expected, [i / 25 for i in expected], (64, 48))
+
+
+@pytest.mark.parametrize("codec", ["mpeg4", "libx264"])
+def test_avi_with_scrambled_index_is_read_without_it(tmp_path, codec):
+    path = make_video(tmp_path / "badidx.avi", N, FPS, (64, 48), codec, bframes=0)
+    scramble_avi_index(path, seed=3)
+    raw, _ = raw_decode_pts(path)
+    assert len(raw) < N // 2  # precondition: FFmpeg trusts the index and loses most frames
+    for backend in ("pyav", "decord"):
+        clip = read_video(path, num_frames=8, backend=backend)
+        assert clip.backend == "pyav"
+        assert clip.num_stream_frames == N
+        assert clip.indices == stamps(clip.frames) == uniform_indices(N, 8)
+        assert "the AVI index is damaged" in clip.warnings[0] and f"of the {N} frames" in clip.warnings[0]
+
+
+def test_decord_seeks_are_checked_against_pyav(tmp_path):
+    # H.264 in AVI: decord reads sequentially right but returns wrong frames after a seek
+    # (frame 1 for frame 11). Its first frame matches, so only the seek probe catches it.
+    path = make_video(tmp_path / "h264.avi", N, FPS, (64, 48), "libx264", gop=10, bframes=0)
+    probe = decord_guard.shared_process().open(str(path))
+    try:
+        assert stamps(probe.get_batch([0])) == [0]
+        assert stamps(probe.get_batch([11, 16])) != [11, 16]  # precondition: decord's seeks are wrong
+    finally:
+        probe.close()
+    clip = read_video(path, num_frames=8, backend="decord")
+    assert clip.backend == "pyav"
+    assert "decord's frames after a seek differ from PyAV's" in clip.warnings[0]
+    assert clip.indices == stamps(clip.frames) == uniform_indices(N, 8)
+
+
+def test_h264_with_b_frames_in_avi_gets_presentation_times(tmp_path):
+    # AVI stores no pts; for H.264 with B-frames the decoder's pts guesses come out of order
+    # (1, 3, 4, 2, ...) while the frames themselves are in presentation order.
+    path = make_video(tmp_path / "hb.avi", N, FPS, (64, 48), "libx264", bframes=2)
+    raw, _ = raw_decode_pts(path)
+    assert raw != sorted(raw)  # precondition: the decoder's pts are out of order
+    clip = read_video(path, num_frames=N)
+    assert clip.indices == stamps(clip.frames) == list(range(N))
+    assert clip.times_s == pytest.approx([i / FPS for i in range(N)], abs=1e-6)
+    assert clip.warnings == [
+        (
+            "the decoder's timestamps come out of order (e.g. H.264 with B-frames in AVI): frames are identified "
+            "by decoding order, without seeking"
+        )
+    ]
+
+
+@pytest.mark.parametrize("name,bframes", [("h264.ts", 2), ("mpeg2.ts", 2)])
+def test_mpegts_seeks_that_land_late_are_retried_from_earlier_keyframes(tmp_path, name, bframes):
+    # FFmpeg's timestamp seek in MPEG-TS lands one GOP after the keyframe asked for when
+    # there are B-frames; seeking one keyframe earlier lands right.
+    codec = "libx264" if name.startswith("h264") else "mpeg2video"
+    n = 300
+    path = make_video(tmp_path / name, n, 25, (64, 48), codec, gop=12, bframes=bframes)
+    wanted = [3, 100, 200, 299]
+    with VideoReader(path, seek_threshold=8) as r:
+        frames = list(r.iter_frames(wanted))
+        assert r.stats["seeks"] >= 3 and r.stats["decoded_frames"] < 80  # sequential: 300
+        assert r.warnings == []
+    assert [f.index for f in frames] == [read_stamp(f.rgb) for f in frames] == wanted
+
+
+def test_mpeg_program_stream_falls_back_to_sequential_decoding(tmp_path):
+    # After a seek in an MPEG-PS file, frames come out with timestamps no frame has: the
+    # frames cannot be identified, so decoding restarts sequentially (correct, not sparse).
+    path = make_video(tmp_path / "mpeg2.mpg", 120, 25, (64, 48), "mpeg2video", gop=12, bframes=2)
+    wanted = [3, 60, 119]
+    with VideoReader(path, seek_threshold=8) as r:
+        frames = list(r.iter_frames(wanted))
+        assert any("seeking was unreliable" in w for w in r.warnings)
+    assert [f.index for f in frames] == [read_stamp(f.rgb) for f in frames] == wanted
 
 
 # ----------------------------------------------------------------------------- rotation

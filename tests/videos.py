@@ -15,6 +15,12 @@ Below the stamp rows is a colourful texture (static, or scrolling with
 square (for dedup tests) and returns the square's positions.
 :func:`set_mp4_rotation` writes a display matrix into an mp4's ``tkhd`` box, as
 phone cameras do (PyAV 15 cannot set rotation side data when muxing).
+
+Damaged containers, made by editing the bytes of a written file:
+:func:`set_avi_frame_counts` (header frame counts that lie), :func:`remove_avi_index`
+(an AVI without its ``idx1`` index, like a recording that was cut before it was
+finalized), :func:`scramble_avi_index` (an index whose offsets point anywhere),
+:func:`scale_mp4_durations` (mp4 headers that report a wrong duration).
 """
 
 from __future__ import annotations
@@ -39,6 +45,10 @@ __all__ = [
     "make_vfr_video",
     "make_video",
     "read_stamp",
+    "remove_avi_index",
+    "scale_mp4_durations",
+    "scramble_avi_index",
+    "set_avi_frame_counts",
     "set_mp4_rotation",
     "stamp_capacity",
     "texture",
@@ -120,6 +130,7 @@ def _encode(
     colorspace: str | None = None,
     full_range: bool = False,
     drop_packets: Sequence[int] = (),
+    container_options: dict[str, str] | None = None,
 ) -> None:
     h, w = images[0].shape[:2]
     cs = {None: None, "bt601": 5, "bt709": 1}[colorspace]
@@ -130,7 +141,7 @@ def _encode(
             opts.setdefault("x264-params", f"keyint={gop}:min-keyint={gop}:scenecut=0")
     if bframes is not None:
         opts["bf"] = str(bframes)
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options=dict(container_options or {})) as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(100000), options=opts)
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         if cs is not None:
@@ -182,6 +193,7 @@ def make_video(
     colorspace: str | None = None,
     full_range: bool = False,
     drop_packets: Sequence[int] = (),
+    container_options: dict[str, str] | None = None,
 ) -> Path:
     """Write a video of ``num_frames`` stamped frames of ``size = (W, H)`` and return its path.
 
@@ -196,6 +208,7 @@ def make_video(
     ``codec_attrs`` are set on the encoder's codec context as they are (tags only).
     ``drop_packets``: packet numbers (in encoding order) not written; ``(0,)``
     removes the first keyframe, like a stream cut in the middle of a GOP.
+    ``container_options``: muxer options, e.g. ``{"movflags": "+faststart"}`` (mp4 index first).
     """
     path = Path(path)
     w, h = size
@@ -206,7 +219,10 @@ def make_video(
         if rotation:
             img = np.rot90(img, k=(rotation // 90) % 4)  # counter-clockwise, undone by the display matrix
         images.append(img)
-    _encode(path, images, fps, codec, pix_fmt, options, codec_attrs, gop, bframes, colorspace, full_range, drop_packets)
+    _encode(
+        path, images, fps, codec, pix_fmt, options, codec_attrs, gop, bframes, colorspace, full_range, drop_packets,
+        container_options,
+    )
     if rotation:
         set_mp4_rotation(path, rotation)
     return path
@@ -341,6 +357,105 @@ def set_mp4_rotation(path: str | Path, rotation: int) -> None:
                 found += 1
     if not found:
         raise ValueError(f"{path}: no video track header (tkhd) found: not an mp4/mov file?")
+    Path(path).write_bytes(bytes(data))
+
+
+def _riff_chunks(data: bytes | bytearray, start: int, end: int):
+    """(fourcc, header offset, payload size) of the RIFF chunks in data[start:end] (little-endian sizes)."""
+    pos = start
+    while pos + 8 <= end:
+        fourcc, size = struct.unpack("<4sI", data[pos : pos + 8])
+        yield fourcc, pos, size
+        pos += 8 + size + (size & 1)
+
+
+def _avi_chunk(data: bytes | bytearray, path: Sequence[bytes]) -> tuple[int, int]:
+    """(header offset, payload size) of the chunk reached by ``path`` from the top of an AVI file.
+
+    Each step names a chunk fourcc (``b"avih"``) or a LIST type (``b"hdrl"``); KeyError if absent.
+    """
+    if data[:4] != b"RIFF" or data[8:12] != b"AVI ":
+        raise ValueError("not an AVI file")
+    start, end = 12, len(data)
+    found = None
+    for step in path:
+        for fourcc, pos, size in _riff_chunks(data, start, end):
+            if fourcc == b"LIST" and data[pos + 8 : pos + 12] == step:
+                start, end, found = pos + 12, pos + 8 + size, (pos, size)
+                break
+            if fourcc == step:
+                start, end, found = pos + 8, pos + 8 + size, (pos, size)
+                break
+        else:
+            raise KeyError(f"no {step!r} chunk in the AVI file")
+    assert found is not None
+    return found
+
+
+def set_avi_frame_counts(path: str | Path, count: int) -> None:
+    """Make an AVI's headers claim ``count`` frames: ``avih.dwTotalFrames`` and the video ``strh.dwLength``."""
+    data = bytearray(Path(path).read_bytes())
+    avih, _ = _avi_chunk(data, [b"hdrl", b"avih"])
+    struct.pack_into("<I", data, avih + 8 + 16, count)  # MainAVIHeader: dwTotalFrames at +16
+    strh, _ = _avi_chunk(data, [b"hdrl", b"strl", b"strh"])
+    if data[strh + 8 : strh + 12] != b"vids":
+        raise ValueError("the first stream of the AVI is not video")
+    struct.pack_into("<I", data, strh + 8 + 32, count)  # AVIStreamHeader: dwLength at +32
+    Path(path).write_bytes(bytes(data))
+
+
+def remove_avi_index(path: str | Path) -> None:
+    """Cut an AVI's ``idx1`` index off the end (fixing the RIFF size), as if never written."""
+    data = bytearray(Path(path).read_bytes())
+    idx1, _ = _avi_chunk(data, [b"idx1"])
+    del data[idx1:]
+    struct.pack_into("<I", data, 4, len(data) - 8)
+    Path(path).write_bytes(bytes(data))
+
+
+def scramble_avi_index(path: str | Path, seed: int = 0) -> None:
+    """Point every ``idx1`` entry of an AVI at a random offset in the file (sizes and flags kept)."""
+    data = bytearray(Path(path).read_bytes())
+    idx1, size = _avi_chunk(data, [b"idx1"])
+    rng = np.random.default_rng(seed)
+    for entry in range(idx1 + 8, idx1 + 8 + size, 16):  # ckid, dwFlags, dwChunkOffset, dwChunkLength
+        struct.pack_into("<I", data, entry + 8, int(rng.integers(0, len(data))))
+    Path(path).write_bytes(bytes(data))
+
+
+def scale_mp4_durations(path: str | Path, factor: float) -> None:
+    """Multiply the durations in an mp4's ``mvhd``, ``tkhd`` and ``mdhd`` boxes by ``factor`` (frames untouched)."""
+    data = bytearray(Path(path).read_bytes())
+
+    def boxes(start: int, end: int):
+        pos = start
+        while pos + 8 <= end:
+            size, kind = struct.unpack(">I4s", data[pos : pos + 8])
+            if size < 8:
+                break
+            yield kind, pos + 8, pos + size
+            pos += size
+
+    # (offset of the duration field after version/flags, for version 0 / version 1)
+    duration_at = {b"mvhd": (12, 20), b"tkhd": (16, 24), b"mdhd": (12, 20)}
+    changed = 0
+
+    def visit(start: int, end: int) -> None:
+        nonlocal changed
+        for kind, body, stop in boxes(start, end):
+            if kind in (b"moov", b"trak", b"mdia"):
+                visit(body, stop)
+            elif kind in duration_at:
+                version = data[body]
+                off = body + 4 + duration_at[kind][version == 1]
+                fmt = ">Q" if version == 1 else ">I"
+                value = struct.unpack_from(fmt, data, off)[0]
+                struct.pack_into(fmt, data, off, round(value * factor))
+                changed += 1
+
+    visit(0, len(data))
+    if not changed:
+        raise ValueError(f"{path}: no mvhd/tkhd/mdhd box found: not an mp4/mov file?")
     Path(path).write_bytes(bytes(data))
 
 

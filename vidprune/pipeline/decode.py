@@ -14,7 +14,18 @@ Indices and times come from the stream itself, never from container headers
    Packets flagged keyframe give the points where decoding may start after a seek.
    If any packet lacks a pts or two share one (raw elementary streams, some AVI /
    MPEG-PS files), the table is built by a **decode pass** instead: decode every
-   frame (no RGB conversion) and take the decoder's output order and pts.
+   frame (no RGB conversion) and take the decoder's output order and pts. Decoders
+   output frames in presentation order, so pts that go backwards are misassigned
+   (H.264 with B-frames in AVI, damaged data): frame k then gets the k-th smallest.
+
+   AVI: FFmpeg trusts an AVI's ``idx1`` index; one with wrong offsets makes it skip
+   most of the file. So an AVI is also demuxed as a plain byte stream (FFmpeg then
+   walks the ``movi`` chunks); if that finds more frames, the index is damaged and
+   the file is read that way from then on (no seeking, no decord; a warning).
+
+   Headers are only cross-checked: when the header's duration (or frame count over
+   frame rate) is clearly longer than the frames (by more than max(0.5 s, 2 %)), a
+   warning says the file may be truncated; the frames that are there are used.
 
 2. **Decoded frames are the truth.** Demuxed packets and decoded frames can
    disagree: a stream cut before its first keyframe (the decoder drops frames
@@ -32,11 +43,20 @@ Indices and times come from the stream itself, never from container headers
    wanted frame lies at least ``seek_threshold`` frames beyond the current decode
    position *and* past a keyframe, it seeks to the last keyframe at or before it
    (after the first frame has been checked against the table) and identifies the
-   frames that follow by their pts. Anything unexpected after a seek (landing
-   after the target, an unknown pts, the target missing) falls back to plain
-   sequential decoding from the start, where the checks of (2) apply. Limit: in
-   seek mode, an undecodable packet inside a range that was skipped over is not
-   noticed, so indices follow the demux table there.
+   frames that follow by their pts. A seek that lands after its target (MPEG-TS
+   with B-frames lands a GOP late) or at the end is retried from keyframes 1, 2
+   and 4 further back; a seek that gains nothing (an AVI without index lands at
+   its start) turns seeking off for the pass. Anything else unexpected after a
+   seek (an unknown pts, the target missing; MPEG-PS gives pts no frame has) falls
+   back to plain sequential decoding from the start, where the checks of (2)
+   apply. Limit: in seek mode, an undecodable packet inside a range that was
+   skipped over is not noticed, so indices follow the demux table there.
+
+   **Bounded.** Every loop is bounded by the file: a pass decodes at most
+   ``_MAX_DECODE_FACTOR * (frames + _MAX_DECODE_SLACK)`` frames (then
+   VideoDecodeError), seek retries are capped, a table is rebuilt at most once,
+   ``read_video`` redoes a pass at most twice. A fuzz test (tests/
+   test_decode_robust.py) reads hundreds of damaged files in a child process.
 
 4. **Pixels.** Decoded frames become ``uint8`` RGB with FFmpeg's swscale, using
    the frame's own colour matrix (BT.601 / BT.709 / ...) and range (limited /
@@ -55,15 +75,21 @@ Backends
 --------
 ``"pyav"`` (default, always available) does all of the above. ``"decord"``
 decodes the pixels with decord while PyAV still provides the frame table (and so
-the times). decord is used only if it imports and opens the file, the video has
-no rotation metadata (decord 0.6 mishandles it: wrong shapes or a crash), decord
-counts as many frames as the table (after PyAV checked the table against the
-first decoded frame), reports the same relative timestamps wherever it reports
-sane ones (it reports garbage for mpeg4 B-frames in AVI), and its first frame
-equals PyAV's within ``_DECORD_MAX_DIFF`` levels. Otherwise, or if decord fails
-while decoding, PyAV takes over; the reader's ``backend`` then reads ``"pyav"``
-and a warning says why. Limit: a table error in the middle of the stream (an
-undecodable packet) is not checked on the decord path.
+the times). decord runs in a guarded child process
+(:mod:`vidprune.pipeline.decord_guard`): it can hang forever in native code on
+some files, and a call that overruns its time limit gets the process killed; a
+crash there kills only that process. decord is used only if it imports and opens
+the file, the video has no rotation metadata (decord 0.6 mishandles it: wrong
+shapes or a crash), the AVI index is sound, decord counts as many frames as the
+table (after PyAV checked the table against the first decoded frame), reports the
+same relative timestamps wherever it reports sane ones (it reports garbage for
+mpeg4 B-frames in AVI), and its first frame *and* the frames it returns after a
+seek (just after the second keyframe, and the last frame) equal PyAV's within
+``_DECORD_MAX_DIFF`` levels (decord's seeks in H.264-in-AVI return wrong frames).
+Otherwise, or if decord fails, hangs or crashes while decoding, PyAV takes over;
+the reader's ``backend`` then reads ``"pyav"`` and a warning says why. Limit: a
+table error in the middle of the stream (an undecodable packet) is not checked
+on the decord path.
 
 Errors: anything that makes a file unusable raises
 :class:`vidprune.errors.VideoDecodeError` with a one-line message naming the file,
@@ -74,6 +100,7 @@ raise :class:`vidprune.errors.ConfigError`.
 from __future__ import annotations
 
 import bisect
+import io
 import itertools
 import math
 import os
@@ -87,6 +114,7 @@ import av
 import numpy as np
 
 from vidprune.errors import ConfigError, VideoDecodeError
+from vidprune.pipeline import decord_guard
 from vidprune.pipeline.sampling import fps_indices, uniform_indices
 
 __all__ = [
@@ -96,6 +124,7 @@ __all__ = [
     "VideoReader",
     "available_backends",
     "fps_indices",
+    "frame_to_rgb",
     "read_video",
     "uniform_indices",
 ]
@@ -105,6 +134,16 @@ BACKENDS: tuple[str, ...] = ("pyav", "decord")
 
 # Default for VideoReader(seek_threshold=...): seek when it skips at least this many frames.
 _DEFAULT_SEEK_THRESHOLD = 32
+# Warn about a header duration longer than the frames by more than max(0.5 s, 2 %): less is rounding,
+# audio that outlasts the video, or a last frame shown longer.
+_DURATION_SLACK_S = 0.5
+_DURATION_SLACK_FRACTION = 0.02
+# A seek that lands after its target is retried from earlier keyframes (1, 2, 4 back) this many times.
+_MAX_SEEK_MISSES = 3
+# A pass may decode at most this many times (frames + slack): a seek-and-restart pass decodes each
+# frame at most about twice; anything beyond means a loop that makes no progress.
+_MAX_DECODE_FACTOR = 4
+_MAX_DECODE_SLACK = 64
 # decord is asked for this many frames per get_batch call while streaming.
 _DECORD_CHUNK = 8
 # decord is used only if its first frame is within this many levels of PyAV's (measured: 0).
@@ -150,6 +189,36 @@ class DecodedClip:
     warnings: list[str]
 
 
+def frame_to_rgb(frame: Any, size: tuple[int, int] | None = None) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB, C-contiguous, of a decoded PyAV ``VideoFrame``, upright.
+
+    Uses the frame's own colour matrix (BT.601 / BT.709 / ...) and range (limited /
+    full) with FFmpeg's swscale, and turns it upright from its display matrix
+    (multiples of 90 degrees; others are rounded). ``size``: ``(width, height)`` to
+    scale to before rotation (None: keep). Raises PyAV errors / ValueError.
+    """
+    kwargs: dict[str, Any] = {"format": "rgb24"}
+    cs = int(frame.colorspace)
+    src_cs = cs if cs in _KNOWN_COLORSPACES else 5  # unspecified -> BT.601 (swscale default)
+    full = int(frame.color_range) == _AVCOL_RANGE_JPEG or frame.format.name.startswith("yuvj")
+    fmt = frame.format
+    if not fmt.is_rgb and not fmt.has_palette:  # YUV or gray: matrix and range matter
+        # PyAV applies colour details only when src != dst; the dst matrix only matters for YUV output.
+        kwargs.update(
+            src_colorspace=src_cs,
+            dst_colorspace=1 if src_cs != 1 else 5,
+            src_color_range="JPEG" if full else "MPEG",
+            dst_color_range="JPEG",
+        )
+    if size is not None:
+        kwargs.update(width=size[0], height=size[1])
+    rgb = frame.to_ndarray(**kwargs)
+    rotation = frame.rotation or 0
+    if rotation:
+        rgb = np.rot90(rgb, round(rotation / 90.0) % 4)
+    return np.ascontiguousarray(rgb)
+
+
 def available_backends() -> list[str]:
     """Backends that can run here: always ``"pyav"``, plus ``"decord"`` if it imports."""
     return ["pyav"] + (["decord"] if _import_decord() is not None else [])
@@ -171,8 +240,64 @@ def _one_line(exc: BaseException) -> str:
     return text[:200]
 
 
+def _codec_name(stream: Any) -> str:
+    """The codec name of a PyAV stream, or '?' (damaged streams may have no codec at all)."""
+    try:
+        return str(stream.codec.name)
+    except Exception:  # noqa: BLE001 - AttributeError / ValueError from a stream without codec
+        return "?"
+
+
+def _mp4_index_cut_off(path: str) -> bool:
+    """True for an ISO-BMFF file (``ftyp`` first) whose ``moov`` box (the index) is missing or runs past the end."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            pos, first = 0, True
+            while pos + 8 <= size:
+                f.seek(pos)
+                header = f.read(16)
+                box_size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+                if first and kind != b"ftyp":
+                    return False
+                if box_size == 1 and len(header) == 16:
+                    box_size = int.from_bytes(header[8:16], "big")
+                elif box_size == 0:
+                    box_size = size - pos  # runs to the end of the file
+                if kind == b"moov":
+                    return pos + box_size > size
+                if box_size < 8:
+                    break
+                pos += box_size
+                first = False
+            return not first
+    except OSError:
+        return False
+
+
 def _error(path: str, cause: str, hint: str) -> VideoDecodeError:
     return VideoDecodeError(f"cannot decode video '{path}': {cause}; {hint}")
+
+
+class _SequentialFile(io.RawIOBase):
+    """A file that can only be read front to back: FFmpeg then cannot jump to (or trust) an index."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readinto(self, buffer: Any) -> int:
+        return self._file.readinto(buffer)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 class _TableMismatch(Exception):
@@ -258,13 +383,29 @@ class VideoReader:
         self._warned_once: set[str] = set()
         self._transient: list[str] = []
         self._out_size: tuple[int, int] | None = None  # (width, height) before rotation
+        self._format = ""  # FFmpeg's demuxer name ("avi", "mov,mp4,m4a,3gp,3g2,mj2", ...)
+        self._unindexed = False  # read as a byte stream, so FFmpeg cannot use a (damaged) index
+        self._header_duration_s: float | None = None  # what the container claims; only cross-checked
+        self._header_note: str | None = None  # the warning about it, if any
 
         self._check_file()
         with self._open_av() as container:
+            self._format = container.format.name
             stream = self._pick_stream(container)
             self._stream_index = stream.index
             self._time_base = stream.time_base
             self._rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            # Header claims, kept only to warn about a cut file: the stream's duration (the
+            # container's if it has none, e.g. Matroska), and its frame count over its rate
+            # (FFmpeg recomputes a cut AVI's duration but keeps its header frame count).
+            claims = []
+            if stream.duration is not None and stream.duration > 0:
+                claims.append(float(stream.duration * stream.time_base))
+            elif container.duration is not None and container.duration > 0:
+                claims.append(container.duration / av.time_base)
+            if stream.frames and stream.average_rate:
+                claims.append(float(stream.frames / stream.average_rate))
+            self._header_duration_s = max(claims) if claims else None
         if backend == "decord":
             self._setup_decord()
 
@@ -294,8 +435,12 @@ class VideoReader:
         if self._closed:
             raise ValueError("I/O operation on a closed VideoReader")
         try:
+            if self._unindexed:
+                return av.open(_SequentialFile(self.path), mode="r", metadata_errors="replace")
             return av.open(self.path, mode="r", metadata_errors="replace")
         except av.FFmpegError as e:
+            if _mp4_index_cut_off(self.path):
+                raise self._cut_mp4_error() from None
             raise _error(
                 self.path,
                 f"FFmpeg cannot read it as a media file ({_one_line(e)})",
@@ -303,6 +448,14 @@ class VideoReader:
             ) from None
         except (OSError, ValueError, UnicodeError) as e:
             raise _error(self.path, f"it cannot be opened ({_one_line(e)})", "check that it is a video file") from None
+
+    def _cut_mp4_error(self) -> VideoDecodeError:
+        return _error(
+            self.path,
+            "it is an mp4/mov file whose index (the 'moov' box) is missing or incomplete: the file was cut off, "
+            "e.g. an interrupted download or a recording that was not finished",
+            "get a complete copy of the file",
+        )
 
     def _pick_stream(self, container: Any) -> Any:
         """The first video stream that is not a cover picture; configures its decoder."""
@@ -315,9 +468,20 @@ class VideoReader:
             if not attached:
                 candidates.append(s)
         if not candidates:
-            kinds = sorted({s.type for s in container.streams}) or ["none"]
-            if container.streams.video:
-                kinds = ["cover picture" if k == "video" else k for k in kinds]
+            if _mp4_index_cut_off(self.path):  # FFmpeg may still list a stream or two from what is left
+                raise self._cut_mp4_error()
+            # From PyAV's typed stream lists: ``Stream.type`` crashes (SIGSEGV) on a stream of
+            # an unknown media type, which damaged files have.
+            streams = container.streams
+            typed = [
+                ("audio", streams.audio),
+                ("cover picture", streams.video),
+                ("data", streams.data),
+                ("subtitle", streams.subtitles),
+                ("attachment", streams.attachments),
+                ("unknown", streams.other),
+            ]
+            kinds = [name for name, found in typed if len(found)] or ["none"]
             raise _error(
                 self.path,
                 f"it has no video stream (streams found: {', '.join(kinds)})",
@@ -327,7 +491,7 @@ class VideoReader:
         if stream.codec_context is None:
             raise _error(
                 self.path,
-                f"this FFmpeg build has no decoder for its video codec ({stream.codec.name if stream.codec else '?'})",
+                f"FFmpeg has no decoder for its video codec ({_codec_name(stream)}), or the file is damaged",
                 "re-encode the video to H.264 with ffmpeg",
             )
         if stream.time_base is None:
@@ -361,7 +525,25 @@ class VideoReader:
             if table is None:
                 table = self._build_table_by_decoding()
             self._table = table
+            self._check_header_duration()
         return self._table
+
+    def _check_header_duration(self) -> None:
+        """Warn when the header claims a clearly longer video than the frames that are there."""
+        table, claimed = self._table, self._header_duration_s
+        if table is None or claimed is None or not math.isfinite(claimed):
+            return
+        frame_s = 1.0 / float(self._rate) if self._rate else 0.0
+        ends = table.times[-1] + frame_s
+        if self._header_note in self.warnings:  # about an earlier table: replaced by this one's
+            self.warnings.remove(self._header_note)
+        self._header_note = None
+        if claimed - ends > max(_DURATION_SLACK_S, _DURATION_SLACK_FRACTION * claimed):
+            self._header_note = (
+                f"the header says the video lasts {claimed:.2f} s but its frames end at {ends:.2f} s: the file "
+                f"may be truncated (or its header is wrong); using the {len(table)} frames it has"
+            )
+            self._warn(self._header_note)
 
     def _times_from_pts(self, pts: list[int | None]) -> list[float]:
         """Seconds relative to the first frame; missing pts are extrapolated from the frame rate."""
@@ -376,9 +558,10 @@ class VideoReader:
                 times.append(times[-1] + step if times else 0.0)
         return times
 
-    def _build_table_by_demuxing(self) -> _FrameTable | None:
-        """Frame table from packets alone, or None when packets cannot define it."""
-        self.stats["demux_passes"] += 1
+    def _demux_video_packets(self, quiet: bool = False) -> tuple[list[int], list[bool], int] | None:
+        """(pts, keyframe flags, packets without pts) of the video stream's packets; None if demuxing fails.
+
+        ``quiet``: record no warning (a trial read whose result may be discarded)."""
         pts: list[int] = []
         keys: list[bool] = []
         missing_pts = 0
@@ -392,7 +575,9 @@ class VideoReader:
                     break
                 except av.FFmpegError as e:
                     # Truncated / corrupt file: let decoding define what is there.
-                    self._warn(f"demuxing stopped early ({_one_line(e)}): the file may be truncated", "demux-stop")
+                    if not quiet:
+                        msg = f"demuxing stopped early ({_one_line(e)}): the file may be truncated"
+                        self._warn(msg, "demux-stop")
                     return None
                 if packet.size == 0 or packet.is_discard:
                     continue
@@ -401,6 +586,42 @@ class VideoReader:
                     continue
                 pts.append(packet.pts)
                 keys.append(bool(packet.is_keyframe))
+        return pts, keys, missing_pts
+
+    def _check_avi_index(
+        self, indexed: tuple[list[int], list[bool], int] | None
+    ) -> tuple[list[int], list[bool], int] | None:
+        """Read an AVI without its index too; if that finds more frames, the index is damaged: stop using it.
+
+        FFmpeg trusts an AVI's ``idx1`` index when it has one; one whose offsets are wrong
+        makes it skip most of the file (measured: 1 of 40 frames). Read as a byte stream,
+        FFmpeg walks the ``movi`` chunks instead. Returns the packets to build the table from.
+        """
+        n_indexed = len(indexed[0]) + indexed[2] if indexed is not None else 0
+        self._unindexed = True
+        try:
+            sequential = self._demux_video_packets(quiet=True)
+        except VideoDecodeError:
+            sequential = None
+        n_sequential = len(sequential[0]) + sequential[2] if sequential is not None else 0
+        if n_sequential > n_indexed:
+            self._warn(
+                f"the AVI index is damaged (reading by it gives {n_indexed} of the {n_sequential} frames in the file): "
+                "the file is read without it, and without seeking"
+            )
+            return sequential
+        self._unindexed = False
+        return indexed
+
+    def _build_table_by_demuxing(self) -> _FrameTable | None:
+        """Frame table from packets alone, or None when packets cannot define it."""
+        self.stats["demux_passes"] += 1
+        packets = self._demux_video_packets()
+        if self._format == "avi" and not self._unindexed:
+            packets = self._check_avi_index(packets)
+        if packets is None:
+            return None
+        pts, keys, missing_pts = packets
         if missing_pts or not pts or len(set(pts)) != len(pts):
             return None
         order = sorted(range(len(pts)), key=pts.__getitem__)
@@ -439,22 +660,42 @@ class VideoReader:
         keyframes = [i for i, k in enumerate(keys) if k] if strictly_increasing else []
         if not keyframes or keyframes[0] != 0:
             keyframes = [0] + keyframes
+        times = self._times_from_pts(pts)
+        if any(b < a for a, b in itertools.pairwise(times)):
+            # Decoders output frames in presentation order, so pts that go backwards are
+            # misassigned. Unique ones are a permutation (H.264 with B-frames in AVI, which
+            # stores no pts: the decoder's reordered guesses): frame k gets the k-th smallest.
+            # Repeated ones mean damaged data: the same, with a warning.
+            if len(set(known)) != len(known):
+                self._warn("decoded frame timestamps repeat and go backwards (damaged data): times were sorted")
+            times = sorted(times)
         return _FrameTable(
             pts=pts,
-            times=self._times_from_pts(pts),
+            times=times,
             keyframes=keyframes if strictly_increasing else [0],
             pts_to_index={p: i for i, p in enumerate(pts) if p is not None} if strictly_increasing else {},
             source="decode",
         )
 
     def _rebuild_table(self, reason: str) -> None:
-        old = len(self._table) if self._table is not None else None
+        previous = self._table
+        old = len(previous) if previous is not None else None
         self._table = self._build_table_by_decoding()
         self.table_revision += 1
-        self._warn(
-            f"frame table corrected by a full decode ({reason}): "
-            f"the stream has {len(self._table)} decodable frames (demuxing counted {old})"
-        )
+        if previous is not None and sorted(p for p in previous.pts if p is not None) == sorted(
+            p for p in self._table.pts if p is not None
+        ) and len(previous) == len(self._table):
+            # Same frames, same times: only the decoder's pts come out of order.
+            self._warn(
+                "the decoder's timestamps come out of order (e.g. H.264 with B-frames in AVI): frames are "
+                "identified by decoding order, without seeking"
+            )
+        else:
+            self._warn(
+                f"frame table corrected by a full decode ({reason}): "
+                f"the stream has {len(self._table)} decodable frames (demuxing counted {old})"
+            )
+        self._check_header_duration()
 
     @property
     def frame_times(self) -> list[float]:
@@ -493,50 +734,32 @@ class VideoReader:
 
     def _to_rgb(self, frame: Any) -> np.ndarray:
         """``(H, W, 3)`` uint8 RGB of a PyAV frame: its own colour matrix/range, rotated upright."""
-        kwargs: dict[str, Any] = {"format": "rgb24"}
-        cs = int(frame.colorspace)
-        src_cs = cs if cs in _KNOWN_COLORSPACES else 5  # unspecified -> BT.601 (swscale default)
-        full = int(frame.color_range) == _AVCOL_RANGE_JPEG or frame.format.name.startswith("yuvj")
-        fmt = frame.format
-        if not fmt.is_rgb and not fmt.has_palette:  # YUV or gray: matrix and range matter
-            # PyAV applies colour details only when src != dst; the dst matrix only matters for YUV output.
-            kwargs.update(
-                src_colorspace=src_cs,
-                dst_colorspace=1 if src_cs != 1 else 5,
-                src_color_range="JPEG" if full else "MPEG",
-                dst_color_range="JPEG",
-            )
+        size = None
         if self._out_size is None:
             self._out_size = (frame.width, frame.height)
         elif (frame.width, frame.height) != self._out_size:
-            kwargs.update(width=self._out_size[0], height=self._out_size[1])
+            size = self._out_size
             self._warn(
                 f"the resolution changes mid-stream: frames are scaled to the first one's "
                 f"{self._out_size[0]}x{self._out_size[1]}",
                 "resize",
             )
+        rotation = frame.rotation or 0
+        if rotation and round(rotation / 90.0) * 90 != rotation:
+            self._warn(f"rotation of {rotation} degrees is not a multiple of 90: rounded", "rot")
         try:
-            rgb = frame.to_ndarray(**kwargs)
+            rgb = frame_to_rgb(frame, size)
         except (av.FFmpegError, ValueError) as e:
             raise _error(
                 self.path, f"a frame cannot be converted to RGB ({_one_line(e)})", "re-encode the video with ffmpeg"
             ) from None
-        rotation = frame.rotation or 0
-        if rotation:
-            k = round(rotation / 90.0)
-            if k * 90 != rotation:
-                self._warn(f"rotation of {rotation} degrees is not a multiple of 90: rounded to {k * 90}", "rot")
-            rgb = np.rot90(rgb, k % 4)
         self.stats["converted_frames"] += 1
-        return np.ascontiguousarray(rgb)
+        return rgb
 
     def _make_frame(self, av_frame: Any, index: int, table: _FrameTable) -> Frame:
-        base = table.pts[0]
-        if av_frame.pts is not None and base is not None:
-            t = float((av_frame.pts - base) * self._time_base)
-        else:
-            t = table.times[index]
-        return Frame(index=index, time_s=t, rgb=self._to_rgb(av_frame))
+        # The table's time: the frame's pts (checked against the table while decoding), or the
+        # extrapolated / sorted time where the stream's pts are missing or out of order.
+        return Frame(index=index, time_s=table.times[index], rgb=self._to_rgb(av_frame))
 
     def _iter_pyav(self, wanted: list[int]) -> Iterator[Frame]:
         done_upto = -1
@@ -546,8 +769,8 @@ class VideoReader:
             dropped = [i for i in wanted if i > done_upto and i >= len(table)]
             if dropped:
                 self._warn(
-                    f"{len(dropped)} requested frame(s) (from index {dropped[0]}) do not exist in the decoded stream of "
-                    f"{len(table)} frames and were not returned",
+                    f"{len(dropped)} requested frame(s) (from index {dropped[0]}) do not exist in the decoded "
+                    f"stream of {len(table)} frames and were not returned",
                     transient=True,
                 )
             wanted = todo
@@ -569,8 +792,15 @@ class VideoReader:
             return
         n = len(table)
         check = table.source == "demux"
-        may_seek = self._seek_threshold is not None and len(table.keyframes) > 1 and bool(table.pts_to_index)
+        may_seek = (
+            self._seek_threshold is not None
+            and not self._unindexed
+            and len(table.keyframes) > 1
+            and bool(table.pts_to_index)
+        )
         container = None
+        pass_frames = 0  # frames decoded by this call, over restarts: bounded, so no loop can spin forever
+        frame_cap = _MAX_DECODE_FACTOR * (n + _MAX_DECODE_SLACK)
         try:
             while True:  # restarts (sequential, no seeking) after trouble with a seek
                 if container is not None:
@@ -583,23 +813,35 @@ class VideoReader:
                 cur = -1  # index of the last frame seen
                 head_ok = False
                 just_sought = False
+                sought_kf = 0  # keyframe the last seek aimed at
+                before_seek = -1  # index of the last frame seen before that seek
+                misses = 0  # seeks in a row that landed after their target
                 wi = 0
                 try:
                     while wi < len(wanted):
                         target = wanted[wi]
-                        if may_seek and head_ok:
+                        if may_seek and head_ok and not just_sought:
                             kf = table.keyframes[bisect.bisect_right(table.keyframes, target) - 1]
                             if kf - (cur + 1) >= self._seek_threshold:
-                                try:
-                                    container.seek(table.pts[kf], stream=stream, backward=True, any_frame=False)
-                                except av.FFmpegError as e:
-                                    raise _SeekTrouble(f"seek failed ({_one_line(e)})") from None
-                                self.stats["seeks"] += 1
-                                frames = self._decoded_frames(container, stream)
-                                sequential = False
-                                just_sought = True
-                                cur = kf - 1
+                                frames = self._seek(container, stream, table, kf)
+                                sequential, just_sought, sought_kf, before_seek = False, True, kf, cur
                         av_frame = next(frames, None)
+                        found = None
+                        if not sequential and av_frame is not None:
+                            found = table.pts_to_index.get(av_frame.pts) if av_frame.pts is not None else None
+                            if found is None:
+                                raise _SeekTrouble(f"unknown pts {av_frame.pts} after a seek")
+                        if just_sought and (av_frame is None or found > target):
+                            # Timestamp seeks in MPEG-TS/PS land a GOP late (or at the end): aim at
+                            # earlier keyframes, 1, 2, 4 back, then give up seeking.
+                            misses += 1
+                            ki = bisect.bisect_left(table.keyframes, sought_kf)
+                            earlier = table.keyframes[max(0, ki - 2 ** (misses - 1))]
+                            if misses > _MAX_SEEK_MISSES or earlier == sought_kf:
+                                raise _SeekTrouble("the seek landed after the target")
+                            frames = self._seek(container, stream, table, earlier)
+                            sought_kf = earlier
+                            continue
                         if av_frame is None:
                             if not sequential:
                                 raise _SeekTrouble("the stream ended before the target after a seek")
@@ -608,6 +850,13 @@ class VideoReader:
                             self._warn(f"the stream ended after {k + 1} frames")
                             return
                         self.stats["decoded_frames"] += 1
+                        pass_frames += 1
+                        if pass_frames > frame_cap:
+                            raise _error(
+                                self.path,
+                                f"decoding made no progress ({pass_frames} frames decoded for a {n}-frame stream)",
+                                "the file is damaged; re-encode it with ffmpeg",
+                            )
                         if sequential:
                             k += 1
                             idx = k
@@ -620,12 +869,18 @@ class VideoReader:
                                 return
                             head_ok = True
                         else:
-                            found = table.pts_to_index.get(av_frame.pts) if av_frame.pts is not None else None
-                            if found is None:
-                                raise _SeekTrouble(f"unknown pts {av_frame.pts} after a seek")
-                            if just_sought and found > target:
-                                raise _SeekTrouble("the seek landed after the target")
+                            assert found is not None  # set above for every frame after a seek
+                            if just_sought and misses == 0 and found <= before_seek + 1:
+                                # The seek gained nothing: the demuxer cannot seek in this file (e.g. an
+                                # AVI without index lands at its start). Decode on from here, without seeks.
+                                may_seek = False
+                                self._warn(
+                                    "seeking did not move forward in this file (no usable index): frames were "
+                                    "decoded on from where it landed",
+                                    "seek-imprecise",
+                                )
                             just_sought = False
+                            misses = 0
                             idx = found
                         cur = idx
                         if idx == target:
@@ -648,12 +903,26 @@ class VideoReader:
             if container is not None:
                 container.close()
 
+    def _seek(self, container: Any, stream: Any, table: _FrameTable, kf: int) -> Iterator[Any]:
+        """Seek to keyframe ``kf`` of ``table``; the decoded frames from there."""
+        try:
+            container.seek(table.pts[kf], stream=stream, backward=True, any_frame=False)
+        except av.FFmpegError as e:
+            raise _SeekTrouble(f"seek failed ({_one_line(e)})") from None
+        self.stats["seeks"] += 1
+        return self._decoded_frames(container, stream)
+
     # ------------------------------------------------------------------ decord
 
     def _fallback(self, reason: str) -> None:
         self.backend = "pyav"
-        self._decord_vr = None
+        self._close_decord()
         self._warn(f"decord backend not used for '{self.path}': {reason}; decoded with PyAV instead")
+
+    def _close_decord(self) -> None:
+        vr, self._decord_vr = self._decord_vr, None
+        if vr is not None:
+            vr.close()
 
     def _probe_head(self) -> tuple[int, Any, np.ndarray]:
         """Decode the first frame with PyAV: (its rotation, its pts, its RGB)."""
@@ -667,9 +936,12 @@ class VideoReader:
         )
 
     def _setup_decord(self) -> None:
-        """Use decord only if it provably sees the same frames as the decoded stream."""
-        decord = _import_decord()
-        if decord is None:
+        """Use decord only if it provably sees the same frames as the decoded stream.
+
+        decord runs in a guarded child process (:mod:`vidprune.pipeline.decord_guard`):
+        a hang or a crash there becomes a fallback to PyAV, with a warning.
+        """
+        if _import_decord() is None:
             self._fallback("decord is not installed or fails to import")
             return
         table = self._ensure_table()
@@ -682,18 +954,22 @@ class VideoReader:
                 f"the video has rotation metadata ({rotation} degrees), which decord 0.6 does not apply correctly"
             )
             return
+        if self._unindexed:
+            self._fallback("the file's index is damaged and decord cannot read the file without it")
+            return
         try:
-            vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=self._threads)
-            n_decord = len(vr)
-        except Exception as e:  # noqa: BLE001 - decord raises DECORDError, RuntimeError, AssertionError...
+            vr = decord_guard.shared_process().open(self.path, self._threads)
+        except decord_guard.DecordFailure as e:
             self._fallback(f"decord cannot open it ({_one_line(e)})")
             return
+        self._decord_vr = vr
+        n_decord = len(vr)
         if n_decord != len(table):
             self._fallback(f"decord counts {n_decord} frames but the decoded stream has {len(table)}")
             return
         try:
-            ts = np.asarray(vr.get_frame_timestamp(list(range(n_decord))), dtype=np.float64)[:, 0]
-        except Exception as e:  # noqa: BLE001 - any decord failure means: do not use decord
+            ts = np.asarray(vr.timestamps(), dtype=np.float64)[:, 0]
+        except (decord_guard.DecordFailure, IndexError, ValueError) as e:
             self._fallback(f"decord cannot report frame times ({_one_line(e)})")
             return
         sane = np.isfinite(ts) & (ts > -1e6)  # decord reports AV_NOPTS_VALUE as about -9.2e17
@@ -706,28 +982,44 @@ class VideoReader:
             if np.any(np.abs(rel[sane] - ours[sane]) > tol):
                 self._fallback("decord reports frame times that differ from the decoded stream's")
                 return
-        self._decord_vr = vr
         first_frames = list(self._iter_decord([0], fallback_ok=False))
         if self._decord_vr is None or not first_frames:
             return  # _iter_decord already fell back
-        diff = np.abs(first_frames[0].rgb.astype(np.int16) - head_rgb.astype(np.int16))
-        if first_frames[0].rgb.shape != head_rgb.shape or diff.max() > _DECORD_MAX_DIFF:
+        if not _same_pixels(first_frames[0].rgb, head_rgb):
             self._fallback("decord's first frame differs from PyAV's (size, orientation or colours)")
+            return
+        # decord's seeks can be wrong where its sequential reads are right (measured: H.264 in AVI
+        # returns frame 1 for frame 11). Check frames that need a seek: just after the second
+        # keyframe, and the last frame.
+        after_second_keyframe = table.keyframes[1] + 1 if len(table.keyframes) > 1 else 0
+        probes = sorted({i for i in (after_second_keyframe, len(table) - 1) if i > 0})
+        if not probes:
+            return
+        # Notes about how PyAV found the probe frames (e.g. seeking was slow) are not about this read.
+        notes_before, once_before, revision = len(self.warnings), set(self._warned_once), self.table_revision
+        ours = list(self._iter_pyav(probes))
+        if self.table_revision != revision or [f.index for f in ours] != probes:
+            self._fallback("the frame table changed while checking decord")
+            return
+        del self.warnings[notes_before:]
+        self._warned_once = once_before
+        theirs = list(self._iter_decord(probes, fallback_ok=False))
+        if self._decord_vr is None:
+            return
+        if len(theirs) != len(ours) or not all(_same_pixels(a.rgb, b.rgb) for a, b in zip(theirs, ours)):
+            self._fallback(
+                f"decord's frames after a seek differ from PyAV's (checked frames {', '.join(map(str, probes))})"
+            )
 
     def _iter_decord(self, wanted: list[int], fallback_ok: bool = True) -> Iterator[Frame]:
         table = self._ensure_table()
         for start in range(0, len(wanted), _DECORD_CHUNK):
             chunk = wanted[start : start + _DECORD_CHUNK]
             try:
-                batch = self._decord_vr.get_batch(chunk)
-                if hasattr(batch, "asnumpy"):
-                    batch = batch.asnumpy()
-                elif hasattr(batch, "numpy"):  # a decord bridge (torch, ...) is active
-                    batch = batch.numpy()
-                batch = np.asarray(batch)
+                batch = np.asarray(self._decord_vr.get_batch(chunk))
                 if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[0] != len(chunk) or batch.shape[-1] != 3:
                     raise ValueError(f"unexpected batch {batch.dtype} {batch.shape}")
-            except Exception as e:  # noqa: BLE001 - any decord failure means: continue with PyAV
+            except (decord_guard.DecordFailure, ValueError) as e:
                 self._fallback(f"decord failed while decoding ({_one_line(e)})")
                 if fallback_ok:
                     yield from self._iter_pyav(wanted[start:])
@@ -764,7 +1056,7 @@ class VideoReader:
 
     def close(self) -> None:
         """Release the decord reader (PyAV containers are opened per pass and already closed)."""
-        self._decord_vr = None
+        self._close_decord()
         self._closed = True
 
     def __enter__(self) -> VideoReader:
@@ -776,6 +1068,11 @@ class VideoReader:
     def __repr__(self) -> str:
         n = len(self._table) if self._table is not None else "?"
         return f"VideoReader({self.path!r}, backend={self.backend!r}, frames={n})"
+
+
+def _same_pixels(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same shape, and every value within ``_DECORD_MAX_DIFF`` levels."""
+    return a.shape == b.shape and int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) <= _DECORD_MAX_DIFF
 
 
 def _check_positive_int(name: str, value: object) -> int:
@@ -830,7 +1127,10 @@ def read_video(
             if num_frames is not None:
                 indices = uniform_indices(n, num_frames)
                 if n < num_frames:
-                    notes.append(f"video has {n} frames, fewer than the {num_frames} asked for: using all {n}")
+                    notes.append(
+                        f"video has {n} frame{'s' if n != 1 else ''}, fewer than the {num_frames} asked for: "
+                        f"using {'all ' + str(n) if n != 1 else 'it'}"
+                    )
             else:
                 indices = fps_indices(times, float(fps), max_frames)
                 span = times[-1] - times[0] if n else 0.0
