@@ -329,14 +329,23 @@ def test_a_stream_url_source_feeds_the_shared_memory(tiny_llm, sample_video):
     (["--budget", "1"], "cannot hold one frame"),
     (["--frame-tokens", "999"], "more than the 256"),
     (["--dedup-reference", "previous"], "previous"),
-    (["--source", "/no/such/video.mp4"], "not a video file"),
     (["--loop"], "--loop needs a --source"),
-    (["--source", "/dev/video99"], "no such camera device"),
 ])
 def test_bad_options_fail_in_one_line_before_the_model_loads(video_llava_ckpt, capsys, argv, words):
     code = cli_main(["demo", "--model", video_llava_ckpt, *argv])
     err = capsys.readouterr().err.strip()
     assert code == 2 and words in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--source", "/no/such/video.mp4"], "not an existing file"),
+    (["--source", "/dev/video99"], "/dev/video99"),
+])
+def test_an_unusable_source_fails_in_one_line_before_the_model_loads(video_llava_ckpt, capsys, argv, words):
+    """Like ``vidprune ask`` with an unreadable video: VideoDecodeError, exit code 1."""
+    code = cli_main(["demo", "--model", video_llava_ckpt, *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and words in err and len(err.splitlines()) == 1, err
 
 
 def test_a_busy_port_is_reported(video_llava_ckpt, capsys):

@@ -129,11 +129,10 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
                       "dedup_window": cfg.dedup_window}
     build_memory(plan, prune_grid=geometry.prune_grid, **memory_options)  # pruner / dedup options, no model
     if args.source is not None:
-        source_kind(args.source)
         if args.loop and source_kind(args.source) != "file":
             raise ConfigError("--loop only applies to a --source video file")
-        if source_kind(args.source) == "file":
-            ServerSource(args.source, cfg.fps, lambda rgb, t: None)  # opens the file: VideoDecodeError if unusable
+        # open (and close) the source now: a missing file or camera, or a dead URL, fails before the model loads
+        ServerSource(args.source, cfg.fps, lambda rgb, t: None).stop()
     elif args.loop:
         raise ConfigError("--loop needs a --source video file")
     _check_host_port(args.host, args.port)
