@@ -118,6 +118,7 @@ from vidprune.pipeline import decord_guard
 from vidprune.pipeline.sampling import fps_indices, uniform_indices
 
 __all__ = [
+    "choose_indices",
     "BACKENDS",
     "DecodedClip",
     "Frame",
@@ -1081,6 +1082,35 @@ def _check_positive_int(name: str, value: object) -> int:
     return int(value)
 
 
+def choose_indices(times_s: Sequence[float], *, num_frames: int | None = None, fps: float | None = None,
+                   max_frames: int | None = None) -> tuple[list[int], list[str]]:
+    """The frames :func:`read_video` samples from a stream with these presentation times, and its notes.
+
+    Uniform sampling with ``num_frames`` (all frames, and a note, when the stream has fewer),
+    otherwise rate sampling at ``fps`` capped by ``max_frames`` (a note when the stream's own
+    rate gives fewer distinct frames). Used by every path that plans frames before decoding.
+    """
+    n = len(times_s)
+    notes: list[str] = []
+    if num_frames is not None:
+        indices = uniform_indices(n, num_frames)
+        if n < num_frames:
+            notes.append(
+                f"video has {n} frame{'s' if n != 1 else ''}, fewer than the {num_frames} asked for: "
+                f"using {'all ' + str(n) if n != 1 else 'it'}"
+            )
+    else:
+        indices = fps_indices(times_s, float(fps), max_frames)
+        span = times_s[-1] - times_s[0] if n else 0.0
+        n_targets = math.floor(span * float(fps) + 1e-9) + 1
+        if len(indices) < min(n_targets, max_frames or n_targets):
+            notes.append(
+                f"sampling at {float(fps):g} fps asks for {n_targets} frames but the video's {n} frames "
+                f"give only {len(indices)} distinct ones: its frame rate is lower"
+            )
+    return list(indices), notes
+
+
 def read_video(
     path: str | bytes | os.PathLike[str],
     num_frames: int | None = None,
@@ -1122,24 +1152,7 @@ def read_video(
             revision = reader.table_revision
             backend_before = reader.backend
             times = reader.frame_times
-            n = len(times)
-            notes: list[str] = []
-            if num_frames is not None:
-                indices = uniform_indices(n, num_frames)
-                if n < num_frames:
-                    notes.append(
-                        f"video has {n} frame{'s' if n != 1 else ''}, fewer than the {num_frames} asked for: "
-                        f"using {'all ' + str(n) if n != 1 else 'it'}"
-                    )
-            else:
-                indices = fps_indices(times, float(fps), max_frames)
-                span = times[-1] - times[0] if n else 0.0
-                n_targets = math.floor(span * float(fps) + 1e-9) + 1
-                if len(indices) < min(n_targets, max_frames or n_targets):
-                    notes.append(
-                        f"sampling at {float(fps):g} fps asks for {n_targets} frames but the video's {n} frames "
-                        f"give only {len(indices)} distinct ones: its frame rate is lower"
-                    )
+            indices, notes = choose_indices(times, num_frames=num_frames, fps=fps, max_frames=max_frames)
             frames: np.ndarray | None = None
             got_idx: list[int] = []
             got_t: list[float] = []
@@ -1168,7 +1181,7 @@ def read_video(
             frames=frames,
             indices=got_idx,
             times_s=got_t,
-            num_stream_frames=n,
+            num_stream_frames=len(times),
             backend=reader.backend,
             warnings=list(reader.warnings) + notes,
         )

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, VideoDecodeError
-from ..pruners import CrossFrameDedup, FrameSelection, VideoTokenSelector, create_pruner
+from ..pruners import CrossFrameDedup, VideoTokenSelector, create_pruner
 from ..video_models.base import EncodedFrames, VideoLLM, VisualGeometry
 from .decode import DecodedClip, read_video
 
@@ -27,6 +27,7 @@ __all__ = [
     "DecodeStage",
     "EncodeStage",
     "SelectStage",
+    "SelectionStream",
     "AnswerStage",
     "clip_from_array",
     "plan_tokens",
@@ -171,35 +172,69 @@ class SelectStage:
                                   reserved_per_frame=self.geometry.extra_per_frame)
 
     def process(self, encoded: EncodedFrames, clip: DecodedClip) -> PrunedVideo:
-        num_frames = len(encoded)
-        plan = plan_tokens(self.geometry, num_frames, self.budget)
-        selector = self.new_selector(num_frames)
-        rows, frames = [], []
-        after_pruner = 0
-        for t in range(num_frames):
-            sel: FrameSelection = selector.select(encoded.cls_attn[t], encoded.features[t])
+        """Select a whole video's frames at once (the in-process path)."""
+        stream = SelectionStream(self, len(encoded))
+        stream.add(encoded, clip.indices, clip.times_s)
+        return stream.finish({"backend": clip.backend, "num_stream_frames": clip.num_stream_frames}, clip.warnings)
+
+
+class SelectionStream:
+    """``SelectStage`` applied to one video's frames segment by segment, in temporal order.
+
+    ``SelectionStream(stage, num_frames)``, then :meth:`add` for each segment in order, then
+    :meth:`finish`. Holds only the kept tokens (at most the budget) and the dedup state,
+    however long the video is. ``finish()`` equals ``stage.process(encoded, clip)`` on the
+    concatenated segments.
+    """
+
+    def __init__(self, stage: "SelectStage", num_frames: int):
+        self.stage = stage
+        self.num_frames = num_frames
+        self.plan = plan_tokens(stage.geometry, num_frames, stage.budget)
+        self.selector = stage.new_selector(num_frames)
+        self.rows: list[torch.Tensor] = []  # (E, Dv) and (k_t, Dv) pieces in stream order
+        self.frames: list[dict[str, Any]] = []
+        self.after_pruner = 0
+        self.seconds = 0.0
+
+    @property
+    def frames_done(self) -> int:
+        return len(self.frames)
+
+    def add(self, encoded: EncodedFrames, indices: list[int], times_s: list[float]) -> None:
+        """Select the next ``len(encoded)`` frames (features (B, N, Dv), cls_attn (B, N), extra (B, E, Dv))."""
+        start = time.perf_counter()
+        if len(self.frames) + len(encoded) > self.num_frames:
+            raise RuntimeError(f"{len(self.frames) + len(encoded)} frames added to a stream of {self.num_frames}")
+        for t in range(len(encoded)):
+            sel = self.selector.select(encoded.cls_attn[t], encoded.features[t])
             if encoded.extra is not None:
-                rows.append(encoded.extra[t])
-            rows.append(encoded.features[t].index_select(0, sel.kept.to(encoded.features.device)))
-            after_pruner += len(sel.candidates)
-            frames.append({
-                "index": int(clip.indices[t]),
-                "time_s": round(float(clip.times_s[t]), 6),
+                self.rows.append(encoded.extra[t])
+            self.rows.append(encoded.features[t].index_select(0, sel.kept.to(encoded.features.device)))
+            self.after_pruner += len(sel.candidates)
+            self.frames.append({
+                "index": int(indices[t]),
+                "time_s": round(float(times_s[t]), 6),
                 "kept": sel.kept.tolist(),
                 "duplicates": sel.duplicates.tolist(),
                 "candidates": int(len(sel.candidates)),
                 "allowance": int(sel.allowance),
             })
-        extra = self.geometry.extra_per_frame * num_frames
-        kept = sum(len(f["kept"]) for f in frames)
-        tokens = torch.cat(rows, dim=0)  # (K, Dv)
-        if tokens.shape[0] > plan.max_to_llm:  # the budget is a hard limit: never hand on more
-            raise RuntimeError(f"selected {tokens.shape[0]} tokens, above the plan's {plan.max_to_llm}")
-        counts = {"full": plan.full, "after_vispruner": after_pruner + extra, "after_dedup": kept + extra,
+        self.seconds += time.perf_counter() - start
+
+    def finish(self, decode: dict[str, Any] | None = None, warnings: list[str] | None = None) -> PrunedVideo:
+        """The video's :class:`PrunedVideo`: tokens (K, Dv), per-frame records, token counts."""
+        if len(self.frames) != self.num_frames:
+            raise RuntimeError(f"the stream got {len(self.frames)} of its {self.num_frames} frames")
+        extra = self.stage.geometry.extra_per_frame * self.num_frames
+        kept = sum(len(f["kept"]) for f in self.frames)
+        tokens = torch.cat(self.rows, dim=0)  # (K, Dv)
+        if tokens.shape[0] > self.plan.max_to_llm:  # the budget is a hard limit: never hand on more
+            raise RuntimeError(f"selected {tokens.shape[0]} tokens, above the plan's {self.plan.max_to_llm}")
+        counts = {"full": self.plan.full, "after_vispruner": self.after_pruner + extra, "after_dedup": kept + extra,
                   "to_llm": kept + extra}
-        return PrunedVideo(tokens=tokens, frames=frames, tokens_count=counts,
-                           decode={"backend": clip.backend, "num_stream_frames": clip.num_stream_frames},
-                           warnings=list(clip.warnings))
+        return PrunedVideo(tokens=tokens, frames=self.frames, tokens_count=counts, decode=dict(decode or {}),
+                           warnings=list(warnings or []))
 
 
 class AnswerStage:

@@ -1,0 +1,299 @@
+"""``vidprune job``: manifest checks, the results file, and whole jobs on real Ray.
+
+The Ray tests run the CLI as a separate process (the way users run it) against a
+two-node loopback cluster, kill actor processes in the middle of a job, and compare
+every answer with ``VideoQA`` run in this process on the same checkpoint and options.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from ray_cluster import LoopbackCluster, make_ray_home, process_title, processes_with_marker, ray_env
+
+from vidprune.cli import main
+from vidprune.errors import ConfigError
+from vidprune.pipeline.jobs import JobItem, ResultsFile, check_results_match, format_question, read_manifest
+from vidprune.qa import VideoQA
+from vidprune.samples import moving_square_frames, write_video
+
+# Small and quick: 8 frames in 4 segments of 2, a budget that prunes, short answers.
+FLAGS = ["--frames", "8", "--budget", "40", "--encoder-batch-size", "2", "--max-new-tokens", "6"]
+OPTIONS = dict(frames=8, budget=40, encoder_batch_size=2, max_new_tokens=6)
+JOB_TIMEOUT_S = 600
+# Seconds a local Ray's processes may take to exit after the job's ray.shutdown().
+LOCAL_RAY_EXIT_S = 20
+
+
+def write_manifest(path: Path, entries: list) -> Path:
+    path.write_text("".join((e if isinstance(e, str) else json.dumps(e)) + "\n" for e in entries))
+    return path
+
+
+def read_results(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def job_cmd(manifest: Path, out: Path, ckpt: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "vidprune.cli", "job", str(manifest), "--out", str(out), "--model", ckpt,
+            *FLAGS, "--no-progress", *extra]
+
+
+def expected_answers(ckpt: str, items: list[JobItem]) -> dict[tuple, str]:
+    """In-process answers, grouped per video as the job groups them: {(id, index): token ids}."""
+    qa = VideoQA.from_pretrained(ckpt, **OPTIONS)
+    by_video: dict[str, list[JobItem]] = {}
+    for it in items:
+        by_video.setdefault(it.video, []).append(it)
+    out = {}
+    for video, group in by_video.items():
+        answers = qa.answer(qa.prepare(video), [it.prompt for it in group])
+        out.update({it.key: a.text for it, a in zip(group, answers)})
+    return out
+
+
+# ----------------------------------------------------------------------- manifest
+def test_format_question_letters_the_options():
+    assert format_question("What?", None) == "What?"
+    assert format_question("What happens?", ["A dog runs", "A car stops"]) == (
+        "What happens?\nA. A dog runs\nB. A car stops\n"
+        "Answer with the option's letter from the given choices directly."
+    )
+
+
+def test_manifest_items_one_per_question(tmp_path):
+    m = write_manifest(tmp_path / "m.jsonl", [
+        {"id": "a", "video": "a.mp4", "question": " What? "},
+        "",
+        {"id": 7, "video": "/abs/b.mp4", "questions": ["One?", "Two?"], "options": ["x", "y", "z"]},
+    ])
+    items = read_manifest(m)
+    assert [(it.id, it.index, it.question, it.line) for it in items] == [
+        ("a", 0, "What?", 1), (7, 0, "One?", 3), (7, 1, "Two?", 3)]
+    assert items[0].video == str(tmp_path / "a.mp4")  # relative to the manifest's folder
+    assert items[1].video == "/abs/b.mp4"
+    assert items[2].prompt.startswith("Two?\nA. x\nB. y\nC. z\n")
+    assert items[1].key != JobItem("7", 0, "", "", "", None, 1).key  # 7 and "7" are different ids
+
+
+@pytest.mark.parametrize("entries, message", [
+    ([{"id": "a", "video": "a.mp4", "question": "Q?"}, '{"id": "b", "video": '], r"line 2: not valid JSON"),
+    ([{"id": "a", "video": "a.mp4"}], r"line 1: give either 'question'"),
+    ([{"id": "a", "video": "a.mp4", "question": "Q?"}, {"id": "a", "video": "b.mp4", "question": "Q?"}],
+     r"line 2: id 'a' repeats line 1"),
+    ([{"id": "a", "video": "a.mp4", "question": "   "}], r"line 1: question: the question is empty"),
+    ([{"id": "a", "video": "a.mp4", "question": "Q?", "options": ["only one"]}], r"line 1: 'options' must be"),
+    ([{"id": "a", "vid": "a.mp4", "question": "Q?"}], r"line 1: unknown key\(s\) vid .*line 1: 'video' must be"),
+    ([["a", "b"]], r"line 1: expected a JSON object"),
+    ([], r"has no items"),
+])
+def test_bad_manifest_is_one_line_exit_2_before_anything_starts(tmp_path, capsys, video_llava_ckpt, entries, message):
+    m = write_manifest(tmp_path / "m.jsonl", entries)
+    out = tmp_path / "out.jsonl"
+    code = main(["job", str(m), "--out", str(out), "--model", video_llava_ckpt])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("vidprune: error: manifest") and err.count("\n") == 1
+    assert __import__("re").search(message, err), err
+    assert not out.exists()  # nothing started, nothing written
+
+
+def test_bad_options_exit_2_before_ray(tmp_path, capsys, video_llava_ckpt):
+    m = write_manifest(tmp_path / "m.jsonl", [{"id": "a", "video": "a.mp4", "question": "Q?"}])
+    assert main(["job", str(m), "--out", str(tmp_path / "o.jsonl"), "--model", video_llava_ckpt,
+                 "--encoders", "0"]) == 2
+    assert "encoders must be an integer >= 1" in capsys.readouterr().err
+    assert main(["job", str(m), "--out", str(tmp_path / "o.jsonl"), "--model", video_llava_ckpt,
+                 "--budget", "3"]) == 2  # below the 8 [CLS] tokens of 8 frames
+    assert "budget 3 is smaller" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ results
+def record(i: int, **extra) -> dict:
+    return {"id": f"v{i}", "question_index": 0, "question": "Q?", "answer": f"a{i}", **extra}
+
+
+def test_results_append_and_reopen(tmp_path):
+    path = tmp_path / "r.jsonl"
+    res = ResultsFile(path).open()
+    res.append(record(1))
+    res.append(record(2, report={"tokens": {"to_llm": 3}}))
+    res.close()
+    lines = path.read_bytes().split(b"\n")
+    assert len(lines) == 3 and lines[-1] == b""  # two whole lines
+    again = ResultsFile(path).open()
+    assert set(again.records) == {('"v1"', 0), ('"v2"', 0)}
+    assert again.records[('"v2"', 0)]["report"] == {"tokens": {"to_llm": 3}}
+    assert not again.dropped_torn_line
+    again.close()
+
+
+def test_torn_last_line_is_dropped_and_its_item_runs_again(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_bytes((json.dumps(record(1)) + "\n").encode() + json.dumps(record(2)).encode()[:17])
+    res = ResultsFile(path).open()
+    assert set(res.records) == {('"v1"', 0)}
+    assert res.dropped_torn_line
+    res.append(record(2))
+    res.close()
+    assert [r["id"] for r in read_results(path)] == ["v1", "v2"]
+
+
+def test_results_that_are_not_ours_are_refused(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text("hello\n" + json.dumps(record(1)) + "\n")
+    with pytest.raises(ConfigError, match="line 1 is not a vidprune result"):
+        ResultsFile(path).open()
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({**record(1), "id": "a", "question": "Something else?"}) + "\n")
+    m = write_manifest(tmp_path / "m.jsonl", [{"id": "a", "video": "a.mp4", "question": "Q?"}])
+    res = ResultsFile(other).open()
+    with pytest.raises(ConfigError, match="belongs to another manifest"):
+        check_results_match(res, read_manifest(m))
+    res.close()
+
+
+def test_one_job_per_results_file(tmp_path):
+    path = tmp_path / "r.jsonl"
+    first = ResultsFile(path).open()
+    with pytest.raises(ConfigError, match="another vidprune job is writing"):
+        ResultsFile(path).open()
+    first.close()
+    ResultsFile(path).open().close()
+
+
+def test_drop_errors_rewrites_atomically(tmp_path):
+    path = tmp_path / "r.jsonl"
+    res = ResultsFile(path).open()
+    res.append(record(1))
+    res.append({"id": "v2", "question_index": 0, "question": "Q?", "error": "cannot decode video"})
+    assert res.drop_errors() == 1
+    res.append(record(3))
+    res.close()
+    assert [r["id"] for r in read_results(path)] == ["v1", "v3"]
+    assert not list(tmp_path.glob(".r.jsonl.*"))
+
+
+# ---------------------------------------------------------------------- on Ray
+@pytest.fixture(scope="module")
+def cluster():
+    with LoopbackCluster(worker_nodes=1, num_cpus=4) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def job_videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("job-videos")
+    paths = [str(write_video(root / f"v{i}.mp4", moving_square_frames(16 + 4 * i, seed=10 + i), fps=12))
+             for i in range(6)]
+    broken = root / "broken.mp4"
+    broken.write_bytes(b"\x00garbage" * 200)
+    return paths, str(broken), str(root / "missing.mp4")
+
+
+def actor_pids(marker: str, actor_class: str) -> list[int]:
+    return [p for p in processes_with_marker(marker) if process_title(p).startswith(f"ray::{actor_class}")]
+
+
+def test_job_survives_killed_actors_resumes_and_answers_each_item_once(cluster, job_videos, video_llava_ckpt,
+                                                                       tmp_path):
+    videos, broken, missing = job_videos
+    m = write_manifest(tmp_path / "manifest.jsonl", [
+        {"id": "v0", "video": videos[0], "questions": ["What moves?", "Where?", "Is it square?"]},
+        {"id": 1, "video": videos[1], "question": "What moves?", "options": ["a square", "a circle", "nothing"]},
+        {"id": "missing", "video": missing, "question": "What?"},
+        {"id": "v2", "video": videos[2], "question": "What color?"},
+        {"id": "broken", "video": broken, "question": "What?"},
+        {"id": "v3", "video": videos[3], "question": "What moves?"},
+        {"id": "v4", "video": videos[4], "questions": ["One?", "Two?"]},
+        {"id": "v5", "video": videos[5], "question": "What moves?"},
+        {"id": "v0-again", "video": videos[0], "question": "Anything else?"},  # same file: same token stream
+    ])
+    items = read_manifest(m)
+    want = expected_answers(video_llava_ckpt, [it for it in items if it.id not in ("missing", "broken")])
+    out = tmp_path / "results.jsonl"
+    # a previous run wrote one item, and was killed while writing the next
+    done_before = {"id": "v5", "question_index": 0, "question": "What moves?", "answer": "(from before)"}
+    out.write_text(json.dumps(done_before) + "\n" + '{"id": "v4", "question_index": 0, "quest')
+
+    env = {**cluster.env, "RAY_ADDRESS": cluster.address}
+    cmd = job_cmd(m, out, video_llava_ckpt, "--decoders", "1", "--encoders", "1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = []
+    try:
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(out.read_text().splitlines()) >= 3:  # the job is answering: kill in the middle
+                for cls in ("EncodeActor", "SelectActor"):
+                    pid = actor_pids(cluster.marker, cls)[0]
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                break
+            time.sleep(0.1)
+        lines_at_kill = len(out.read_text().splitlines())
+        _, stderr = proc.communicate(timeout=JOB_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert len(killed) == 2, "the job ended before an actor could be killed"
+    assert lines_at_kill < len(items), "the kill came after the last result"
+
+    results = read_results(out)
+    keys = [(json.dumps(r["id"]), r["question_index"]) for r in results]
+    assert sorted(keys) == sorted(it.key for it in items)  # every item exactly once
+    by_key = dict(zip(keys, results))
+    assert by_key[('"v5"', 0)] == done_before  # resumed: kept, not redone
+    for it in items:
+        rec = by_key[it.key]
+        assert rec["question"] == it.question
+        if it.id in ("missing", "broken"):
+            assert rec["error"].startswith("cannot decode video")
+        elif it.id != "v5":
+            assert "error" not in rec, rec
+            assert rec["answer"] == want[it.key]
+            assert rec["report"]["tokens"]["to_llm"] <= OPTIONS["budget"]
+            assert rec["report"]["question"] == it.prompt
+    assert by_key[('1', 0)]["options"] == ["a square", "a circle", "nothing"]
+    assert "11 new results (9 answered, 2 failed), 1 already in" in stderr
+
+    # the same command again: nothing to do, nothing written, Ray not even needed
+    before = out.read_bytes()
+    again = subprocess.run(cmd, env=ray_env(make_ray_home(tmp_path)), capture_output=True, text=True,
+                           timeout=JOB_TIMEOUT_S)
+    assert again.returncode == 0, again.stderr
+    assert "0 new results (0 answered, 0 failed), 12 already in" in again.stderr
+    assert out.read_bytes() == before
+
+
+def test_job_starts_ray_locally_without_an_address(job_videos, video_llava_ckpt, tmp_path):
+    videos, _, _ = job_videos
+    m = write_manifest(tmp_path / "m.jsonl", [{"id": "x", "video": videos[2], "questions": ["What?", "Why?"]}])
+    out = tmp_path / "local.jsonl"
+    marker = f"local-{os.getpid()}-{time.time_ns()}"
+    env = ray_env(make_ray_home(tmp_path), marker)
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="vprt")  # short socket paths, away from other Ray sessions' /tmp/ray
+    try:
+        run = subprocess.run(job_cmd(m, out, video_llava_ckpt, "--node-ip-address", "127.0.0.2", "--decoders", "1"),
+                             env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+    finally:
+        deadline = time.monotonic() + LOCAL_RAY_EXIT_S  # ray.shutdown() lets its helpers exit on their own
+        while processes_with_marker(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        leftovers = {pid: process_title(pid) for pid in processes_with_marker(marker)}
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    assert run.returncode == 0, run.stderr
+    assert not leftovers, f"the local Ray was not shut down: {leftovers}"
+    want = expected_answers(video_llava_ckpt, read_manifest(m))
+    assert {(json.dumps(r["id"]), r["question_index"]): r["answer"] for r in read_results(out)} == want

@@ -1,0 +1,261 @@
+"""The stages on a real two-node Ray cluster (loopback) against the in-process path.
+
+The module starts one cluster (head 127.0.0.2 + worker nodes 127.0.0.3 and 127.0.0.4)
+and one pipeline on it: 2 decoders, 2 encoder replicas, the select actor and an LLM
+actor. The last test kills a worker node. Every
+Ray result is compared with ``VideoQA`` run in this process on the same checkpoint with
+the same options (same encoder batch size), which is the reference.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from ray_cluster import LoopbackCluster
+
+from vidprune.errors import ConfigError, VideoDecodeError
+from vidprune.pipeline.ray_actors import (
+    RayPipelineOptions,
+    RayVideoPipeline,
+    StageResources,
+    VideoRequest,
+    connect_ray,
+)
+from vidprune.pipeline.streaming import (
+    SegmentDecoder,
+    SelectionStream,
+    batches_from_clip,
+    plan_frames,
+    split_segments,
+)
+from vidprune.qa import VideoQA
+from vidprune.samples import moving_square_frames, write_video
+
+# A budget below the stock 24 x 257 tokens, so VisPruner, dedup and the carry-over all act.
+OPTIONS = dict(budget=100, frames=24, encoder_batch_size=4, max_new_tokens=6)
+SEGMENTS_IN_FLIGHT = 3
+QUESTIONS = ["What is moving?", "Where does the square go?", "What color is it?"]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """A 10 s video (240 frames) and two short ones with different content."""
+    root = tmp_path_factory.mktemp("ray-videos")
+    return {
+        "long": str(write_video(root / "long.mp4", moving_square_frames(240, seed=1), fps=24)),
+        "short1": str(write_video(root / "short1.mp4", moving_square_frames(30, seed=2), fps=12)),
+        "short2": str(write_video(root / "short2.mp4", moving_square_frames(40, seed=3, square=64), fps=12)),
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(video_llava_ckpt):
+    return VideoQA.from_pretrained(video_llava_ckpt, **OPTIONS)
+
+
+@pytest.fixture(scope="module")
+def pipeline(video_llava_ckpt):
+    import ray
+
+    with LoopbackCluster(worker_nodes=2, num_cpus=4) as cluster:
+        connect_ray(cluster.address)
+        try:
+            cfg = VideoQA.resolve_config(video_llava_ckpt, **OPTIONS)
+            pipe = RayVideoPipeline(cfg, RayPipelineOptions(decoders=2, encoders=2,
+                                                            max_segments_in_flight=SEGMENTS_IN_FLIGHT))
+            pipe.cluster = cluster
+            yield pipe
+            pipe.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def assert_same_pruned(got, want):
+    assert [f["kept"] for f in got.frames] == [f["kept"] for f in want.frames]
+    assert got.frames == want.frames
+    assert got.tokens_count == want.tokens_count
+    assert got.tokens.shape == want.tokens.shape
+    torch.testing.assert_close(got.tokens, want.tokens, rtol=1e-5, atol=1e-6)
+    assert got.decode == want.decode
+    assert got.warnings == want.warnings
+
+
+# ------------------------------------------------------------------ in-process pieces
+def test_split_segments_cover_every_frame_once_in_order():
+    segs = split_segments(10, 4)
+    assert [list(s) for s in segs] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert split_segments(3, 8) == [range(3)]
+    with pytest.raises(ConfigError, match="segment_frames"):
+        split_segments(3, 0)
+
+
+@pytest.mark.parametrize("stream_frames, sampling, noted", [
+    (30, dict(num_frames=40), True),  # fewer frames than asked: all of them, with a note
+    (1, dict(num_frames=8), True),
+    (30, dict(fps=30.0), True),  # a rate above the video's: every frame, with a note
+    (30, dict(fps=5.0, max_frames=4), False),
+])
+def test_plan_picks_what_read_video_picks(tmp_path, stream_frames, sampling, noted):
+    from vidprune.pipeline.decode import read_video
+    from vidprune.pipeline.stages import DecodeStage
+
+    video = str(write_video(tmp_path / "v.mp4", moving_square_frames(stream_frames, seed=4), fps=12))
+    clip = read_video(video, **sampling)
+    plan = plan_frames(DecodeStage(**sampling), video)
+    assert (plan.indices, plan.times_s, plan.num_stream_frames) == (clip.indices, clip.times_s, clip.num_stream_frames)
+    assert plan.reader_warnings + plan.notes == clip.warnings
+    assert bool(plan.notes) == noted
+
+
+def test_lanes_decode_the_same_frames_as_read_video(reference, videos):
+    clip = reference.decode_stage.process(videos["long"])
+    decoder = SegmentDecoder(reference.decode_stage)
+    plan = plan_frames(reference.decode_stage, videos["long"])
+    assert plan.indices == clip.indices and plan.times_s == clip.times_s
+    assert plan.num_stream_frames == clip.num_stream_frames == 240
+    segments = split_segments(len(plan), 4)
+    batches = [decoder.decode(videos["long"], plan, s, 4, 3, "v") for s in range(len(segments))]
+    assert [b.seq for b in batches] == list(range(len(segments)))
+    np.testing.assert_array_equal(np.concatenate([b.frames for b in batches]), clip.frames)
+    assert not decoder._streams  # every lane ran to its end and was closed
+    # a lane reopened at a later segment (a restarted decoder) gives the same frames
+    again = SegmentDecoder(reference.decode_stage).decode(videos["long"], plan, 4, 4, 3, "v")
+    np.testing.assert_array_equal(again.frames, batches[4].frames)
+
+
+@pytest.mark.parametrize("family, options", [
+    ("video_llava", dict(budget=100, frames=24)),
+    ("llava_next_video", dict(budget=300, frames=12, dedup_reference="kept_any", dedup_window=3)),
+])
+def test_selection_stream_equals_select_stage(tiny_checkpoints, videos, family, options):
+    qa = VideoQA.from_pretrained(tiny_checkpoints[family], **options)
+    clip = qa.decode_stage.process(videos["long"])
+    encoded = qa.encode_stage.process(clip.frames)
+    want = qa.select_stage.process(encoded, clip)
+    stream = SelectionStream(qa.select_stage, len(clip.indices))
+    for batch in batches_from_clip(clip, 5):  # the segments' features, cut from the same encoder call
+        part = type(encoded)(features=encoded.features[batch.seq * 5 : batch.seq * 5 + len(batch)],
+                             cls_attn=encoded.cls_attn[batch.seq * 5 : batch.seq * 5 + len(batch)],
+                             extra=None if encoded.extra is None else encoded.extra[batch.seq * 5 : batch.seq * 5 + len(batch)])
+        stream.add(part, batch.indices, batch.times_s)
+    got = stream.finish({"backend": clip.backend, "num_stream_frames": clip.num_stream_frames}, clip.warnings)
+    assert_same_pruned(got, want)
+    assert torch.equal(got.tokens, want.tokens)
+    assert got.tokens.shape[0] <= options["budget"]
+    assert any(f["duplicates"] for f in got.frames)  # dedup acted, so the carry-over was exercised
+
+
+# ------------------------------------------------------------------------- on Ray
+def test_actors_spread_over_all_nodes(pipeline):
+    import ray
+
+    actors = pipeline.decoders + pipeline.encoders + [pipeline.selector] + pipeline.answerers
+    nodes = set(ray.get([a.node_id.remote() for a in actors]))
+    assert len(nodes) == 3
+
+
+def test_long_video_equals_in_process_with_parallel_decoders(pipeline, reference, videos):
+    before = list(pipeline.stats["segments_per_decoder"])
+    got = pipeline.prepare(videos["long"])
+    assert_same_pruned(got, reference.prepare(videos["long"]))
+    used = [a - b for a, b in zip(pipeline.stats["segments_per_decoder"], before)]
+    assert used == [3, 3]  # 6 segments of 4 frames, alternating over the 2 decoders
+    assert set(got.timings_s) == {"decode", "encode", "select"}
+
+
+def test_segments_in_flight_stay_bounded(pipeline, videos):
+    start = pipeline.stats["segments"]
+    list(pipeline.run([VideoRequest(k, videos[k]) for k in ("long", "short1", "short2", "long")]))
+    assert pipeline.stats["segments"] - start == 6 + 6 + 6 + 6
+    assert pipeline.stats["max_segments_in_flight"] == SEGMENTS_IN_FLIGHT
+
+
+def test_array_input_equals_in_process(pipeline, reference):
+    frames = moving_square_frames(18, seed=7)
+    assert_same_pruned(pipeline.prepare(frames), reference.prepare(frames))
+
+
+def test_answers_equal_in_process_and_llm_gets_only_pruned_tokens(pipeline, reference, videos):
+    import ray
+
+    results = {r.key: r for r in pipeline.run([VideoRequest(k, videos[k], QUESTIONS) for k in ("short1", "long")])}
+    assert set(results) == {"short1", "long"}
+    for key, result in results.items():
+        pruned = reference.prepare(videos[key])
+        want = reference.answer(pruned, QUESTIONS)
+        assert [a["token_ids"] for a in result.answers] == [w.token_ids for w in want]
+        assert [a["text"] for a in result.answers] == [w.text for w in want]
+        assert [a["report"]["frames"] for a in result.answers] == [w.report["frames"] for w in want]
+        assert [a["report"]["tokens"] for a in result.answers] == [w.report["tokens"] for w in want]
+    shapes = [s for a in pipeline.answerers for s in ray.get(a.received_shapes.remote())]
+    assert shapes and all(s[0] <= OPTIONS["budget"] for s in shapes)
+    assert sorted(s[0] for s in shapes[-2:]) == sorted(r.answers[0]["report"]["tokens"]["to_llm"]
+                                                      for r in results.values())
+
+
+def test_bad_video_is_an_error_result_and_the_rest_go_on(pipeline, reference, videos, tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all" * 100)
+    results = {r.key: r for r in pipeline.run([VideoRequest("missing", str(tmp_path / "nope.mp4"), QUESTIONS[:1]),
+                                               VideoRequest("broken", str(broken), QUESTIONS[:1]),
+                                               VideoRequest("ok", videos["short2"], QUESTIONS[:1])])}
+    assert results["missing"].error.startswith("cannot decode video") and "does not exist" in results["missing"].error
+    assert results["broken"].error.startswith("cannot decode video")
+    assert results["missing"].attempts == results["broken"].attempts == 1  # a bad input is not retried
+    want = reference.answer(reference.prepare(videos["short2"]), QUESTIONS[:1])
+    assert results["ok"].answers[0]["token_ids"] == want[0].token_ids
+    with pytest.raises(VideoDecodeError):
+        pipeline.prepare(str(tmp_path / "nope.mp4"))
+
+
+def test_killed_select_actor_restarts_and_videos_start_over(pipeline, reference, videos):
+    requests = [VideoRequest(i, videos[k]) for i, k in enumerate(["short1", "long", "short2", "long"])]
+    restarted_before = pipeline.stats["restarted_videos"]
+    old_pid = pipeline.pids()["select"][0]
+    results = {}
+    for result in pipeline.run(requests):
+        results[result.key] = result
+        if len(results) == 1:  # the next videos are streaming through the select actor now
+            os.kill(old_pid, signal.SIGKILL)
+    assert sorted(results) == [0, 1, 2, 3]
+    for i, k in enumerate(["short1", "long", "short2", "long"]):
+        assert results[i].error is None
+        assert_same_pruned(results[i].pruned, reference.prepare(videos[k]))
+    assert pipeline.stats["restarted_videos"] > restarted_before
+    assert max(r.attempts for r in results.values()) == 2
+    assert pipeline.pids()["select"][0] != old_pid
+
+
+def test_cluster_too_small_is_one_line_error(video_llava_ckpt, pipeline):
+    cfg = VideoQA.resolve_config(video_llava_ckpt, **OPTIONS)
+    with pytest.raises(ConfigError, match=r"the Ray cluster has 12 CPUs but the pipeline asks for 12.5"):
+        RayVideoPipeline(cfg, RayPipelineOptions(decoders=10, encode=StageResources(num_cpus=1)))
+
+
+def test_dead_worker_node_its_actors_restart_elsewhere_and_work_is_redone(pipeline, reference, videos):
+    """Runs last: it takes a node away from the module's cluster."""
+    import ray
+
+    doomed = "127.0.0.4"
+    actors = pipeline.decoders + pipeline.encoders + [pipeline.selector] + pipeline.answerers
+    node_ip = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+    on_doomed = [a for a in actors if node_ip[ray.get(a.node_id.remote())] == doomed]
+    assert on_doomed  # SPREAD put some of the six actors there
+    names = ["long", "short1", "short2", "long"]
+    results = {}
+    for result in pipeline.run([VideoRequest(i, videos[k], QUESTIONS[:2]) for i, k in enumerate(names)]):
+        results[result.key] = result
+        if len(results) == 1:
+            pipeline.cluster.kill_node(doomed)
+    assert sorted(results) == [0, 1, 2, 3]
+    for i, k in enumerate(names):
+        assert results[i].error is None, results[i].error
+        want = reference.answer(reference.prepare(videos[k]), QUESTIONS[:2])
+        assert [a["token_ids"] for a in results[i].answers] == [w.token_ids for w in want]
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(alive) == 2
+    assert {ray.get(a.node_id.remote()) for a in on_doomed} <= alive  # restarted on the surviving nodes
