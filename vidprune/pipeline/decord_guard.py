@@ -27,7 +27,6 @@ import atexit
 import os
 import pickle
 import queue
-import struct
 import subprocess
 import sys
 import threading
@@ -35,6 +34,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from ._decord_child import _HEADER, _read_exact  # the child's message framing (length-prefixed pickles)
 
 __all__ = ["DecordFailure", "DecordProcess", "DecordReader", "shared_process"]
 
@@ -47,7 +48,6 @@ _BATCH_BASE_TIMEOUT_S = 30.0
 _BATCH_FRAME_TIMEOUT_S = 5.0
 # After asking the child to exit, wait this long before killing it.
 _STOP_GRACE_S = 2.0
-_HEADER = struct.Struct("<Q")
 _CHILD_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_decord_child.py")
 
 
@@ -273,17 +273,6 @@ def _pump_replies(stdout: Any, replies: queue.Queue[Any]) -> None:
     except (OSError, ValueError, pickle.UnpicklingError, EOFError):
         pass
     replies.put(None)
-
-
-def _read_exact(stream: Any, size: int) -> bytes | None:
-    chunks = []
-    while size:
-        chunk = stream.read(size)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
 
 
 _shared: DecordProcess | None = None
