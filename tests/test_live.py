@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import socket
 import socketserver
+import sys
 import threading
 import time
 
@@ -362,6 +363,21 @@ def test_iterator_errors_are_reported():
 
 
 # ----------------------------------------------------------------------------- specs and cameras
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="V4L2 is the Linux camera input")
+def test_the_pyav_wheel_has_the_camera_input_and_opens_devices_through_it():
+    """FFmpeg lists the V4L2 demuxer as 'video4linux2,v4l2': the lookup must see it, and a device path
+    reaches it (``/dev/null`` is a device but not a camera: V4L2's ioctl fails, in one clear line)."""
+    from vidprune.pipeline.live import has_input_format
+
+    assert has_input_format("v4l2") and has_input_format("video4linux2") and not has_input_format("no-such-input")
+    start = time.monotonic()
+    with pytest.raises(VideoDecodeError) as info:
+        open_live_source("device:/dev/null", fps=2.0, timeout_s=2.0, reconnects=0)
+    message = str(info.value)
+    assert message.startswith("cannot read camera 'device:/dev/null': cannot open it (Inappropriate ioctl")
+    assert "\n" not in message and time.monotonic() - start < 10
 
 
 def test_missing_camera_fails_fast_with_a_clear_error():

@@ -97,6 +97,17 @@ _ITERATOR_QUEUE = 2
 _CLOSE_POLL_S = 0.1
 
 
+def has_input_format(name: str) -> bool:
+    """Whether the FFmpeg inside PyAV has the input format ``name``.
+
+    FFmpeg lists a demuxer under all its names joined by commas (``"video4linux2,v4l2"``),
+    so a plain ``name in av.formats_available`` misses aliases.
+    """
+    import av
+
+    return any(name in entry.split(",") for entry in av.formats_available)
+
+
 def source_kind(spec: object) -> str:
     """``"device"``, ``"url"``, ``"file"`` or ``"iterator"`` for a source spec (see the module docstring).
 
@@ -297,7 +308,7 @@ class _StreamSource(LiveSource):
             target = name if name.startswith("video=") else f"video={name}"
         else:
             target = name
-        if fmt not in av.formats_available:
+        if not has_input_format(fmt):
             raise VideoDecodeError(
                 f"cannot open camera {self.spec!r}: the FFmpeg inside this PyAV build has no '{fmt}' camera input; "
                 "install PyAV built on a system FFmpeg (`pip install av --no-binary av`), or stream the camera "
