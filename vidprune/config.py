@@ -25,7 +25,9 @@ __all__ = ["VidpruneConfig", "load_preset", "DEFAULT_DEDUP_THRESHOLD"]
 # frames of real video sit well above 0.9 (codec noise only); a changed patch drops below.
 DEFAULT_DEDUP_THRESHOLD = 0.9
 
-_DTYPES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")
+# dtype names users may give -> the torch dtype attribute they mean
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+               "bfloat16": "bfloat16", "bf16": "bfloat16"}
 _DECODE_BACKENDS = ("pyav", "decord")
 
 
@@ -124,8 +126,8 @@ class VidpruneConfig:
             p.append("dedup_window has no effect with dedup_reference 'previous' (it compares with the previous frame only)")
         if self.decode_backend not in _DECODE_BACKENDS:
             p.append(f"decode_backend must be one of {', '.join(_DECODE_BACKENDS)}, got {self.decode_backend!r}")
-        if self.dtype is not None and self.dtype not in _DTYPES:
-            p.append(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+        if self.dtype is not None and self.dtype not in DTYPE_NAMES:
+            p.append(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
         if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
             p.append(f"temperature must be > 0, got {self.temperature!r}")
         if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..pruners import CrossFrameDedup, Pruner, create_pruner
+from ..pruners import CrossFrameDedup, Pruner, pruner_from_options
 from ..video_models.base import EncodedFrames, VisualGeometry
 
 __all__ = [
@@ -450,13 +450,6 @@ def build_memory(plan: MemoryPlan, *, pruner: str = "vispruner", important_ratio
 
     ``dedup_window`` (frames) defaults to the whole memory (``"kept_any"`` looks back ``max_frames``).
     """
-    kwargs: dict[str, Any] = {}
-    if pruner == "vispruner":
-        kwargs["important_ratio"] = important_ratio
-    elif pruner == "random":
-        kwargs["seed"] = seed
-    elif pruner == "uniform" and prune_grid is not None:
-        kwargs["grid"] = prune_grid
     dedup_state = None
     if dedup:
         if dedup_reference not in MEMORY_DEDUP_REFERENCES:
@@ -469,5 +462,6 @@ def build_memory(plan: MemoryPlan, *, pruner: str = "vispruner", important_ratio
             window = plan.max_frames
         dedup_state = CrossFrameDedup(threshold=dedup_threshold, reference=dedup_reference, window=window)
     return RollingTokenMemory(budget=plan.budget, window_s=plan.window_s, max_frames=plan.max_frames,
-                              frame_allowance=plan.frame_allowance, pruner=create_pruner(pruner, **kwargs),
+                              frame_allowance=plan.frame_allowance, pruner=pruner_from_options(pruner, important_ratio=important_ratio,
+                                                                        seed=seed, grid=prune_grid),
                               dedup=dedup_state, stock_per_frame=plan.stock_per_frame)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, VideoDecodeError
-from ..pruners import CrossFrameDedup, VideoTokenSelector, create_pruner
+from ..pruners import CrossFrameDedup, VideoTokenSelector, pruner_from_options
 from ..video_models.base import EncodedFrames, VideoLLM, VisualGeometry
 from .decode import DecodedClip, read_video
 
@@ -153,14 +153,8 @@ class SelectStage:
                  important_ratio: float = 0.5, seed: int = 0, dedup: bool = True, dedup_threshold: float = 0.9,
                  dedup_reference: str = "kept", dedup_window: int | None = None):
         self.geometry, self.budget = geometry, budget
-        kwargs: dict[str, Any] = {}
-        if pruner == "vispruner":
-            kwargs["important_ratio"] = important_ratio
-        elif pruner == "random":
-            kwargs["seed"] = seed
-        elif pruner == "uniform":
-            kwargs["grid"] = geometry.prune_grid
-        self.pruner = create_pruner(pruner, **kwargs)
+        self.pruner = pruner_from_options(pruner, important_ratio=important_ratio, seed=seed,
+                                          grid=geometry.prune_grid)
         self.dedup_options = (
             {"threshold": dedup_threshold, "reference": dedup_reference, "window": dedup_window} if dedup else None
         )

@@ -10,7 +10,7 @@
 Importing this package registers the built-in pruners (none, random, uniform, vispruner).
 """
 
-from .registry import Pruner, create_pruner, list_pruners, register_pruner
+from .registry import Pruner, create_pruner, list_pruners, pruner_from_options, register_pruner
 from .vispruner import MAX_DROP_PER_ROUND, VisPrunerPruner, vispruner_select
 from .baselines import NoPruner, RandomPruner, UniformPruner, uniform_grid_indices
 from .dedup import DEDUP_REFERENCES, KEPT_ANY_MAX_FRAMES, CrossFrameDedup
@@ -21,6 +21,7 @@ __all__ = [
     "register_pruner",
     "create_pruner",
     "list_pruners",
+    "pruner_from_options",
     "vispruner_select",
     "VisPrunerPruner",
     "MAX_DROP_PER_ROUND",

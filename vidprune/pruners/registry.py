@@ -27,7 +27,7 @@ import torch
 
 from vidprune.errors import ConfigError
 
-__all__ = ["Pruner", "register_pruner", "create_pruner", "list_pruners"]
+__all__ = ["Pruner", "register_pruner", "create_pruner", "list_pruners", "pruner_from_options"]
 
 
 @runtime_checkable
@@ -106,6 +106,23 @@ def create_pruner(name: str, **kwargs) -> Pruner:
 
 # ----------------------------------------------------------------------------------
 # Input checks shared by all pruners (not exported from vidprune.pruners).
+
+
+def pruner_from_options(name: str, *, important_ratio: float = 0.5, seed: int = 0,
+                        grid: tuple[int, int] | None = None) -> Pruner:
+    """A pruner from the pipeline's flat options, each built-in pruner taking the ones it uses.
+
+    ``important_ratio`` goes to ``vispruner``, ``seed`` to ``random``, the token ``grid`` (h, w)
+    to ``uniform`` (None: a square grid inferred from N); other registered pruners get no options.
+    """
+    kwargs: dict = {}
+    if name == "vispruner":
+        kwargs["important_ratio"] = important_ratio
+    elif name == "random":
+        kwargs["seed"] = seed
+    elif name == "uniform":
+        kwargs["grid"] = grid
+    return create_pruner(name, **kwargs)
 
 
 def check_budget(budget: object) -> int:

@@ -164,11 +164,11 @@ def family_of_checkpoint(model: str) -> type["VideoLLM"]:
 def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if dtype not in names:
-        raise ConfigError(f"Unknown dtype {dtype!r}. Has to be one of {sorted(names)}")
-    return names[dtype]
+    from ..config import DTYPE_NAMES
+
+    if dtype not in DTYPE_NAMES:
+        raise ConfigError(f"Unknown dtype {dtype!r}. Has to be one of {sorted(DTYPE_NAMES)}")
+    return getattr(torch, DTYPE_NAMES[dtype])
 
 
 class VideoLLM:
