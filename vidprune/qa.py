@@ -94,14 +94,13 @@ class VideoQA:
         family = family_of_checkpoint(cfg.model)  # config only: fails fast on the wrong family
         from transformers import AutoConfig
 
-        geometry = family.geometry_from_config(AutoConfig.from_pretrained(cfg.model), keep_cls=cfg.keep_cls,
-                                               prune_pooled=cfg.prune_pooled)
+        model_config = AutoConfig.from_pretrained(cfg.model)
+        geometry = family.geometry_from_config(model_config, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)
         if cfg.fps is None:
             plan_tokens(geometry, cfg.frames or family.default_num_frames, cfg.budget)  # budget vs [CLS] tokens
         schedule = cfg.ivtp()
         if schedule is not None:
-            text_config = AutoConfig.from_pretrained(cfg.model).get_text_config()
-            schedule.validate(text_config.num_hidden_layers)
+            schedule.validate(model_config.get_text_config().num_hidden_layers)
         return cfg
 
     @classmethod

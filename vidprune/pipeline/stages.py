@@ -251,7 +251,6 @@ class AnswerStage:
         start = time.perf_counter()
         out = self.llm.generate(prompts, visual, **kwargs)
         elapsed = time.perf_counter() - start
-        prompt_tokens = [len(self.llm.processor.tokenizer(p)["input_ids"]) - 1 + v.shape[0] for p, v in zip(prompts, visual)]
         ivtp = out.ivtp or [None] * len(items)
         return [{"text": self.llm.decode_text(ids), "token_ids": ids, "prompt_tokens": n, "generate_s": elapsed,
-                 "ivtp": info} for ids, n, info in zip(out.sequences, prompt_tokens, ivtp)]
+                 "ivtp": info} for ids, n, info in zip(out.sequences, out.prompt_tokens, ivtp)]

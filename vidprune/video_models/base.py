@@ -93,11 +93,13 @@ class GenerationOutput:
 
     Attributes:
         sequences: per sample, the generated token ids (prompt removed, stopped before EOS).
+        prompt_tokens: per sample, the prompt's length in tokens (visual tokens included, padding not).
         ivtp: per sample ``{"kept": sorted visual-stream indices that survive IVTP,
             "tokens_per_layer": tokens each decoder layer ran on in prefill}``, or None without IVTP.
     """
 
     sequences: list[list[int]]
+    prompt_tokens: list[int]
     ivtp: list[dict[str, Any]] | None = None
 
 
@@ -375,7 +377,7 @@ class VideoLLM:
                 ids.pop()
             result.append(ids)
         ivtp = [ivtp_state.summary(b) for b in range(len(result))] if ivtp_state is not None else None
-        return GenerationOutput(sequences=result, ivtp=ivtp)
+        return GenerationOutput(sequences=result, prompt_tokens=inputs["attention_mask"].sum(dim=1).tolist(), ivtp=ivtp)
 
     def decode_text(self, ids: list[int]) -> str:
         return self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
