@@ -135,29 +135,20 @@ class IVTPDecoder:
         return self._decode_layer(session, layer_idx, original, hidden_states, args, kwargs)
 
     def _prefill_layer(self, s: IVTPSession, i: int, original, hidden: torch.Tensor, args, kwargs):
-        first = min(self._originals)
-        if i == first:  # a new prefill forward: start from the prompt layout
-            self._begin_prefill(s, hidden, kwargs)
-        layout = s.layouts[-1]
-        if layout.start_layer > 0 or len(s.layouts) > 1:  # a pruned layout: hand the layer its own tensors
-            kwargs.update(attention_mask=layout.mask, position_ids=layout.position_ids,
-                          position_embeddings=layout.position_embeddings)
+        if i == min(self._originals):  # a new prefill forward: start from the prompt layout
+            self._begin_prefill(s, hidden, first_wrapped=i)
+        if len(s.layouts) > 1:  # every layout after the prompt's is a pruned one
+            _hand_layout(kwargs, s.layouts[-1])
         if i in self.scoring_layers:
-            self._accumulate_scores(s, i, hidden, kwargs["position_embeddings"], layout)
+            self._accumulate_scores(s, i, hidden, kwargs["position_embeddings"], s.layouts[-1])
         if i in self.prune_layers:
             hidden = self._prune(s, i, hidden, kwargs)
-            layout = s.layouts[-1]
-            kwargs.update(attention_mask=layout.mask, position_ids=layout.position_ids,
-                          position_embeddings=layout.position_embeddings)
-        counts = layout.valid.sum(dim=1).tolist()
-        for b, n in enumerate(counts):
+            _hand_layout(kwargs, s.layouts[-1])
+        for b, n in enumerate(s.layouts[-1].valid.sum(dim=1).tolist()):
             s.tokens_per_layer[b].append(int(n))
-        if i == first:  # layers below the first wrapped one ran on the full prompt
-            for b in range(len(counts)):
-                s.tokens_per_layer[b][:0] = [int(s.layouts[0].valid[b].sum())] * first
         return original(hidden, *args, **kwargs)
 
-    def _begin_prefill(self, s: IVTPSession, hidden: torch.Tensor, kwargs) -> None:
+    def _begin_prefill(self, s: IVTPSession, hidden: torch.Tensor, first_wrapped: int) -> None:
         batch, length = hidden.shape[:2]
         visual, valid = s.visual.to(hidden.device), s.valid.to(hidden.device)
         if batch != visual.shape[0]:  # generate() repeat-interleaves prompts for num_return_sequences / beams
@@ -175,7 +166,8 @@ class IVTPDecoder:
         s.layouts = [_Layout(start_layer=0, index=index, valid=valid, visual=visual)]
         s.score_sum, s.weight_sum = None, 0.0
         s.stage_scores, s.kept = {}, []
-        s.tokens_per_layer = [[] for _ in range(batch)]
+        # the layers below the first wrapped one ran on the whole prompt
+        s.tokens_per_layer = [[int(n)] * first_wrapped for n in valid.sum(dim=1).tolist()]
 
     def _accumulate_scores(self, s: IVTPSession, i: int, hidden: torch.Tensor, position_embeddings, layout: _Layout):
         next_prune = min(k for k in self.prune_layers if k >= i)
@@ -260,6 +252,12 @@ class IVTPDecoder:
             )
         kwargs["attention_mask"] = layout.mask
         return original(hidden, *args, **kwargs)
+
+
+def _hand_layout(kwargs: dict, layout: _Layout) -> None:
+    """Give a decoder layer the mask, position ids and rotary cos/sin of a pruned layout."""
+    kwargs.update(attention_mask=layout.mask, position_ids=layout.position_ids,
+                  position_embeddings=layout.position_embeddings)
 
 
 @torch.no_grad()
