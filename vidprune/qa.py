@@ -21,7 +21,7 @@ from .config import VidpruneConfig, load_preset
 from .errors import ConfigError
 from .flops import layer_flops, llm_flops, vision_tower_flops
 from .pipeline.stages import AnswerStage, DecodeStage, EncodeStage, PrunedVideo, SelectStage, plan_tokens
-from .video_models.base import VideoLLM, family_of_checkpoint
+from .video_models.base import VideoLLM, family_of_checkpoint, inspect_checkpoint
 
 __all__ = ["VideoQA", "Answer", "check_question", "summarize"]
 
@@ -91,16 +91,12 @@ class VideoQA:
         if cfg.model is None:
             raise ConfigError("no model given; pass a hub id or a checkpoint directory (--model)")
         cfg.validate()
-        family = family_of_checkpoint(cfg.model)  # config only: fails fast on the wrong family
-        from transformers import AutoConfig
-
-        model_config = AutoConfig.from_pretrained(cfg.model)
-        geometry = family.geometry_from_config(model_config, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)
+        info = inspect_checkpoint(cfg.model, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)  # no weights
         if cfg.fps is None:
-            plan_tokens(geometry, cfg.frames or family.default_num_frames, cfg.budget)  # budget vs [CLS] tokens
+            plan_tokens(info.geometry, cfg.frames or info.family.default_num_frames, cfg.budget)  # budget vs [CLS]
         schedule = cfg.ivtp()
         if schedule is not None:
-            schedule.validate(model_config.get_text_config().num_hidden_layers)
+            schedule.validate(info.config.get_text_config().num_hidden_layers)
         return cfg
 
     @classmethod

@@ -83,13 +83,11 @@ def _is_loopback(host: str) -> bool:
 
 def settings_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     """Check every option and size the memory, without loading weights. Returns (settings, VidpruneConfig)."""
-    from transformers import AutoConfig
-
     from ..cli import options_from_args
     from ..config import load_preset
     from ..pipeline.memory import build_memory, plan_memory
     from ..qa import VideoQA
-    from ..video_models.base import family_of_checkpoint
+    from ..video_models.base import inspect_checkpoint
     from .server import DemoSettings
     from .source import ServerSource, source_kind
 
@@ -114,9 +112,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     cfg = VideoQA.resolve_config(opts.pop("model", None), args.config, **opts)
     # vidprune's random-weight test checkpoints carry this marker file (video_models/tiny.py).
     tiny = tiny or os.path.isfile(os.path.join(cfg.model, _TINY_MARKER))
-    family = family_of_checkpoint(cfg.model)
-    geometry = family.geometry_from_config(AutoConfig.from_pretrained(cfg.model), keep_cls=cfg.keep_cls,
-                                           prune_pooled=cfg.prune_pooled)
+    info = inspect_checkpoint(cfg.model, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)
+    family, geometry = info.family, info.geometry
     budget = cfg.budget
     if not budget_given:  # what a stock clip costs the LLM: the memory holds one clip's worth of tokens
         budget = family.default_num_frames * geometry.stock_per_frame

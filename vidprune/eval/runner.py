@@ -137,15 +137,11 @@ class ResultStore:
 
 def token_counts(config: VidpruneConfig) -> TokenCounts:
     """The unpruned model's visual token counts for ``config.frames`` frames, from the checkpoint's config only."""
-    from transformers import AutoConfig
+    from ..video_models.base import inspect_checkpoint
 
-    from ..video_models.base import family_of_checkpoint
-
-    family = family_of_checkpoint(config.model)
-    geometry = family.geometry_from_config(AutoConfig.from_pretrained(config.model), keep_cls=config.keep_cls,
-                                           prune_pooled=config.prune_pooled)
-    frames = config.frames or family.default_num_frames
-    return TokenCounts(full=geometry.prunable_per_frame * frames, stream=geometry.full_per_frame * frames)
+    info = inspect_checkpoint(config.model, keep_cls=config.keep_cls, prune_pooled=config.prune_pooled)
+    frames = config.frames or info.family.default_num_frames
+    return TokenCounts(full=info.geometry.prunable_per_frame * frames, stream=info.geometry.full_per_frame * frames)
 
 
 # ------------------------------------------------------------------ clips

@@ -242,15 +242,12 @@ def _stages_without_weights(config: VidpruneConfig):
     The decode and select actors need no weights: this builds their stages with
     ``VideoQA``'s own constructor (same options → same stages) from the checkpoint's config.
     """
-    from transformers import AutoConfig
-
     from ..qa import VideoQA
-    from ..video_models.base import family_of_checkpoint
+    from ..video_models.base import inspect_checkpoint
 
-    family = family_of_checkpoint(config.model)
-    geometry = family.geometry_from_config(AutoConfig.from_pretrained(config.model), keep_cls=config.keep_cls,
-                                           prune_pooled=config.prune_pooled)
-    return VideoQA(types.SimpleNamespace(geometry=geometry, default_num_frames=family.default_num_frames), config)
+    info = inspect_checkpoint(config.model, keep_cls=config.keep_cls, prune_pooled=config.prune_pooled)
+    return VideoQA(types.SimpleNamespace(geometry=info.geometry, default_num_frames=info.family.default_num_frames),
+                   config)
 
 
 def _load_video_qa(config: VidpruneConfig):

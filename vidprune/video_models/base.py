@@ -39,6 +39,8 @@ __all__ = [
     "register_family",
     "list_families",
     "family_of_checkpoint",
+    "inspect_checkpoint",
+    "CheckpointInfo",
     "load_video_llm",
 ]
 
@@ -161,6 +163,29 @@ def family_of_checkpoint(model: str) -> type["VideoLLM"]:
             f"{model!r} is a {model_type!r} checkpoint; vidprune supports {', '.join(list_families())}"
         )
     return _FAMILIES[model_type]
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint's config alone says (no weights): its adapter, HF config and visual geometry."""
+
+    family: type["VideoLLM"]
+    config: Any
+    geometry: VisualGeometry
+
+
+def inspect_checkpoint(model: str, *, keep_cls: bool = True, prune_pooled: bool = True) -> CheckpointInfo:
+    """Family, config and :class:`VisualGeometry` of a checkpoint directory or hub id, without loading weights.
+
+    Raises:
+        ModelLoadError: no readable config, or not one of the supported families.
+    """
+    from transformers import AutoConfig
+
+    family = family_of_checkpoint(model)
+    config = AutoConfig.from_pretrained(model)
+    return CheckpointInfo(family, config,
+                          family.geometry_from_config(config, keep_cls=keep_cls, prune_pooled=prune_pooled))
 
 
 def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
