@@ -188,6 +188,59 @@ def inspect_checkpoint(model: str, *, keep_cls: bool = True, prune_pooled: bool 
                           family.geometry_from_config(config, keep_cls=keep_cls, prune_pooled=prune_pooled))
 
 
+@contextlib.contextmanager
+def _image_processor_backend_notice_silenced():
+    """Hide transformers' "Requested torchvision backend is not available. Falling back to pil" notice.
+
+    Video-LLaVA's image processor exists only as a PIL class, so every load of a stock
+    Video-LLaVA processor prints that notice although torchvision is installed. vidprune
+    never uses the image processor (frames go through the video processor), so the notice
+    says nothing about a vidprune run. Only that logger is quieted, only during the load.
+    """
+    import logging
+
+    logger = logging.getLogger("transformers.models.auto.image_processing_auto")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+class _StopTower(Exception):
+    """Raised by the capture hook once the feature layer has run: the layers after it are not needed."""
+
+
+def run_tower_to_layer(tower: torch.nn.Module, layer: torch.nn.Module, pixel_values: torch.Tensor):
+    """Run a vision tower until ``layer`` has run; return (its input, its output), each (B, S, Dv).
+
+    The tower is called as usual (its own embeddings, pre-norm and attention implementation);
+    a forward pre-hook and a forward hook on ``layer`` capture its hidden states, and the hook
+    then stops the forward, so no later layer runs.
+    """
+    captured: list[torch.Tensor] = []
+
+    def take_input(_module, args, kwargs):
+        captured.append(args[0] if args else kwargs["hidden_states"])
+
+    def take_output(_module, _args, output):
+        captured.append(output[0] if isinstance(output, (tuple, list)) else output)
+        raise _StopTower
+
+    handles = [layer.register_forward_pre_hook(take_input, with_kwargs=True), layer.register_forward_hook(take_output)]
+    try:
+        tower(pixel_values)
+    except _StopTower:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(captured) != 2:
+        raise RuntimeError(f"the vision tower never ran its encoder layer {type(layer).__name__}")
+    return captured[0], captured[1]
+
+
 def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
@@ -268,7 +321,8 @@ class VideoLLM:
             kwargs["attn_implementation"] = attn_implementation
         try:
             model = model_cls.from_pretrained(name_or_path, **kwargs)
-            processor = AutoProcessor.from_pretrained(name_or_path)
+            with _image_processor_backend_notice_silenced():
+                processor = AutoProcessor.from_pretrained(name_or_path)
         except OSError as exc:
             raise ModelLoadError(f"cannot load {name_or_path!r}: {str(exc).splitlines()[0]}") from None
         model.to(device)
@@ -299,17 +353,23 @@ class VideoLLM:
         return out["pixel_values_videos"][0]
 
     def _tower_hidden_states(self, tower, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Run ``tower`` (SDPA as loaded) and return (layer input, feature layer output, layer index).
+        """Run ``tower`` (SDPA as loaded) up to its feature layer; return (layer input, feature layer output, layer index).
 
-        The feature layer is ``config.vision_feature_layer``; its input is the hidden state one
-        index earlier. Only those two hidden states are captured.
+        The feature layer is ``config.vision_feature_layer`` in ``hidden_states`` numbering:
+        ``hidden_states[i]`` is the input of encoder layer ``i`` and ``hidden_states[i + 1]``
+        its output, so both tensors are the input and output of encoder layer
+        ``feature_idx - 1``. They are captured with forward hooks on that one layer, and the
+        tower stops there: no layer after the feature layer runs (with the stock ``-2``, the
+        last encoder layer and the post-layernorm are skipped). Hooks are a torch seam, so this
+        does not depend on how a transformers release returns ``output_hidden_states``.
         """
         num_states = tower.config.num_hidden_layers + 1
         feature_idx = self.config.vision_feature_layer % num_states
-        layer_idx = feature_idx - 1  # hidden_states[i] is the input of encoder layer i
-        pixel_values = pixel_values.to(self.device, self.dtype)
-        out = tower(pixel_values, output_hidden_states=[layer_idx, feature_idx], return_dict=True)
-        return out.hidden_states[layer_idx], out.hidden_states[feature_idx], layer_idx
+        if feature_idx == 0:
+            raise ModelLoadError("vision_feature_layer selects the embeddings, not an encoder layer; vidprune needs a layer")
+        layer_idx = feature_idx - 1  # the encoder layer whose output is the feature layer
+        captured = run_tower_to_layer(tower, self._encoder_layer(tower, layer_idx), pixel_values.to(self.device, self.dtype))
+        return captured[0], captured[1], layer_idx
 
     @staticmethod
     def _encoder_layer(tower, index: int):

@@ -20,9 +20,11 @@ Inside a session, in the prefill forward:
 In decode steps, layers < k see the stock mask; each pruned segment gets a mask built from
 its own prompt layout plus the generated tokens, sized from its own cache layer.
 
-Mirrors ``LlamaModel.forward`` / ``LlamaDecoderLayer.forward`` of transformers 5.23: the
+Mirrors ``LlamaModel.forward`` / ``LlamaDecoderLayer.forward`` of transformers 5.0–5.24: the
 model computes one mask, ``position_ids`` and ``position_embeddings`` per forward and hands
-them to every layer as keyword arguments, which is what the wrapper replaces.
+them to every layer as keyword arguments, which is what the wrapper replaces. The names of
+those internals (the cache keyword changed in 5.24) live in :mod:`.hf_internals`, which
+checks them when a wrapper is installed.
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers.masking_utils import create_causal_mask
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
 from ..pruners.ivtp import IVTPSchedule, instruction_attention_scores, instruction_rows, select_visual_tokens
+from .hf_internals import causal_mask, check_ivtp_internals, layer_cache
 
 __all__ = ["IVTPDecoder", "IVTPSession"]
 
@@ -84,6 +86,7 @@ class IVTPDecoder:
     """Installs IVTP on one Llama-style ``language_model`` (``.layers``, ``.config``, ``.rotary_emb``)."""
 
     def __init__(self, language_model: torch.nn.Module, schedule: IVTPSchedule):
+        check_ivtp_internals()  # one line naming the internal if this transformers changed one
         self.language_model = language_model
         self.config = language_model.config
         self.schedule = schedule.validate(self.config.num_hidden_layers)
@@ -128,7 +131,7 @@ class IVTPDecoder:
         session = self._session
         if session is None:
             return original(hidden_states, *args, **kwargs)
-        cache = kwargs.get("past_key_values")
+        cache = layer_cache(kwargs)
         prefill = cache is None or cache.get_seq_length(layer_idx) == 0
         if prefill:
             return self._prefill_layer(session, layer_idx, original, hidden_states, args, kwargs)
@@ -220,9 +223,9 @@ class IVTPDecoder:
             position_ids=position_ids,
             position_embeddings=position_embeddings,
         )
-        new.mask = create_causal_mask(
+        new.mask = causal_mask(
             config=self.config, inputs_embeds=new_hidden, attention_mask=new.valid.long(),
-            past_key_values=kwargs.get("past_key_values"), position_ids=position_ids, layer_idx=i,
+            cache=layer_cache(kwargs), position_ids=position_ids, layer_idx=i,
         )
         s.layouts.append(new)
         self._record_kept(s, new)
@@ -242,12 +245,12 @@ class IVTPDecoder:
         if not pruned:
             return original(hidden, *args, **kwargs)
         layout = pruned[-1]
-        cache = kwargs["past_key_values"]
+        cache = layer_cache(kwargs)
         if i == layout.start_layer:  # first layer of the segment in this step: build its mask once
             new_tokens = cache.get_seq_length(i) - layout.valid.shape[1] + hidden.shape[1]
             mask_2d = torch.cat([layout.valid, layout.valid.new_ones(hidden.shape[0], new_tokens)], dim=1)
-            layout.mask = create_causal_mask(
-                config=self.config, inputs_embeds=hidden, attention_mask=mask_2d.long(), past_key_values=cache,
+            layout.mask = causal_mask(
+                config=self.config, inputs_embeds=hidden, attention_mask=mask_2d.long(), cache=cache,
                 position_ids=kwargs.get("position_ids"), layer_idx=i,
             )
         kwargs["attention_mask"] = layout.mask

@@ -1,0 +1,140 @@
+"""The transformers internals vidprune mirrors, named in one place and checked before use.
+
+vidprune touches transformers through public seams wherever it can (``from_pretrained``,
+``get_video_features``' modules, ``generate(mm_encoder_outputs=...)``). Two features must
+follow internals instead, and this module is the only place that knows their names:
+
+* **IVTP** (``ivtp_decoder.py``) wraps ``LlamaDecoderLayer.forward`` (the Qwen2 layers
+  have the same contract) and relies on what ``LlamaModel.forward`` hands every layer as
+  keyword arguments: ``attention_mask`` (one mask for all layers), ``position_ids``,
+  ``position_embeddings`` (rotary cos/sin) and the KV cache. The cache keyword was
+  ``past_key_values`` up to 5.23 and is ``cache`` from 5.24 on (the old name is
+  deprecated until 5.40). It also calls ``masking_utils.create_causal_mask`` (whose cache
+  keyword changed the same way), ``apply_rotary_pos_emb`` and ``repeat_kv`` of
+  ``modeling_llama``, and reads ``Cache.get_seq_length(layer_idx)``.
+* **[CLS] attention** (``cls_attention.py``) recomputes one row of ``CLIPAttention``:
+  it reads ``CLIPEncoderLayer.layer_norm1`` and ``self_attn.{q_proj,k_proj,num_heads,
+  head_dim,scale}``.
+* The vision side asks the tower for two hidden states by index
+  (``output_hidden_states=[i, j]``).
+
+``docs/internals.md`` lists each internal with the code that mirrors it and the test that
+fails, naming it, when a release changes it. :func:`check_ivtp_internals` runs when IVTP is
+installed on a model, so an unsupported release is refused in one line before
+``generate()`` starts, never with a ``RuntimeError`` in the middle of it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+from ..errors import ModelLoadError
+
+__all__ = [
+    "SUPPORTED_TRANSFORMERS",
+    "IncompatibleTransformersError",
+    "transformers_version",
+    "layer_cache",
+    "causal_mask",
+    "check_ivtp_internals",
+    "check_cls_attention_internals",
+]
+
+# The transformers releases the suite runs on (CI tests both ends). Keep equal to pyproject's range.
+SUPPORTED_TRANSFORMERS = (">=5.0", "<5.25")
+
+# The keyword under which the KV cache reaches decoder layers and the mask builder, newest first.
+_CACHE_KEYWORDS = ("cache", "past_key_values")
+
+
+class IncompatibleTransformersError(ModelLoadError):
+    """The installed transformers changed an internal vidprune mirrors."""
+
+
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def _supported_text() -> str:
+    return "transformers" + ",".join(SUPPORTED_TRANSFORMERS)
+
+
+def _refuse(internal: str, what: str) -> IncompatibleTransformersError:
+    return IncompatibleTransformersError(
+        f"transformers {transformers_version()} changed {internal} ({what}), which vidprune mirrors; "
+        f"vidprune supports {_supported_text()}: pip install '{_supported_text()}'"
+    )
+
+
+def layer_cache(layer_kwargs: dict[str, Any]):
+    """The KV cache a decoder layer received (``cache=`` from 5.24, ``past_key_values=`` before), or None."""
+    for name in _CACHE_KEYWORDS:
+        if layer_kwargs.get(name) is not None:
+            return layer_kwargs[name]
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _mask_cache_keyword() -> str:
+    from transformers.masking_utils import create_causal_mask
+
+    params = inspect.signature(create_causal_mask).parameters
+    for name in _CACHE_KEYWORDS:
+        if name in params:
+            return name
+    raise _refuse("masking_utils.create_causal_mask", "it takes the cache as neither 'cache' nor 'past_key_values'")
+
+
+def causal_mask(*, config, inputs_embeds, attention_mask, cache, position_ids, layer_idx: int):
+    """``masking_utils.create_causal_mask`` with the cache under the keyword the installed release names."""
+    from transformers.masking_utils import create_causal_mask
+
+    return create_causal_mask(config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                              position_ids=position_ids, layer_idx=layer_idx, **{_mask_cache_keyword(): cache})
+
+
+_LAYER_KEYWORDS = ("hidden_states", "attention_mask", "position_ids", "position_embeddings")
+_MASK_KEYWORDS = ("config", "inputs_embeds", "attention_mask", "position_ids", "layer_idx")
+
+
+@functools.lru_cache(maxsize=None)
+def check_ivtp_internals() -> None:
+    """Raise :class:`IncompatibleTransformersError` (one line, naming the internal) if IVTP cannot run here."""
+    try:
+        from transformers.masking_utils import create_causal_mask
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel  # noqa: F401
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv  # noqa: F401
+    except ImportError as exc:
+        raise _refuse("modeling_llama / masking_utils", f"import failed: {exc}") from None
+    layer_params = inspect.signature(LlamaDecoderLayer.forward).parameters
+    missing = [k for k in _LAYER_KEYWORDS if k not in layer_params]
+    if missing:
+        raise _refuse("LlamaDecoderLayer.forward", f"no keyword {', '.join(missing)}")
+    if not any(k in layer_params for k in _CACHE_KEYWORDS):
+        raise _refuse("LlamaDecoderLayer.forward", "it takes the KV cache as neither 'cache' nor 'past_key_values'")
+    mask_params = inspect.signature(create_causal_mask).parameters
+    missing = [k for k in _MASK_KEYWORDS if k not in mask_params]
+    if missing:
+        raise _refuse("masking_utils.create_causal_mask", f"no keyword {', '.join(missing)}")
+    _mask_cache_keyword()
+    rotary_params = list(inspect.signature(apply_rotary_pos_emb).parameters)
+    if rotary_params[:4] != ["q", "k", "cos", "sin"]:
+        raise _refuse("modeling_llama.apply_rotary_pos_emb", f"arguments are now {rotary_params}")
+    from transformers.cache_utils import DynamicCache
+
+    if "layer_idx" not in inspect.signature(DynamicCache.get_seq_length).parameters:
+        raise _refuse("cache_utils.DynamicCache.get_seq_length", "it no longer takes layer_idx")
+
+
+def check_cls_attention_internals(encoder_layer) -> None:
+    """Raise if a CLIP encoder layer lacks what the [CLS] row recompute reads (``CLIPEncoderLayer``)."""
+    attn = getattr(encoder_layer, "self_attn", None)
+    missing = [name for name in ("layer_norm1", "self_attn") if not hasattr(encoder_layer, name)]
+    missing += [f"self_attn.{n}" for n in ("q_proj", "k_proj", "num_heads", "head_dim", "scale")
+                if attn is not None and not hasattr(attn, n)]
+    if missing:
+        raise _refuse(f"{type(encoder_layer).__name__}", f"no {', '.join(missing)}")
