@@ -18,6 +18,7 @@ import os
 import sys
 from typing import Any
 
+from .config import add_option_flags, options_from_args
 from .errors import ConfigError, VidpruneError
 
 __all__ = ["main", "build_parser", "add_pipeline_options", "options_from_args", "check_video_path"]
@@ -29,84 +30,10 @@ DEMO_QUESTION = "What is moving in this video?"
 _COMMAND_MODULES: list[str] = ["vidprune.demo.command", "vidprune.eval.cli", "vidprune.pipeline.jobs"]
 
 
-def _budget(value: str) -> int | str:
-    if value.lower() in ("none", "off", "full"):
-        return "none"
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"budget must be an integer or 'none', got {value!r}") from None
-
-
-def _ivtp_schedule(value: str) -> list[list[float]]:
-    try:
-        return [[int(k), float(r)] for k, r in (pair.split(":") for pair in value.split(","))]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"ivtp schedule must look like '2:0.5,8:0.5', got {value!r}") from None
-
-
-def _ivtp_fusion(value: str) -> str | list[float]:
-    if value in ("none", "mean"):
-        return value
-    try:
-        return [float(w) for w in value.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"ivtp fusion must be none, mean or comma-separated weights, got {value!r}") from None
-
-
-def add_pipeline_options(p: argparse.ArgumentParser) -> None:
-    """Model, frame, pruning and generation flags shared by ``ask`` and the batch commands."""
-    g = p.add_argument_group("model")
-    g.add_argument("--model", help="hub id or checkpoint directory (Video-LLaVA or LLaVA-NeXT-Video)")
-    g.add_argument("--config", help="YAML preset (file path, or a name in configs/); flags override it")
-    g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cpu)")
-    g.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float32 on CPU)")
-    g = p.add_argument_group("frames")
-    g.add_argument("--frames", type=int, help="sample N frames uniformly (default 8 Video-LLaVA, 32 LLaVA-NeXT-Video)")
-    g.add_argument("--fps", type=float, help="sample at F frames per second instead (cap with --max-frames)")
-    g.add_argument("--max-frames", type=int)
-    g.add_argument("--decode-backend", choices=["pyav", "decord"])
-    g.add_argument("--encoder-batch-size", type=int, help="frames per vision-tower call (default: all)")
-    g = p.add_argument_group("pruning")
-    g.add_argument("--budget", type=_budget, help="total visual tokens handed to the LLM per video, or 'none'")
-    g.add_argument("--pruner", help="per-frame pruner (see `vidprune pruners`; default vispruner)")
-    g.add_argument("--important-ratio", type=float, help="VisPruner's share of important tokens (default 0.5)")
-    g.add_argument("--dedup", dest="dedup", action="store_true", default=None, help="cross-frame dedup on (default)")
-    g.add_argument("--no-dedup", dest="dedup", action="store_false", help="cross-frame dedup off")
-    g.add_argument("--dedup-threshold", type=float, help="cosine similarity at which a token is a duplicate (0.9)")
-    g.add_argument("--dedup-reference", choices=["kept", "previous", "kept_any"])
-    g.add_argument("--dedup-window", type=int, help="frames back that dedup compares with (default: all)")
-    g.add_argument("--drop-cls", dest="keep_cls", action="store_false", default=None,
-                   help="Video-LLaVA: do not hand on each frame's [CLS] token")
-    g.add_argument("--prune-unpooled", dest="prune_pooled", action="store_false", default=None,
-                   help="LLaVA-NeXT-Video: prune the 576 unpooled tokens instead of the 144 pooled ones")
-    g.add_argument("--seed", type=int)
-    g = p.add_argument_group("IVTP (pruning inside the LLM, conditioned on the question; off by default)")
-    g.add_argument("--ivtp-layer", type=int, help="k: score after layer k-1, run layers >= k on the kept tokens")
-    g.add_argument("--ivtp-keep", type=float, help="share of visual tokens kept at layer k, in (0, 1]")
-    g.add_argument("--ivtp-schedule", type=_ivtp_schedule,
-                   help="progressive pruning instead of --ivtp-layer/--ivtp-keep, e.g. '2:0.5,8:0.5'")
-    g.add_argument("--ivtp-fusion", type=_ivtp_fusion,
-                   help="score fusion over layers <= k: 'none' (default), 'mean', or weights '0.5,0,2' for layers 0..k")
-    g = p.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", type=int)
-    g.add_argument("--sample", dest="do_sample", action="store_true", default=None, help="sample instead of greedy")
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--top-p", type=float)
-
-
-_OPTION_KEYS = ("model", "device", "dtype", "frames", "fps", "max_frames", "decode_backend", "encoder_batch_size",
-                "budget", "pruner", "important_ratio", "dedup", "dedup_threshold", "dedup_reference", "dedup_window",
-                "keep_cls", "prune_pooled", "seed", "ivtp_layer", "ivtp_keep", "ivtp_schedule", "ivtp_fusion",
-                "max_new_tokens", "do_sample", "temperature", "top_p")
-
-
-def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags the user gave, as VidpruneConfig overrides (flags not given are left out)."""
-    opts = {k: getattr(args, k) for k in _OPTION_KEYS if getattr(args, k, None) is not None}
-    if opts.get("budget") == "none":
-        opts["budget"] = None
-    return opts
+def add_pipeline_options(p: argparse.ArgumentParser, *, exclude: tuple[str, ...] = ()) -> None:
+    """Model, frame, pruning, IVTP and generation flags, generated from the option declarations
+    in :mod:`vidprune.config` (one flag per :class:`~vidprune.config.VidpruneConfig` field)."""
+    add_option_flags(p, exclude=exclude)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -237,17 +237,12 @@ def actor_options(resources: StageResources, *, stateful: bool, options: RayPipe
 
 # ------------------------------------------------------------------------------ actors
 def _stages_without_weights(config: VidpruneConfig):
-    """A ``VideoQA`` whose decode and select stages are real and whose model is only its geometry.
-
-    The decode and select actors need no weights: this builds their stages with
-    ``VideoQA``'s own constructor (same options → same stages) from the checkpoint's config.
-    """
-    from ..qa import VideoQA
+    """The decode and select stages of ``config``, built from the checkpoint's config alone (no weights)."""
     from ..video_models.base import inspect_checkpoint
+    from .build import build_stages
 
-    info = inspect_checkpoint(config.model, keep_cls=config.keep_cls, prune_pooled=config.prune_pooled)
-    return VideoQA(types.SimpleNamespace(geometry=info.geometry, default_num_frames=info.family.default_num_frames),
-                   config)
+    return build_stages(config, inspect_checkpoint(config.model, keep_cls=config.keep_cls,
+                                                   prune_pooled=config.prune_pooled))
 
 
 def _load_video_qa(config: VidpruneConfig):
@@ -286,7 +281,7 @@ class DecodeActor(_ActorBase):
 
     def __init__(self, config: VidpruneConfig):
         _quiet_worker()
-        self.decoder = SegmentDecoder(_stages_without_weights(config).decode_stage)
+        self.decoder = SegmentDecoder(_stages_without_weights(config).decode)
 
     def plan(self, video: str) -> FramePlan:
         plan = self.decoder.plan(video)
@@ -350,7 +345,7 @@ class SelectActor(_ActorBase):
 
     def __init__(self, config: VidpruneConfig):
         _quiet_worker()
-        self.stage = _stages_without_weights(config).select_stage
+        self.stage = _stages_without_weights(config).select
         self.streams: dict[str, _SelectState] = {}
 
     def add(self, stream_key: str, num_frames: int, batch: FrameBatch) -> int:
