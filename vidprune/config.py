@@ -3,20 +3,19 @@
 Every entry point (Python ``VideoQA.from_pretrained``, ``vidprune ask``, jobs) builds a
 :class:`VidpruneConfig` and calls :meth:`VidpruneConfig.validate` before anything heavy
 starts. Validation collects every problem and raises one :class:`ConfigError` whose
-message is a single line. Presets in ``configs/*.yaml`` hold the same keys; CLI flags
-and keyword arguments override them.
+message is a single line. Presets (``vidprune/configs/*.yaml``, :mod:`vidprune.presets`) hold
+the same keys; CLI flags and keyword arguments override them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .presets import load_preset
 
 __all__ = ["VidpruneConfig", "load_preset", "DEFAULT_DEDUP_THRESHOLD"]
 
@@ -171,29 +170,3 @@ class VidpruneConfig:
         if self.do_sample:
             kw.update(temperature=self.temperature, top_p=self.top_p)
         return kw
-
-
-def load_preset(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML preset into a dict of option values (not yet validated).
-
-    ``path`` may name a file, or a preset in the repository's ``configs/`` folder by stem
-    (e.g. ``video_llava_227``).
-    """
-    import yaml
-
-    candidate = Path(path)
-    if not candidate.is_file():
-        repo_configs = Path(__file__).resolve().parent.parent / "configs" / f"{path}.yaml"
-        if repo_configs.is_file():
-            candidate = repo_configs
-        else:
-            raise ConfigError(f"config file {str(path)!r} not found; pass a YAML file path")
-    try:
-        data = yaml.safe_load(candidate.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(candidate)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(candidate)!r} must hold a mapping of option: value")
-    return data
