@@ -61,7 +61,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     """Model, frame, pruning and generation flags shared by ``ask`` and the batch commands."""
     g = p.add_argument_group("model")
     g.add_argument("--model", help="hub id or checkpoint directory (Video-LLaVA or LLaVA-NeXT-Video)")
-    g.add_argument("--config", help="YAML preset: a file, or a shipped preset's name (`vidprune presets`); flags override it")
+    g.add_argument("--config", help="YAML preset: a file or a shipped preset's name (`vidprune presets`); flags override it")
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cpu)")
     g.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float32 on CPU)")
     g = p.add_argument_group("frames")
