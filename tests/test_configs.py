@@ -98,6 +98,22 @@ def test_presets_command_prints_one_preset_and_rejects_unknown_names(capsys):
     assert err.count("\n") == 1 and "no preset named 'no_such_preset'" in err and "video_llava_227" in err
 
 
+def test_demo_takes_the_presets_budget_and_a_bad_preset_fails_before_building_the_model(tmp_path, monkeypatch,
+                                                                                         capsys):
+    import json
+
+    monkeypatch.setenv("VIDPRUNE_CACHE", str(tmp_path / "cache"))
+    assert main(["ask", "--demo", "--config", "no_such_preset"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "cache").exists(), "the tiny checkpoint was built before the bad preset was reported"
+    assert main(["ask", "--demo", "--config", "video_llava_227", "--max-new-tokens", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tokens"]["budget"] == 227 and report["tokens"]["to_llm"] <= 227  # the preset's, not the demo's 114
+    assert main(["ask", "--demo", "--config", "video_llava_227", "--budget", "50", "--max-new-tokens", "2",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"]["budget"] == 50  # a flag beats the preset
+
+
 def test_version_flag(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--version"])

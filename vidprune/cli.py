@@ -163,10 +163,10 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
         if args.video and not args.question:  # `vidprune ask --demo "question"`
             args.question, args.video = args.video, None
+        preset = load_preset(args.config) if args.config else {}  # a bad preset fails before the model is built
         print("demo: a tiny random-weight model; it runs the whole pipeline offline but ANSWERS NONSENSE.",
               file=sys.stderr)
         opts.setdefault("model", str(ensure_tiny_checkpoint(args.demo_family)))  # over a preset's hub id: offline
-        preset = load_preset(args.config) if args.config else {}
         for key, value in (("budget", 114 if args.demo_family == "video_llava" else 256), ("max_new_tokens", 16)):
             if key not in preset:  # the demo's defaults yield to the preset's values (and flags to both)
                 opts.setdefault(key, value)
