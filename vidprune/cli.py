@@ -4,6 +4,9 @@
     vidprune ask --demo                      # offline: tiny random-weight model + generated video
     vidprune make-tiny-checkpoint DIR --family video_llava
     vidprune pruners
+    vidprune presets                         # the shipped presets, by name, with a line each
+    vidprune presets video_llava_227 > mine.yaml   # a preset's YAML, to start your own
+    vidprune --version
 
 User mistakes print one line on stderr (no traceback): exit code 2 for bad options or a
 bad model, 1 for an unreadable video.
@@ -36,8 +39,20 @@ def add_pipeline_options(p: argparse.ArgumentParser, *, exclude: tuple[str, ...]
     add_option_flags(p, exclude=exclude)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: print :func:`version_text` unwrapped (argparse's own action re-wraps it) and exit."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidprune", description="Visual token pruning for video LLMs.")
+    parser.add_argument("--version", action=_VersionAction, help="print the versions of vidprune and its core libraries")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ask = sub.add_parser("ask", help="answer a question about a video", description="Answer a question about a video.")
@@ -55,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
 
     sub.add_parser("pruners", help="list the registered per-frame pruners")
+    presets = sub.add_parser("presets", help="list the shipped YAML presets, or print one",
+                             description="List the presets that ship with vidprune (`--config NAME` takes the name), "
+                                         "or print one preset's YAML to start your own file from.")
+    presets.add_argument("name", nargs="?", help="print this preset's YAML")
     for module_name in _COMMAND_MODULES:
         importlib.import_module(module_name).add_command(sub)
     return parser
@@ -65,16 +84,19 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
     opts = options_from_args(args)
     if args.demo:
+        from .presets import load_preset
         from .samples import ensure_sample_video
         from .video_models.tiny import ensure_tiny_checkpoint
 
         if args.video and not args.question:  # `vidprune ask --demo "question"`
             args.question, args.video = args.video, None
+        preset = load_preset(args.config) if args.config else {}  # a bad preset fails before the model is built
         print("demo: a tiny random-weight model; it runs the whole pipeline offline but ANSWERS NONSENSE.",
               file=sys.stderr)
-        opts.setdefault("model", str(ensure_tiny_checkpoint(args.demo_family)))
-        opts.setdefault("budget", 114 if args.demo_family == "video_llava" else 256)
-        opts.setdefault("max_new_tokens", 16)
+        opts.setdefault("model", str(ensure_tiny_checkpoint(args.demo_family)))  # over a preset's hub id: offline
+        for key, value in (("budget", 114 if args.demo_family == "video_llava" else 256), ("max_new_tokens", 16)):
+            if key not in preset:  # the demo's defaults yield to the preset's values (and flags to both)
+                opts.setdefault(key, value)
         video = args.video or str(ensure_sample_video())
         question = args.question or DEMO_QUESTION
     else:
@@ -125,7 +147,41 @@ def _cmd_pruners(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"ask": _cmd_ask, "make-tiny-checkpoint": _cmd_make_tiny, "pruners": _cmd_pruners}
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from .presets import PRESET_KINDS, get_preset, list_presets
+
+    if args.name:
+        sys.stdout.write(get_preset(args.name).text())
+        return 0
+    presets = list_presets()
+    width = max(len(p.name) for p in presets)
+    for kind, users in PRESET_KINDS.items():
+        print(f"{kind} presets ({users}):")
+        for p in (p for p in presets if p.kind == kind):
+            print(f"  {p.name:<{width}}  {p.description}")
+    print("`vidprune presets NAME` prints one; --config also takes a path to your own YAML file.")
+    return 0
+
+
+def version_text() -> str:
+    """``vidprune X.Y.Z`` and the versions of the libraries that decide its behaviour (no imports)."""
+    import platform
+    from importlib import metadata
+
+    from . import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    libs = ", ".join(f"{name} {installed(name)}" for name in ("torch", "transformers", "av", "ray"))
+    return f"vidprune {__version__} (Python {platform.python_version()}; {libs})"
+
+
+_COMMANDS = {"ask": _cmd_ask, "make-tiny-checkpoint": _cmd_make_tiny, "pruners": _cmd_pruners,
+             "presets": _cmd_presets}
 
 
 def main(argv: list[str] | None = None) -> int:

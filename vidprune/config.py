@@ -17,7 +17,8 @@ declaration:
 checkpoint's :class:`~vidprune.video_models.base.CheckpointInfo` (config alone, no weights):
 the one place the family's defaults (frames) and the budget-vs-geometry checks are applied.
 Validation collects every problem and raises one :class:`ConfigError` whose message is a
-single line, before anything heavy starts.
+single line, before anything heavy starts. Presets (``vidprune/configs/*.yaml``,
+:mod:`vidprune.presets`) hold the same keys; CLI flags and keyword arguments override them.
 
 Layering: this module sits above ``pruners`` and ``video_models`` (it validates against
 their registries) and below ``pipeline`` (whose stages it configures). It imports them
@@ -30,10 +31,10 @@ import argparse
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ConfigError
+from .presets import load_preset
 from .validators import problem_in_range, problem_positive_int, problem_positive_number
 
 __all__ = ["VidpruneConfig", "Option", "OPTIONS", "SECTIONS", "load_preset", "resolve_config",
@@ -309,7 +310,7 @@ def add_option_flags(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...
         g = group(SECTIONS[opt.sections[0]][0])
         if key == "model":
             g.add_argument("--model", help=opt.help)
-            g.add_argument("--config", help="YAML preset (file path, or a preset name); flags override it")
+            g.add_argument("--config", help="YAML preset: a file or a shipped preset's name (`vidprune presets`); flags override it")
             continue
         if opt.true_flag or opt.false_flag:
             if opt.true_flag:
@@ -378,29 +379,3 @@ def resolve_config(model: str | None = None, config: str | os.PathLike | dict | 
         schedule.validate(info.config.get_text_config().num_hidden_layers)
         check_ivtp_internals()  # an untested transformers is refused here, before any weights load
     return cfg, info
-
-
-def load_preset(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML preset into a dict of option values (not yet validated).
-
-    ``path`` may name a file, or a preset in the repository's ``configs/`` folder by stem
-    (e.g. ``video_llava_227``).
-    """
-    import yaml
-
-    candidate = Path(path)
-    if not candidate.is_file():
-        repo_configs = Path(__file__).resolve().parent.parent / "configs" / f"{path}.yaml"
-        if repo_configs.is_file():
-            candidate = repo_configs
-        else:
-            raise ConfigError(f"config file {str(path)!r} not found; pass a YAML file path")
-    try:
-        data = yaml.safe_load(candidate.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(candidate)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(candidate)!r} must hold a mapping of option: value")
-    return data

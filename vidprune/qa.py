@@ -81,7 +81,7 @@ class VideoQA:
 
         Args:
             model: hub id or checkpoint directory (or ``model:`` in the config).
-            config: a YAML preset path / preset name, or a dict of options.
+            config: a YAML file, a shipped preset's name (:mod:`vidprune.presets`), or a dict of options.
             options: any :class:`VidpruneConfig` field, e.g. ``budget=227``, ``dedup=False``,
                 ``device="cuda"``, ``dtype="bfloat16"``, ``frames=8``. ``budget=None`` with
                 ``dedup=False`` runs exactly the stock model.

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from vidprune.errors import ConfigError
+from vidprune.validators import check_non_negative_int, check_positive_int
 from vidprune.pruners.dedup import CrossFrameDedup
 from vidprune.pruners.registry import Pruner
 
@@ -31,9 +32,7 @@ __all__ = ["FrameSelection", "VideoTokenSelector", "prune_frame", "frame_shares"
 
 
 def _check_int(label: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(f"{label}={value!r} is not allowed: it must be an integer >= {minimum}")
-    return int(value)
+    return check_positive_int(label, value) if minimum == 1 else check_non_negative_int(label, value)
 
 
 def frame_shares(budget: int, num_frames: int, reserved_per_frame: int = 0) -> list[int]:

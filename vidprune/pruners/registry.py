@@ -26,6 +26,7 @@ from typing import Callable, Protocol, TypeVar, runtime_checkable
 import torch
 
 from vidprune.errors import ConfigError
+from vidprune.validators import check_positive_int
 
 __all__ = ["Pruner", "register_pruner", "create_pruner", "list_pruners", "pruner_from_options"]
 
@@ -130,9 +131,7 @@ def pruner_from_options(name: str, **options) -> Pruner:
 
 def check_budget(budget: object) -> int:
     """Return ``budget`` as an int, or raise ConfigError unless it is an integer >= 1."""
-    if isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 1:
-        raise ConfigError(f"budget={budget!r} is not allowed: the per-frame budget must be an integer >= 1")
-    return int(budget)
+    return check_positive_int("the per-frame budget", budget)
 
 
 def batch_inputs(cls_attn: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
