@@ -407,3 +407,20 @@ def test_every_benchmark_as_published_through_vidprune_eval(tmp_path, video_llav
 def _mk(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def test_prompt_style_is_validated_and_a_resume_with_another_is_refused(tmp_path, video_llava_ckpt, capsys):
+    from vidprune.eval.settings import resolve_settings
+
+    with pytest.raises(ConfigError, match="unknown prompt style 'lmms'"):
+        resolve_settings({"benchmarks": [{"name": "mvbench", "annotations": "a", "videos": "v"}], "budgets": [16],
+                          "prompt": "lmms"})
+    root = _mvbench_release(tmp_path / "mv")
+    args = ["eval", "--benchmark", "mvbench", "--annotations", str(root / "json" / "action_count.json"),
+            "--videos", str(root / "video"), "--model", video_llava_ckpt, "--frames", "2", "--budgets", "full",
+            "--max-new-tokens", "1", "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main([*args, "--prompt", "video_llava"]) == 0
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["options"]["prompt"] == "video_llava"
+    capsys.readouterr()
+    assert main(args) == 2  # the default lmms_eval prompt would mix two prompts in one table
+    assert "prompt differ" in capsys.readouterr().err

@@ -74,6 +74,9 @@ def _list() -> int:
     print("methods:")
     for name in list_methods():
         print(f"  {name:16s} {get_method(name).description}")
+    print("prompt styles (--prompt):")
+    for name, description in PROMPT_STYLES.items():
+        print(f"  {name:16s} {description}")
     return 0
 
 
