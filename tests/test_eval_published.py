@@ -138,13 +138,21 @@ def _msvd_release(root: Path) -> Path:
     return root / "val_qa.json"
 
 
-def _activitynet_release(root: Path) -> Path:
+def _activitynet_release(root: Path, form: str = "release") -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for name in ("test_q.json", "test_a.json"):
         shutil.copy(DATA / "activitynet_qa" / name, root / name)
-    for i, q in enumerate(_json(root / "test_q.json")):
+    questions = _json(root / "test_q.json")
+    for i, q in enumerate(questions):
         write_clip(root / "videos" / f"v_{q['video_name']}.mp4", seed=i)
-    return root / "test_q.json"
+    if form == "release":
+        return root / "test_q.json"
+    answers = {a["question_id"]: a for a in _json(root / "test_a.json")}  # lmms-lab/ActivityNetQA: one record each
+    rows = [{**q, "answer": answers[q["question_id"]]["answer"], "type": answers[q["question_id"]]["type"]}
+            for q in questions]
+    path = root / "test-00000-of-00001.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
 
 
 def _msrvtt_release(root: Path) -> Path:
@@ -322,11 +330,12 @@ def test_msvd_qa_release_with_renamed_clips_and_with_youtube_names(tmp_path):
     assert s.video.endswith("renamed/vid1.avi")
 
 
-def test_activitynet_and_msrvtt_release_rows(tmp_path):
-    path = _activitynet_release(tmp_path / "anet")
+@pytest.mark.parametrize("form", ["release", "lmms_eval_parquet"])
+def test_activitynet_both_forms_and_msrvtt_release_rows(tmp_path, form):
+    path = _activitynet_release(tmp_path / "anet", form)
     data = load_benchmark("activitynet_qa", path, tmp_path / "anet" / "videos")
     answers = {a["question_id"]: a for a in _json(DATA / "activitynet_qa" / "test_a.json")}
-    assert not data.missing and len(data.samples) == 4
+    assert not data.missing and [s.sample_id for s in data.samples] == list(answers)
     for s in data.samples:
         assert s.answer == answers[s.sample_id]["answer"] and s.category == "3"
     path = _msrvtt_release(tmp_path / "msrvtt")
@@ -373,7 +382,7 @@ def _expected_gold(form: str) -> dict[str, dict[str, str]]:
 def test_every_benchmark_as_published_through_vidprune_eval(tmp_path, video_llava_ckpt, capsys, form):
     """Form a: the authors' releases (Video-MME parquet, MVBench's folders, EgoSchema's json, NExT-QA's csv);
     form b: the other published forms (Video-MME repository json, lmms-eval's MVBench download,
-    EgoSchema and NExT-QA parquets). The open-ended releases run in both."""
+    EgoSchema, NExT-QA and ActivityNet-QA parquets). The other open-ended releases run in both."""
     root = tmp_path / "data"
     sources = {
         "videomme": (_videomme_release(root / "videomme", "parquet" if form == "a" else "repository_json"),
@@ -385,7 +394,8 @@ def test_every_benchmark_as_published_through_vidprune_eval(tmp_path, video_llav
                    root / "nextqa" / "NExTVideo"),
         "tgif_qa": (_tgif_release(_mk(root / "tgif")), root / "tgif" / "gifs"),
         "msvd_qa": (_msvd_release(_mk(root / "msvd")), root / "msvd" / "video"),
-        "activitynet_qa": (_activitynet_release(_mk(root / "anet")), root / "anet" / "videos"),
+        "activitynet_qa": (_activitynet_release(root / "anet", "release" if form == "a" else "lmms_eval_parquet"),
+                           root / "anet" / "videos"),
         "msrvtt_qa": (_msrvtt_release(_mk(root / "msrvtt")), root / "msrvtt" / "video"),
     }
     args = ["eval", "--model", video_llava_ckpt, "--frames", "2", "--budgets", "full", "--max-new-tokens", "2",

@@ -689,16 +689,23 @@ def _read_tgif(ctx: _Context) -> list[_Row]:
 
 @register_benchmark("activitynet_qa", title="ActivityNet-QA", kind=OPEN_ENDED, max_new_tokens=64)
 def _read_activitynet(ctx: _Context) -> list[_Row]:
-    """ActivityNet-QA as released (MILVLG/activitynet-qa ``dataset/test_q.json``: ``video_name``,
-    ``question``, ``question_id``; ``test_a.json``: ``answer``, ``type``, ``question_id``); pass
-    either file, the other must lie beside it.
+    """ActivityNet-QA in either published form: the release (MILVLG/activitynet-qa
+    ``dataset/test_q.json``: ``video_name``, ``question``, ``question_id``; ``test_a.json``:
+    ``answer``, ``type``, ``question_id``; pass either file, the other must lie beside it), or
+    lmms-eval's lmms-lab/ActivityNetQA parquet (one record per question with ``video_name``,
+    ``question``, ``question_id``, ``answer``, ``type``).
 
     Videos: ``<videos>/v_<video_name>.mp4`` (the ActivityNet file names; ``.mkv`` / ``.webm`` too),
     or ``<videos>/<video_name>.*``.
     """
-    if not _qa_pair_paths(ctx.annotations):
-        raise ConfigError(f"ActivityNet-QA reads test_q.json with test_a.json beside it; got {ctx.annotations.name!r}")
-    return _read_qa_pair(ctx, lambda name: [name if name.startswith("v_") else f"v_{name}", name])
+    names = lambda name: [name if name.startswith("v_") else f"v_{name}", name]  # noqa: E731
+    if _qa_pair_paths(ctx.annotations):
+        return _read_qa_pair(ctx, names)
+    records = _read_table(ctx.annotations)
+    _require(records, ("video_name", "question", "question_id", "answer"), ctx.annotations, ctx.spec_title,
+             "test_q.json + test_a.json, or lmms-eval's parquet: video_name, question, question_id, answer, type")
+    return [_Row(str(r["question_id"]), names(str(r["video_name"])), str(r["question"]), str(r["answer"]),
+                 category=None if r.get("type") is None else str(r["type"])) for r in records]
 
 
 # ---------------------------------------------------------------- front door
