@@ -698,7 +698,9 @@ def _read_activitynet(ctx: _Context) -> list[_Row]:
     Videos: ``<videos>/v_<video_name>.mp4`` (the ActivityNet file names; ``.mkv`` / ``.webm`` too),
     or ``<videos>/<video_name>.*``.
     """
-    names = lambda name: [name if name.startswith("v_") else f"v_{name}", name]  # noqa: E731
+    def names(name: str) -> list[str]:
+        return [name if name.startswith("v_") else f"v_{name}", name]
+
     if _qa_pair_paths(ctx.annotations):
         return _read_qa_pair(ctx, names)
     records = _read_table(ctx.annotations)
