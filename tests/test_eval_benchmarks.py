@@ -16,6 +16,7 @@ from vidprune.eval.benchmarks import (
     list_benchmarks,
     load_benchmark,
 )
+from vidprune.eval.prompts import VIDEOMME_PREAMBLE
 from vidprune.eval.runner import load_clip
 
 
@@ -46,7 +47,8 @@ def test_videomme_parquet_as_lmms_eval_loads_it(tmp_path):
     s = data.samples[0]
     assert [x.sample_id for x in data.samples] == ["001-1", "002-1"] and not data.missing
     assert s.options == ("3.", "4.", "5.", "6.") and s.answer == "C" and s.kind == MULTIPLE_CHOICE
-    assert s.prompt == f"How many planets are shown?\nA. 3.\nB. 4.\nC. 5.\nD. 6.\n{MC_INSTRUCTION}"
+    assert s.prompt == (f"{VIDEOMME_PREAMBLE}\nHow many planets are shown?\nA. 3.\nB. 4.\nC. 5.\nD. 6.\n\n"
+                        f"{MC_INSTRUCTION}")  # lmms-eval's Video-MME prompt (tests/test_eval_published.py)
     assert s.video.endswith("data/fFjv93ACGo8.mp4") and data.samples[1].video.endswith("abc.MP4")
     assert s.category == "Counting Problem"
 
@@ -74,8 +76,8 @@ def test_mvbench_task_folder_with_clip_bounds_and_frame_folders(tmp_path):
     assert epi.answer == "B" and epi.frames_fps == 3.0 and epi.video.endswith("castle_s01e01_seg02_clip_00")
     clip = load_clip(seq, 4)  # decoded only inside the bounds: frames at 1.0 .. 2.5 s of a 6 fps video
     assert len(clip.frames) == 4 and min(clip.times_s) >= 1.0 and max(clip.times_s) <= 2.5
-    clip = load_clip(epi, 2)  # frame folder: images 3..6 (1.0 .. 2.0 s at 3 fps)
-    assert clip.indices == [3, 6] and clip.frames.shape == (2, 30, 40, 3) and clip.frames[0, 0, 0, 0] == 60
+    clip = load_clip(epi, 2)  # frame folder numbered from 1: images 00003..00006 are 1.0 .. 2.0 s at 3 fps
+    assert clip.indices == [3, 6] and clip.frames.shape == (2, 30, 40, 3) and clip.frames[0, 0, 0, 0] == 40
     one_task = load_benchmark("mvbench", tmp_path / "json" / "action_sequence.json", vids)
     assert len(one_task.samples) == 1
 
@@ -155,7 +157,7 @@ def test_msrvtt_qa_release_and_tgif_frameqa_tsv(tmp_path):
         {"gif_name": "tumblr_nk172bbdPI1u1lr18o1_250", "question": "what does a man hold?", "answer": "gun",
          "vid_id": "gif17830", "key": "17830", "type": "0", "description": "a man holds a gun"}], delimiter="\t")
     s = load_benchmark("tgif_qa", tmp_path / "Test_frameqa_question.csv", tmp_path / "gifs").samples[0]
-    assert s.sample_id == "17830" and s.answer == "gun" and s.video.endswith(".gif")
+    assert s.sample_id == "gif17830" and s.answer == "gun" and s.video.endswith(".gif")  # vid_id: the question id
     assert load_clip(s, 3).frames.shape[0] == 3  # the GIF decodes
 
 
@@ -183,5 +185,5 @@ def test_layout_errors_name_the_field_and_the_expected_layout(tmp_path):
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_benchmark("msrvtt_qa", tmp_path / "broken.json", tmp_path / "v")
     write_json(tmp_path / "mc.json", [{"video": "a.mp4", "question": "q", "candidates": ["x", "y"], "answer": "z"}])
-    with pytest.raises(ConfigError, match="answer 'z' is neither a letter"):
+    with pytest.raises(ConfigError, match=r"answer 'z' is not one of the candidates \['x', 'y'\]"):
         load_benchmark("mvbench", tmp_path / "mc.json", tmp_path / "v")

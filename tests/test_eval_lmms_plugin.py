@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,20 @@ def test_entry_point_resolves_vidprune_in_lmms_evals_registry():
     assert "vidprune" in list_available_models() and get_model("vidprune") is VidpruneLMM
 
 
+def _run_lmms_eval(args: list[str], tmp_path: Path, hf_home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(hf_home),
+           "TOKENIZERS_PARALLELISM": "false"}
+    lmms_eval = Path(sys.executable).with_name("lmms-eval")
+    result = subprocess.run([str(lmms_eval), "--model", "vidprune", *args, "--device", "cpu", "--batch_size", "1"],
+                            capture_output=True, text=True, env=env, timeout=600, cwd=hf_home)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return result
+
+
+def _reports(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def test_lmms_eval_cli_runs_its_own_task_with_vidprune_pruning(tmp_path, video_llava_ckpt):
     videos = [str(write_clip(tmp_path / "videos" / f"clip{i}.mp4", seed=i)) for i in range(3)]
     docs = tmp_path / "docs.jsonl"
@@ -79,37 +94,33 @@ def test_lmms_eval_cli_runs_its_own_task_with_vidprune_pruning(tmp_path, video_l
     tasks.mkdir()
     (tasks / "tiny.yaml").write_text(TASK_YAML.format(task=TASK, docs=docs))
     (tasks / "utils.py").write_text(TASK_UTILS)
-    out = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
-           "TOKENIZERS_PARALLELISM": "false"}
-    lmms_eval = Path(sys.executable).with_name("lmms-eval")
-    result = subprocess.run(
-        [str(lmms_eval), "--model", "vidprune", "--model_args", f"pretrained={video_llava_ckpt},budget=64,frames=4",
-         "--tasks", TASK, "--include_path", str(tasks), "--device", "cpu", "--batch_size", "1",
-         "--output_path", str(out), "--log_samples"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    # vidprune pruned every answer to the budget (its summary line after generation)
+    out, report_file = tmp_path / "out", tmp_path / "answers.jsonl"
+    (tmp_path / "hf").mkdir()
+    result = _run_lmms_eval(["--model_args", f"pretrained={video_llava_ckpt},budget=64,frames=4,report_file={report_file}",
+                             "--tasks", TASK, "--include_path", str(tasks), "--output_path", str(out), "--log_samples"],
+                            tmp_path, tmp_path / "hf")
+    # the summary line says what ran, and that every answer was pruned to the budget
     summary = next(line for line in result.stderr.splitlines() if line.startswith("vidprune: 3 answers"))
-    assert "of 1028 (budget 64)" in summary
+    assert "(pruner vispruner, dedup off, budget 64)" in summary and "of 1028;" in summary
     mean_tokens = float(summary.split("mean ")[1].split(",")[0])
     assert 0 < mean_tokens <= 64
-    results_file = next(out.rglob("*_results.json"))
-    results = json.loads(results_file.read_text())["results"][TASK]
+    results = json.loads(next(out.rglob("*_results.json")).read_text())["results"][TASK]
     samples = [json.loads(line) for line in next(out.rglob(f"*_samples_{TASK}.jsonl")).read_text().splitlines()]
     assert len(samples) == 3
+    answers = sorted(_reports(report_file), key=lambda r: r["doc_id"])
     responses = [s["filtered_resps"][0] if isinstance(s["filtered_resps"], list) else s["filtered_resps"]
                  for s in sorted(samples, key=lambda s: s["doc_id"])]
-    # lmms-eval's answers are vidprune's: the same model, options and prompt give the same greedy text here
+    assert [a["response"] for a in answers] == responses  # the report file is what lmms-eval scored
+    # lmms-eval's answers are vidprune's: the same model, options and prompt give the same greedy token ids
     from vidprune.qa import VideoQA
 
-    qa = VideoQA.from_pretrained(video_llava_ckpt, budget=64, frames=4)
-    direct = [qa.ask(v, _prompt(), max_new_tokens=4, do_sample=False).text for v in videos]
-    assert responses == direct
+    qa = VideoQA.from_pretrained(video_llava_ckpt, budget=64, frames=4, dedup=False)
+    direct = [qa.ask(v, _prompt(), max_new_tokens=4, do_sample=False) for v in videos]
+    assert [a["token_ids"] for a in answers] == [d.token_ids for d in direct]
+    assert [a["report"]["tokens"]["to_llm"] for a in answers] == [d.report["tokens"]["to_llm"] for d in direct]
     from lmms_eval.tasks._task_utils.mcq_extract import extract_mcq_answer
 
-    expected = sum(extract_mcq_answer(r, ["A", "B", "C", "D"]) == "A" for r in direct) / 3
+    expected = sum(extract_mcq_answer(r, ["A", "B", "C", "D"]) == "A" for r in responses) / 3
     assert results["accuracy,none"] == pytest.approx(expected)
 
 
@@ -126,3 +137,131 @@ def test_model_args_are_checked_in_one_line(video_llava_ckpt):
     assert lm.qa.config.budget is None and lm.qa.config.dedup is False and lm.batch_size == 2
     with pytest.raises(NotImplementedError, match="generate_until"):
         lm.loglikelihood([])
+    with pytest.raises(ConfigError, match="report_file .*its folder does not exist"):
+        VidpruneLMM.create_from_arg_string(f"pretrained={video_llava_ckpt},report_file=/nonexistent/dir/a.jsonl")
+
+
+def test_budget_names_the_same_arm_as_vidprune_eval(tmp_path, video_llava_ckpt):
+    """budget=227 is eval's vispruner@227 arm, budget=227,dedup=true its vispruner_dedup@227 arm, budget=none (or
+    no budget) its full arm: the unpruned model, every visual token of every frame to the LLM."""
+    from vidprune.eval.lmms_plugin import VidpruneLMM, summarize_reports
+    from vidprune.eval.methods import plan_arms
+    from vidprune.eval.runner import token_counts
+    from vidprune.qa import VideoQA
+
+    base = VideoQA.resolve_config(video_llava_ckpt, frames=2)
+    arms = {a.label: VideoQA.resolve_config(config={**base.to_dict(), **a.options})
+            for a in plan_arms(["vispruner", "vispruner_dedup"], [227], token_counts(base))}
+    meaning = ("budget", "pruner", "dedup", "ivtp_layer", "ivtp_keep")
+    for args, arm in (("budget=227", "vispruner@227"), ("budget=227,dedup=true", "vispruner_dedup@227"),
+                      ("budget=none", "full"), ("", "full")):
+        lm = VidpruneLMM.create_from_arg_string(f"pretrained={video_llava_ckpt},frames=2" + (f",{args}" if args else ""))
+        assert {k: getattr(lm.qa.config, k) for k in meaning} == {k: getattr(arms[arm], k) for k in meaning}, args
+    video = str(write_clip(tmp_path / "clip.mp4"))
+    unpruned = VidpruneLMM.create_from_arg_string(f"pretrained={video_llava_ckpt},frames=2,budget=none")
+    answer = unpruned.qa.ask(video, QUESTION, max_new_tokens=1)
+    assert answer.report["tokens"]["to_llm"] == answer.report["tokens"]["full"] == 2 * 257
+    assert answer.report["flops"]["llm_ratio"] == 1.0
+    line = summarize_reports([answer.report], unpruned.qa.config)
+    assert "(pruner none, dedup off, budget none (unpruned))" in line
+    # a preset that sets dedup asks for it; its budget applies unless budget is given
+    preset = tmp_path / "p.yaml"
+    preset.write_text("budget: 300\ndedup: true\n")
+    lm = VidpruneLMM.create_from_arg_string(f"pretrained={video_llava_ckpt},frames=2,config={preset}")
+    assert (lm.qa.config.budget, lm.qa.config.dedup) == (300, True)
+    lm = VidpruneLMM.create_from_arg_string(f"pretrained={video_llava_ckpt},frames=2,config={preset},budget=none")
+    assert (lm.qa.config.budget, lm.qa.config.dedup) == (None, True)
+
+
+# ------------------------------------------------------------------ lmms-eval's own Video-MME and MVBench tasks
+DATA = Path(__file__).resolve().parent / "data" / "benchmarks"
+
+
+def _local_yaml(text: str, task: str | None, dataset_path: str | None, dataset_kwargs: dict | None) -> str:
+    """lmms-eval's task YAML with only its data source replaced (local files instead of the hub) and its
+    task renamed; every other line (prompt kwargs, generation kwargs, scoring functions) as shipped."""
+    import yaml
+
+    out, skipping = [], False
+    for line in text.splitlines(True):
+        if skipping and line[:1] in (" ", "\t"):
+            continue
+        skipping = False
+        if line.startswith("dataset_path:") and dataset_path is not None:
+            line = f"dataset_path: {dataset_path}\n"
+        elif line.startswith("dataset_kwargs:") and dataset_kwargs is not None:
+            skipping = True
+            line = yaml.safe_dump({"dataset_kwargs": dataset_kwargs})
+        elif line.startswith("task:") and task is not None:
+            line = f"task: {task}\n"
+        out.append(line)
+    if dataset_kwargs is not None and not any(line.startswith("dataset_kwargs:") for line in text.splitlines()):
+        out.append(("" if text.endswith("\n") else "\n") + yaml.safe_dump({"dataset_kwargs": dataset_kwargs}))
+    return "".join(out)
+
+
+def _lmms_eval_task_dir(name: str) -> Path:
+    import importlib
+
+    return Path(importlib.import_module("lmms_eval.tasks").__file__).parent / name
+
+
+def test_lmms_eval_cli_runs_its_own_videomme_and_mvbench_tasks(tmp_path, video_llava_ckpt):
+    """Local copies of lmms-eval 0.7.3's videomme.yaml and mvbench_{action_count,moving_count}.yaml (with their
+    utils.py), over the released rows of tests/data/benchmarks and videos where those tasks look for them.
+    lmms-eval's prompts and videos give the same token ids as `vidprune eval`'s reader and prompts do."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vidprune.eval.benchmarks import load_benchmark
+    from vidprune.qa import VideoQA
+
+    hf = tmp_path / "hf"
+    tasks = tmp_path / "tasks"
+    (tasks / "videomme").mkdir(parents=True)
+    (tasks / "mvbench").mkdir()
+    # Video-MME: lmms-lab/Video-MME's columns as a local parquet; videos in <HF_HOME>/videomme/data
+    rows = json.loads((DATA / "videomme" / "videomme_rows.json").read_text())
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "videomme.parquet")
+    write_clip(hf / "videomme" / "data" / "fFjv93ACGo8.mp4")
+    src = _lmms_eval_task_dir("videomme")
+    shutil.copy(src / "utils.py", tasks / "videomme" / "utils.py")
+    (tasks / "videomme" / "videomme.yaml").write_text(_local_yaml(
+        (src / "videomme.yaml").read_text(), "vidprune_local_videomme", "parquet",
+        {"cache_dir": "videomme", "data_files": {"test": str(tmp_path / "videomme.parquet")}}))
+    # MVBench: the release's json/<task>.json rows; videos in <HF_HOME>/mvbench_video/<lmms-eval's folder>
+    src = _lmms_eval_task_dir("mvbench")
+    shutil.copy(src / "utils.py", tasks / "mvbench" / "utils.py")
+    (tasks / "mvbench" / "_default_template_yaml").write_text(_local_yaml(
+        (src / "_default_template_yaml").read_text(), None, "json", {"cache_dir": "mvbench_video"}))
+    mv_tasks = {"action_count": "perception/videos", "moving_count": "clevrer/video_validation"}
+    for i, (task, folder) in enumerate(mv_tasks.items()):
+        for rec in json.loads((DATA / "mvbench" / "json" / f"{task}.json").read_text()):
+            write_clip(hf / "mvbench_video" / folder / rec["video"], seed=i + 1)
+        (tasks / "mvbench" / f"mvbench_{task}.yaml").write_text(_local_yaml(
+            (src / f"mvbench_{task}.yaml").read_text(), f"vidprune_local_mvbench_{task}", None,
+            {"cache_dir": "mvbench_video", "data_files": {"train": str(DATA / "mvbench" / "json" / f"{task}.json")}}))
+    names = ["vidprune_local_videomme"] + [f"vidprune_local_mvbench_{t}" for t in mv_tasks]
+    out, report_file = tmp_path / "out", tmp_path / "answers.jsonl"
+    result = _run_lmms_eval(["--model_args", f"pretrained={video_llava_ckpt},budget=64,frames=4,report_file={report_file}",
+                             "--tasks", ",".join(names), "--include_path", str(tasks), "--output_path", str(out),
+                             "--log_samples"], tmp_path, hf)
+    assert any(line.startswith("vidprune: ") and "(pruner vispruner, dedup off, budget 64)" in line
+               for line in result.stderr.splitlines()), result.stderr[-4000:]
+    answers = {(a["task"], a["doc_id"]): a for a in _reports(report_file)}
+    assert len(answers) == 4  # 2 Video-MME questions, 1 + 1 MVBench
+
+    # the same questions through vidprune eval's readers and prompts (lmms_eval style), asked directly
+    qa = VideoQA.from_pretrained(video_llava_ckpt, budget=64, frames=4, dedup=False)
+    hf_mv = hf / "mvbench_video"
+    direct = {("vidprune_local_videomme", i): s for i, s in enumerate(load_benchmark(
+        "videomme", tmp_path / "videomme.parquet", hf / "videomme").samples)}
+    for task in mv_tasks:
+        data = load_benchmark("mvbench", DATA / "mvbench" / "json" / f"{task}.json", hf_mv)
+        direct.update({(f"vidprune_local_mvbench_{task}", i): s for i, s in enumerate(data.samples)})
+    assert set(direct) == set(answers)
+    for key, sample in direct.items():
+        ours = qa.ask(sample.video, sample.prompt, max_new_tokens=16, do_sample=False)  # the tasks' 16 tokens
+        assert answers[key]["token_ids"] == ours.token_ids, key
+    results = json.loads(next(out.rglob("*_results.json")).read_text())["results"]
+    assert set(names) <= set(results)

@@ -13,8 +13,11 @@ told to skip them), never silently dropped.
 Two kinds of benchmark:
 
 * multiple choice (Video-MME, MVBench, EgoSchema, NExT-QA): ``Sample.options`` holds
-  the option texts and ``Sample.answer`` the correct letter (``"A"``...). The prompt
-  lists the options as ``A. text`` lines and asks for the letter, as lmms-eval does.
+  the option texts and ``Sample.answer`` the correct letter (``"A"``...), derived the way
+  the benchmark's own scoring derives it (MVBench: the first candidate whose text equals
+  the answer; EgoSchema, NExT-QA: the answer index; Video-MME: the letter). The prompt is
+  built by :mod:`vidprune.eval.prompts` (lmms-eval's, byte for byte, unless another
+  style is asked for).
 * open-ended (MSVD-QA, MSRVTT-QA, TGIF-QA, ActivityNet-QA): ``Sample.answer`` is the
   reference text and the prompt is the question as published, the Video-LLaVA /
   Video-ChatGPT zero-shot protocol the VisPruner paper evaluates with.
@@ -35,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from . import prompts
+from .prompts import DEFAULT_PROMPT_STYLE, LETTER_INSTRUCTION, check_prompt_style, multiple_choice_prompt
 
 __all__ = [
     "Sample",
@@ -44,7 +49,6 @@ __all__ = [
     "list_benchmarks",
     "get_benchmark",
     "load_benchmark",
-    "multiple_choice_prompt",
     "OPTION_LETTERS",
     "MULTIPLE_CHOICE",
     "OPEN_ENDED",
@@ -53,10 +57,12 @@ __all__ = [
 MULTIPLE_CHOICE = "multiple_choice"
 OPEN_ENDED = "open_ended"
 
-OPTION_LETTERS = "ABCDEFGH"
+# Benchmarks have at most 8 options (EgoSchema and NExT-QA 5, Video-MME 4, MVBench up to 5).
+MAX_OPTIONS = 8
+OPTION_LETTERS = prompts.OPTION_LETTERS[:MAX_OPTIONS]
 
-# The instruction lmms-eval appends to multiple-choice questions (Video-MME, EgoSchema).
-MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+# The letter instruction of the ``video_llava`` prompt style (kept under its old name).
+MC_INSTRUCTION = LETTER_INSTRUCTION
 
 # Extensions tried, in order, for a video named without one.
 VIDEO_EXTENSIONS = (".mp4", ".MP4", ".mkv", ".webm", ".avi", ".mov", ".gif", ".m4v")
@@ -66,7 +72,8 @@ VIDEO_EXTENSIONS = (".mp4", ".MP4", ".mkv", ".webm", ".avi", ".mov", ".gif", ".m
 MVBENCH_FRAME_FPS = 3.0
 
 # MVBench's published layout: json/<task>.json, videos under video/<folder>/ per task
-# (the folders of the OpenGVLab/MVBench release).
+# (the folders of the OpenGVLab/MVBench release, its main branch and the Ask-Anything
+# mvbench.ipynb data_list). Clips of the bounded tasks are whole videos there, cut by start/end.
 MVBENCH_VIDEO_FOLDERS = {
     "action_sequence": "star/Charades_v1_480",
     "action_prediction": "star/Charades_v1_480",
@@ -88,6 +95,33 @@ MVBENCH_VIDEO_FOLDERS = {
     "egocentric_navigation": "vlnqa",
     "episodic_reasoning": "tvqa/frames_fps3_hq",
     "counterfactual_inference": "clevrer/video_validation",
+}
+
+# The layout lmms-eval downloads (OpenGVLab/MVBench at revision "video"; lmms-eval 0.7.3
+# tasks/mvbench/utils.py DATA_LIST): the bounded tasks' clips are already cut to their
+# segment (``*_segment`` folders), so start/end are not applied again, as lmms-eval does not.
+# lmms-eval also looks under data0613/<folder> for the clevrer and star folders.
+MVBENCH_LMMS_EVAL_FOLDERS = {
+    "object_interaction": "star/Charades_segment",
+    "action_sequence": "star/Charades_segment",
+    "action_prediction": "star/Charades_segment",
+    "action_localization": "sta/sta_video_segment",
+    "moving_count": "clevrer/video_validation",
+    "fine_grained_pose": "nturgbd_convert",
+    "character_order": "perception/videos",
+    "object_shuffle": "perception/videos",
+    "egocentric_navigation": "vlnqa",
+    "moving_direction": "clevrer/video_validation",
+    "episodic_reasoning": "tvqa/video_fps3_hq_segment",
+    "fine_grained_action": "Moments_in_Time_Raw/videos",
+    "scene_transition": "scene_qa/video",
+    "state_change": "perception/videos",
+    "moving_attribute": "clevrer/video_validation",
+    "action_antonym": "ssv2_video_mp4",
+    "unexpected_action": "FunQA_test/test",
+    "counterfactual_inference": "clevrer/video_validation",
+    "object_existence": "clevrer/video_validation",
+    "action_count": "perception/videos",
 }
 
 
@@ -244,21 +278,32 @@ class _VideoFinder:
         return self._by_stem
 
     def find(self, names: Sequence[str]) -> str | None:
+        """The first of ``names`` found (see :meth:`find_named`), or None."""
+        found = self.find_named(names)
+        return None if found is None else found[0]
+
+    def find_named(self, names: Sequence[str]) -> tuple[str, str] | None:
+        """(absolute path, the name it was found by) for the first of ``names`` found, or None.
+
+        Each name is tried as a path below the folder (as given, then with each video
+        extension); only when none exists is a file or frame folder of that stem looked
+        for anywhere below.
+        """
         for name in names:
             direct = self.root / name
             if direct.is_file() or (direct.is_dir() and any(direct.iterdir())):
-                return str(direct.resolve())
+                return str(direct.resolve()), name
             if not Path(name).suffix or Path(name).suffix.lower() not in {e.lower() for e in VIDEO_EXTENSIONS}:
                 for ext in VIDEO_EXTENSIONS:
                     cand = self.root / f"{name}{ext}"
                     if cand.is_file():
-                        return str(cand.resolve())
+                        return str(cand.resolve()), name
         index = self._index()
         for name in names:
             stem = Path(name).name
             stem = os.path.splitext(stem)[0] if Path(stem).suffix.lower() in {e.lower() for e in VIDEO_EXTENSIONS} else stem
             if stem in index:
-                return str(Path(index[stem]).resolve())
+                return str(Path(index[stem]).resolve()), name
         return None
 
 
@@ -284,6 +329,9 @@ class _Row:
     clip_s: tuple[float, float] | None = None
     frames_fps: float | None = None
     category: str | None = None
+    # names of ``video_names`` under which the file is already cut to ``clip_s`` (lmms-eval's
+    # MVBench segments): found by one of these, the whole file is the clip.
+    segment_names: tuple[str, ...] = ()
 
 
 _LETTER_PREFIX = re.compile(r"^\s*(?:\(([A-H])\)|([A-H])[.:)])\s*")
@@ -298,54 +346,88 @@ def _strip_letter(option: str, index: int) -> str:
     return text
 
 
-def multiple_choice_prompt(question: str, options: Sequence[str]) -> str:
-    """The question, one ``X. option`` line per option, then the instruction to answer with the letter."""
-    lines = [question.strip()]
-    lines += [f"{OPTION_LETTERS[i]}. {opt}" for i, opt in enumerate(options)]
-    lines.append(MC_INSTRUCTION)
-    return "\n".join(lines)
+TEXT, INDEX, LETTER = "text", "index", "letter"
 
 
-def _letter_of(answer: Any, options: Sequence[str], where: str) -> str:
-    """The correct letter from a letter, an index (int or digit string) or the option text."""
-    if isinstance(answer, bool):
-        raise ConfigError(f"{where}: answer {answer!r} is neither a letter, an index nor an option text")
-    if isinstance(answer, int) or (isinstance(answer, str) and answer.strip().isdigit()):
-        idx = int(answer)
-        if 0 <= idx < len(options):
-            return OPTION_LETTERS[idx]
-        raise ConfigError(f"{where}: answer index {idx} is out of range for {len(options)} options")
-    text = str(answer).strip()
-    if len(text) == 1 and text.upper() in OPTION_LETTERS[: len(options)]:
-        return text.upper()
-    m = _LETTER_PREFIX.match(text)
-    if m:
-        return m.group(1) or m.group(2)
-    for i, opt in enumerate(options):
-        if opt.strip() == text:
-            return OPTION_LETTERS[i]
-    raise ConfigError(f"{where}: answer {text!r} is neither a letter, an index nor one of the options")
+def _letter_of(answer: Any, options: Sequence[str], where: str, encoding: str = TEXT) -> str:
+    """The correct letter, read the way the benchmark's own scoring reads its ``answer`` field.
+
+    ``encoding``: ``"text"`` (MVBench: the first candidate whose text equals the answer,
+    as MVBench's mvbench.ipynb and lmms-eval's ``mvbench_process_results`` compare; a
+    digit answer such as ``"3"`` among candidates ``["3", "2", "4"]`` is that candidate,
+    never an index), ``"index"`` (EgoSchema, NExT-QA: 0-based, int or digit string) or
+    ``"letter"`` (Video-MME: ``"C"``, also ``"(C)"`` / ``"C."``).
+    """
+    if isinstance(answer, bool) or answer is None:
+        raise ConfigError(f"{where}: answer {answer!r} is not a valid {encoding} answer")
+    if encoding == TEXT:
+        text = str(answer)
+        for exact in (True, False):
+            for i, opt in enumerate(options):
+                if (opt == text) if exact else (opt.strip() == text.strip()):
+                    return OPTION_LETTERS[i]
+        raise ConfigError(f"{where}: answer {text!r} is not one of the candidates {list(options)!r}")
+    if encoding == INDEX:
+        text = str(answer).strip()
+        if isinstance(answer, int) or text.isdigit():
+            idx = int(answer) if isinstance(answer, int) else int(text)
+            if 0 <= idx < len(options):
+                return OPTION_LETTERS[idx]
+            raise ConfigError(f"{where}: answer index {idx} is out of range for {len(options)} options")
+        raise ConfigError(f"{where}: answer {answer!r} is not an option index (0-{len(options) - 1})")
+    if encoding == LETTER:
+        text = str(answer).strip()
+        m = _LETTER_PREFIX.match(text)
+        letter = text.upper() if len(text) == 1 else (m.group(1) or m.group(2)) if m else None
+        if letter and letter in OPTION_LETTERS[: len(options)]:
+            return letter
+        raise ConfigError(f"{where}: answer {text!r} is not one of the option letters {OPTION_LETTERS[: len(options)]}")
+    raise ValueError(f"unknown answer encoding {encoding!r}")
 
 
-def _options_from(values: Sequence[Any], where: str) -> tuple[str, ...]:
-    opts = tuple(_strip_letter(str(v), i) for i, v in enumerate(values))
+def _options_from(values: Sequence[Any], where: str, strip_letters: bool = True) -> tuple[str, ...]:
+    """Option texts; ``strip_letters``: drop an ``"A. "`` / ``"(A) "`` prefix that is the option's own letter."""
+    opts = tuple(_strip_letter(str(v), i) if strip_letters else str(v) for i, v in enumerate(values))
     if not 2 <= len(opts) <= len(OPTION_LETTERS):
         raise ConfigError(f"{where}: a multiple-choice question needs 2 to {len(OPTION_LETTERS)} options, got {len(opts)}")
     return opts
 
 
 # ---------------------------------------------------------------- readers
+def _youtube_id(url: Any) -> str | None:
+    m = re.search(r"[?&]v=([\w-]{6,})", str(url or ""))
+    return m.group(1) if m else None
+
+
+def _videomme_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flat question records: the Video-MME repository's per-video form (``{"video_id", "duration",
+    "domain", "sub_category", "questions": [...]}``, the layout its eval_your_results.py reads)
+    is flattened, each question taking its video's fields."""
+    flat = []
+    for rec in records:
+        if isinstance(rec, dict) and isinstance(rec.get("questions"), list):
+            video = {k: v for k, v in rec.items() if k != "questions"}
+            video.setdefault("videoID", _youtube_id(rec.get("url")) or rec.get("video_id"))
+            flat.extend({**video, **q} for q in rec["questions"])
+        else:
+            flat.append(rec)
+    return flat
+
+
 @register_benchmark("videomme", title="Video-MME", kind=MULTIPLE_CHOICE, max_new_tokens=16)
 def _read_videomme(ctx: _Context) -> list[_Row]:
-    """Video-MME as lmms-eval loads it (lmms-lab/Video-MME ``videomme/test-*.parquet``, or a JSON copy):
-    records with ``videoID``, ``question_id``, ``question``, ``options`` (four ``"A. text"``
-    strings) and ``answer`` (a letter), plus ``duration`` / ``domain`` / ``task_type``.
+    """Video-MME in either published form: the Hugging Face release lmms-eval loads
+    (``videomme/test-00000-of-00001.parquet``, or a JSON / JSON Lines copy), one record per
+    question with ``videoID``, ``question_id``, ``question``, ``options`` (four ``"A. text"``
+    strings) and ``answer`` (a letter), plus ``duration`` / ``domain`` / ``task_type``; or the
+    Video-MME repository's per-video JSON (``video_id``, ``duration``, ``domain``, ``url``,
+    ``questions``: the same question fields).
 
-    Videos: ``<videos>/<videoID>.mp4`` (also ``.MP4`` / ``.mkv``, or ``<videos>/data/<videoID>.*``,
-    the layout of the unzipped release).
+    Videos: ``<videos>/<videoID>.mp4`` (also ``.MP4`` / ``.mkv``), or ``<videos>/data/<videoID>.*``
+    (the unzipped release, where lmms-eval looks).
     """
     layout = "videoID, question_id, question, options, answer"
-    records = _read_table(ctx.annotations)
+    records = _videomme_records(_read_table(ctx.annotations))
     _require(records, ("videoID", "question_id", "question", "options", "answer"), ctx.annotations, ctx.spec_title, layout)
     rows = []
     for rec in records:
@@ -353,7 +435,7 @@ def _read_videomme(ctx: _Context) -> list[_Row]:
         opts = _options_from(list(rec["options"]), where)
         vid = str(rec["videoID"])
         rows.append(_Row(str(rec["question_id"]), [vid, f"data/{vid}"], str(rec["question"]),
-                         _letter_of(rec["answer"], opts, where), opts,
+                         _letter_of(rec["answer"], opts, where, LETTER), opts,
                          category=rec.get("task_type") or rec.get("duration")))
     return rows
 
@@ -371,11 +453,15 @@ def _mvbench_files(path: Path) -> list[Path]:
 def _read_mvbench(ctx: _Context) -> list[_Row]:
     """MVBench as released (OpenGVLab/MVBench): one ``json/<task>.json`` per task (pass the file,
     or the ``json`` folder for all 20), each a list of ``{"video", "question", "candidates",
-    "answer"}`` where ``answer`` is the text of the correct candidate; the bounded tasks add
-    ``start`` / ``end`` (seconds) of the part of the video the question is about.
+    "answer"}`` where ``answer`` is the text of the correct candidate (the gold letter is the
+    first candidate equal to it, as MVBench's notebook and lmms-eval score); the bounded tasks
+    add ``start`` / ``end`` (seconds) of the part of the video the question is about.
 
-    Videos: ``<videos>/<video>`` or ``<videos>/<task folder>/<video>`` (the release's ``video/``
-    folders, e.g. ``star/Charades_v1_480``); episodic_reasoning's clips are frame folders at 3 fps.
+    Videos, in either published layout under ``<videos>`` (the release's ``video/`` folder, or
+    lmms-eval's download): the release's folders (``star/Charades_v1_480/<video>``, cut to
+    start/end; episodic_reasoning's clips are frame folders ``00001.jpg``... at 3 fps, numbered
+    from 1), or lmms-eval's (``star/Charades_segment/<video>``, ``data0613/...``: already cut,
+    used whole), or ``<videos>/<video>``.
     """
     layout = "video, question, candidates, answer"
     rows = []
@@ -383,17 +469,22 @@ def _read_mvbench(ctx: _Context) -> list[_Row]:
         task = path.stem
         records = _read_table(path)
         _require(records, ("video", "question", "candidates", "answer"), path, ctx.spec_title, layout)
-        folder = MVBENCH_VIDEO_FOLDERS.get(task)
+        release, lmms = MVBENCH_VIDEO_FOLDERS.get(task), MVBENCH_LMMS_EVAL_FOLDERS.get(task)
         for i, rec in enumerate(records):
             where = f"{path.name} record {i}"
-            opts = _options_from(list(rec["candidates"]), where)
+            opts = _options_from(list(rec["candidates"]), where, strip_letters=False)
             video = str(rec["video"])
-            names = [video] + ([f"{folder}/{video}"] if folder else [])
+            names = [f"{release}/{video}"] if release else []
+            segments = []
+            if lmms and lmms != release:
+                segments = [f"{lmms}/{video}", f"data0613/{lmms}/{video}"]
+            names += segments + [video]
             clip = None
-            if "start" in rec and "end" in rec and rec["start"] is not None and rec["end"] is not None:
+            if rec.get("start") is not None and rec.get("end") is not None:
                 clip = (float(rec["start"]), float(rec["end"]))
-            rows.append(_Row(f"{task}/{i}", names, str(rec["question"]), _letter_of(rec["answer"], opts, where), opts,
-                             clip_s=clip, frames_fps=MVBENCH_FRAME_FPS, category=task))
+            rows.append(_Row(f"{task}/{i}", names, str(rec["question"]), _letter_of(rec["answer"], opts, where, TEXT),
+                             opts, clip_s=clip, frames_fps=MVBENCH_FRAME_FPS, category=task,
+                             segment_names=tuple(segments)))
     return rows
 
 
@@ -430,7 +521,8 @@ def _read_egoschema(ctx: _Context) -> list[_Row]:
                 continue  # not in the public subset: no answer to score against
             values = [rec[f"option {i}"] for i in range(len(OPTION_LETTERS)) if f"option {i}" in rec]
             opts = _options_from(values, f"questions.json {uid}")
-            rows.append(_Row(uid, [uid], str(rec["question"]), _letter_of(answers[uid], opts, f"subset_answers {uid}"), opts))
+            rows.append(_Row(uid, [uid], str(rec["question"]),
+                             _letter_of(answers[uid], opts, f"subset_answers {uid}", INDEX), opts))
         return rows
     records = _read_table(path)
     _require(records, ("video_idx", "question", "option", "answer"), path, ctx.spec_title,
@@ -442,7 +534,7 @@ def _read_egoschema(ctx: _Context) -> list[_Row]:
         uid = str(rec.get("question_idx", rec["video_idx"]))
         opts = _options_from(list(rec["option"]), f"{path.name} record {i}")
         rows.append(_Row(uid, [str(rec["video_idx"])], str(rec["question"]),
-                         _letter_of(rec["answer"], opts, f"{path.name} record {i}"), opts))
+                         _letter_of(rec["answer"], opts, f"{path.name} record {i}", INDEX), opts))
     return rows
 
 
@@ -477,7 +569,7 @@ def _read_nextqa(ctx: _Context) -> list[_Row]:
         opts = _options_from([rec[f"a{k}"] for k in range(5)], where)
         qid = f"{video}_{rec.get('qid', i)}"
         names = ([mapping[video]] if video in mapping else []) + [video]
-        rows.append(_Row(qid, names, str(rec["question"]), _letter_of(rec["answer"], opts, where), opts,
+        rows.append(_Row(qid, names, str(rec["question"]), _letter_of(rec["answer"], opts, where, INDEX), opts,
                          category=rec.get("type")))
     return rows
 
@@ -518,7 +610,7 @@ def _read_qa_pair(ctx: _Context, video_names: Callable[[str], list[str]]) -> lis
 
 
 def _msvd_mapping(ctx: _Context) -> dict[str, str]:
-    """``youtube_mapping.txt`` lines ``<clip name> vid<N>`` -> {"N": clip name}."""
+    """``youtube_mapping.txt`` lines ``<clip name> vid<N>`` -> {"N": clip name} ({} without the file)."""
     for folder in (ctx.annotations.parent, ctx.videos, ctx.videos.parent):
         p = folder / "youtube_mapping.txt"
         if p.is_file():
@@ -528,29 +620,35 @@ def _msvd_mapping(ctx: _Context) -> dict[str, str]:
                 if len(parts) == 2 and parts[1].startswith("vid"):
                     mapping[parts[1][3:]] = parts[0]
             return mapping
-    raise ConfigError(
-        f"MSVD-QA's test_qa.json names videos by number; put youtube_mapping.txt next to {ctx.annotations.name} "
-        "or in the video folder"
-    )
+    return {}
 
 
 @register_benchmark("msvd_qa", title="MSVD-QA", kind=OPEN_ENDED, max_new_tokens=64)
 def _read_msvd(ctx: _Context) -> list[_Row]:
     """MSVD-QA, either as Video-LLaVA / Video-ChatGPT ship it (``test_q.json``: ``video_name``,
     ``question``, ``question_id``; ``test_a.json``: ``answer``, ``question_id``, same order) or as
-    released (``test_qa.json``: ``{"answer", "id", "question", "video_id"}`` with
-    ``youtube_mapping.txt`` mapping ``vid<video_id>`` to the clip name).
+    released (``test_qa.json``: ``{"answer", "id", "question", "video_id"}``, ``video_id`` the
+    number N of ``vid<N>`` in ``youtube_mapping.txt``).
 
-    Videos: ``<videos>/<video_name or clip name>.avi`` (or any video extension).
+    Videos: ``<videos>/vid<N>.avi`` (the clips renamed by ``youtube_mapping.txt``, the layout of
+    the release's preprocessing scripts) or ``<videos>/<clip name>.avi`` (the YouTube clip names
+    of MSVD's ``YouTubeClips``; needs ``youtube_mapping.txt`` next to the annotations or in / above
+    the video folder); any video extension.
     """
     if _qa_pair_paths(ctx.annotations):
-        return _read_qa_pair(ctx, lambda name: [name])
+        mapping = _msvd_mapping(ctx)
+        by_clip = {clip: f"vid{n}" for n, clip in mapping.items()}
+        return _read_qa_pair(ctx, lambda name: [name] + ([by_clip[name]] if name in by_clip else []))
     records = _read_table(ctx.annotations)
     _require(records, ("answer", "id", "question", "video_id"), ctx.annotations, ctx.spec_title,
              "test_q.json + test_a.json, or test_qa.json: answer, id, question, video_id")
     mapping = _msvd_mapping(ctx)
-    return [_Row(str(r["id"]), [mapping.get(str(r["video_id"]), f"vid{r['video_id']}")], str(r["question"]), str(r["answer"]))
-            for r in records]
+    rows = []
+    for r in records:
+        n = str(r["video_id"])
+        rows.append(_Row(str(r["id"]), [f"vid{n}"] + ([mapping[n]] if n in mapping else []), str(r["question"]),
+                         str(r["answer"])))
+    return rows
 
 
 @register_benchmark("msrvtt_qa", title="MSRVTT-QA", kind=OPEN_ENDED, max_new_tokens=64)
@@ -573,43 +671,57 @@ def _read_msrvtt(ctx: _Context) -> list[_Row]:
 @register_benchmark("tgif_qa", title="TGIF-QA", kind=OPEN_ENDED, max_new_tokens=64)
 def _read_tgif(ctx: _Context) -> list[_Row]:
     """TGIF-QA FrameQA, either as Video-LLaVA / Video-ChatGPT ship it (``test_q.json`` +
-    ``test_a.json``, as for MSVD-QA) or as released (``Test_frameqa_question.csv``, tab-separated:
-    ``gif_name``, ``question``, ``answer``, ``vid_id``, ``key``, ``type``).
+    ``test_a.json``, as for MSVD-QA) or as released (YunseokJANG/tgif-qa
+    ``dataset/Test_frameqa_question.csv``: tab-separated, CRLF, columns ``gif_name``, ``question``,
+    ``answer``, ``type``, ``vid_id``, ``key``, ``description``). In the release ``vid_id``
+    (``FRAMEQA1159``) is the question's id; ``key`` names the GIF (several questions share one).
 
     Videos: ``<videos>/<video_name or gif_name>`` with any video extension (``.gif`` or ``.mp4``).
     """
     if _qa_pair_paths(ctx.annotations):
         return _read_qa_pair(ctx, lambda name: [name])
     records = _read_table(ctx.annotations)
-    _require(records, ("gif_name", "question", "answer"), ctx.annotations, ctx.spec_title,
-             "test_q.json + test_a.json, or Test_frameqa_question.csv: gif_name, question, answer, key, type")
-    return [_Row(str(r.get("key") or f"{r['gif_name']}_{i}"), [str(r["gif_name"])], str(r["question"]), str(r["answer"]),
-                 category=None if r.get("type") in (None, "") else str(r["type"])) for i, r in enumerate(records)]
+    _require(records, ("gif_name", "question", "answer", "vid_id"), ctx.annotations, ctx.spec_title,
+             "test_q.json + test_a.json, or Test_frameqa_question.csv: gif_name, question, answer, type, vid_id, key")
+    return [_Row(str(r["vid_id"]), [str(r["gif_name"])], str(r["question"]), str(r["answer"]),
+                 category=None if r.get("type") in (None, "") else str(r["type"])) for r in records]
 
 
 @register_benchmark("activitynet_qa", title="ActivityNet-QA", kind=OPEN_ENDED, max_new_tokens=64)
 def _read_activitynet(ctx: _Context) -> list[_Row]:
-    """ActivityNet-QA as released (MILVLG/activitynet-qa ``dataset/test_q.json``: ``video_name``,
-    ``question``, ``question_id``; ``test_a.json``: ``answer``, ``type``, ``question_id``); pass
-    either file, the other must lie beside it.
+    """ActivityNet-QA in either published form: the release (MILVLG/activitynet-qa
+    ``dataset/test_q.json``: ``video_name``, ``question``, ``question_id``; ``test_a.json``:
+    ``answer``, ``type``, ``question_id``; pass either file, the other must lie beside it), or
+    lmms-eval's lmms-lab/ActivityNetQA parquet (one record per question with ``video_name``,
+    ``question``, ``question_id``, ``answer``, ``type``).
 
     Videos: ``<videos>/v_<video_name>.mp4`` (the ActivityNet file names; ``.mkv`` / ``.webm`` too),
     or ``<videos>/<video_name>.*``.
     """
-    if not _qa_pair_paths(ctx.annotations):
-        raise ConfigError(f"ActivityNet-QA reads test_q.json with test_a.json beside it; got {ctx.annotations.name!r}")
-    return _read_qa_pair(ctx, lambda name: [name if name.startswith("v_") else f"v_{name}", name])
+    def names(name: str) -> list[str]:
+        return [name if name.startswith("v_") else f"v_{name}", name]
+
+    if _qa_pair_paths(ctx.annotations):
+        return _read_qa_pair(ctx, names)
+    records = _read_table(ctx.annotations)
+    _require(records, ("video_name", "question", "question_id", "answer"), ctx.annotations, ctx.spec_title,
+             "test_q.json + test_a.json, or lmms-eval's parquet: video_name, question, question_id, answer, type")
+    return [_Row(str(r["question_id"]), names(str(r["video_name"])), str(r["question"]), str(r["answer"]),
+                 category=None if r.get("type") is None else str(r["type"])) for r in records]
 
 
 # ---------------------------------------------------------------- front door
 def load_benchmark(name: str, annotations: str | os.PathLike, videos: str | os.PathLike,
-                   limit: int | None = None) -> BenchmarkData:
+                   limit: int | None = None, prompt_style: str = DEFAULT_PROMPT_STYLE) -> BenchmarkData:
     """Read ``name``'s annotations and find each sample's video under ``videos``.
 
-    ``limit`` keeps the first N samples (in annotation order). Raises :class:`ConfigError`
-    for a missing path, an unknown name or a file that does not have the published layout.
+    ``limit`` keeps the first N samples (in annotation order). ``prompt_style`` names the
+    multiple-choice prompt (:data:`vidprune.eval.prompts.PROMPT_STYLES`; default lmms-eval's).
+    Raises :class:`ConfigError` for a missing path, an unknown name or prompt style, or a
+    file that does not have the published layout.
     """
     spec = get_benchmark(name)
+    check_prompt_style(prompt_style)
     ann, vids = Path(annotations).expanduser(), Path(videos).expanduser()
     if not ann.exists():
         raise ConfigError(f"{spec.title} annotations {str(ann)!r} do not exist; check --annotations")
@@ -630,11 +742,14 @@ def load_benchmark(name: str, annotations: str | os.PathLike, videos: str | os.P
         rows = rows[:limit]
     data = BenchmarkData(spec, [])
     for row in rows:
-        video = ctx.finder.find(row.video_names)
-        if video is None:
+        found = ctx.finder.find_named(row.video_names)
+        if found is None:
             data.missing.append((row.sample_id, row.video_names))
             continue
-        prompt = multiple_choice_prompt(row.question, row.options) if row.options else row.question.strip()
+        video, by_name = found
+        clip = None if by_name in row.segment_names else row.clip_s  # a cut segment is the clip itself
+        prompt = (multiple_choice_prompt(row.question, row.options, spec.name, prompt_style) if row.options
+                  else row.question.strip())
         data.samples.append(Sample(spec.name, row.sample_id, video, row.question, prompt, row.answer, row.options,
-                                   row.clip_s, row.frames_fps if os.path.isdir(video) else None, row.category))
+                                   clip, row.frames_fps if os.path.isdir(video) else None, row.category))
     return data

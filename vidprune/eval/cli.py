@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from ..errors import ConfigError
+from .prompts import PROMPT_STYLES
 
 __all__ = ["add_command", "run"]
 
@@ -36,6 +37,9 @@ def add_command(subparsers) -> None:
     g.add_argument("--videos", action="append", help="the folder holding the benchmark's videos")
     g.add_argument("--data-root", help="folder that relative benchmark paths (flags or preset) are read from")
     g.add_argument("--limit", type=int, help="first N questions of each benchmark")
+    g.add_argument("--prompt", choices=sorted(PROMPT_STYLES),
+                   help="multiple-choice prompt: lmms_eval (default: lmms-eval's prompt for the benchmark, byte for "
+                        "byte) or video_llava (question, 'A. option' lines, the letter instruction)")
     g.add_argument("--skip-missing-videos", action="store_true", default=None,
                    help="leave out questions whose video is missing instead of stopping")
     g = p.add_argument_group("sweep")
@@ -70,6 +74,9 @@ def _list() -> int:
     print("methods:")
     for name in list_methods():
         print(f"  {name:16s} {get_method(name).description}")
+    print("prompt styles (--prompt):")
+    for name, description in PROMPT_STYLES.items():
+        print(f"  {name:16s} {description}")
     return 0
 
 
@@ -101,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         methods=[m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None,
         ivtp=args.ivtp, limit=args.limit, out=args.out, judge_url=args.judge_url, judge_model=args.judge_model,
         judge_api_key_env=args.judge_api_key_env, no_judge=args.no_judge, data_root=args.data_root,
-        skip_missing_videos=args.skip_missing_videos, options=options_from_args(args),
+        skip_missing_videos=args.skip_missing_videos, options=options_from_args(args), prompt=args.prompt,
         address=args.address, node_ip_address=args.node_ip_address,
     )
     runner = SweepRunner(settings, progress=not args.no_progress)

@@ -6,22 +6,41 @@
 Registration: vidprune declares the entry point ``vidprune`` in the ``lmms_eval.models``
 group, pointing at :func:`manifest`; lmms-eval's model registry loads every entry point
 of that group at start-up and resolves ``--model vidprune`` to :class:`VidpruneLMM`.
+(``lmms-eval models`` lists lmms-eval's built-in models only; ``--model vidprune`` is still
+found through the entry point.)
 
-``--model_args``: ``pretrained`` (hub id or checkpoint directory), ``budget`` (an integer,
-or ``none`` for no pruning), ``config`` (a shipped preset's name, e.g. ``video_llava_227``, or a
-YAML file), and any other :class:`~vidprune.config.VidpruneConfig` field (``frames``, ``pruner``, ``dedup``,
-``ivtp_layer``, ``ivtp_keep``, ``dtype``, ...). lmms-eval's ``--device`` and
-``--batch_size`` are honoured.
+``--model_args`` (the same names and meanings as ``vidprune eval``'s arms, ``vidprune ask``
+and presets):
+
+* ``pretrained``: hub id or checkpoint directory.
+* ``budget``: total visual tokens handed to the LLM per video (an integer), or ``none``
+  (also ``full`` / ``off``): no cap. Default ``none``.
+* ``dedup``: cross-frame dedup. Default **off** here, as in every arm of ``vidprune eval``
+  except ``vispruner_dedup`` (``vidprune ask`` and ``job`` default to on): so
+  ``budget=227`` is eval's ``vispruner@227`` arm, ``budget=227,dedup=true`` its
+  ``vispruner_dedup@227`` arm, and ``budget=none`` is the unpruned model (eval's ``full``
+  arm). A ``config`` preset that sets ``dedup`` counts as asking for it.
+* ``pruner``: per-frame selection (default ``vispruner``).
+* ``config``: a shipped preset's name (e.g. ``video_llava_227``) or a YAML file; model_args override it (a preset's ``budget`` applies
+  unless ``budget`` is given).
+* ``report_file``: write one JSON line per answer to this path (task, doc_id, the generated
+  token ids, the text before and after the ``until`` cut, and vidprune's pruning report:
+  tokens at each stage, FLOPs), appended in request order.
+* any other :class:`~vidprune.config.VidpruneConfig` field (``frames``, ``ivtp_layer``,
+  ``ivtp_keep``, ``dtype``, ...). lmms-eval's ``--device`` and ``--batch_size`` are honoured.
 
 Requests: ``generate_until`` tasks whose ``doc_to_visual`` gives one video (a file path,
 a folder of frame images, or a list of PIL frames). The task's generation kwargs are
 mapped to vidprune's (``max_new_tokens``, ``temperature`` > 0 or ``do_sample`` ->
 sampling, ``top_p``) and the answer is cut at the first ``until`` string.
-``loglikelihood`` (the ``*_mcppl`` task variants) is not supported.
+``loglikelihood`` (the ``*_mcppl`` task variants) is not supported. After each task's
+generation one line on stderr says what ran: pruner, dedup, budget, and the visual tokens
+and LLM prefill FLOPs share that resulted.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Any
@@ -29,12 +48,14 @@ from typing import Any
 import numpy as np
 from lmms_eval.api.model import lmms
 
-from ..config import VidpruneConfig
+from ..config import VidpruneConfig, load_preset
 from ..errors import ConfigError
 
-__all__ = ["VidpruneLMM", "manifest", "summarize_reports", "MODEL_ID"]
+__all__ = ["VidpruneLMM", "manifest", "summarize_reports", "MODEL_ID", "DEFAULT_DEDUP"]
 
 MODEL_ID = "vidprune"
+# Cross-frame dedup unless asked for: the plugin's budgets are the arms of `vidprune eval` (methods.py).
+DEFAULT_DEDUP = False
 
 # lmms-eval hands every model these besides --model_args; vidprune reads device and batch_size.
 _HARNESS_ARGS = ("device", "batch_size", "max_batch_size")
@@ -93,14 +114,24 @@ def _generation(gen_kwargs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return out, [u for u in until if u]
 
 
-def summarize_reports(reports: list[dict[str, Any]]) -> str:
-    """One line on what pruning did over the answers so far (printed after each task's generation)."""
+def summarize_reports(reports: list[dict[str, Any]], config: VidpruneConfig | None = None) -> str:
+    """One line on what ran and what pruning did over the answers so far (printed after each task's generation).
+
+    ``config``: the options the answers ran with; the line names its pruner, dedup and budget.
+    """
     to_llm = [r["tokens"]["to_llm"] for r in reports]
     full = [r["tokens"]["full"] for r in reports]
     ratio = [r["flops"]["llm_ratio"] for r in reports]
-    budget = reports[-1]["tokens"].get("budget")
-    return (f"vidprune: {len(reports)} answers, visual tokens to the LLM: mean {sum(to_llm) / len(to_llm):.1f}, "
-            f"max {max(to_llm)} of {max(full)} (budget {budget if budget is not None else 'none'}); "
+    budget = config.budget if config is not None else reports[-1]["tokens"].get("budget")
+    what = f"budget {budget if budget is not None else 'none'}"
+    if config is not None:
+        pruned = config.budget is not None or config.dedup or config.ivtp() is not None
+        what = (f"pruner {config.pruner if config.budget is not None else 'none'}, "
+                f"dedup {'on' if config.dedup else 'off'}, {what}"
+                + (f", ivtp {[list(st) for st in config.ivtp().stages]}" if config.ivtp() is not None else "")
+                + ("" if pruned else " (unpruned)"))
+    return (f"vidprune: {len(reports)} answers ({what}): visual tokens to the LLM: mean "
+            f"{sum(to_llm) / len(to_llm):.1f}, max {max(to_llm)} of {max(full)}; "
             f"LLM prefill FLOPs {100 * sum(ratio) / len(ratio):.1f}% of unpruned")
 
 
@@ -117,7 +148,8 @@ class VidpruneLMM(lmms):
 
     is_simple = True
 
-    def __init__(self, pretrained: str, budget: Any = None, config: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, pretrained: str, budget: Any = None, config: str | None = None, report_file: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__()
         from ..qa import VideoQA
 
@@ -125,11 +157,23 @@ class VidpruneLMM(lmms):
         unknown = sorted(set(kwargs) - set(VidpruneConfig.field_names()))
         if unknown:
             raise ConfigError(f"unknown vidprune model_args {', '.join(unknown)}; allowed: pretrained, budget, config, "
-                              f"{', '.join(VidpruneConfig.field_names())}")
-        if isinstance(budget, str):
-            if budget.lower() not in _PRUNE_OFF:
-                raise ConfigError(f"budget must be an integer or 'none', got {budget!r}")
-            budget = None
+                              f"report_file, {', '.join(VidpruneConfig.field_names())}")
+        self.report_file = str(report_file) if report_file else None
+        if self.report_file and not os.path.isdir(os.path.dirname(os.path.abspath(self.report_file))):
+            raise ConfigError(f"report_file {self.report_file!r}: its folder does not exist")
+        preset = load_preset(config) if config else {}
+        if budget is not None:  # not given: the preset's budget, else none
+            if isinstance(budget, str):
+                if budget.lower() not in _PRUNE_OFF:
+                    try:
+                        budget = int(budget)
+                    except ValueError:
+                        raise ConfigError(f"budget must be an integer or 'none', got {budget!r}") from None
+                else:
+                    budget = None
+            kwargs["budget"] = budget
+        if "dedup" not in kwargs and "dedup" not in preset:
+            kwargs["dedup"] = DEFAULT_DEDUP
         if harness.get("device"):  # lmms-eval's --device (or device= in --model_args)
             kwargs["device"] = str(harness["device"])
         batch = harness.get("batch_size") or 1
@@ -137,7 +181,7 @@ class VidpruneLMM(lmms):
             self.batch_size_per_gpu = max(1, int(batch))
         except (TypeError, ValueError):
             raise ConfigError(f"vidprune takes an integer --batch_size, got {batch!r}") from None
-        self.qa = VideoQA.from_pretrained(str(pretrained), config=config, budget=budget, **kwargs)
+        self.qa = VideoQA.from_pretrained(str(pretrained), config=config, **kwargs)
         self.num_frames = self.qa.config.frames or self.qa.llm.default_num_frames
         self.reports: list[dict[str, Any]] = []  # the pruning report of every answer, in request order
 
@@ -166,14 +210,23 @@ class VidpruneLMM(lmms):
             for req, ans in zip(chunk, answers):
                 text = _cut(ans.text, until)
                 self.reports.append(ans.report)
+                if self.report_file:
+                    self._write_report(req, ans, text)
                 self.cache_hook.add_partial("generate_until", (req.args[0], req.args[1]), text)
                 results.append(text)
             bar.update(len(chunk))
             i += len(chunk)
         bar.close()
         if self.reports and self.rank == 0:
-            print(summarize_reports(self.reports), file=sys.stderr, flush=True)
+            print(summarize_reports(self.reports, self.qa.config), file=sys.stderr, flush=True)
         return results
+
+    def _write_report(self, req, ans, text: str) -> None:
+        _, _, _, doc_id, task, split = req.args
+        line = {"task": task, "split": split, "doc_id": doc_id, "token_ids": list(ans.token_ids),
+                "generated": ans.text, "response": text, "report": ans.report}
+        with open(self.report_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         raise NotImplementedError(

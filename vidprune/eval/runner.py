@@ -162,11 +162,24 @@ def _frames_in(times: list[float], clip_s: tuple[float, float] | None) -> list[i
     return inside or list(range(len(times)))  # bounds outside the video: use all of it
 
 
+def _numbered_frames(files: list[Path]) -> tuple[list[Path], list[int]]:
+    """A frame folder's images in frame order, with their frame numbers: the number each name
+    carries when every name is one (MVBench's ``00001.jpg``... are numbered from 1: frame N is
+    at N / fps s, as the release's mvbench.ipynb reads them with ``first_idx=1``), else the
+    position in name order from 0."""
+    if files and all(p.stem.isdigit() for p in files):
+        files = sorted(files, key=lambda p: int(p.stem))
+        return files, [int(p.stem) for p in files]
+    files = sorted(files)
+    return files, list(range(len(files)))
+
+
 def load_clip(sample: Sample, num_frames: int, backend: str = "pyav"):
     """Sample ``num_frames`` frames of the sample's video (within ``clip_s`` when set) -> DecodedClip.
 
     Handles video files (through :mod:`vidprune.pipeline.decode`) and folders of frame
-    images (sorted by name, at ``sample.frames_fps``).
+    images (sorted by name, at ``sample.frames_fps``; numbered names keep their numbers:
+    ``DecodedClip.indices`` are those numbers and frame N is at N / fps seconds).
     """
     from ..pipeline.decode import DecodedClip, VideoReader, read_video
 
@@ -178,16 +191,18 @@ def load_clip(sample: Sample, num_frames: int, backend: str = "pyav"):
             raise VideoDecodeError(f"cannot decode video {sample.video!r}: the folder holds no frame images; "
                                    "pass a video file or a folder of .jpg/.png frames")
         fps = sample.frames_fps or 1.0
-        times = [i / fps for i in range(len(files))]
-        indices = _pick(_frames_in(times, sample.clip_s), num_frames)
-        images = [np.asarray(Image.open(files[i]).convert("RGB")) for i in indices]
+        files, numbers = _numbered_frames(files)
+        times = [n / fps for n in numbers]
+        positions = _pick(_frames_in(times, sample.clip_s), num_frames)
+        indices = [numbers[i] for i in positions]
+        images = [np.asarray(Image.open(files[i]).convert("RGB")) for i in positions]
         size = images[0].shape
         warnings = []
         if any(im.shape != size for im in images):
             images = [im if im.shape == size else np.asarray(Image.fromarray(im).resize((size[1], size[0])))
                       for im in images]
             warnings.append("frame images differ in size: resized to the first one's")
-        return DecodedClip(frames=np.stack(images), indices=indices, times_s=[times[i] for i in indices],
+        return DecodedClip(frames=np.stack(images), indices=indices, times_s=[times[i] for i in positions],
                            num_stream_frames=len(files), backend="frames", warnings=warnings)
     if sample.clip_s is None:
         return read_video(sample.video, num_frames=num_frames, backend=backend)
@@ -236,7 +251,7 @@ class SweepRunner:
             self.arm_configs[arm.label] = VideoQA.resolve_config(config={**base_dict, **arm.options})
 
         for src in s.benchmarks:
-            data = load_benchmark(src.name, src.annotations, src.videos, limit=s.limit)
+            data = load_benchmark(src.name, src.annotations, src.videos, limit=s.limit, prompt_style=s.prompt)
             if data.missing:
                 first_id, names = data.missing[0]
                 what = (f"{len(data.missing)} of {len(data.missing) + len(data.samples)} {data.spec.title} questions "
@@ -250,7 +265,9 @@ class SweepRunner:
             self.data.append(data)
 
         run_info = {"model": self.base.model,
-                    "options": {k: v for k, v in base_dict.items() if k not in _PLACEMENT_OPTIONS},
+                    # the prompt style is part of what is computed: a resume with another one is refused
+                    "options": {**{k: v for k, v in base_dict.items() if k not in _PLACEMENT_OPTIONS},
+                                "prompt": s.prompt},
                     "token_counts": dataclasses.asdict(self.counts)}
         self.store.check_run(run_info)
         self.records = self.store.load()

@@ -5,7 +5,8 @@ An eval preset holds two kinds of keys:
 
 * sweep keys: ``benchmarks`` (a list of ``{name, annotations, videos}``), ``budgets``,
   ``methods``, ``ivtp``, ``limit``, ``out``, ``judge`` (``{url, model, api_key_env,
-  timeout_s}``), ``data_root``, ``skip_missing_videos``;
+  timeout_s}``), ``data_root``, ``skip_missing_videos``, ``prompt`` (the multiple-choice
+  prompt style, :data:`vidprune.eval.prompts.PROMPT_STYLES`: ``lmms_eval`` by default);
 * pipeline keys: any :class:`~vidprune.config.VidpruneConfig` field (``model``,
   ``frames``, ``device``, ``dtype``, ``dedup_threshold``, ...), the same as ``vidprune ask``
   presets, so a plain pipeline preset works as an eval preset too. ``budget``, ``pruner``
@@ -27,6 +28,7 @@ from typing import Any
 
 from ..config import VidpruneConfig, load_preset
 from ..errors import ConfigError
+from .prompts import DEFAULT_PROMPT_STYLE, check_prompt_style
 
 __all__ = ["BenchmarkSource", "JudgeSettings", "EvalSettings", "resolve_settings", "parse_budgets", "parse_ivtp",
            "DEFAULT_OUT", "DEFAULT_METHODS", "SWEEP_KEYS", "IVTP_KEYS", "ARM_KEYS"]
@@ -37,7 +39,8 @@ DEFAULT_METHODS = ("vispruner",)
 # keys stay out of shell history and of the run's saved options).
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 
-SWEEP_KEYS = ("benchmarks", "budgets", "methods", "ivtp", "limit", "out", "judge", "data_root", "skip_missing_videos")
+SWEEP_KEYS = ("benchmarks", "budgets", "methods", "ivtp", "limit", "out", "judge", "data_root", "skip_missing_videos",
+              "prompt")
 IVTP_KEYS = ("ivtp_layer", "ivtp_keep", "ivtp_schedule", "ivtp_fusion")
 # Options the sweep sets per arm (from budgets and methods); a pipeline preset's values are ignored.
 ARM_KEYS = ("budget", "pruner", "dedup")
@@ -82,6 +85,7 @@ class EvalSettings:
     judge: JudgeSettings | None = None
     skip_missing_videos: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    prompt: str = DEFAULT_PROMPT_STYLE  # multiple-choice prompt style (vidprune.eval.prompts)
     address: str | None = None  # a Ray cluster: answer through vidprune's job machinery there
     node_ip_address: str | None = None  # the address a local Ray binds to (with address "local")
 
@@ -167,7 +171,8 @@ def resolve_settings(preset: str | os.PathLike | dict | None = None, *, benchmar
                      out: str | None = None, judge_url: str | None = None, judge_model: str | None = None,
                      judge_api_key_env: str | None = None, no_judge: bool = False, data_root: str | None = None,
                      skip_missing_videos: bool | None = None, options: dict[str, Any] | None = None,
-                     address: str | None = None, node_ip_address: str | None = None) -> EvalSettings:
+                     address: str | None = None, node_ip_address: str | None = None,
+                     prompt: str | None = None) -> EvalSettings:
     """Preset + overrides -> validated :class:`EvalSettings` (no model, no video is touched).
 
     Keyword arguments left None keep the preset's value; ``no_judge`` drops the preset's judge.
@@ -272,10 +277,15 @@ def resolve_settings(preset: str | os.PathLike | dict | None = None, *, benchmar
     elif judge_cfg.get("model") and judge_model is not None:
         problems.append("--judge-model needs --judge-url (the OpenAI-compatible endpoint)")
 
+    prompt_style = str(prompt if prompt is not None else sweep.get("prompt") or DEFAULT_PROMPT_STYLE)
+    try:
+        check_prompt_style(prompt_style)
+    except ConfigError as exc:
+        problems.append(str(exc))
     skip = skip_missing_videos if skip_missing_videos is not None else bool(sweep.get("skip_missing_videos", False))
     out_dir = out if out is not None else str(sweep.get("out") or DEFAULT_OUT)
     if problems:
         raise ConfigError("invalid eval options: " + "; ".join(problems))
     return EvalSettings(benchmarks=resolved_sources, budgets=budget_list, methods=method_list, ivtp=ivtp_opts,
                         limit=lim, out=out_dir, judge=judge, skip_missing_videos=skip, options=pipeline,
-                        address=address, node_ip_address=node_ip_address)
+                        address=address, node_ip_address=node_ip_address, prompt=prompt_style)

@@ -81,10 +81,9 @@ def format_question(question: str, options: list[str] | tuple[str, ...] | None) 
     >>> format_question("What happens?", ["A dog runs", "A car stops"])
     "What happens?\\nA. A dog runs\\nB. A car stops\\nAnswer with the option's letter from the given choices directly."
     """
-    if not options:
-        return question
-    lines = [question] + [f"{OPTION_LETTERS[i]}. {opt}" for i, opt in enumerate(options)] + [MC_INSTRUCTION]
-    return "\n".join(lines)
+    from ..eval.prompts import multiple_choice_prompt  # the one multiple-choice formatter (its video_llava style)
+
+    return multiple_choice_prompt(question, options, style="video_llava") if options else question
 
 
 def read_manifest(path: str | os.PathLike) -> list[JobItem]:
