@@ -25,7 +25,7 @@ from videos import (  # tests/videos.py (tests/ is on sys.path under pytest)
 )
 
 from vidprune.errors import ConfigError, VideoDecodeError
-from vidprune.pipeline import decord_guard
+from vidprune.pipeline.decode import decord_guard
 from vidprune.pipeline.decode import (
     DecodedClip,
     Frame,
@@ -653,3 +653,26 @@ def test_moving_square_video_has_static_background(tmp_path):
     )
     assert info.positions[5] == info.positions[4] and info.positions[6] != info.positions[5]
     assert np.array_equal(clip.frames[5], clip.frames[4])
+
+
+# ----------------------------------------------------------------------------- the one frame reader
+
+
+def test_clip_bounds_and_explicit_indices_read_the_right_frames(vids):
+    # 40 frames at 10 fps: [1.0 s, 2.5 s] holds frames 10..25
+    clip = read_video(vids["h264"], num_frames=4, start_s=1.0, end_s=2.5)
+    assert clip.indices == [10 + i for i in uniform_indices(16, 4)]
+    assert stamps(clip.frames) == clip.indices and clip.num_stream_frames == N
+    assert clip.times_s == pytest.approx([i / FPS for i in clip.indices], abs=1e-6)
+    by_rate = read_video(vids["h264"], fps=2.0, start_s=1.0, end_s=2.5)
+    assert by_rate.indices == [10, 15, 20, 25] and stamps(by_rate.frames) == by_rate.indices
+    outside = read_video(vids["h264"], num_frames=4, start_s=100.0, end_s=200.0)  # no frame inside: all of it
+    assert outside.indices == uniform_indices(N, 4)
+    explicit = read_video(vids["mpeg4"], indices=[33, 2, 2, 17])
+    assert explicit.indices == [2, 17, 33] and stamps(explicit.frames) == [2, 17, 33]
+    with pytest.raises(ConfigError, match="out of range"):
+        read_video(vids["h264"], indices=[N])
+    with pytest.raises(ConfigError, match="one of num_frames, fps or indices"):
+        read_video(vids["h264"], num_frames=2, indices=[1])
+    with pytest.raises(ConfigError, match="explicit indices take no"):
+        read_video(vids["h264"], indices=[1], start_s=0.5)

@@ -148,28 +148,15 @@ def token_counts(config: VidpruneConfig) -> TokenCounts:
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def _pick(candidates: list[int], num_frames: int) -> list[int]:
-    from ..pipeline.sampling import uniform_indices
-
-    return [candidates[i] for i in uniform_indices(len(candidates), num_frames)]
-
-
-def _frames_in(times: list[float], clip_s: tuple[float, float] | None) -> list[int]:
-    if clip_s is None:
-        return list(range(len(times)))
-    start, end = clip_s
-    inside = [i for i, t in enumerate(times) if start <= t <= end]
-    return inside or list(range(len(times)))  # bounds outside the video: use all of it
-
-
 def load_clip(sample: Sample, num_frames: int, backend: str = "pyav"):
     """Sample ``num_frames`` frames of the sample's video (within ``clip_s`` when set) -> DecodedClip.
 
     Handles video files (through :mod:`vidprune.pipeline.decode`) and folders of frame
     images (sorted by name, at ``sample.frames_fps``).
     """
-    from ..pipeline.decode import DecodedClip, VideoReader, read_video
+    from ..pipeline.decode import DecodedClip, FrameSelection, read_video
 
+    start_s, end_s = sample.clip_s if sample.clip_s is not None else (None, None)
     if os.path.isdir(sample.video):
         from PIL import Image
 
@@ -179,7 +166,7 @@ def load_clip(sample: Sample, num_frames: int, backend: str = "pyav"):
                                    "pass a video file or a folder of .jpg/.png frames")
         fps = sample.frames_fps or 1.0
         times = [i / fps for i in range(len(files))]
-        indices = _pick(_frames_in(times, sample.clip_s), num_frames)
+        indices, _ = FrameSelection(num_frames=num_frames, start_s=start_s, end_s=end_s).choose(times)
         images = [np.asarray(Image.open(files[i]).convert("RGB")) for i in indices]
         size = images[0].shape
         warnings = []
@@ -189,15 +176,7 @@ def load_clip(sample: Sample, num_frames: int, backend: str = "pyav"):
             warnings.append("frame images differ in size: resized to the first one's")
         return DecodedClip(frames=np.stack(images), indices=indices, times_s=[times[i] for i in indices],
                            num_stream_frames=len(files), backend="frames", warnings=warnings)
-    if sample.clip_s is None:
-        return read_video(sample.video, num_frames=num_frames, backend=backend)
-    with VideoReader(sample.video, backend) as reader:
-        times = reader.frame_times
-        indices = _pick(_frames_in(times, sample.clip_s), num_frames)
-        got = list(reader.iter_frames(indices))
-        return DecodedClip(frames=np.stack([f.rgb for f in got]), indices=[f.index for f in got],
-                           times_s=[f.time_s for f in got], num_stream_frames=len(times), backend=reader.backend,
-                           warnings=list(reader.warnings))
+    return read_video(sample.video, num_frames=num_frames, backend=backend, start_s=start_s, end_s=end_s)
 
 
 # ------------------------------------------------------------------ runner
