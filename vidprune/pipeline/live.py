@@ -426,7 +426,7 @@ class _RealTimeFile(LiveSource):
     def __init__(self, path: str, fps: float, loop: bool) -> None:
         super().__init__(path, fps)
         self.loop = loop
-        self._reader = VideoReader(path)  # VideoDecodeError now for a file that is not a video
+        self._reader = VideoReader(path, use_index=True)  # VideoDecodeError now for a file that is not a video
         self._selection = FrameSelection(fps=fps)  # nearest frame to each slot, no cap
         times = self._reader.frame_times
         step = float(np.median(np.diff(times))) if len(times) > 1 else self._period

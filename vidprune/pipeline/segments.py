@@ -91,7 +91,7 @@ def plan_frames(stage: DecodeStage, video: Any) -> FramePlan:
     Raises:
         VideoDecodeError: the file cannot be opened or has no video stream.
     """
-    with VideoReader(video, stage.backend) as reader:
+    with VideoReader(video, stage.backend, use_index=True) as reader:
         return _selection(stage).plan(reader)
 
 
@@ -193,7 +193,7 @@ class SegmentDecoder:
                           timings_s={"decode": time.perf_counter() - start})
 
     def _open(self, video: Any, plan: FramePlan, lane_segments: list[range]) -> _Lane:
-        reader = VideoReader(video, self.stage.backend)
+        reader = VideoReader(video, self.stage.backend, use_index=True)
         indices = [plan.indices[p] for seg in lane_segments for p in seg]
         frames = SampledFrames(reader, _selection(self.stage, indices))  # builds the table: its notes are not mid-stream
         return _Lane(frames=frames, next_seq=-1, warnings_seen=len(reader.warnings))

@@ -88,8 +88,13 @@ def setup_decord(reader: VideoReader) -> None:
         return
     table = reader.table()
     rotation, head_pts, head_rgb = _probe_head(reader)
-    if table.source == "demux" and head_pts is not None and head_pts != table.pts[0]:
-        reader.rebuild_table(f"the first decoded frame has pts {head_pts}, demuxing expected {table.pts[0]}")
+    if table.source != "decode" and head_pts is not None and head_pts != table.pts[0]:
+        expected_by = "the container's index" if table.source == "index" else "demuxing"
+        reason = f"the first decoded frame has pts {head_pts}, {expected_by} expected {table.pts[0]}"
+        if table.source == "index":
+            reader.distrust_index(reason)
+        else:
+            reader.rebuild_table(reason)
         table = reader.table()
     if rotation:
         fall_back(

@@ -1,8 +1,9 @@
 """The frame table: every frame's presentation time and the keyframes, from the stream itself.
 
-Built by demuxing the video stream's packets without decoding (:func:`table_by_demuxing`),
-or, where packets cannot define it (no pts, repeated pts), by decoding every frame
-(:func:`table_by_decoding`). Headers are never used for counts or times; see
+Built from the container's index where it can be trusted (:func:`table_from_index`: an
+MP4 / MOV sample table, read without touching the media data), else by demuxing the
+video stream's packets without decoding (:func:`table_by_demuxing`), or, where packets
+cannot define it (no pts, repeated pts), by decoding every frame (:func:`table_by_decoding`). Headers are never used for counts or times; see
 ``docs/decoding.md`` ("Frame counts and times come from decoded frames").
 """
 
@@ -10,17 +11,26 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from dataclasses import dataclass
 from fractions import Fraction
 
 import av
+import numpy as np
 
 from vidprune.errors import VideoDecodeError
 
 from .media import MediaFile
 from .messages import decode_error, one_line
 
-__all__ = ["FrameTable", "TableMismatch", "header_duration_note", "table_by_decoding", "table_by_demuxing"]
+__all__ = [
+    "FrameTable",
+    "TableMismatch",
+    "header_duration_note",
+    "table_by_decoding",
+    "table_by_demuxing",
+    "table_from_index",
+]
 
 # Warn about a header duration longer than the frames by more than max(0.5 s, 2 %): less is rounding,
 # audio that outlasts the video, or a last frame shown longer.
@@ -39,8 +49,9 @@ class FrameTable:
     ``pts``: per frame, in ``stream.time_base`` units (None: unknown). ``times``: per
     frame, seconds relative to the first frame. ``keyframes``: sorted frame indices
     decoding may start from (for seeking). ``pts_to_index``: frame index by pts.
-    ``source``: ``"demux"`` (packets, checked against decoded frames while decoding) or
-    ``"decode"`` (the decoder's own output).
+    ``source``: ``"index"`` (the container's sample table, checked against FFmpeg's
+    packets at both ends and against every decoded frame), ``"demux"`` (every packet,
+    checked against decoded frames while decoding) or ``"decode"`` (the decoder's own output).
     """
 
     pts: list[int | None]
@@ -101,7 +112,10 @@ def _demux_video_packets(media: MediaFile, quiet: bool = False) -> tuple[list[in
                     msg = f"demuxing stopped early ({one_line(e)}): the file may be truncated"
                     media.notes.add(msg, "demux-stop")
                 return None
-            if packet.size == 0 or packet.is_discard:
+            if packet.size == 0:
+                continue
+            media.stats["packets_demuxed"] += 1
+            if packet.is_discard:
                 continue
             if packet.pts is None:
                 missing_pts += 1
@@ -203,3 +217,123 @@ def table_by_decoding(media: MediaFile) -> FrameTable:
         pts_to_index={p: i for i, p in enumerate(pts) if p is not None} if strictly_increasing else {},
         source="decode",
     )
+
+
+# ---------------------------------------------------------------------- from the container's index
+
+# FFmpeg's demuxer names whose files carry an ISO-BMFF sample table.
+_ISOBMFF_FORMATS = ("mov", "mp4")
+# Packets compared with the sample table at the start and at the end of the file (in decoding order).
+_HEAD_PACKETS = 8
+_TAIL_PACKETS = 8
+
+
+def _packets(container: object, stream: object, media: MediaFile, limit: int | None = None) -> list[tuple]:
+    """(pts, dts, pos, size, keyframe, discard) of the stream's next packets with data."""
+    out = []
+    for packet in container.demux(stream):  # type: ignore[attr-defined]
+        if not packet.size:
+            continue
+        media.stats["packets_demuxed"] += 1
+        out.append((packet.pts, packet.dts, packet.pos, packet.size, bool(packet.is_keyframe), bool(packet.is_discard)))
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def _matches(packets: list[tuple], samples, first: int, offset: int) -> bool:
+    """Whether ``packets`` are the samples ``first, first + 1, ...`` of the table, pts shifted by ``offset``."""
+    if first + len(packets) > len(samples):
+        return False
+    for k, (pts, dts, pos, size, key, discard) in enumerate(packets):
+        i = first + k
+        if discard or pts is None or pts - offset != samples.pts[i] or size != samples.size[i]:
+            return False
+        if key != bool(samples.keyframe[i]) or (pos is not None and pos >= 0 and pos != samples.offset[i]):
+            return False
+        if dts is not None and dts - offset != samples.dts[i]:
+            return False
+    return True
+
+
+def _sample_at(samples, pts: int) -> int | None:
+    """The decoding-order number of the sample with presentation time ``pts``, or None."""
+    hits = np.flatnonzero(samples.pts == pts)
+    return int(hits[0]) if hits.size == 1 else None
+
+
+def table_from_index(media: MediaFile) -> tuple[FrameTable | None, str]:
+    """Frame table from an MP4 / MOV sample table, where it can be trusted; else (None, why not).
+
+    Trusted when: FFmpeg reads the file as ISO-BMFF through its index; the video track's
+    table parses (:mod:`.mp4_index`), in the stream's time base, with unique timestamps
+    and no empty samples; every sample lies inside the file (not cut); the edit list is
+    absent or one plain edit that neither drops frames at the start nor cuts the end
+    short; and FFmpeg's own packets agree with it, sample for sample (pts, dts, size,
+    byte position, keyframe flag), at both ends of the file: the first packets, and
+    every packet from the last keyframe on. Reads only the ``moov`` box and those packets.
+    Decoding then checks each frame's pts against the table; a disagreement makes the
+    reader fall back to a demux pass (``VideoReader.distrust_index``).
+    """
+    from .mp4_index import IndexUnusable, read_sample_table
+
+    if not any(name in media.format.split(",") for name in _ISOBMFF_FORMATS) or media.unindexed:
+        return None, "not an MP4/MOV file"
+    try:
+        samples = read_sample_table(media.path, media.stream_id)
+    except IndexUnusable as e:
+        return None, str(e)
+    media.stats["bytes_read"] += samples.moov_bytes
+    n = len(samples)
+    if media.time_base != Fraction(1, samples.timescale):
+        return None, f"the track's timescale 1/{samples.timescale} is not the stream's time base {media.time_base}"
+    if samples.size.min() <= 0:
+        return None, "the table lists empty samples"
+    if len(np.unique(samples.pts)) != n:
+        return None, "two samples share a presentation time"
+    file_size = os.path.getsize(media.path)
+    if int((samples.offset + samples.size).max()) > file_size or samples.offset.min() < 0:
+        return None, "the table lists samples past the end of the file (the media data is cut)"
+    if samples.edits:
+        if len(samples.edits) != 1:
+            return None, f"the edit list has {len(samples.edits)} entries"
+        seg, media_time, rate = samples.edits[0]
+        if rate != 1.0 or media_time < 0 or media_time > int(samples.pts.min()):
+            return None, "the edit list drops or delays frames"
+        if samples.movie_timescale > 0 and seg > 0:
+            end = media_time + seg * samples.timescale / samples.movie_timescale
+            if int(samples.pts.max()) >= end:  # the last frame starts after the edit ends: FFmpeg drops it
+                return None, "the edit list cuts the end of the track"
+
+    # FFmpeg's packets must be the table's samples, shifted by one constant (the edit's media time).
+    with media.open() as container:
+        stream = container.streams[media.stream_index]
+        head = _packets(container, stream, media, limit=min(n, _HEAD_PACKETS))
+        if not head or head[0][0] is None:
+            return None, "FFmpeg's first packet has no timestamp"
+        shift = head[0][0] - int(samples.pts[0])
+        if not _matches(head, samples, 0, shift):
+            return None, "FFmpeg's first packets differ from the table"
+        if n > len(head):  # the end: FFmpeg's last packets must be the table's last samples, and end with it
+            tail_from = max(len(head), n - _TAIL_PACKETS)
+            try:
+                container.seek(int(samples.pts[tail_from]) + shift, stream=stream, backward=True, any_frame=True)
+            except av.FFmpegError as e:
+                return None, f"seeking near the end failed ({one_line(e)})"
+            tail = _packets(container, stream, media)
+            first = _sample_at(samples, tail[0][0] - shift) if tail and tail[0][0] is not None else None
+            if first is None or first + len(tail) != n or not _matches(tail, samples, first, shift):
+                return None, "FFmpeg's last packets differ from the table"
+
+    order = np.argsort(samples.pts, kind="stable")
+    spts = [int(p) + shift for p in samples.pts[order]]
+    key_rank = np.flatnonzero(samples.keyframe[order]).tolist()
+    keyframes = key_rank if key_rank and key_rank[0] == 0 else [0] + key_rank
+    assert media.time_base is not None
+    return FrameTable(
+        pts=list(spts),
+        times=times_from_pts(list(spts), media.time_base, media.rate),
+        keyframes=keyframes,
+        pts_to_index={p: i for i, p in enumerate(spts)},
+        source="index",
+    ), ""

@@ -23,6 +23,10 @@ from .messages import Notes, decode_error, one_line
 
 __all__ = ["MediaFile", "mp4_index_cut_off"]
 
+# FFmpeg's read buffer for the file (PyAV's default is 32 KiB). Every seek refills it, so it is
+# read-ahead paid per seek; reads larger than it (most packets of HD video) bypass it.
+_IO_BUFFER_BYTES = 8192
+
 
 def codec_name(stream: Any) -> str:
     """The codec name of a PyAV stream, or '?' (damaged streams may have no codec at all)."""
@@ -59,21 +63,37 @@ def mp4_index_cut_off(path: str) -> bool:
         return False
 
 
-class SequentialFile(io.RawIOBase):
-    """A file that can only be read front to back: FFmpeg then cannot jump to (or trust) an index."""
+class CountingFile(io.RawIOBase):
+    """A file handed to FFmpeg through PyAV that counts the bytes read from it into ``stats["bytes_read"]``.
 
-    def __init__(self, path: str) -> None:
+    ``seekable=False``: a file that can only be read front to back, so FFmpeg cannot
+    jump to (or trust) an index (how a damaged AVI index is bypassed).
+    """
+
+    def __init__(self, path: str, stats: dict[str, int], seekable: bool = True) -> None:
         super().__init__()
         self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        self._stats = stats
+        self._seekable = seekable
 
     def readable(self) -> bool:
         return True
 
     def seekable(self) -> bool:
-        return False
+        return self._seekable
 
     def readinto(self, buffer: Any) -> int:
-        return self._file.readinto(buffer)
+        n = self._file.readinto(buffer)
+        self._stats["bytes_read"] += n or 0
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if not self._seekable:
+            raise io.UnsupportedOperation("seek")
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
 
     def close(self) -> None:
         self._file.close()
@@ -87,7 +107,7 @@ class MediaFile:
     non-empty, readable), opens it once to pick the video stream (the first that is
     not a cover picture, with a decoder) and reads its time base, rate and header
     claims. ``notes`` / ``stats``: the reader's warnings and counters
-    (``bad_packets`` is counted here).
+    (``bytes_read``, ``packets_demuxed`` and ``bad_packets`` are counted here).
 
     Attributes: ``path``, ``format`` (FFmpeg's demuxer name, e.g. ``"avi"``),
     ``stream_index``, ``time_base``, ``rate``, ``header_duration_s`` (what the
@@ -104,6 +124,7 @@ class MediaFile:
         self.unindexed = False
         self.format = ""
         self.stream_index = -1
+        self.stream_id = 0
         self.time_base: Fraction | None = None
         self.rate: Fraction | None = None
         self.header_duration_s: float | None = None
@@ -112,6 +133,7 @@ class MediaFile:
             self.format = container.format.name
             stream = self._pick_stream(container)
             self.stream_index = stream.index
+            self.stream_id = int(stream.id)  # the container's own id (an MP4 track id)
             self.time_base = stream.time_base
             self.rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             # Header claims, kept only to warn about a cut file: the stream's duration (the
@@ -155,9 +177,12 @@ class MediaFile:
         if self.closed:
             raise ValueError("I/O operation on a closed VideoReader")
         try:
-            if self.unindexed:
-                return av.open(SequentialFile(self.path), mode="r", metadata_errors="replace")
-            return av.open(self.path, mode="r", metadata_errors="replace")
+            source = CountingFile(self.path, self.stats, seekable=not self.unindexed)
+            try:
+                return av.open(source, mode="r", metadata_errors="replace", buffer_size=_IO_BUFFER_BYTES)
+            except BaseException:
+                source.close()
+                raise
         except av.FFmpegError as e:
             if mp4_index_cut_off(self.path):
                 raise self.cut_mp4_error() from None
@@ -243,6 +268,8 @@ class MediaFile:
                     return
                 yield from frames
                 return
+            if packet.size:
+                self.stats["packets_demuxed"] += 1
             try:
                 frames = packet.decode()
             except av.FFmpegError:

@@ -59,19 +59,23 @@ def iter_pyav(reader: VideoReader, wanted: list[int]) -> Iterator[Frame]:
                 yield fr
             return
         except TableMismatch as e:
-            if table.source != "demux":  # cannot happen: a decode table is defined by this very decoder
+            if table.source == "index":  # the container's index is proven wrong: build the table from packets
+                reader.distrust_index(str(e))
+            elif table.source == "demux":
+                reader.rebuild_table(str(e))
+            else:  # cannot happen: a decode table is defined by this very decoder
                 raise decode_error(
                     reader.path, f"decoding is not repeatable ({e})", "re-encode the video with ffmpeg"
                 ) from None
-            reader.rebuild_table(str(e))
 
 
 def _pyav_pass(reader: VideoReader, table: FrameTable, wanted: list[int]) -> Iterator[Frame]:
-    """Decode ``wanted`` (sorted, unique, in range). Raises _TableMismatch if the table is wrong."""
+    """Decode ``wanted`` (sorted, unique, in range). Raises TableMismatch if the table is wrong."""
     if not wanted:
         return
     n = len(table)
-    check = table.source == "demux"
+    check = table.source != "decode"  # tables from packets or the index are checked against the decoder
+    from_index = table.source == "index"
     may_seek = (
         reader.seek_threshold is not None
         and not reader.media.unindexed
@@ -159,6 +163,9 @@ def _pyav_pass(reader: VideoReader, table: FrameTable, wanted: list[int]) -> Ite
                                 "decoded on from where it landed",
                                 "seek-imprecise",
                             )
+                        if from_index and not just_sought and cur >= sought_kf and found != cur + 1:
+                            # From the keyframe a seek landed on, frames must follow the index one by one.
+                            raise TableMismatch(f"after a seek, frame {found} came after frame {cur}")
                         just_sought = False
                         misses = 0
                         idx = found

@@ -17,7 +17,7 @@ import numpy as np
 from vidprune.errors import ConfigError
 
 from . import decord_backend
-from .frame_table import FrameTable, header_duration_note, table_by_decoding, table_by_demuxing
+from .frame_table import FrameTable, header_duration_note, table_by_decoding, table_by_demuxing, table_from_index
 from .frames import Frame
 from .media import MediaFile
 from .messages import Notes
@@ -41,6 +41,12 @@ class VideoReader:
     falls back to it, see ``docs/decoding.md``). ``threads``: decoder threads, 0 =
     FFmpeg's choice (``thread_type="AUTO"`` is always set). ``seek_threshold``:
     seek to a keyframe when that skips at least this many frames; ``None`` never seeks.
+    ``use_index``: build the frame table from the container's index where it can be
+    trusted (an MP4 / MOV sample table, checked against FFmpeg's packets at both ends
+    of the file and against every decoded frame; :func:`~.frame_table.table_from_index`)
+    instead of a demux pass over every packet. ``read_video`` and the frame reader
+    (:class:`~.clip.SampledFrames` users) ask for it; ``index_unused`` says why it was
+    not used. Without it (the default) the table is always built from the stream.
 
     Opening checks the file at once (exists, regular, non-empty, a media file with
     a video stream that is not a cover picture, a decoder for it) and raises
@@ -55,7 +61,9 @@ class VideoReader:
     ``notes`` (the :class:`~.messages.Notes` behind ``warnings``: checkpoints, and
     retracting the notes of a pass that is redone); ``table_revision`` (bumped when
     decoding corrected the frame table); ``stats`` (counters: ``demux_passes``,
-    ``decode_passes``, ``decoded_frames``, ``converted_frames``, ``seeks``, ``bad_packets``).
+    ``decode_passes``, ``decoded_frames``, ``converted_frames``, ``seeks``, ``bad_packets``,
+    ``bytes_read`` (bytes FFmpeg and the index reader read from the file),
+    ``packets_demuxed`` (packets with data read from the video stream)).
     """
 
     def __init__(
@@ -65,6 +73,7 @@ class VideoReader:
         *,
         threads: int = 0,
         seek_threshold: int | None = _DEFAULT_SEEK_THRESHOLD,
+        use_index: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise ConfigError(f"unknown video backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
@@ -74,7 +83,11 @@ class VideoReader:
             isinstance(seek_threshold, bool) or not isinstance(seek_threshold, int) or seek_threshold < 1
         ):
             raise ConfigError(f"seek_threshold must be an int >= 1 or None (never seek), got {seek_threshold!r}")
+        if not isinstance(use_index, bool):
+            raise ConfigError(f"use_index must be True or False, got {use_index!r}")
         self.path = os.fsdecode(path)  # str, bytes or PathLike -> str
+        self.use_index = use_index
+        self.index_unused = ""  # why the container's index was not used (empty: used, or not asked for)
         self.backend = backend
         self.seek_threshold = seek_threshold
         self.notes = Notes()
@@ -86,6 +99,8 @@ class VideoReader:
             "converted_frames": 0,
             "seeks": 0,
             "bad_packets": 0,
+            "bytes_read": 0,
+            "packets_demuxed": 0,
         }
         self.decord_vr: Any = None  # the decord reader in the guarded process, while decord is used
         self._table: FrameTable | None = None
@@ -103,13 +118,34 @@ class VideoReader:
     # ------------------------------------------------------------------ frame table
 
     def table(self) -> FrameTable:
-        """The frame table, built on first use (demux pass, or a decode pass where packets cannot define it)."""
+        """The frame table, built on first use: from the container's index where asked for and trusted, else by
+        a demux pass, or a decode pass where packets cannot define it."""
         if self._table is None:
-            table = table_by_demuxing(self.media)
+            table = None
+            if self.use_index:
+                table, self.index_unused = table_from_index(self.media)
             if table is None:
-                table = table_by_decoding(self.media)
+                table = self._table_from_stream()
             self._set_table(table)
         return self._table  # type: ignore[return-value]
+
+    def _table_from_stream(self) -> FrameTable:
+        table = table_by_demuxing(self.media)
+        return table if table is not None else table_by_decoding(self.media)
+
+    def distrust_index(self, reason: str) -> None:
+        """Replace a table from the container's index by one from the stream, after decoding disagreed (``reason``)."""
+        previous = self._table
+        self.use_index = False
+        self.index_unused = f"decoding disagreed with it ({reason})"
+        table = self._table_from_stream()
+        self.table_revision += 1
+        self.notes.add(
+            f"the container's index does not match the decoded frames ({reason}): frame table rebuilt from the "
+            f"stream ({len(table)} frames; the index listed {len(previous) if previous is not None else '?'})"
+        )
+        self._table = None
+        self._set_table(table)
 
     def _set_table(self, table: FrameTable) -> None:
         self._table = table
@@ -139,6 +175,11 @@ class VideoReader:
             )
         self._table = None
         self._set_table(table)
+
+    @property
+    def table_source(self) -> str:
+        """Where the frame table came from: ``"index"``, ``"demux"`` or ``"decode"`` (builds it if needed)."""
+        return self.table().source
 
     @property
     def frame_times(self) -> list[float]:
