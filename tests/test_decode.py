@@ -699,6 +699,7 @@ def test_long_mp4_reads_only_from_the_keyframe_before_each_wanted_frame(long_vid
     # 32 frames ~194 apart, a keyframe every 50: about 25 frames decoded per wanted frame
     assert clip.stats["packets_demuxed"] <= 0.2 * LONG_FRAMES
     assert clip.stats["decoded_frames"] <= 32 * LONG_GOP
+    assert clip.stats["packets_skipped"] > 0  # unwanted B-frames no frame refers to: not decoded
     assert clip.stats["bytes_read"] <= 0.2 * clip.stats["file_bytes"]
     # The same frames as the reader that builds its table from every packet (which reads it all).
     with VideoReader(long_video) as full:

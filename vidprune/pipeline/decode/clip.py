@@ -241,6 +241,7 @@ def _cost(reader: VideoReader) -> dict[str, object]:
         "bytes_read": stats["bytes_read"],
         "file_bytes": os.path.getsize(reader.path),
         "packets_demuxed": stats["packets_demuxed"],
+        "packets_skipped": stats["packets_skipped"],
         "decoded_frames": stats["decoded_frames"],
         "seeks": stats["seeks"],
     }

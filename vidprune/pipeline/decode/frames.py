@@ -61,8 +61,9 @@ class DecodedClip:
     produced the pixels. ``warnings``: one-line notes (fewer frames than asked,
     backend fallback, corrected frame table, ...). ``stats``: what decoding cost
     (``frame_table``: ``"index"`` / ``"demux"`` / ``"decode"``, where the frame table
-    came from; ``bytes_read`` of ``file_bytes``; ``packets_demuxed``; ``decoded_frames``;
-    ``seeks``); empty for clips that were not decoded from a file.
+    came from; ``bytes_read`` of ``file_bytes``; ``packets_demuxed``; ``packets_skipped``
+    (unwanted non-reference frames not decoded); ``decoded_frames``; ``seeks``); empty for
+    clips that were not decoded from a file.
     """
 
     frames: np.ndarray

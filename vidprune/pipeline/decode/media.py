@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -125,6 +125,8 @@ class MediaFile:
         self.format = ""
         self.stream_index = -1
         self.stream_id = 0
+        self.codec = "?"
+        self.extradata = b""
         self.time_base: Fraction | None = None
         self.rate: Fraction | None = None
         self.header_duration_s: float | None = None
@@ -134,6 +136,8 @@ class MediaFile:
             stream = self._pick_stream(container)
             self.stream_index = stream.index
             self.stream_id = int(stream.id)  # the container's own id (an MP4 track id)
+            self.codec = codec_name(stream)
+            self.extradata = bytes(stream.codec_context.extradata or b"")  # e.g. H.264's avcC record
             self.time_base = stream.time_base
             self.rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             # Header claims, kept only to warn about a cut file: the stream's duration (the
@@ -252,8 +256,11 @@ class MediaFile:
         stream.codec_context.thread_count = self.threads
         return stream
 
-    def decoded_frames(self, container: Any, stream: Any) -> Iterator[Any]:
-        """PyAV frames of ``stream`` in output order; undecodable packets are skipped and counted."""
+    def decoded_frames(self, container: Any, stream: Any, skip: Callable[[Any], bool] | None = None) -> Iterator[Any]:
+        """PyAV frames of ``stream`` in output order; undecodable packets are skipped and counted.
+
+        ``skip(packet)``: True for a packet not to decode at all (a frame no other frame refers
+        to and nobody wants; counted in ``stats["packets_skipped"]``)."""
         demuxer = container.demux(stream)
         while True:
             try:
@@ -270,6 +277,9 @@ class MediaFile:
                 return
             if packet.size:
                 self.stats["packets_demuxed"] += 1
+                if skip is not None and skip(packet):
+                    self.stats["packets_skipped"] += 1
+                    continue
             try:
                 frames = packet.decode()
             except av.FFmpegError:

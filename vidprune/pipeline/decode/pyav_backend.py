@@ -82,6 +82,10 @@ def _pyav_pass(reader: VideoReader, table: FrameTable, wanted: list[int]) -> Ite
         and len(table.keyframes) > 1
         and bool(table.pts_to_index)
     )
+    # After a seek on a trusted index, H.264 frames that no other frame refers to (nal_ref_idc 0)
+    # and that are not wanted are not decoded at all: the other frames decode bit for bit the same.
+    skip = _nonref_skipper(reader, table, wanted) if from_index else None
+    dropped: set[int] = set() if skip is None else skip.dropped
     container = None
     pass_frames = 0  # frames decoded by this call, over restarts: bounded, so no loop can spin forever
     frame_cap = _MAX_DECODE_FACTOR * (n + _MAX_DECODE_SLACK)
@@ -107,7 +111,7 @@ def _pyav_pass(reader: VideoReader, table: FrameTable, wanted: list[int]) -> Ite
                     if may_seek and head_ok and not just_sought:
                         kf = table.keyframes[bisect.bisect_right(table.keyframes, target) - 1]
                         if kf - (cur + 1) >= reader.seek_threshold:
-                            frames = _seek(reader, container, stream, table, kf)
+                            frames = _seek(reader, container, stream, table, kf, skip)
                             sequential, just_sought, sought_kf, before_seek = False, True, kf, cur
                     av_frame = next(frames, None)
                     found = None
@@ -123,7 +127,7 @@ def _pyav_pass(reader: VideoReader, table: FrameTable, wanted: list[int]) -> Ite
                         earlier = table.keyframes[max(0, ki - 2 ** (misses - 1))]
                         if misses > _MAX_SEEK_MISSES or earlier == sought_kf:
                             raise SeekTrouble("the seek landed after the target")
-                        frames = _seek(reader, container, stream, table, earlier)
+                        frames = _seek(reader, container, stream, table, earlier, skip)
                         sought_kf = earlier
                         continue
                     if av_frame is None:
@@ -163,8 +167,11 @@ def _pyav_pass(reader: VideoReader, table: FrameTable, wanted: list[int]) -> Ite
                                 "decoded on from where it landed",
                                 "seek-imprecise",
                             )
-                        if from_index and not just_sought and cur >= sought_kf and found != cur + 1:
-                            # From the keyframe a seek landed on, frames must follow the index one by one.
+                        if from_index and not just_sought and cur >= sought_kf and (
+                            found <= cur or any(i not in dropped for i in range(cur + 1, found))
+                        ):
+                            # From the keyframe a seek landed on, frames must follow the index one by one
+                            # (less the unwanted non-reference frames that were not decoded).
                             raise TableMismatch(f"after a seek, frame {found} came after frame {cur}")
                         just_sought = False
                         misses = 0
@@ -191,11 +198,58 @@ def _pyav_pass(reader: VideoReader, table: FrameTable, wanted: list[int]) -> Ite
             container.close()
 
 
-def _seek(reader: VideoReader, container: Any, stream: Any, table: FrameTable, kf: int) -> Iterator[Any]:
-    """Seek to keyframe ``kf`` of ``table``; the decoded frames from there."""
+def _seek(
+    reader: VideoReader, container: Any, stream: Any, table: FrameTable, kf: int, skip: Any = None
+) -> Iterator[Any]:
+    """Seek to keyframe ``kf`` of ``table``; the decoded frames from there (``skip``: packets not to decode)."""
     try:
         container.seek(table.pts[kf], stream=stream, backward=True, any_frame=False)
     except av.FFmpegError as e:
         raise SeekTrouble(f"seek failed ({one_line(e)})") from None
     reader.stats["seeks"] += 1
-    return reader.media.decoded_frames(container, stream)
+    return reader.media.decoded_frames(container, stream, skip)
+
+
+class _NonRefSkipper:
+    """``skipper(packet)``: True for an H.264 packet (AVCC, as in MP4) of a non-reference picture that is not wanted.
+
+    A picture whose slices have ``nal_ref_idc == 0`` (ITU-T H.264 7.4.1) is never used to
+    predict another, so not decoding it changes no other frame. ``dropped``: table indices
+    of the pictures skipped.
+    """
+
+    def __init__(self, table: FrameTable, wanted: list[int], length_size: int) -> None:
+        self.table = table
+        self.wanted_pts = {table.pts[i] for i in wanted}
+        self.length_size = length_size
+        self.dropped: set[int] = set()
+
+    def __call__(self, packet: Any) -> bool:
+        pts = packet.pts
+        if pts is None or pts in self.wanted_pts:
+            return False
+        index = self.table.pts_to_index.get(pts)
+        if index is None or not _h264_nonref(memoryview(packet), self.length_size):
+            return False
+        self.dropped.add(index)
+        return True
+
+
+def _h264_nonref(data: memoryview, length_size: int) -> bool:
+    """Whether an AVCC H.264 access unit's first slice NAL unit has ``nal_ref_idc == 0``."""
+    pos = 0
+    while pos + length_size < len(data):
+        size = int.from_bytes(data[pos : pos + length_size], "big")
+        header = data[pos + length_size]
+        if 1 <= header & 0x1F <= 5:  # a coded slice (5: IDR)
+            return (header >> 5) & 3 == 0
+        pos += length_size + size
+    return False
+
+
+def _nonref_skipper(reader: VideoReader, table: FrameTable, wanted: list[int]) -> _NonRefSkipper | None:
+    """A skipper for an H.264-in-MP4 stream (avcC extradata gives the NAL length size), else None."""
+    name, extradata = reader.media.codec, reader.media.extradata
+    if name != "h264" or len(extradata) < 7 or extradata[0] != 1:  # not avcC (Annex B streams have no lengths)
+        return None
+    return _NonRefSkipper(table, wanted, (extradata[4] & 0x3) + 1)

@@ -63,7 +63,8 @@ class VideoReader:
     decoding corrected the frame table); ``stats`` (counters: ``demux_passes``,
     ``decode_passes``, ``decoded_frames``, ``converted_frames``, ``seeks``, ``bad_packets``,
     ``bytes_read`` (bytes FFmpeg and the index reader read from the file),
-    ``packets_demuxed`` (packets with data read from the video stream)).
+    ``packets_demuxed`` (packets with data read from the video stream), ``packets_skipped``
+    (of those, non-reference frames nobody wanted, not decoded)).
     """
 
     def __init__(
@@ -101,6 +102,7 @@ class VideoReader:
             "bad_packets": 0,
             "bytes_read": 0,
             "packets_demuxed": 0,
+            "packets_skipped": 0,
         }
         self.decord_vr: Any = None  # the decord reader in the guarded process, while decord is used
         self._table: FrameTable | None = None
