@@ -10,8 +10,9 @@
 Modules, one concept each: :mod:`.frames` (what is handed out), :mod:`.sampling` (which
 indices), :mod:`.clip` (the one frame reader: :class:`FrameSelection`,
 :class:`SampledFrames`, :func:`read_video`), :mod:`.reader` (:class:`VideoReader`),
-:mod:`.media` (the file opened with PyAV), :mod:`.frame_table` (times and keyframes from
-the stream), :mod:`.pyav_backend` (decoding with seeks), :mod:`.decord_backend` +
+:mod:`.media` (the file opened with PyAV, bytes read counted), :mod:`.frame_table` (times
+and keyframes: from the container's index where it can be trusted, else from the stream),
+:mod:`.mp4_index` (the MP4 / MOV sample table), :mod:`.pyav_backend` (decoding with seeks), :mod:`.decord_backend` +
 :mod:`.decord_guard` (decord in a guarded child process), :mod:`.pixels` (colour
 matrices, rotation, RGB). Design, guarantees and measurements: ``docs/decoding.md``.
 

@@ -68,10 +68,12 @@ def times_from_pts(pts: list[int | None], time_base: Fraction, rate: Fraction | 
     """Seconds relative to the first frame; missing pts are extrapolated from the frame rate."""
     base = pts[0] if pts and pts[0] is not None else None
     step = 1.0 / float(rate) if rate else 1.0 / 25.0
+    num, den = time_base.numerator, time_base.denominator
     times: list[float] = []
     for p in pts:
         if p is not None and base is not None:
-            times.append(float((p - base) * time_base))
+            # int / int is correctly rounded, so this equals float((p - base) * time_base) without a Fraction per frame
+            times.append(((p - base) * num) / den)
         else:
             times.append(times[-1] + step if times else 0.0)
     return times
@@ -270,8 +272,9 @@ def table_from_index(media: MediaFile) -> tuple[FrameTable | None, str]:
     and no empty samples; every sample lies inside the file (not cut); the edit list is
     absent or one plain edit that neither drops frames at the start nor cuts the end
     short; and FFmpeg's own packets agree with it, sample for sample (pts, dts, size,
-    byte position, keyframe flag), at both ends of the file: the first packets, and
-    every packet from the last keyframe on. Reads only the ``moov`` box and those packets.
+    byte position, keyframe flag), at both ends of the file: the first packets, and the
+    last ones, which must end where the table does. Reads only the ``moov`` box and those
+    packets.
     Decoding then checks each frame's pts against the table; a disagreement makes the
     reader fall back to a demux pass (``VideoReader.distrust_index``).
     """
@@ -283,6 +286,8 @@ def table_from_index(media: MediaFile) -> tuple[FrameTable | None, str]:
         samples = read_sample_table(media.path, media.stream_id)
     except IndexUnusable as e:
         return None, str(e)
+    except Exception as e:  # noqa: BLE001 - a damaged moov must never stop decoding: the stream decides
+        return None, f"the index cannot be read ({type(e).__name__}: {one_line(e)})"
     media.stats["bytes_read"] += samples.moov_bytes
     n = len(samples)
     if media.time_base != Fraction(1, samples.timescale):
