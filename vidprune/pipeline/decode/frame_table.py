@@ -69,6 +69,11 @@ def times_from_pts(pts: list[int | None], time_base: Fraction, rate: Fraction | 
     base = pts[0] if pts and pts[0] is not None else None
     step = 1.0 / float(rate) if rate else 1.0 / 25.0
     num, den = time_base.numerator, time_base.denominator
+    if base is not None and None not in pts:
+        ticks = (np.asarray(pts, dtype=object) - base) * num
+        if len(ticks) and max(abs(int(ticks.max())), abs(int(ticks.min()))) < 2**53:
+            # exact in float64, and IEEE division is correctly rounded: the same floats as below
+            return (ticks.astype(np.float64) / den).tolist()
     times: list[float] = []
     for p in pts:
         if p is not None and base is not None:
@@ -294,7 +299,9 @@ def table_from_index(media: MediaFile) -> tuple[FrameTable | None, str]:
         return None, f"the track's timescale 1/{samples.timescale} is not the stream's time base {media.time_base}"
     if samples.size.min() <= 0:
         return None, "the table lists empty samples"
-    if len(np.unique(samples.pts)) != n:
+    order = np.argsort(samples.pts, kind="stable")
+    sorted_pts = samples.pts[order]
+    if n > 1 and not np.all(np.diff(sorted_pts) > 0):
         return None, "two samples share a presentation time"
     file_size = os.path.getsize(media.path)
     if int((samples.offset + samples.size).max()) > file_size or samples.offset.min() < 0:
@@ -330,15 +337,14 @@ def table_from_index(media: MediaFile) -> tuple[FrameTable | None, str]:
             if first is None or first + len(tail) != n or not _matches(tail, samples, first, shift):
                 return None, "FFmpeg's last packets differ from the table"
 
-    order = np.argsort(samples.pts, kind="stable")
-    spts = [int(p) + shift for p in samples.pts[order]]
+    spts = (sorted_pts + shift).tolist()
     key_rank = np.flatnonzero(samples.keyframe[order]).tolist()
     keyframes = key_rank if key_rank and key_rank[0] == 0 else [0] + key_rank
     assert media.time_base is not None
     return FrameTable(
-        pts=list(spts),
-        times=times_from_pts(list(spts), media.time_base, media.rate),
+        pts=spts,
+        times=times_from_pts(spts, media.time_base, media.rate),
         keyframes=keyframes,
-        pts_to_index={p: i for i, p in enumerate(spts)},
+        pts_to_index=dict(zip(spts, range(n))),
         source="index",
     ), ""
