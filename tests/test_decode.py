@@ -13,6 +13,7 @@ import pytest
 from videos import (  # tests/videos.py (tests/ is on sys.path under pytest)
     make_audio_file,
     make_moving_square_video,
+    make_noise_video,
     make_resolution_change_ts,
     make_vfr_video,
     make_video,
@@ -25,13 +26,14 @@ from videos import (  # tests/videos.py (tests/ is on sys.path under pytest)
 )
 
 from vidprune.errors import ConfigError, VideoDecodeError
-from vidprune.pipeline import decord_guard
+from vidprune.pipeline.decode import decord_guard
 from vidprune.pipeline.decode import (
     DecodedClip,
     Frame,
     VideoReader,
     available_backends,
     fps_indices,
+    frame_to_rgb,
     read_video,
     uniform_indices,
 )
@@ -653,3 +655,111 @@ def test_moving_square_video_has_static_background(tmp_path):
     )
     assert info.positions[5] == info.positions[4] and info.positions[6] != info.positions[5]
     assert np.array_equal(clip.frames[5], clip.frames[4])
+
+
+# ----------------------------------------------------------------------------- the one frame reader
+
+
+def test_clip_bounds_and_explicit_indices_read_the_right_frames(vids):
+    # 40 frames at 10 fps: [1.0 s, 2.5 s] holds frames 10..25
+    clip = read_video(vids["h264"], num_frames=4, start_s=1.0, end_s=2.5)
+    assert clip.indices == [10 + i for i in uniform_indices(16, 4)]
+    assert stamps(clip.frames) == clip.indices and clip.num_stream_frames == N
+    assert clip.times_s == pytest.approx([i / FPS for i in clip.indices], abs=1e-6)
+    by_rate = read_video(vids["h264"], fps=2.0, start_s=1.0, end_s=2.5)
+    assert by_rate.indices == [10, 15, 20, 25] and stamps(by_rate.frames) == by_rate.indices
+    outside = read_video(vids["h264"], num_frames=4, start_s=100.0, end_s=200.0)  # no frame inside: all of it
+    assert outside.indices == uniform_indices(N, 4)
+    explicit = read_video(vids["mpeg4"], indices=[33, 2, 2, 17])
+    assert explicit.indices == [2, 17, 33] and stamps(explicit.frames) == [2, 17, 33]
+    with pytest.raises(ConfigError, match="out of range"):
+        read_video(vids["h264"], indices=[N])
+    with pytest.raises(ConfigError, match="one of num_frames, fps or indices"):
+        read_video(vids["h264"], num_frames=2, indices=[1])
+    with pytest.raises(ConfigError, match="explicit indices take no"):
+        read_video(vids["h264"], indices=[1], start_s=0.5)
+
+
+# ----------------------------------------------------------------------------- reading only what is needed
+
+LONG_FPS, LONG_GOP = 5, 50  # a keyframe every 10 s
+LONG_FRAMES = 20 * 60 * LONG_FPS  # 20 minutes
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    return make_noise_video(tmp_path_factory.mktemp("long") / "long.mp4", LONG_FRAMES, LONG_FPS, gop=LONG_GOP)
+
+
+def test_long_mp4_reads_only_from_the_keyframe_before_each_wanted_frame(long_video):
+    clip = read_video(long_video, num_frames=32)
+    assert clip.stats["frame_table"] == "index"
+    assert clip.indices == uniform_indices(LONG_FRAMES, 32)
+    assert stamps(clip.frames) == clip.indices
+    # 32 frames ~194 apart, a keyframe every 50: about 25 frames decoded per wanted frame
+    assert clip.stats["packets_demuxed"] <= 0.2 * LONG_FRAMES
+    assert clip.stats["decoded_frames"] <= 32 * LONG_GOP
+    assert clip.stats["packets_skipped"] > 0  # unwanted B-frames no frame refers to: not decoded
+    assert clip.stats["bytes_read"] <= 0.2 * clip.stats["file_bytes"]
+    # The same frames as the reader that builds its table from every packet (which reads it all).
+    with VideoReader(long_video) as full:
+        frames = list(full.iter_frames(clip.indices))
+        assert full.table_source == "demux" and full.stats["packets_demuxed"] >= LONG_FRAMES
+        assert full.stats["bytes_read"] >= clip.stats["file_bytes"]
+        assert clip.times_s == [f.time_s for f in frames] and clip.num_stream_frames == len(full)
+    assert [f.index for f in frames] == clip.indices
+    assert all(np.array_equal(f.rgb, got) for f, got in zip(frames, clip.frames))
+    by_rate = read_video(long_video, fps=0.02, max_frames=10)  # one frame every 50 s
+    assert by_rate.stats["frame_table"] == "index" and stamps(by_rate.frames) == by_rate.indices
+    assert by_rate.indices == fps_indices([i / LONG_FPS for i in range(LONG_FRAMES)], 0.02, 10)
+
+
+def test_index_that_disagrees_with_the_decoder_falls_back_to_the_stream(tmp_path):
+    # A keyframe in the middle is zeroed: the sample table and FFmpeg's packets still list 200
+    # frames, but the decoder skips that packet and outputs fewer. Decoded frames are the truth.
+    path = make_noise_video(tmp_path / "hole.mp4", 200, 10, gop=20, bframes=0)
+    with VideoReader(path, use_index=True) as r:
+        assert r.table_source == "index"
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        hole = [p for p in c.demux(s) if p.size and p.is_keyframe][5]  # the keyframe of frame 100
+        start, size = hole.pos, hole.size
+    data = bytearray(path.read_bytes())
+    data[start : start + size] = bytes(size)
+    path.write_bytes(bytes(data))
+    # Reference: what plain PyAV decodes, skipping the packets it cannot decode.
+    reference = []
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        for packet in c.demux(s):
+            try:
+                reference += [frame_to_rgb(f) for f in packet.decode()]
+            except av.FFmpegError:
+                pass
+    assert len(reference) < 200  # precondition: index and decoder disagree
+    clip = read_video(path, num_frames=8)
+    assert any("container's index does not match the decoded frames" in w for w in clip.warnings)
+    assert clip.stats["frame_table"] != "index"
+    assert clip.num_stream_frames == len(reference)
+    assert clip.indices == uniform_indices(len(reference), 8)
+    assert all(np.array_equal(reference[i], got) for i, got in zip(clip.indices, clip.frames))
+    assert stamps(clip.frames[:4]) == clip.indices[:4]  # before the hole
+
+
+def test_index_is_not_trusted_for_cut_or_fragmented_mp4(tmp_path):
+    whole = make_noise_video(tmp_path / "first.mp4", 100, FPS, gop=10, container_options={"movflags": "+faststart"})
+    assert read_video(whole, num_frames=4).stats["frame_table"] == "index"
+    data = whole.read_bytes()
+    cut = tmp_path / "cut_first.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])  # index first, media data cut: the table lists missing frames
+    with VideoReader(cut, use_index=True) as r:
+        assert r.table_source == "demux" and "past the end of the file" in r.index_unused
+    clip = read_video(cut, num_frames=4)
+    assert clip.num_stream_frames < 100 and stamps(clip.frames[:-1]) == clip.indices[:-1]
+    assert any("may be truncated" in w for w in clip.warnings)
+    frag = make_video(tmp_path / "frag.mp4", N, FPS, (64, 48), "libx264",
+                      container_options={"movflags": "frag_keyframe+empty_moov"})
+    with VideoReader(frag, use_index=True) as r:
+        assert r.table_source == "demux" and "fragmented" in r.index_unused
+    clip = read_video(frag, num_frames=5)
+    assert stamps(clip.frames) == clip.indices == uniform_indices(N, 5)

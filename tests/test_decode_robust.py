@@ -27,7 +27,7 @@ import pytest
 from videos import make_video, read_stamp  # tests/videos.py
 
 from vidprune.errors import VideoDecodeError
-from vidprune.pipeline import decord_guard
+from vidprune.pipeline.decode import decord_guard
 from vidprune.pipeline.decode import read_video
 
 TESTS_DIR = Path(__file__).resolve().parent

@@ -12,7 +12,9 @@ Below the stamp rows is a colourful texture (static, or scrolling with
 ``moving=True``) so that colour conversion and codecs have real work to do.
 
 :func:`make_moving_square_video` makes a static background with one moving
-square (for dedup tests) and returns the square's positions.
+square (for dedup tests) and returns the square's positions. :func:`make_noise_video`
+makes stamped frames of fresh noise, so every frame costs as many bytes as a keyframe
+(a long file that is still quick to encode, for measuring what a reader reads).
 :func:`set_mp4_rotation` writes a display matrix into an mp4's ``tkhd`` box, as
 phone cameras do (PyAV 15 cannot set rotation side data when muxing).
 
@@ -41,6 +43,7 @@ __all__ = [
     "draw_stamp",
     "make_audio_file",
     "make_moving_square_video",
+    "make_noise_video",
     "make_resolution_change_ts",
     "make_vfr_video",
     "make_video",
@@ -567,3 +570,32 @@ def make_moving_square_video(
     options = {"qp": "0"} if (lossless and codec == "libx264") else None
     _encode(path, images, fps, codec, pix_fmt, options, None, None, None)
     return MovingSquareVideo(path=path, positions=positions, square=square, size=(w, h), fps=fps, background=bg)
+
+
+def make_noise_video(
+    path: str | Path, num_frames: int, fps: float, size: tuple[int, int] = (64, 48), *, gop: int = 50,
+    bframes: int = 2, seed: int = 0, container_options: dict[str, str] | None = None,
+) -> Path:
+    """An H.264 file of ``num_frames`` stamped frames of fresh random noise, a keyframe every ``gop`` frames.
+
+    Noise does not compress, so every frame has about the same size (~2.3 KB at 64x48) and
+    the bytes a reader reads follow the frames it touches. Encoded with x264's
+    ``ultrafast`` preset plus ``bframes`` B-frames: ~2,500 frames per second here.
+    ``container_options``: muxer options, e.g. ``{"movflags": "+faststart"}``.
+    """
+    path = Path(path)
+    w, h = size
+    rng = np.random.default_rng(seed)
+    opts = {"g": str(gop), "bf": str(bframes), "preset": "ultrafast",
+            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}"}
+    with av.open(str(path), "w", options=dict(container_options or {})) as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(100000), options=opts)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(num_frames):
+            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            draw_stamp(img, i)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

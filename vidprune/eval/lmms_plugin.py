@@ -73,7 +73,7 @@ def _video_input(visuals: Any, num_frames: int) -> Any:
     """A task's visuals -> what ``VideoQA.prepare`` takes: a file path or a (T, H, W, 3) uint8 array."""
     from PIL import Image
 
-    from ..pipeline.sampling import uniform_indices
+    from ..pipeline.decode import uniform_indices
 
     items = []
     for v in visuals if isinstance(visuals, (list, tuple)) else [visuals]:

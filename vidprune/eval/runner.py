@@ -148,20 +148,6 @@ def token_counts(config: VidpruneConfig) -> TokenCounts:
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def _pick(candidates: list[int], num_frames: int) -> list[int]:
-    from ..pipeline.sampling import uniform_indices
-
-    return [candidates[i] for i in uniform_indices(len(candidates), num_frames)]
-
-
-def _frames_in(times: list[float], clip_s: tuple[float, float] | None) -> list[int]:
-    if clip_s is None:
-        return list(range(len(times)))
-    start, end = clip_s
-    inside = [i for i, t in enumerate(times) if start <= t <= end]
-    return inside or list(range(len(times)))  # bounds outside the video: use all of it
-
-
 def _numbered_frames(files: list[Path]) -> tuple[list[Path], list[int]]:
     """A frame folder's images in frame order, with their frame numbers: the number each name
     carries when every name is one (MVBench's ``00001.jpg``... are numbered from 1: frame N is
@@ -181,8 +167,9 @@ def load_clip(sample: Sample, num_frames: int, backend: str = "pyav"):
     images (sorted by name, at ``sample.frames_fps``; numbered names keep their numbers:
     ``DecodedClip.indices`` are those numbers and frame N is at N / fps seconds).
     """
-    from ..pipeline.decode import DecodedClip, VideoReader, read_video
+    from ..pipeline.decode import DecodedClip, FrameSelection, read_video
 
+    start_s, end_s = sample.clip_s if sample.clip_s is not None else (None, None)
     if os.path.isdir(sample.video):
         from PIL import Image
 
@@ -193,7 +180,7 @@ def load_clip(sample: Sample, num_frames: int, backend: str = "pyav"):
         fps = sample.frames_fps or 1.0
         files, numbers = _numbered_frames(files)
         times = [n / fps for n in numbers]
-        positions = _pick(_frames_in(times, sample.clip_s), num_frames)
+        positions, _ = FrameSelection(num_frames=num_frames, start_s=start_s, end_s=end_s).choose(times)
         indices = [numbers[i] for i in positions]
         images = [np.asarray(Image.open(files[i]).convert("RGB")) for i in positions]
         size = images[0].shape
@@ -204,15 +191,7 @@ def load_clip(sample: Sample, num_frames: int, backend: str = "pyav"):
             warnings.append("frame images differ in size: resized to the first one's")
         return DecodedClip(frames=np.stack(images), indices=indices, times_s=[times[i] for i in positions],
                            num_stream_frames=len(files), backend="frames", warnings=warnings)
-    if sample.clip_s is None:
-        return read_video(sample.video, num_frames=num_frames, backend=backend)
-    with VideoReader(sample.video, backend) as reader:
-        times = reader.frame_times
-        indices = _pick(_frames_in(times, sample.clip_s), num_frames)
-        got = list(reader.iter_frames(indices))
-        return DecodedClip(frames=np.stack([f.rgb for f in got]), indices=[f.index for f in got],
-                           times_s=[f.time_s for f in got], num_stream_frames=len(times), backend=reader.backend,
-                           warnings=list(reader.warnings))
+    return read_video(sample.video, num_frames=num_frames, backend=backend, start_s=start_s, end_s=end_s)
 
 
 # ------------------------------------------------------------------ runner

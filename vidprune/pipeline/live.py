@@ -8,42 +8,13 @@ uint8, upright) sampled at a target rate, with ``.close()`` (also a context mana
         for frame in source:
             ...
 
-``spec`` says what to read:
-
-- ``"/dev/video0"`` or ``"device:NAME"``: a camera through FFmpeg's device input
-  (``v4l2`` on Linux, ``avfoundation`` on macOS, ``dshow`` on Windows).
-  ``device:0`` means ``/dev/video0`` on Linux, camera 0 on macOS, and
-  ``device:Integrated Camera`` the DirectShow camera of that name on Windows.
-- a URL (``rtsp://``, ``rtmp://``, ``http(s)://``, ``udp://``, ``tcp://``, ``srt://``,
-  ``file://`` ...): a network stream read through PyAV as it arrives.
-- a path to a video file: **played in real time**, each sampled frame handed on when
-  the wall clock reaches its presentation time (``loop=True`` plays it again and again).
-- any other iterable (not a string): frames from Python, each an ``(H, W, 3)`` uint8
-  array (its time is the clock at arrival) or an ``(rgb, time_s)`` pair.
-
-Semantics:
-
-- ``index`` counts every frame the source delivered (dropped ones too, across
-  reconnects and loops), so gaps show what the rate sampling dropped. ``time_s`` is
-  seconds since the source's first frame: from the stream's timestamps within one
-  connection (a file's presentation times, an iterator's given times), anchored to the
-  wall clock at each reconnect, and never decreasing.
-- **Rate**: a frame is kept if it is the first at or after its slot ``t_k = t_{k-1} +
-  1/fps``, less a tolerance for jitter (a quarter slot, at most half the source's frame
-  interval); a source slower than ``fps`` gives every frame. A file is sampled with
-  :func:`~vidprune.pipeline.sampling.fps_indices` (nearest frame to each slot) before it
-  is played.
-- **Time-out and reconnects** (cameras and streams): when no frame arrives within
-  ``timeout_s`` (PyAV's interrupt callback bounds every blocking open and read), or the
-  stream fails or ends, the source reconnects after a back-off (0.5 s, doubling, at
-  most 4 s), up to ``reconnects`` times in a row (a connection that delivers a frame
-  resets the count); then it raises :class:`~vidprune.errors.VideoDecodeError` saying
-  what happened. A live stream has no end: it stops with ``close()`` or that error.
-  An iterator cannot be reconnected: no frame within ``timeout_s`` raises at once;
-  its end ends the source.
-- Opening checks the source at once (the first connection is made, a file is opened),
-  so a wrong spec fails before any heavy work.
-- ``close()`` from another thread takes effect at the next frame or time-out.
+``spec``: ``"/dev/video0"`` or ``"device:NAME"`` (a camera through FFmpeg's device
+input), a URL (``rtsp://``, ``http(s)://``, ``udp://``, ...), a path to a video file
+(played in real time, through the decode package's one frame reader,
+:class:`~vidprune.pipeline.decode.SampledFrames`), or any other iterable of
+``(H, W, 3)`` uint8 arrays or ``(rgb, time_s)`` pairs. Semantics (indices, times, rate
+sampling, time-outs and reconnects, closing from another thread): ``docs/decoding.md``,
+"Live sources".
 
 Attributes: ``kind`` (``"device"``, ``"url"``, ``"file"``, ``"iterator"``), ``spec``,
 ``fps``, ``warnings`` (one-line notes, e.g. each reconnect), ``stats`` (``received``,
@@ -64,8 +35,7 @@ import av
 import numpy as np
 
 from vidprune.errors import ConfigError, VideoDecodeError
-from vidprune.pipeline.decode import Frame, VideoReader, frame_to_rgb
-from vidprune.pipeline.sampling import fps_indices
+from vidprune.pipeline.decode import Frame, FrameSelection, SampledFrames, VideoReader, frame_to_rgb
 
 __all__ = [
     "DEFAULT_RECONNECTS",
@@ -456,9 +426,9 @@ class _RealTimeFile(LiveSource):
     def __init__(self, path: str, fps: float, loop: bool) -> None:
         super().__init__(path, fps)
         self.loop = loop
-        self._reader = VideoReader(path)  # VideoDecodeError now for a file that is not a video
+        self._reader = VideoReader(path, use_index=True)  # VideoDecodeError now for a file that is not a video
+        self._selection = FrameSelection(fps=fps)  # nearest frame to each slot, no cap
         times = self._reader.frame_times
-        self._indices = fps_indices(times, fps)
         step = float(np.median(np.diff(times))) if len(times) > 1 else self._period
         self._duration = times[-1] + step  # one pass, including the last frame's display time
         self.warnings = self._reader.warnings  # the reader's notes are the source's
@@ -472,13 +442,17 @@ class _RealTimeFile(LiveSource):
         passes = 0
         while not self._closed.is_set():
             offset = passes * self._duration
-            for frame in self._reader.iter_frames(self._indices):
-                t = offset + frame.time_s
-                if self._closed.wait(max(0.0, start + t - time.monotonic())):
-                    return
-                self.stats["received"] += 1
-                self.stats["yielded"] += 1
-                yield Frame(index=passes * n + frame.index, time_s=t, rgb=frame.rgb)
+            frames = SampledFrames(self._reader, self._selection)
+            try:
+                for frame in frames:
+                    t = offset + frame.time_s
+                    if self._closed.wait(max(0.0, start + t - time.monotonic())):
+                        return
+                    self.stats["received"] += 1
+                    self.stats["yielded"] += 1
+                    yield Frame(index=passes * n + frame.index, time_s=t, rgb=frame.rgb)
+            finally:
+                frames.close()
             if not self.loop:
                 return
             passes += 1

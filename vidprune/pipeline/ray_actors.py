@@ -13,14 +13,14 @@ This is the only module that touches Ray. Each actor holds the very stage object
 in-process path (:class:`~vidprune.qa.VideoQA` builds them, from the same config), so
 there is one implementation of every stage:
 
-``DecodeActor`` (``DecodeStage`` via :class:`~vidprune.pipeline.streaming.SegmentDecoder`)
+``DecodeActor`` (``DecodeStage`` via :class:`~vidprune.pipeline.segments.SegmentDecoder`)
   plans a video's frames from its demuxed table, then decodes **time segments** of
   ``segment_frames`` sampled frames. Segment ``s`` goes to decoder ``s % decoders``, so
   several decoders work on one long video at once; each keeps its lane's stream open.
 ``EncodeActor`` × ``encoders`` (``EncodeStage``)
   one segment per call (= ``encoder_batch_size`` frames); returns the features on CPU
   and drops the pixels. A replica frees its copy of the language model's weights.
-``SelectActor`` (``SelectStage`` via :class:`~vidprune.pipeline.streaming.SelectionStream`)
+``SelectActor`` (``SelectStage`` via :class:`~vidprune.pipeline.stages.SelectionStream`)
   **where selection runs**: one actor, per video one selection stream fed segment by
   segment in temporal order. The driver submits a video's segments to it in order and
   Ray runs one caller's tasks on a single-threaded actor in submission order, so the
@@ -62,8 +62,8 @@ import numpy as np
 
 from ..config import VidpruneConfig
 from ..errors import ConfigError, ModelLoadError, VidpruneError
-from .stages import PrunedVideo, clip_from_array
-from .streaming import FrameBatch, FramePlan, PlanChanged, SegmentDecoder, SelectionStream, batches_from_clip
+from .segments import FrameBatch, FramePlan, PlanChanged, SegmentDecoder, batches_from_clip
+from .stages import PrunedVideo, SelectionStream, clip_from_array
 
 __all__ = [
     "StageResources",

@@ -1,4 +1,4 @@
-"""The child side of :mod:`vidprune.pipeline.decord_guard`: a process that runs decord calls.
+"""The child side of :mod:`vidprune.pipeline.decode.decord_guard`: a process that runs decord calls.
 
 Run as a script by path (``python _decord_child.py [--init module:function]``), never
 imported by the package: it imports only the standard library, numpy and decord, so

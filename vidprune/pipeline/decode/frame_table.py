@@ -1,0 +1,350 @@
+"""The frame table: every frame's presentation time and the keyframes, from the stream itself.
+
+Built from the container's index where it can be trusted (:func:`table_from_index`: an
+MP4 / MOV sample table, read without touching the media data), else by demuxing the
+video stream's packets without decoding (:func:`table_by_demuxing`), or, where packets
+cannot define it (no pts, repeated pts), by decoding every frame (:func:`table_by_decoding`). Headers are never used for counts or times; see
+``docs/decoding.md`` ("Frame counts and times come from decoded frames").
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from vidprune.errors import VideoDecodeError
+
+from .media import MediaFile
+from .messages import decode_error, one_line
+
+__all__ = [
+    "FrameTable",
+    "TableMismatch",
+    "header_duration_note",
+    "table_by_decoding",
+    "table_by_demuxing",
+    "table_from_index",
+]
+
+# Warn about a header duration longer than the frames by more than max(0.5 s, 2 %): less is rounding,
+# audio that outlasts the video, or a last frame shown longer.
+_DURATION_SLACK_S = 0.5
+_DURATION_SLACK_FRACTION = 0.02
+
+
+class TableMismatch(Exception):
+    """Decoded frames disagree with the frame table (raised by a decoding pass, caught by the reader)."""
+
+
+@dataclass
+class FrameTable:
+    """Frames of one video stream in presentation order.
+
+    ``pts``: per frame, in ``stream.time_base`` units (None: unknown). ``times``: per
+    frame, seconds relative to the first frame. ``keyframes``: sorted frame indices
+    decoding may start from (for seeking). ``pts_to_index``: frame index by pts.
+    ``source``: ``"index"`` (the container's sample table, checked against FFmpeg's
+    packets at both ends and against every decoded frame), ``"demux"`` (every packet,
+    checked against decoded frames while decoding) or ``"decode"`` (the decoder's own output).
+    """
+
+    pts: list[int | None]
+    times: list[float]
+    keyframes: list[int]
+    pts_to_index: dict[int, int]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+def times_from_pts(pts: list[int | None], time_base: Fraction, rate: Fraction | None) -> list[float]:
+    """Seconds relative to the first frame; missing pts are extrapolated from the frame rate."""
+    base = pts[0] if pts and pts[0] is not None else None
+    step = 1.0 / float(rate) if rate else 1.0 / 25.0
+    num, den = time_base.numerator, time_base.denominator
+    if base is not None and None not in pts:
+        ticks = (np.asarray(pts, dtype=object) - base) * num
+        if len(ticks) and max(abs(int(ticks.max())), abs(int(ticks.min()))) < 2**53:
+            # exact in float64, and IEEE division is correctly rounded: the same floats as below
+            return (ticks.astype(np.float64) / den).tolist()
+    times: list[float] = []
+    for p in pts:
+        if p is not None and base is not None:
+            # int / int is correctly rounded, so this equals float((p - base) * time_base) without a Fraction per frame
+            times.append(((p - base) * num) / den)
+        else:
+            times.append(times[-1] + step if times else 0.0)
+    return times
+
+
+def header_duration_note(table: FrameTable, media: MediaFile) -> str | None:
+    """The warning for a header that claims a clearly longer video than the frames that are there, or None."""
+    claimed = media.header_duration_s
+    if claimed is None or not math.isfinite(claimed):
+        return None
+    ends = table.times[-1] + (media.frame_step_s or 0.0)
+    if claimed - ends > max(_DURATION_SLACK_S, _DURATION_SLACK_FRACTION * claimed):
+        return (
+            f"the header says the video lasts {claimed:.2f} s but its frames end at {ends:.2f} s: the file "
+            f"may be truncated (or its header is wrong); using the {len(table)} frames it has"
+        )
+    return None
+
+
+def _demux_video_packets(media: MediaFile, quiet: bool = False) -> tuple[list[int], list[bool], int] | None:
+    """(pts, keyframe flags, packets without pts) of the video stream's packets; None if demuxing fails.
+
+    ``quiet``: record no warning (a trial read whose result may be discarded)."""
+    pts: list[int] = []
+    keys: list[bool] = []
+    missing_pts = 0
+    with media.open() as container:
+        stream = container.streams[media.stream_index]
+        demuxer = container.demux(stream)
+        while True:
+            try:
+                packet = next(demuxer)
+            except StopIteration:
+                break
+            except av.FFmpegError as e:
+                # Truncated / corrupt file: let decoding define what is there.
+                if not quiet:
+                    msg = f"demuxing stopped early ({one_line(e)}): the file may be truncated"
+                    media.notes.add(msg, "demux-stop")
+                return None
+            if packet.size == 0:
+                continue
+            media.stats["packets_demuxed"] += 1
+            if packet.is_discard:
+                continue
+            if packet.pts is None:
+                missing_pts += 1
+                continue
+            pts.append(packet.pts)
+            keys.append(bool(packet.is_keyframe))
+    return pts, keys, missing_pts
+
+
+def _check_avi_index(
+    media: MediaFile, indexed: tuple[list[int], list[bool], int] | None
+) -> tuple[list[int], list[bool], int] | None:
+    """Read an AVI without its index too; if that finds more frames, the index is damaged: stop using it.
+
+    FFmpeg trusts an AVI's ``idx1`` index when it has one; one whose offsets are wrong
+    makes it skip most of the file (measured: 1 of 40 frames). Read as a byte stream,
+    FFmpeg walks the ``movi`` chunks instead. Returns the packets to build the table from.
+    """
+    n_indexed = len(indexed[0]) + indexed[2] if indexed is not None else 0
+    media.unindexed = True
+    try:
+        sequential = _demux_video_packets(media, quiet=True)
+    except VideoDecodeError:
+        sequential = None
+    n_sequential = len(sequential[0]) + sequential[2] if sequential is not None else 0
+    if n_sequential > n_indexed:
+        media.notes.add(
+            f"the AVI index is damaged (reading by it gives {n_indexed} of the {n_sequential} frames in the file): "
+            "the file is read without it, and without seeking"
+        )
+        return sequential
+    media.unindexed = False
+    return indexed
+
+
+def table_by_demuxing(media: MediaFile) -> FrameTable | None:
+    """Frame table from packets alone, or None when packets cannot define it."""
+    media.stats["demux_passes"] += 1
+    packets = _demux_video_packets(media)
+    if media.format == "avi" and not media.unindexed:
+        packets = _check_avi_index(media, packets)
+    if packets is None:
+        return None
+    pts, keys, missing_pts = packets
+    if missing_pts or not pts or len(set(pts)) != len(pts):
+        return None
+    order = sorted(range(len(pts)), key=pts.__getitem__)
+    spts = [pts[i] for i in order]
+    keyframes = [rank for rank, i in enumerate(order) if keys[i]]
+    if not keyframes or keyframes[0] != 0:
+        keyframes = [0] + keyframes
+    assert media.time_base is not None  # checked when the stream was picked
+    return FrameTable(
+        pts=list(spts),
+        times=times_from_pts(list(spts), media.time_base, media.rate),
+        keyframes=keyframes,
+        pts_to_index={p: i for i, p in enumerate(spts)},
+        source="demux",
+    )
+
+
+def table_by_decoding(media: MediaFile) -> FrameTable:
+    """Frame table from a full decode (no RGB conversion): the decoder's output is the truth."""
+    media.stats["decode_passes"] += 1
+    pts: list[int | None] = []
+    keys: list[bool] = []
+    with media.open() as container:
+        stream = media.video_stream(container)
+        for frame in media.decoded_frames(container, stream):
+            pts.append(frame.pts)
+            keys.append(bool(frame.key_frame))
+    if not pts:
+        raise decode_error(
+            media.path,
+            "no video frame could be decoded",
+            "the file is corrupt or not a video; re-encode it with ffmpeg",
+        )
+    known = [p for p in pts if p is not None]
+    strictly_increasing = len(known) == len(pts) and all(a < b for a, b in itertools.pairwise(known))
+    if len(known) != len(pts):
+        media.notes.add("some decoded frames have no timestamp: their times are extrapolated from the frame rate")
+    keyframes = [i for i, k in enumerate(keys) if k] if strictly_increasing else []
+    if not keyframes or keyframes[0] != 0:
+        keyframes = [0] + keyframes
+    assert media.time_base is not None
+    times = times_from_pts(pts, media.time_base, media.rate)
+    if any(b < a for a, b in itertools.pairwise(times)):
+        # Decoders output frames in presentation order, so pts that go backwards are
+        # misassigned. Unique ones are a permutation (H.264 with B-frames in AVI, which
+        # stores no pts: the decoder's reordered guesses): frame k gets the k-th smallest.
+        # Repeated ones mean damaged data: the same, with a warning.
+        if len(set(known)) != len(known):
+            media.notes.add("decoded frame timestamps repeat and go backwards (damaged data): times were sorted")
+        times = sorted(times)
+    return FrameTable(
+        pts=pts,
+        times=times,
+        keyframes=keyframes if strictly_increasing else [0],
+        pts_to_index={p: i for i, p in enumerate(pts) if p is not None} if strictly_increasing else {},
+        source="decode",
+    )
+
+
+# ---------------------------------------------------------------------- from the container's index
+
+# FFmpeg's demuxer names whose files carry an ISO-BMFF sample table.
+_ISOBMFF_FORMATS = ("mov", "mp4")
+# Packets compared with the sample table at the start and at the end of the file (in decoding order).
+_HEAD_PACKETS = 8
+_TAIL_PACKETS = 8
+
+
+def _packets(container: object, stream: object, media: MediaFile, limit: int | None = None) -> list[tuple]:
+    """(pts, dts, pos, size, keyframe, discard) of the stream's next packets with data."""
+    out = []
+    for packet in container.demux(stream):  # type: ignore[attr-defined]
+        if not packet.size:
+            continue
+        media.stats["packets_demuxed"] += 1
+        out.append((packet.pts, packet.dts, packet.pos, packet.size, bool(packet.is_keyframe), bool(packet.is_discard)))
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def _matches(packets: list[tuple], samples, first: int, offset: int) -> bool:
+    """Whether ``packets`` are the samples ``first, first + 1, ...`` of the table, pts shifted by ``offset``."""
+    if first + len(packets) > len(samples):
+        return False
+    for k, (pts, dts, pos, size, key, discard) in enumerate(packets):
+        i = first + k
+        if discard or pts is None or pts - offset != samples.pts[i] or size != samples.size[i]:
+            return False
+        if key != bool(samples.keyframe[i]) or (pos is not None and pos >= 0 and pos != samples.offset[i]):
+            return False
+        if dts is not None and dts - offset != samples.dts[i]:
+            return False
+    return True
+
+
+def _sample_at(samples, pts: int) -> int | None:
+    """The decoding-order number of the sample with presentation time ``pts``, or None."""
+    hits = np.flatnonzero(samples.pts == pts)
+    return int(hits[0]) if hits.size == 1 else None
+
+
+def table_from_index(media: MediaFile) -> tuple[FrameTable | None, str]:
+    """Frame table from an MP4 / MOV sample table, where it can be trusted; else (None, why not).
+
+    Trusted when: FFmpeg reads the file as ISO-BMFF through its index; the video track's
+    table parses (:mod:`.mp4_index`), in the stream's time base, with unique timestamps
+    and no empty samples; every sample lies inside the file (not cut); the edit list is
+    absent or one plain edit that neither drops frames at the start nor cuts the end
+    short; and FFmpeg's own packets agree with it, sample for sample (pts, dts, size,
+    byte position, keyframe flag), at both ends of the file: the first packets, and the
+    last ones, which must end where the table does. Reads only the ``moov`` box and those
+    packets.
+    Decoding then checks each frame's pts against the table; a disagreement makes the
+    reader fall back to a demux pass (``VideoReader.distrust_index``).
+    """
+    from .mp4_index import IndexUnusable, read_sample_table
+
+    if not any(name in media.format.split(",") for name in _ISOBMFF_FORMATS) or media.unindexed:
+        return None, "not an MP4/MOV file"
+    try:
+        samples = read_sample_table(media.path, media.stream_id)
+    except IndexUnusable as e:
+        return None, str(e)
+    except Exception as e:  # noqa: BLE001 - a damaged moov must never stop decoding: the stream decides
+        return None, f"the index cannot be read ({type(e).__name__}: {one_line(e)})"
+    media.stats["bytes_read"] += samples.moov_bytes
+    n = len(samples)
+    if media.time_base != Fraction(1, samples.timescale):
+        return None, f"the track's timescale 1/{samples.timescale} is not the stream's time base {media.time_base}"
+    if samples.size.min() <= 0:
+        return None, "the table lists empty samples"
+    order = np.argsort(samples.pts, kind="stable")
+    sorted_pts = samples.pts[order]
+    if n > 1 and not np.all(np.diff(sorted_pts) > 0):
+        return None, "two samples share a presentation time"
+    file_size = os.path.getsize(media.path)
+    if int((samples.offset + samples.size).max()) > file_size or samples.offset.min() < 0:
+        return None, "the table lists samples past the end of the file (the media data is cut)"
+    if samples.edits:
+        if len(samples.edits) != 1:
+            return None, f"the edit list has {len(samples.edits)} entries"
+        seg, media_time, rate = samples.edits[0]
+        if rate != 1.0 or media_time < 0 or media_time > int(samples.pts.min()):
+            return None, "the edit list drops or delays frames"
+        if samples.movie_timescale > 0 and seg > 0:
+            end = media_time + seg * samples.timescale / samples.movie_timescale
+            if int(samples.pts.max()) >= end:  # the last frame starts after the edit ends: FFmpeg drops it
+                return None, "the edit list cuts the end of the track"
+
+    # FFmpeg's packets must be the table's samples, shifted by one constant (the edit's media time).
+    with media.open() as container:
+        stream = container.streams[media.stream_index]
+        head = _packets(container, stream, media, limit=min(n, _HEAD_PACKETS))
+        if not head or head[0][0] is None:
+            return None, "FFmpeg's first packet has no timestamp"
+        shift = head[0][0] - int(samples.pts[0])
+        if not _matches(head, samples, 0, shift):
+            return None, "FFmpeg's first packets differ from the table"
+        if n > len(head):  # the end: FFmpeg's last packets must be the table's last samples, and end with it
+            tail_from = max(len(head), n - _TAIL_PACKETS)
+            try:
+                container.seek(int(samples.pts[tail_from]) + shift, stream=stream, backward=True, any_frame=True)
+            except av.FFmpegError as e:
+                return None, f"seeking near the end failed ({one_line(e)})"
+            tail = _packets(container, stream, media)
+            first = _sample_at(samples, tail[0][0] - shift) if tail and tail[0][0] is not None else None
+            if first is None or first + len(tail) != n or not _matches(tail, samples, first, shift):
+                return None, "FFmpeg's last packets differ from the table"
+
+    spts = (sorted_pts + shift).tolist()
+    key_rank = np.flatnonzero(samples.keyframe[order]).tolist()
+    keyframes = key_rank if key_rank and key_rank[0] == 0 else [0] + key_rank
+    assert media.time_base is not None
+    return FrameTable(
+        pts=spts,
+        times=times_from_pts(spts, media.time_base, media.rate),
+        keyframes=keyframes,
+        pts_to_index=dict(zip(spts, range(n))),
+        source="index",
+    ), ""
