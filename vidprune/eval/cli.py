@@ -24,7 +24,7 @@ __all__ = ["add_command", "run"]
 
 def add_command(subparsers) -> None:
     """Register ``vidprune eval``."""
-    from ..cli import add_pipeline_options
+    from ..config import add_option_flags as add_pipeline_options
 
     p = subparsers.add_parser(
         "eval", help="evaluate pruning on video QA benchmarks over a budget sweep",
@@ -81,7 +81,7 @@ def _list() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import options_from_args
+    from ..config import options_from_args
     from .runner import SweepRunner, rebuild_report
     from .settings import BenchmarkSource, resolve_settings
 

@@ -26,10 +26,10 @@ import pickle
 import struct
 import sys
 
-_HEADER = struct.Struct("<Q")
+HEADER = struct.Struct("<Q")
 
 
-def _read_exact(stream, size: int) -> bytes | None:
+def read_exact(stream, size: int) -> bytes | None:
     chunks = []
     while size:
         chunk = stream.read(size)
@@ -42,7 +42,7 @@ def _read_exact(stream, size: int) -> bytes | None:
 
 def _send(out, message: object) -> None:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    out.write(_HEADER.pack(len(data)))
+    out.write(HEADER.pack(len(data)))
     out.write(data)
     out.flush()
 
@@ -76,10 +76,10 @@ def main(argv: list[str]) -> int:
     readers: dict[int, object] = {}
     next_id = 0
     while True:
-        header = _read_exact(inp, _HEADER.size)
+        header = read_exact(inp, HEADER.size)
         if header is None:
             return 0
-        body = _read_exact(inp, _HEADER.unpack(header)[0])
+        body = read_exact(inp, HEADER.unpack(header)[0])
         if body is None:
             return 0
         op, args = pickle.loads(body)

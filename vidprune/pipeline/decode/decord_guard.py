@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ._decord_child import _HEADER, _read_exact  # the child's message framing (length-prefixed pickles)
+from ._decord_child import HEADER, read_exact  # the child's message framing (length-prefixed pickles)
 
 __all__ = ["DecordFailure", "DecordProcess", "DecordReader", "shared_process"]
 
@@ -201,7 +201,7 @@ class DecordProcess:
             data = pickle.dumps((op, args), protocol=pickle.HIGHEST_PROTOCOL)
             try:
                 assert self._proc is not None and self._proc.stdin is not None
-                self._proc.stdin.write(_HEADER.pack(len(data)) + data)
+                self._proc.stdin.write(HEADER.pack(len(data)) + data)
                 self._proc.stdin.flush()
             except (OSError, ValueError):
                 self.restarts += 1
@@ -263,10 +263,10 @@ def _pump_replies(stdout: Any, replies: queue.Queue[Any]) -> None:
     """Reader thread: each reply message from the child into ``replies``; None at end of stream."""
     try:
         while True:
-            header = _read_exact(stdout, _HEADER.size)
+            header = read_exact(stdout, HEADER.size)
             if header is None:
                 break
-            body = _read_exact(stdout, _HEADER.unpack(header)[0])
+            body = read_exact(stdout, HEADER.unpack(header)[0])
             if body is None:
                 break
             replies.put(pickle.loads(body))

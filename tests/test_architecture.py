@@ -1,0 +1,92 @@
+"""The layering of docs/architecture.md, checked on the source: no upward import, no private name
+imported from another module.
+
+Imports inside functions count too (a lazy upward import is still an upward edge).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "vidprune"
+
+# lowest first; a module may import its own layer and the layers below it
+LAYERS = [
+    {"errors", "flops", "validators", "samples", "py"},
+    {"pruners"},
+    {"video_models"},
+    {"plan", "presets", "config", "configs"},
+    {"pipeline"},
+    {"qa"},
+    {"jobs", "eval", "demo", "ray_data"},
+    {"cli", "__main__"},
+]
+LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        yield path, ".".join(parts)
+
+
+def _top(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "vidprune" and len(parts) > 1 else None
+
+
+def _imports(path: Path, module: str):
+    """(line, imported module, names) for every vidprune import in the file, relative ones resolved."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("vidprune"):
+                    yield node.lineno, alias.name, []
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("vidprune"):
+                yield node.lineno, target, [a.name for a in node.names]
+
+
+def test_layers_are_known():
+    tops = {_top(m) for _, m in _modules()} - {None}
+    unknown = sorted(t for t in tops if t not in LAYER_OF)
+    assert not unknown, f"modules with no layer in tests/test_architecture.py and docs/architecture.md: {unknown}"
+
+
+@pytest.mark.parametrize("path,module", list(_modules()), ids=lambda v: str(v) if isinstance(v, str) else "")
+def test_no_upward_import(path, module):
+    own = _top(module)
+    if own is None:  # vidprune/__init__.py re-exports the public API lazily
+        return
+    bad = []
+    for line, target, _names in _imports(path, module):
+        other = _top(target)
+        if other is not None and LAYER_OF[other] > LAYER_OF[own]:
+            bad.append(f"{path.name}:{line} imports {target} (layer {other!r} is above {own!r})")
+    assert not bad, "; ".join(bad)
+
+
+@pytest.mark.parametrize("path,module", list(_modules()), ids=lambda v: str(v) if isinstance(v, str) else "")
+def test_no_private_name_from_another_module(path, module):
+    bad = []
+    for line, target, names in _imports(path, module):
+        if target == module:
+            continue
+        private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+        if private:
+            bad.append(f"{path.name}:{line} imports {', '.join(private)} from {target}")
+    assert not bad, "; ".join(bad)
