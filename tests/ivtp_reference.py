@@ -4,18 +4,17 @@ Nothing here imports :mod:`vidprune.video_models.ivtp_decoder` or :mod:`vidprune
 The reference model is loaded again with ``from_pretrained(..., attn_implementation="eager")``
 and runs, for one batch of prompts (left-padded) and a schedule ((k1, r1), (k2, r2), ...):
 
-* layers below k1 on the whole sequence, by the stock model forward itself
-  (``output_hidden_states``: ``hidden_states[k1]`` is layer k1's input, computed with the
-  stock mask and rotary embedding); the stage-k1 attention comes from the same forward's
-  ``output_attentions`` (eager);
+* the stock token embeddings with the visual rows at the ``<video>`` placeholders;
+* every decoder layer called one by one (``LlamaDecoderLayer.forward``), with rotary cos/sin
+  from the model's own ``rotary_emb`` at the tokens' ORIGINAL position ids and an additive
+  causal + padding mask built here by hand for the current layout (the whole sequence
+  below k1, the kept rows after); ``test_the_reference_loop_...`` checks that this loop
+  with nothing dropped equals the stock model forward;
 * at each stage k: score each visual token still present by the mean, over heads and over
-  the prompt tokens after the last visual token, of layer k's eager attention
-  probabilities; keep the top ``ceil(r · n)`` (ties to the lower index); gather the kept
-  rows (text rows always stay), re-left-pad per sample;
-* layers ≥ k, called one by one (``LlamaDecoderLayer.forward``) with rotary cos/sin from
-  the model's own ``rotary_emb`` at the tokens' ORIGINAL position ids and an additive
-  causal mask over the kept layout built here by hand; for a later stage the attention
-  probabilities are those of that layer's stock eager ``self_attn`` on the kept layout;
+  the prompt tokens after the last visual token, of layer k's attention probabilities from
+  the stock eager ``self_attn`` (what ``output_attentions`` returns); keep the top
+  ``ceil(r · n)`` (ties to the lower index); gather the kept rows (text rows always stay)
+  and left-pad again per sample;
 * the stock final norm and ``lm_head``.
 
 Decode steps are recomputed cache-free: the prompt plus the tokens generated so far run
@@ -61,13 +60,21 @@ def _layer_output(out):
 
 
 class IVTPReference:
-    """The reference, on a freshly loaded eager-attention model (float32)."""
+    """The reference, on freshly loaded models (float32 unless told).
 
-    def __init__(self, checkpoint: str):
+    Two loads of the checkpoint: ``model`` (SDPA) runs the layers, ``eager`` gives the
+    attention probabilities that choose the kept rows (its ``self_attn`` on the same layer
+    input). Eager attention takes its softmax in float32 even for float64 weights, which is
+    enough to rank tokens but would limit the logits comparison to float32 rounding.
+    """
+
+    def __init__(self, checkpoint: str, dtype: torch.dtype = torch.float32):
         from transformers import AutoModelForImageTextToText
 
-        self.model = AutoModelForImageTextToText.from_pretrained(checkpoint, attn_implementation="eager",
-                                                                 dtype=torch.float32).eval()
+        def load(attn: str):
+            return AutoModelForImageTextToText.from_pretrained(checkpoint, attn_implementation=attn, dtype=dtype).eval()
+
+        self.model, self.eager = load("sdpa"), load("eager")
         self.video_token_id = self.model.config.video_token_id
         self.decoder = self.model.model.language_model  # the stock LlamaModel
         self.num_layers = self.decoder.config.num_hidden_layers
@@ -79,10 +86,16 @@ class IVTPReference:
 
     # ------------------------------------------------------------------ helpers
     def _additive_mask(self, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """(B, L) bool -> (B, 1, L, L) additive mask: key j visible to query i iff j <= i and j is a token."""
+        """(B, L) bool -> (B, 1, L, L) additive mask: key j visible to query i iff j <= i and j is a token.
+
+        A padding row sees only itself, so that no row is fully masked (eager attention takes
+        its softmax in float32, where a fully masked float64 row would give NaN); padding
+        rows are never read, and no token row sees a padding key.
+        """
         length = valid.shape[1]
         slots = torch.arange(length)
         allowed = (slots[None, :] <= slots[:, None])[None] & valid[:, None, :]  # (B, L, L)
+        allowed |= torch.eye(length, dtype=torch.bool)[None] & ~valid[:, :, None]
         return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
     @staticmethod
@@ -104,7 +117,7 @@ class IVTPReference:
 
         Args:
             visual_rows: (sum K_b, D) projected visual rows of all samples in batch order.
-            stages: ((k, keep_ratio), ...); empty: the stock model.
+            stages: ((k, keep_ratio), ...); empty: every layer on the whole sequence.
             prompt_length: columns of ``input_ids`` that are the prompt (the rest: generated
                 tokens, never instruction rows); default all.
             kept_positions: force these kept sets (per stage, per sample, original positions)
@@ -114,33 +127,24 @@ class IVTPReference:
         prompt_length = length if prompt_length is None else prompt_length
         valid = attention_mask.bool()
         position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(~valid, 0)  # as generate() makes them
-        first = stages[0][0] if stages else self.num_layers
-        stock = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                           mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=visual_rows[None])},
-                           output_hidden_states=True, output_attentions=bool(stages) and kept_positions is None,
-                           use_cache=False)
-        if not stages:
-            return ReferenceRun(stock.logits, [], [], [[int(n)] * self.num_layers for n in valid.sum(1).tolist()])
-        hidden = stock.hidden_states[first]  # (B, L, D): input of layer k1, the stock layers below it ran
-        index = torch.arange(length).expand(batch, length).masked_fill(~valid, -1)  # original slot of each slot
         visual = (input_ids == self.video_token_id) & valid
+        hidden = self.model.get_input_embeddings()(input_ids)  # (B, L, D)
+        hidden[visual] = visual_rows.to(hidden.dtype)  # the visual rows at the <video> placeholders, batch order
+        index = torch.arange(length).expand(batch, length).masked_fill(~valid, -1)  # original slot of each slot
         prompt_visual = [torch.nonzero(visual[b]).flatten() for b in range(batch)]
-        tokens_per_layer = [[int(n)] * first for n in valid.sum(1).tolist()]
+        tokens_per_layer: list[list[int]] = [[] for _ in range(batch)]
         all_kept: list[list[list[int]]] = []
         stage_of = dict(stages)
-        for i in range(first, self.num_layers):
-            layer = self.decoder.layers[i]
+        for i, layer in enumerate(self.decoder.layers):
             pe = self.decoder.rotary_emb(hidden, position_ids)  # the stock rotary at the ORIGINAL positions
             mask = self._additive_mask(valid, hidden.dtype)
             if i in stage_of:
                 if kept_positions is not None:
                     kept_now = kept_positions[len(all_kept)]
-                else:
-                    if i == first:
-                        attn = stock.attentions[i]  # (B, H, L, L) the stock eager forward's own probabilities
-                    else:
-                        _, attn = layer.self_attn(hidden_states=layer.input_layernorm(hidden), attention_mask=mask,
-                                                  position_ids=position_ids, position_embeddings=pe)
+                else:  # the stock eager attention module's probabilities (what output_attentions returns)
+                    eager = self.eager.model.language_model.layers[i]
+                    _, attn = eager.self_attn(hidden_states=eager.input_layernorm(hidden), attention_mask=mask,
+                                              position_ids=position_ids, position_embeddings=pe)  # (B, H, L, L)
                     kept_now = []
                     for b in range(batch):
                         scores = self._scores(attn[b], visual, valid, prompt_length, index, b)
@@ -159,7 +163,7 @@ class IVTPReference:
                                          position_embeddings=pe, use_cache=False))
         logits = self.model.lm_head(self.decoder.norm(hidden))
         kept_stream = [torch.searchsorted(prompt_visual[b], torch.tensor(all_kept[-1][b], dtype=torch.long)).tolist()
-                       for b in range(batch)]
+                       for b in range(batch)] if all_kept else []
         return ReferenceRun(logits, all_kept, kept_stream, tokens_per_layer)
 
     @staticmethod

@@ -122,7 +122,7 @@ def _items(qa, random_frames, num_frames, batch):
 def _vidprune_ivtp(qa, items, steps):
     """vidprune's IVTP: full prefill logits of one forward, then generate() with the pruned KV cache."""
     prompts = [qa.llm.build_prompt(q) for _, q in items]
-    visual = [qa.llm.project(p.tokens) for p, _ in items]
+    visual = [qa.llm.project(p.tokens.to(qa.llm.dtype)) for p, _ in items]
     inputs = qa.llm.tokenize(prompts, [v.shape[0] for v in visual])
     stream = {"video": BaseModelOutputWithPooling(pooler_output=torch.cat(visual)[None])}
     positions = (inputs["attention_mask"].cumsum(-1) - 1).masked_fill(inputs["attention_mask"] == 0, 0)
@@ -130,12 +130,17 @@ def _vidprune_ivtp(qa, items, steps):
     with ivtp.session(inputs["input_ids"], inputs["attention_mask"], qa.llm.video_token_id) as s, torch.no_grad():
         logits = qa.llm.model(**inputs, position_ids=positions, mm_encoder_outputs=stream, use_cache=False).logits
     prefill = {"logits": logits, "kept": s.kept, "tokens_per_layer": s.tokens_per_layer}
-    with ivtp.session(inputs["input_ids"], inputs["attention_mask"], qa.llm.video_token_id), torch.no_grad():
-        out = qa.llm.model.generate(**inputs, mm_encoder_outputs=stream, max_new_tokens=steps, do_sample=False,
-                                    output_logits=True, return_dict_in_generate=True)
-    generated = out.sequences[:, inputs["input_ids"].shape[1]:]
+    step_logits = []  # the lm_head's last row of every forward generate() makes (its own output_logits are float32)
+    hook = qa.llm.model.lm_head.register_forward_hook(lambda _m, _a, out: step_logits.append(out[:, -1].clone()))
+    try:
+        with ivtp.session(inputs["input_ids"], inputs["attention_mask"], qa.llm.video_token_id), torch.no_grad():
+            sequences = qa.llm.model.generate(**inputs, mm_encoder_outputs=stream, max_new_tokens=steps,
+                                              do_sample=False)
+    finally:
+        hook.remove()
+    generated = sequences[:, inputs["input_ids"].shape[1]:]
     public = qa.llm.generate(prompts, visual, max_new_tokens=steps, do_sample=False).sequences
-    return inputs, prefill, list(out.logits), generated, public
+    return inputs, prefill, step_logits, generated, public
 
 
 @pytest.mark.parametrize("family,num_frames", FAMILIES)
@@ -154,11 +159,12 @@ def test_ivtp_equals_a_hand_written_loop_over_the_stock_layers(tiny_checkpoints,
     stages = [tuple(s) for s in SCHEDULES[schedule]]
     qa = _qa(ckpt, num_frames, ivtp_schedule=SCHEDULES[schedule])
     items = _items(qa, random_frames, num_frames, batch)
+    qa.llm.model.to(torch.float64)  # both sides in float64: float32 rounding of eager vs SDPA would hide small bugs
     steps = 8
     inputs, prefill, step_logits, generated, public = _vidprune_ivtp(qa, items, steps)
 
-    ref = IVTPReference(ckpt)
-    rows = ref.project(torch.cat([p.tokens for p, _ in items]))
+    ref = IVTPReference(ckpt, dtype=torch.float64)
+    rows = ref.project(torch.cat([p.tokens for p, _ in items]).double())
     run, ref_steps, ref_ids = ref.greedy(inputs["input_ids"], inputs["attention_mask"], rows, stages, steps)
 
     # the kept sets and the layout sizes of every layer
@@ -173,7 +179,7 @@ def test_ivtp_equals_a_hand_written_loop_over_the_stock_layers(tiny_checkpoints,
     assert prefill["logits"].shape == run.logits.shape
     for b in range(batch):
         n = run.tokens_per_layer[b][-1]
-        torch.testing.assert_close(prefill["logits"][b, -n:], run.logits[b, -n:], rtol=1e-4, atol=5e-4)  # logits ~16: float32 rounding of eager vs SDPA
+        torch.testing.assert_close(prefill["logits"][b, -n:], run.logits[b, -n:], rtol=1e-9, atol=1e-9)
     # decode steps with the pruned KV cache: logits and greedy ids, up to each sample's EOS
     eos = qa.llm.model.generation_config.eos_token_id
     for b in range(batch):
@@ -182,7 +188,7 @@ def test_ivtp_equals_a_hand_written_loop_over_the_stock_layers(tiny_checkpoints,
         assert length >= 3, "the tiny model stopped too early to check decode steps"
         assert generated[b, :length].tolist() == ids[:length]
         for t in range(length):
-            torch.testing.assert_close(step_logits[t][b], ref_steps[t][b], rtol=1e-4, atol=5e-4)  # logits ~16: float32 rounding of eager vs SDPA
+            torch.testing.assert_close(step_logits[t][b], ref_steps[t][b], rtol=1e-9, atol=1e-9)
         assert public[b] == [x for x in ids[:length] if x != eos]
 
 
@@ -196,9 +202,14 @@ def test_the_reference_loop_with_everything_kept_is_the_stock_model(tiny_checkpo
     ref = IVTPReference(ckpt)
     inputs = qa.llm.tokenize([qa.llm.build_prompt(q) for _, q in items], [p.tokens.shape[0] for p, _ in items])
     rows = ref.project(torch.cat([p.tokens for p, _ in items]))
-    stock = ref.forward(inputs["input_ids"], inputs["attention_mask"], rows, [])
-    loop = ref.forward(inputs["input_ids"], inputs["attention_mask"], rows, [(1, 1.0)])
+    positions = (inputs["attention_mask"].cumsum(-1) - 1).masked_fill(inputs["attention_mask"] == 0, 0)
+    with torch.no_grad():
+        stock = ref.model(**inputs, position_ids=positions, use_cache=False,
+                          mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=rows[None])})
+    loop = ref.forward(inputs["input_ids"], inputs["attention_mask"], rows, [])
+    kept_all = ref.forward(inputs["input_ids"], inputs["attention_mask"], rows, [(1, 1.0)])
     valid = inputs["attention_mask"].bool()
+    torch.testing.assert_close(kept_all.logits, loop.logits, rtol=0, atol=0)
     torch.testing.assert_close(loop.logits[valid], stock.logits[valid], rtol=1e-5, atol=1e-5)
 
 
