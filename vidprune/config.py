@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .devices import device_problems
 from .errors import ConfigError
 
 __all__ = ["VidpruneConfig", "load_preset", "DEFAULT_DEDUP_THRESHOLD"]
@@ -128,6 +129,7 @@ class VidpruneConfig:
             p.append(f"decode_backend must be one of {', '.join(_DECODE_BACKENDS)}, got {self.decode_backend!r}")
         if self.dtype is not None and self.dtype not in DTYPE_NAMES:
             p.append(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
+        p += device_problems(self.device, DTYPE_NAMES.get(self.dtype), hardware=False)  # this machine: at load
         if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
             p.append(f"temperature must be > 0, got {self.temperature!r}")
         if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..devices import check_device
 from ..errors import ConfigError, ModelLoadError
 from ..pruners.ivtp import IVTPSchedule
 from .ivtp_decoder import IVTPDecoder
@@ -315,6 +316,7 @@ class VideoLLM:
         torch_dtype = _resolve_dtype(dtype)
         if torch_dtype is None and str(device).startswith("cpu"):
             torch_dtype = torch.float32
+        check_device(device, torch_dtype)  # one line, before any weights load, on the machine that loads them
         model_cls = getattr(transformers, cls.model_class_name)
         kwargs = {"dtype": torch_dtype if torch_dtype is not None else "auto"}
         if attn_implementation:
