@@ -237,3 +237,22 @@ def test_video_llava_without_cls_tokens(video_llava_ckpt, random_frames):
     assert a.tokens.shape[0] == b.tokens.shape[0] == 80
     assert sum(len(f["kept"]) for f in a.frames) == 72 and sum(len(f["kept"]) for f in b.frames) == 80
     assert drop.ask(frames, "What?", max_new_tokens=2).report["tokens"]["to_llm"] == 80
+
+
+@pytest.mark.parametrize("ivtp", [{}, {"ivtp_layer": 2, "ivtp_keep": 0.5}], ids=["plain", "ivtp"])
+def test_sampling_samples_and_the_seed_fixes_it(video_llava_ckpt, random_frames, ivtp):
+    """Ignoring do_sample, temperature or the seed each fails here (token ids compared)."""
+    qa = VideoQA.from_pretrained(video_llava_ckpt, budget=64, dedup=False, **ivtp)
+    pruned = qa.prepare(random_frames(8, seed=2))
+    question = QUESTIONS[0]
+    greedy = qa.answer(pruned, [question], max_new_tokens=8)[0].token_ids
+
+    def sample(seed: int, temperature: float) -> list[int]:
+        sampler = VideoQA(qa.llm, qa.config.replace(do_sample=True, temperature=temperature, seed=seed))
+        return sampler.answer(pruned, [question], max_new_tokens=8)[0].token_ids
+
+    hot = {seed: sample(seed, 5.0) for seed in range(4)}
+    assert sample(0, 5.0) == hot[0]  # the same seed: the same ids
+    assert len({tuple(ids) for ids in hot.values()}) >= 3  # other seeds: other ids
+    assert all(ids != greedy for ids in hot.values())  # it samples: not the greedy answer
+    assert sample(3, 1e-4) == greedy  # temperature is applied: near 0 sampling is greedy
