@@ -32,7 +32,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 __all__ = ["IVTPReference", "ReferenceRun"]
 

@@ -16,12 +16,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from ivtp_reference import IVTPReference  # tests/ivtp_reference.py (tests/ is on sys.path under pytest)
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vidprune import VideoQA
 from vidprune.errors import ConfigError
-
-from ivtp_reference import IVTPReference  # tests/ivtp_reference.py (tests/ is on sys.path under pytest)
 
 FAMILIES = [("video_llava", 8), ("llava_next_video", 4)]
 QUESTIONS = ["What is the man holding?", "Describe the colours you see in great detail, please."]
