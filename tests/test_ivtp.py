@@ -16,7 +16,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from ivtp_reference import IVTPReference  # tests/ivtp_reference.py (tests/ is on sys.path under pytest)
+# tests/ivtp_reference.py (tests/ is on sys.path under pytest)
+from ivtp_reference import IVTPReference
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vidprune import VideoQA
@@ -241,15 +242,6 @@ def test_progressive_schedule_counts_and_report(video_llava_ckpt, random_frames)
     assert r["flops_per_layer"][0] > r["flops_per_layer"][1] > r["flops_per_layer"][3]
     assert answer.report["flops"]["llm_prefill_pruned"] == sum(r["flops_per_layer"])
     assert qa.llm.config.text_config._attn_implementation == "sdpa"  # no layer switched to eager
-
-
-def test_sampling_with_ivtp_is_seeded(video_llava_ckpt, random_frames):
-    frames = random_frames(8, seed=2)
-    runs = []
-    for _ in range(2):
-        qa = _qa(video_llava_ckpt, 8, ivtp_layer=2, ivtp_keep=0.5, do_sample=True, temperature=0.9, seed=123)
-        runs.append(qa.ask(frames, QUESTIONS[0], max_new_tokens=8).token_ids)
-    assert runs[0] == runs[1] and len(runs[0]) > 0
 
 
 @pytest.mark.parametrize("options,message", [
