@@ -16,6 +16,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 # tests/ivtp_reference.py (tests/ is on sys.path under pytest)
 from ivtp_reference import IVTPReference
 from transformers.modeling_outputs import BaseModelOutputWithPooling
