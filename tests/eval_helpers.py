@@ -1,14 +1,16 @@
 """Helpers for the eval tests: small real videos, benchmark folders in the published layouts, a judge server.
 
 The judge is a real HTTP server on 127.0.0.1 speaking the OpenAI chat-completions shape.
-Its verdict is a rule on the question text, so accuracies are known whatever the tiny
-model answers: a question containing ``[yes]`` gets ``{'pred': 'yes', 'score': 5}``, any
-other ``{'pred': 'no', 'score': 1}``.
+Its verdict is a function of the predicted answer it receives (:func:`fake_verdict`, a hash
+of the prediction), so accuracies are known from the records whatever the tiny model answers,
+and a runner that sends the judge the wrong text (another arm's prediction, the reference
+answer) produces verdicts that do not match its records.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,7 +49,8 @@ def qa_pair_benchmark(root: Path, n_videos: int = 2, per_video: int = 2, ext: st
                       yes_every: int = 2, video_prefix: str = "clip") -> tuple[Path, Path]:
     """``test_q.json`` + ``test_a.json`` + videos: Video-LLaVA's GPT_Zero_Shot_QA layout.
 
-    Every ``yes_every``-th question carries the judge's ``[yes]`` marker.
+    Every ``yes_every``-th question carries a ``[yes]`` marker in its text (the fake judge
+    ignores it: its verdict depends on the prediction only).
     """
     videos = root / "videos"
     qs, ans = [], []
@@ -66,8 +69,25 @@ def qa_pair_benchmark(root: Path, n_videos: int = 2, per_video: int = 2, ext: st
 
 
 # ------------------------------------------------------------------ judge server
+def fake_verdict(prediction: str) -> tuple[bool, int]:
+    """The fake judge's verdict on one prediction: (correct, score) from a hash of the prediction alone.
+
+    It depends on nothing but the predicted text the judge received, so an arm judged with
+    another arm's prediction (or with the reference answer) gets another arm's verdict: the
+    sweep tests compare every record's verdict with ``fake_verdict(record["prediction"])``.
+    """
+    digest = hashlib.sha256(prediction.encode("utf-8")).digest()
+    correct = digest[0] % 2 == 0
+    return correct, (3 + digest[1] % 3) if correct else digest[1] % 3
+
+
+def received_prediction(user_message: str) -> str:
+    """The predicted answer inside the protocol's user message (``Predicted Answer: ...``)."""
+    return user_message.split("Predicted Answer: ", 1)[1].split("\n\nProvide your evaluation", 1)[0]
+
+
 class JudgeServer:
-    """An OpenAI-compatible ``/v1/chat/completions`` server on 127.0.0.1 with a fixed verdict rule.
+    """An OpenAI-compatible ``/v1/chat/completions`` server on 127.0.0.1 whose verdict is :func:`fake_verdict`.
 
     ``fail_first``: answer HTTP 500 to the first N requests; ``status``: answer every request
     with this HTTP error instead. ``requests`` holds every request body and headers.
@@ -96,10 +116,9 @@ class JudgeServer:
                 user = body["messages"][-1]["content"]
                 if server.reply is not None:
                     content = server.reply
-                elif "[yes]" in user.split("Correct Answer:")[0]:
-                    content = "{'pred': 'yes', 'score': 5}"
                 else:
-                    content = "{'pred': 'no', 'score': 1}"
+                    correct, score = fake_verdict(received_prediction(user))
+                    content = f"{{'pred': '{'yes' if correct else 'no'}', 'score': {score}}}"
                 self._send(200, {"id": "chatcmpl-test", "object": "chat.completion", "model": body["model"],
                                  "choices": [{"index": 0, "finish_reason": "stop",
                                               "message": {"role": "assistant", "content": content}}]})

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vidprune"
 
 # lowest first; a module may import its own layer and the layers below it
 LAYERS = [
-    {"errors", "flops", "validators", "samples", "py"},
+    {"errors", "flops", "validators", "devices", "samples", "py"},
     {"pruners"},
     {"video_models"},
     {"plan", "presets", "config", "configs"},

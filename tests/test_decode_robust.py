@@ -24,7 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from videos import make_video, read_stamp  # tests/videos.py
+from videos import (  # tests/videos.py
+    BACKENDS_HERE,
+    make_video,
+    needs_decord,
+    read_stamp,
+)
 
 from vidprune.errors import VideoDecodeError
 from vidprune.pipeline.decode import decord_guard
@@ -269,7 +274,7 @@ def test_cut_file_gives_the_frames_before_the_cut_with_a_warning(tmp_path, name,
     path = make_video(tmp_path / name, n, 25, (128, 96), codec, moving=True, gop=25, container_options=options)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    for backend in ("pyav", "decord"):
+    for backend in BACKENDS_HERE:
         clip = read_video(path, num_frames=8, backend=backend)
         assert 20 < clip.num_stream_frames < n
         assert [read_stamp(f) for f in clip.frames[:-1]] == clip.indices[:-1]
@@ -293,6 +298,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@needs_decord
 def test_decord_hang_is_killed_and_pyav_takes_over(sample, monkeypatch):
     # The child spins forever in get_batch (3+ frames), ignoring SIGTERM, like decord's
     # native hang. The guard's time limit (2 s + 0.1 s per frame here) kills it with SIGKILL.
@@ -305,15 +311,12 @@ def test_decord_hang_is_killed_and_pyav_takes_over(sample, monkeypatch):
         assert small.backend == "decord" and small.warnings == []
         hung_pid = proc.pid
         assert hung_pid is not None
-        start = time.monotonic()
         clip = read_video(sample, num_frames=8, backend="decord")
-        elapsed = time.monotonic() - start
         assert clip.backend == "pyav"
         assert [read_stamp(f) for f in clip.frames] == clip.indices == np.linspace(0, 39, 8, dtype=int).tolist()
         assert len(clip.warnings) == 1
         assert "decord did not answer within 2.8 s while answering 'batch'" in clip.warnings[0]
         assert "decoded with PyAV instead" in clip.warnings[0]
-        assert elapsed < 15.0
         assert proc.restarts == 1 and not _alive(hung_pid)
         # The next read starts a fresh child and uses decord again.
         again = read_video(sample, num_frames=2, backend="decord")
@@ -322,6 +325,7 @@ def test_decord_hang_is_killed_and_pyav_takes_over(sample, monkeypatch):
         proc.stop()
 
 
+@needs_decord
 def test_decord_crash_is_contained_and_pyav_takes_over(sample, monkeypatch):
     proc = decord_guard.DecordProcess(init="decord_sabotage:crash_batches_of_many")
     monkeypatch.setattr(decord_guard, "_shared", proc)
@@ -334,6 +338,7 @@ def test_decord_crash_is_contained_and_pyav_takes_over(sample, monkeypatch):
     assert "the decord process died while answering 'batch' (exit code -11)" in clip.warnings[0]
 
 
+@needs_decord
 def test_decord_process_is_reused_across_reads(sample, monkeypatch):
     proc = decord_guard.DecordProcess()
     monkeypatch.setattr(decord_guard, "_shared", proc)
@@ -349,6 +354,7 @@ def test_decord_process_is_reused_across_reads(sample, monkeypatch):
     assert proc.pid is None
 
 
+@needs_decord
 def test_reader_of_a_replaced_decord_process_fails_cleanly(sample):
     proc = decord_guard.DecordProcess()
     try:
@@ -370,6 +376,7 @@ def _read_in_forked_child(path: str, results) -> None:
     own.stop()
 
 
+@needs_decord
 def test_forked_process_gets_its_own_decord_process(sample, monkeypatch):
     # A fork (DataLoader workers, some Ray setups) inherits the parent's pipes to its decord
     # process; using them would mix two conversations. The fork starts its own instead.
@@ -398,7 +405,6 @@ def test_decord_that_cannot_start_is_not_retried(sample, monkeypatch):
     monkeypatch.setattr(decord_guard, "_shared", proc)
     with pytest.raises(decord_guard.DecordFailure, match="cannot start.*ModuleNotFoundError"):
         proc.open(str(sample))
-    start = time.monotonic()
     clip = read_video(sample, num_frames=4, backend="decord")
-    assert time.monotonic() - start < 2.0 and proc.generation == 1  # no second child
+    assert proc.generation == 1  # no second child: the failed start is not retried
     assert clip.backend == "pyav" and "decord cannot open it (the decord process cannot start" in clip.warnings[0]

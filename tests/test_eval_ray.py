@@ -43,7 +43,8 @@ def test_sweep_on_a_ray_cluster_matches_the_local_sweep(tmp_path, cluster, video
     on_ray, local = _records(ray_out / "samples.jsonl"), _records(local_out / "samples.jsonl")
     assert sorted(on_ray) == sorted(local) and len(on_ray) == 4  # 2 questions x (full, vispruner@16)
     for key, rec in on_ray.items():
-        assert rec["prediction"] == local[key]["prediction"]  # the same answers as the in-process sweep
+        assert rec["prediction_ids"] == local[key]["prediction_ids"]  # the same answers as the in-process sweep (ids)
+        assert len(rec["prediction_ids"]) > 0 and rec["prediction"] == local[key]["prediction"]
         assert rec["tokens"]["to_llm"] == local[key]["tokens"]["to_llm"] <= (16 if rec["budget"] else 2 * 257)
     assert (ray_out / "table.md").read_text() == (local_out / "table.md").read_text()
     capsys.readouterr()

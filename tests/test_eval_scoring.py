@@ -4,7 +4,7 @@ and aggregation on fixed prediction sets with known accuracies."""
 from __future__ import annotations
 
 import pytest
-from eval_helpers import JudgeServer
+from eval_helpers import JudgeServer, fake_verdict
 
 from vidprune.errors import ConfigError
 from vidprune.eval.benchmarks import MULTIPLE_CHOICE, OPEN_ENDED, get_benchmark
@@ -126,7 +126,8 @@ def test_judge_over_http_protocol_verdicts_cache_and_retries():
         v1 = judge.judge("what is moving [yes]", "square", "a white square")
         v2 = judge.judge("what is moving", "square", "a dog")
         again = judge.judge("what is moving [yes]", "square", "a white square")  # cached: no request
-    assert (v1.correct, v1.score, v2.correct, v2.score) == (True, 5, False, 1)
+    assert (v1.correct, v1.score) == fake_verdict("a white square") and (v2.correct, v2.score) == fake_verdict("a dog")
+    assert fake_verdict("a white square") != fake_verdict("a dog")  # the verdict follows the prediction sent
     assert again == v1 and v1.model == "judge-model"
     assert len(server.requests) == 4  # two 500s retried, then one request per distinct answer
     body = server.requests[-1]

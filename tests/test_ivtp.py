@@ -3,7 +3,9 @@
 * keep ratio 1.0 → the stock model's generation, token for token;
 * the kept set → the top tokens by scores from the *stock* model's eager attention
   probabilities at layer k (``output_attentions``), with the scores themselves equal;
-* generation with the pruned KV cache → a cache-free recomputation with the same kept tokens;
+* prefill logits, kept sets and every decode step (pruned KV cache) → an independent reference:
+  a hand-written loop over the stock decoder layers of a fresh eager model
+  (``tests/ivtp_reference.py``), single-stage and progressive, one prompt and a left-padded batch;
 * a left-padded batch of two → the two prompts one at a time.
 """
 
@@ -14,6 +16,9 @@ import math
 import numpy as np
 import pytest
 import torch
+
+# tests/ivtp_reference.py (tests/ is on sys.path under pytest)
+from ivtp_reference import IVTPReference
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vidprune import VideoQA
@@ -103,33 +108,110 @@ def test_multi_layer_fusion_matches_eager_scores_averaged_over_layers(tiny_check
         torch.argsort(mean, descending=True, stable=True)[: math.ceil(0.3 * len(mean))].tolist())
 
 
+SCHEDULES = {"single": [[2, 0.3]], "progressive": [[1, 0.6], [3, 0.5]]}
+
+
+def _items(qa, random_frames, num_frames, batch):
+    """One prompt, or a left-padded batch of two (different visual counts and prompt lengths)."""
+    a = qa.prepare(random_frames(num_frames, seed=4))
+    if batch == 1:
+        return [(a, QUESTIONS[0])]
+    qa.select_stage.budget = num_frames * 10
+    return [(a, QUESTIONS[0]), (qa.prepare(random_frames(num_frames, seed=5)), QUESTIONS[1])]
+
+
+def _vidprune_ivtp(qa, items, steps):
+    """vidprune's IVTP: full prefill logits of one forward, then generate() with the pruned KV cache."""
+    prompts = [qa.llm.build_prompt(q) for _, q in items]
+    visual = [qa.llm.project(p.tokens.to(qa.llm.dtype)) for p, _ in items]
+    inputs = qa.llm.tokenize(prompts, [v.shape[0] for v in visual])
+    stream = {"video": BaseModelOutputWithPooling(pooler_output=torch.cat(visual)[None])}
+    positions = (inputs["attention_mask"].cumsum(-1) - 1).masked_fill(inputs["attention_mask"] == 0, 0)
+    ivtp = qa.llm.ivtp
+    with ivtp.session(inputs["input_ids"], inputs["attention_mask"], qa.llm.video_token_id) as s, torch.no_grad():
+        logits = qa.llm.model(**inputs, position_ids=positions, mm_encoder_outputs=stream, use_cache=False).logits
+    prefill = {"logits": logits, "kept": s.kept, "tokens_per_layer": s.tokens_per_layer}
+    step_logits = []  # the lm_head's last row of every forward generate() makes (its own output_logits are float32)
+    hook = qa.llm.model.lm_head.register_forward_hook(lambda _m, _a, out: step_logits.append(out[:, -1].clone()))
+    try:
+        with ivtp.session(inputs["input_ids"], inputs["attention_mask"], qa.llm.video_token_id), torch.no_grad():
+            sequences = qa.llm.model.generate(**inputs, mm_encoder_outputs=stream, max_new_tokens=steps,
+                                              do_sample=False)
+    finally:
+        hook.remove()
+    generated = sequences[:, inputs["input_ids"].shape[1]:]
+    public = qa.llm.generate(prompts, visual, max_new_tokens=steps, do_sample=False).sequences
+    return inputs, prefill, step_logits, generated, public
+
+
 @pytest.mark.parametrize("family,num_frames", FAMILIES)
-def test_generation_with_pruned_cache_equals_cache_free_recomputation(tiny_checkpoints, random_frames, family,
-                                                                      num_frames):
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+@pytest.mark.parametrize("batch", [1, 2])
+def test_ivtp_equals_a_hand_written_loop_over_the_stock_layers(tiny_checkpoints, random_frames, family, num_frames,
+                                                               schedule, batch):
+    """Prefill logits, kept sets and every decode step equal the independent reference (tests/ivtp_reference.py).
+
+    The reference is a fresh eager model: the stock forward up to layer k1, eager attention
+    probabilities to choose the kept rows, then the stock decoder layers one by one on the
+    kept rows with the stock rotary embedding at their original positions and a causal mask
+    built by hand over the kept layout; decode steps recompute the whole sequence without a cache.
+    """
     ckpt = tiny_checkpoints[family]
-    qa = _qa(ckpt, num_frames, ivtp_layer=2, ivtp_keep=0.3)
-    pruned = qa.prepare(random_frames(num_frames, seed=3))
-    answer = qa.answer(pruned, [QUESTIONS[0]], max_new_tokens=10)[0]
-    kept = answer.report["ivtp"]["kept"]
-    # cache-free greedy loop: the whole sequence each step, the same kept visual tokens forced
-    prompt = qa.llm.build_prompt(QUESTIONS[0])
-    visual = qa.llm.project(pruned.tokens)
-    inputs = qa.llm.tokenize([prompt], [visual.shape[0]])
-    ids, generated = inputs["input_ids"], []
+    stages = [tuple(s) for s in SCHEDULES[schedule]]
+    qa = _qa(ckpt, num_frames, ivtp_schedule=SCHEDULES[schedule])
+    items = _items(qa, random_frames, num_frames, batch)
+    qa.llm.model.to(torch.float64)  # both sides in float64: float32 rounding of eager vs SDPA would hide small bugs
+    steps = 8
+    inputs, prefill, step_logits, generated, public = _vidprune_ivtp(qa, items, steps)
+
+    ref = IVTPReference(ckpt, dtype=torch.float64)
+    rows = ref.project(torch.cat([p.tokens for p, _ in items]).double())
+    run, ref_steps, ref_ids = ref.greedy(inputs["input_ids"], inputs["attention_mask"], rows, stages, steps)
+
+    # the kept sets and the layout sizes of every layer
+    assert prefill["kept"] == run.kept_stream
+    assert prefill["tokens_per_layer"] == run.tokens_per_layer
+    for b, (pruned, _) in enumerate(items):
+        expected = pruned.tokens.shape[0]
+        for _, ratio in stages:
+            expected = math.ceil(ratio * expected)
+        assert len(run.kept_stream[b]) == expected
+    # prefill logits at every token of the final (pruned) layout, right-aligned per sample
+    assert prefill["logits"].shape == run.logits.shape
+    for b in range(batch):
+        n = run.tokens_per_layer[b][-1]
+        torch.testing.assert_close(prefill["logits"][b, -n:], run.logits[b, -n:], rtol=1e-9, atol=1e-9)
+    # decode steps with the pruned KV cache: logits and greedy ids, up to each sample's EOS
     eos = qa.llm.model.generation_config.eos_token_id
-    for _ in range(10):
-        with qa.llm.ivtp.session(inputs["input_ids"], inputs["attention_mask"], qa.llm.video_token_id,
-                                 forced_keep=[kept]), torch.no_grad():
-            logits = qa.llm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False,
-                                  mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=visual[None])},
-                                  ).logits
-        nxt = int(logits[0, -1].argmax())
-        if nxt == eos:
-            break
-        generated.append(nxt)
-        ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
-    assert len(generated) > 3
-    assert answer.token_ids == generated
+    for b in range(batch):
+        ids = ref_ids[b].tolist()
+        length = next((t + 1 for t, x in enumerate(ids) if x == eos), steps)
+        assert length >= 3, "the tiny model stopped too early to check decode steps"
+        assert generated[b, :length].tolist() == ids[:length]
+        for t in range(length):
+            torch.testing.assert_close(step_logits[t][b], ref_steps[t][b], rtol=1e-9, atol=1e-9)
+        assert public[b] == [x for x in ids[:length] if x != eos]
+
+
+@pytest.mark.parametrize("family,num_frames", FAMILIES)
+def test_the_reference_loop_with_everything_kept_is_the_stock_model(tiny_checkpoints, random_frames, family,
+                                                                    num_frames):
+    """Checks the reference itself: its hand-built mask and rotary reproduce the stock forward."""
+    ckpt = tiny_checkpoints[family]
+    qa = _qa(ckpt, num_frames)
+    items = _items(qa, random_frames, num_frames, 2)
+    ref = IVTPReference(ckpt)
+    inputs = qa.llm.tokenize([qa.llm.build_prompt(q) for _, q in items], [p.tokens.shape[0] for p, _ in items])
+    rows = ref.project(torch.cat([p.tokens for p, _ in items]))
+    positions = (inputs["attention_mask"].cumsum(-1) - 1).masked_fill(inputs["attention_mask"] == 0, 0)
+    with torch.no_grad():
+        stock = ref.model(**inputs, position_ids=positions, use_cache=False,
+                          mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=rows[None])})
+    loop = ref.forward(inputs["input_ids"], inputs["attention_mask"], rows, [])
+    kept_all = ref.forward(inputs["input_ids"], inputs["attention_mask"], rows, [(1, 1.0)])
+    valid = inputs["attention_mask"].bool()
+    torch.testing.assert_close(kept_all.logits, loop.logits, rtol=0, atol=0)
+    torch.testing.assert_close(loop.logits[valid], stock.logits[valid], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("family,num_frames", FAMILIES)
@@ -161,15 +243,6 @@ def test_progressive_schedule_counts_and_report(video_llava_ckpt, random_frames)
     assert r["flops_per_layer"][0] > r["flops_per_layer"][1] > r["flops_per_layer"][3]
     assert answer.report["flops"]["llm_prefill_pruned"] == sum(r["flops_per_layer"])
     assert qa.llm.config.text_config._attn_implementation == "sdpa"  # no layer switched to eager
-
-
-def test_sampling_with_ivtp_is_seeded(video_llava_ckpt, random_frames):
-    frames = random_frames(8, seed=2)
-    runs = []
-    for _ in range(2):
-        qa = _qa(video_llava_ckpt, 8, ivtp_layer=2, ivtp_keep=0.5, do_sample=True, temperature=0.9, seed=123)
-        runs.append(qa.ask(frames, QUESTIONS[0], max_new_tokens=8).token_ids)
-    assert runs[0] == runs[1] and len(runs[0]) > 0
 
 
 @pytest.mark.parametrize("options,message", [

@@ -187,11 +187,9 @@ def test_server_killed_mid_stream_ends_in_a_clear_error(serve):
     got = take(source, 3)
     assert [read_stamp(f.rgb) for f in got] == [0, 5, 10]
     server.stop()
-    start = time.monotonic()
     with pytest.raises(VideoDecodeError) as info:
         for _ in source:
             pass
-    elapsed = time.monotonic() - start
     msg = str(info.value)
     assert msg.startswith(f"cannot read stream '{server.url}': cannot open it (")
     assert "Connection refused" in msg and "after 2 reconnects" in msg and "\n" not in msg
@@ -199,7 +197,6 @@ def test_server_killed_mid_stream_ends_in_a_clear_error(serve):
     # an HTTP response without length that stops: FFmpeg reports an I/O error, not an end
     first_cause = source.warnings[0].split(": ", 1)[1].split(";")[0]
     assert first_cause in ("the stream ended", "the stream broke off (Input/output error)")
-    assert elapsed < 2.0 + 0.5 + 1.0 + 3.0  # time-out + back-offs + slack
     source.close()
 
 
@@ -236,7 +233,7 @@ def test_silent_stream_times_out_with_a_clear_error(serve):
         f"cannot read stream '{server.url}': cannot open it (it did not answer within 1 s), after 1 reconnect; "
         "check that it is running and reachable, or allow more time (timeout_s) and reconnects"
     )
-    assert 2.0 <= elapsed < 2 * 1.0 + 0.5 + 3.0
+    assert elapsed >= 2.0  # both 1 s time-outs were waited (the attempts are counted below)
     assert server.connections == 2
 
 
@@ -270,7 +267,7 @@ def test_file_is_played_in_real_time(tmp_path):
     assert [f.time_s for f in frames] == pytest.approx([i / 10 for i in range(0, 20, 2)], abs=1e-6)
     # each frame is handed on when the clock reaches its time, not before (nor much later)
     assert all(a >= f.time_s - 0.02 for a, f in zip(arrivals, frames))
-    assert 1.7 <= arrivals[-1] <= 4.0
+    assert arrivals[-1] >= 1.7  # paced: the last frame (t = 1.8 s) is not handed on early
 
 
 def test_file_loops_with_continuing_indices_and_times(tmp_path):
@@ -324,10 +321,8 @@ def test_iterator_stall_times_out():
 
     source = open_live_source(stalls(), fps=100.0, timeout_s=0.5)
     assert [read_stamp(f.rgb) for f in take(source, 2)] == [0, 1]
-    start = time.monotonic()
     with pytest.raises(VideoDecodeError, match=r"the frame iterator gave no frame within 0.5 s"):
-        next(source)
-    assert time.monotonic() - start < 3.0
+        next(source)  # a reader that waited for the stalled iterator would get frame 2 after 30 s instead
     source.close()
 
 
@@ -342,10 +337,9 @@ def test_close_from_another_thread_stops_a_stalled_iterator():
     reader = threading.Thread(target=lambda: got.extend(source))
     reader.start()
     time.sleep(0.5)
-    start = time.monotonic()
     source.close()
     reader.join(timeout=5.0)
-    assert not reader.is_alive() and time.monotonic() - start < 1.0
+    assert not reader.is_alive()  # the iterator sleeps 30 s: the reader stopped because of close()
     assert [read_stamp(f.rgb) for f in got] == [0]
 
 
@@ -374,20 +368,24 @@ def test_the_pyav_wheel_has_the_camera_input_and_opens_devices_through_it():
     if not sys.platform.startswith("linux"):  # the device half below is V4L2's (Linux)
         return
     assert has_input_format("v4l2") and has_input_format("video4linux2")
-    start = time.monotonic()
     with pytest.raises(VideoDecodeError) as info:
         open_live_source("device:/dev/null", fps=2.0, timeout_s=2.0, reconnects=0)
     message = str(info.value)
     assert message.startswith("cannot read camera 'device:/dev/null': cannot open it (Inappropriate ioctl")
-    assert "\n" not in message and time.monotonic() - start < 10
+    assert "\n" not in message
 
 
-def test_missing_camera_fails_fast_with_a_clear_error():
+def test_missing_camera_fails_fast_with_a_clear_error(monkeypatch):
+    """Fast = FFmpeg is never asked to open a device that does not exist (no time-out, no retries)."""
+    import av
+
+    opened = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
     for spec in ("/dev/video97", "device:97"):
-        start = time.monotonic()
         with pytest.raises(VideoDecodeError) as info:
             open_live_source(spec, fps=2.0)
-        assert time.monotonic() - start < 1.0
+        assert opened == []
         msg = str(info.value)
         assert msg.startswith(f"cannot open camera '{spec}': no such device /dev/video97;")
         assert "ls /dev/video*" in msg

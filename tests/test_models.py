@@ -1,7 +1,9 @@
 """Model-level correctness against independent references: the stock HF model and eager attention.
 
 Every test loads a tiny random-weight checkpoint from its directory with
-``from_pretrained``, exactly as a user's checkpoint is loaded.
+``from_pretrained``, exactly as a user's checkpoint is loaded. Every stock reference is a
+fresh ``from_pretrained`` of the model and processor (:func:`_fresh_stock`), never the
+objects vidprune loaded.
 """
 
 from __future__ import annotations
@@ -23,15 +25,25 @@ def _ckpt(tiny_checkpoints, family):
     return tiny_checkpoints[family]
 
 
-def _stock_generate(llm, frames: np.ndarray, question: str, max_new_tokens: int) -> list[int]:
-    """The stock pipeline: the checkpoint's own processor on the same frames, then model.generate."""
-    prompt = llm.processor.apply_chat_template(
+def _fresh_stock(checkpoint: str):
+    """The stock model and processor, loaded again from the checkpoint directory (nothing vidprune holds)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    return model, AutoProcessor.from_pretrained(checkpoint)
+
+
+def _stock_generate(checkpoint: str, frames: np.ndarray, question: str, max_new_tokens: int) -> list[int]:
+    """The stock pipeline on a fresh load: the checkpoint's own processor on the same frames, then model.generate."""
+    model, processor = _fresh_stock(checkpoint)
+    prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}], add_generation_prompt=True
     )
-    inputs = llm.processor(text=prompt, videos=frames, return_tensors="pt")
-    out = llm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    inputs = processor(text=prompt, videos=frames, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     ids = out[0, inputs["input_ids"].shape[1]:].tolist()
-    eos = llm.model.generation_config.eos_token_id
+    eos = model.generation_config.eos_token_id
     return ids[: ids.index(eos)] if eos in ids else ids
 
 
@@ -43,7 +55,7 @@ def test_pruning_off_generates_exactly_the_stock_model(tiny_checkpoints, random_
         answer = qa.ask(frames, question, max_new_tokens=12)
         assert answer.report["tokens"]["to_llm"] == num_frames * per_frame == answer.report["tokens"]["full"]
         assert len(answer.token_ids) > 0
-        assert answer.token_ids == _stock_generate(qa.llm, frames, question, 12)
+        assert answer.token_ids == _stock_generate(qa.llm.name_or_path, frames, question, 12)
 
 
 @pytest.mark.parametrize("family,num_frames,per_frame", FAMILIES)
@@ -55,7 +67,7 @@ def test_pruning_off_from_a_video_file_matches_stock_on_the_decoded_frames(tiny_
     answer = qa.ask(sample_video, "What moves?", max_new_tokens=8)
     clip = read_video(sample_video, num_frames=num_frames)
     assert [f["index"] for f in answer.report["frames"]] == clip.indices
-    assert answer.token_ids == _stock_generate(qa.llm, clip.frames, "What moves?", 8)
+    assert answer.token_ids == _stock_generate(qa.llm.name_or_path, clip.frames, "What moves?", 8)
 
 
 @pytest.mark.parametrize("family", ["video_llava", "llava_next_video"])
@@ -92,7 +104,10 @@ def test_kept_tokens_are_exactly_the_stock_features_at_the_kept_positions(tiny_c
     projected = qa.llm.project(pruned.tokens)
     # no return_dict: 5.18-5.22 hand back the tuple form when it is passed explicitly, and there
     # LLaVA-NeXT-Video's pooler_output is a tuple of per-video tensors
-    stock = qa.llm.model.model.get_video_features(pixel_values_videos=qa.llm.preprocess(frames)[None]).pooler_output
+    model, processor = _fresh_stock(qa.llm.name_or_path)
+    pixels = processor.video_processor(videos=[frames], return_tensors="pt")["pixel_values_videos"]
+    with torch.no_grad():
+        stock = model.model.get_video_features(pixel_values_videos=pixels).pooler_output
     stock = (torch.cat(stock) if isinstance(stock, (tuple, list)) else stock).reshape(num_frames, per_frame, -1)
     extra = 1 if family == "video_llava" else 0
     rows = []
@@ -192,11 +207,26 @@ def test_report_names_the_pruner_that_ran(video_llava_ckpt, random_frames):
 
 def test_unpooled_llava_next_video_prunes_the_576_tokens(llava_next_video_ckpt, random_frames):
     qa = VideoQA.from_pretrained(llava_next_video_ckpt, budget=4 * 50, dedup=False, prune_pooled=False, frames=4)
-    answer = qa.ask(random_frames(4, seed=2), "What?", max_new_tokens=3)
+    frames = random_frames(4, seed=2)
+    answer = qa.ask(frames, "What?", max_new_tokens=3)
     assert answer.report["tokens"]["full"] == 4 * 144  # the stock model feeds the pooled tokens
     assert answer.report["tokens"]["to_llm"] == 200
     assert max(max(f["kept"]) for f in answer.report["frames"]) < 576
     assert any(max(f["kept"]) >= 144 for f in answer.report["frames"])  # indices of the unpooled 24x24 grid
+    # values: the rows handed to the LLM = the stock projector on the stock tower's unpooled
+    # feature-layer patches (fresh load, [CLS] dropped as the 'default' strategy does) at the kept positions
+    pruned = qa.prepare(frames)
+    projected = qa.llm.project(pruned.tokens)  # (200, D)
+    model, processor = _fresh_stock(llava_next_video_ckpt)
+    pixels = processor.video_processor(videos=[frames], return_tensors="pt")["pixel_values_videos"][0]
+    with torch.no_grad():
+        hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
+        patches = hidden[model.config.vision_feature_layer][:, 1:]  # (4, 576, Dv)
+        assert patches.shape[1] == 576
+        rows = torch.cat([patches[t, f["kept"]] for t, f in enumerate(pruned.frames)])
+        expected = model.model.multi_modal_projector(rows)
+    assert [f["kept"] for f in pruned.frames] == [f["kept"] for f in answer.report["frames"]]
+    torch.testing.assert_close(projected, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_video_llava_without_cls_tokens(video_llava_ckpt, random_frames):
@@ -207,3 +237,22 @@ def test_video_llava_without_cls_tokens(video_llava_ckpt, random_frames):
     assert a.tokens.shape[0] == b.tokens.shape[0] == 80
     assert sum(len(f["kept"]) for f in a.frames) == 72 and sum(len(f["kept"]) for f in b.frames) == 80
     assert drop.ask(frames, "What?", max_new_tokens=2).report["tokens"]["to_llm"] == 80
+
+
+@pytest.mark.parametrize("ivtp", [{}, {"ivtp_layer": 2, "ivtp_keep": 0.5}], ids=["plain", "ivtp"])
+def test_sampling_samples_and_the_seed_fixes_it(video_llava_ckpt, random_frames, ivtp):
+    """Ignoring do_sample, temperature or the seed each fails here (token ids compared)."""
+    qa = VideoQA.from_pretrained(video_llava_ckpt, budget=64, dedup=False, **ivtp)
+    pruned = qa.prepare(random_frames(8, seed=2))
+    question = QUESTIONS[0]
+    greedy = qa.answer(pruned, [question], max_new_tokens=8)[0].token_ids
+
+    def sample(seed: int, temperature: float) -> list[int]:
+        sampler = VideoQA(qa.llm, qa.config.replace(do_sample=True, temperature=temperature, seed=seed))
+        return sampler.answer(pruned, [question], max_new_tokens=8)[0].token_ids
+
+    hot = {seed: sample(seed, 5.0) for seed in range(4)}
+    assert sample(0, 5.0) == hot[0]  # the same seed: the same ids
+    assert len({tuple(ids) for ids in hot.values()}) >= 3  # other seeds: other ids
+    assert all(ids != greedy for ids in hot.values())  # it samples: not the greedy answer
+    assert sample(3, 1e-4) == greedy  # temperature is applied: near 0 sampling is greedy

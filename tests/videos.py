@@ -27,6 +27,21 @@ finalized), :func:`scramble_avi_index` (an index whose offsets point anywhere),
 
 from __future__ import annotations
 
+import platform
+
+import pytest
+
+# pyproject installs decord only where it has wheels: platform_machine x86_64 or AMD64.
+# Elsewhere (aarch64, arm64) the decord tests skip; vidprune decodes with PyAV there.
+DECORD_PLATFORM = platform.machine() in ("x86_64", "AMD64")
+needs_decord = pytest.mark.skipif(
+    not DECORD_PLATFORM,
+    reason=f"decord is installed only on x86_64/AMD64 (pyproject); this is {platform.machine()}: PyAV decodes here")
+# the backends to run a both-backends test with, as pytest parameters
+BACKENDS = ["pyav", pytest.param("decord", marks=needs_decord)]
+# the same for loops inside a test
+BACKENDS_HERE = ("pyav", "decord") if DECORD_PLATFORM else ("pyav",)
+
 import itertools
 import struct
 from collections.abc import Sequence

@@ -33,6 +33,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .devices import DTYPE_NAMES, device_problems
 from .errors import ConfigError
 from .presets import load_preset
 from .validators import problem_in_range, problem_positive_int, problem_positive_number
@@ -45,9 +46,6 @@ __all__ = ["VidpruneConfig", "Option", "OPTIONS", "SECTIONS", "load_preset", "re
 # frames of real video sit well above 0.9 (codec noise only); a changed patch drops below.
 DEFAULT_DEDUP_THRESHOLD = 0.9
 
-# dtype names users may give -> the torch dtype attribute they mean
-DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-               "bfloat16": "bfloat16", "bf16": "bfloat16"}
 DECODE_BACKENDS = ("pyav", "decord")
 _DECODE_BACKENDS = DECODE_BACKENDS  # deprecated alias
 # vidprune.pruners.DEDUP_REFERENCES, spelled here so that declaring the flags imports no torch
@@ -239,6 +237,7 @@ class VidpruneConfig:
             p.append(f"decode_backend must be one of {', '.join(DECODE_BACKENDS)}, got {self.decode_backend!r}")
         if self.dtype is not None and self.dtype not in DTYPE_NAMES:
             p.append(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
+        p += device_problems(self.device, DTYPE_NAMES.get(self.dtype), hardware=False)  # this machine: at load
         if problem_positive_number("temperature", self.temperature):
             p.append(f"temperature must be > 0, got {self.temperature!r}")
         add(problem_in_range("top_p", self.top_p, 0.0, 1.0, low_open=True))

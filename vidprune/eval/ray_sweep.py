@@ -90,7 +90,7 @@ def answer_on_ray(runner: "SweepRunner", work: list[tuple["BenchmarkData", "Samp
                                                "out; rerun to resume)")
                     runner._say(f"warning: {rec['error']}; question {sample.sample_id} left out (--skip-missing-videos)")
                     continue
-                record = runner._record(data, sample, arm, rec["answer"], rec["report"])
+                record = runner._record(data, sample, arm, rec["answer"], rec["report"], rec.get("token_ids"))
                 runner.store.append(record)
                 runner.records[record["key"]] = record
     finally:

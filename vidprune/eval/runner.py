@@ -350,14 +350,15 @@ class SweepRunner:
                         pruned = qa.select_stage.process(encoded, clip)
                         pruned.timings_s = {**shared, "select": time.perf_counter() - t3}
                         answer = qa.answer_batch([(pruned, sample.prompt)], max_new_tokens=max_new)[0]
-                        record = self._record(data, sample, arm, answer.text, answer.report)
+                        record = self._record(data, sample, arm, answer.text, answer.report, answer.token_ids)
                         self.store.append(record)
                         self.records[record["key"]] = record
                         bar.update(1)
         finally:
             bar.close()
 
-    def _record(self, data: BenchmarkData, sample: Sample, arm: Arm, text: str, report: dict[str, Any]) -> dict[str, Any]:
+    def _record(self, data: BenchmarkData, sample: Sample, arm: Arm, text: str, report: dict[str, Any],
+                token_ids: list[int] | None) -> dict[str, Any]:
         tokens = dict(report["tokens"])
         if report.get("ivtp"):
             tokens["after_ivtp"] = report["ivtp"]["visual_tokens_kept"]
@@ -367,7 +368,7 @@ class SweepRunner:
             "benchmark": data.spec.name, "sample_id": sample.sample_id, "arm": arm.label, "method": arm.method,
             "budget": arm.budget, "kind": sample.kind, "category": sample.category, "video": sample.video,
             "question": sample.question, "answer": sample.answer, "options": list(sample.options),
-            "prediction": text,
+            "prediction": text, "prediction_ids": None if token_ids is None else list(token_ids),  # ids: two runs compare exactly
             "tokens": tokens,
             "visual_tokens": tokens.get("after_ivtp", tokens["to_llm"]),
             "flops": report["flops"],

@@ -18,7 +18,7 @@ with their line numbers.
 
 **Results** (JSON Lines, one line per question)::
 
-    {"id": ..., "question_index": 0, "question": ..., "video": ..., "answer": ..., "attempts": 1, "report": {...}}
+    {"id": ..., "question_index": 0, "question": ..., "video": ..., "answer": ..., "token_ids": [...], "attempts": 1, "report": {...}}
     {"id": ..., "question_index": 0, "question": ..., "video": ..., "error": "cannot decode video ..."}
 
 An item is ``(id, question_index)``. Each line is appended with one ``write`` on a file
@@ -358,7 +358,7 @@ def run_job(manifest: str | os.PathLike, out: str | os.PathLike, options: dict[s
                     else:
                         records = [
                             _record(it, error=a["error"], attempts=result.attempts) if "error" in a else
-                            _record(it, answer=a["text"], attempts=result.attempts, report=a["report"])
+                            _record(it, answer=a["text"], token_ids=a["token_ids"], attempts=result.attempts, report=a["report"])
                             for it, a in zip(group, result.answers)
                         ]
                     for rec in records:

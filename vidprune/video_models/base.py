@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..devices import check_device
 from ..errors import ConfigError, ModelLoadError
 from ..pruners.ivtp import IVTPSchedule
 from .hf_internals import check_mm_encoder_outputs
@@ -246,7 +247,7 @@ def run_tower_to_layer(tower: torch.nn.Module, layer: torch.nn.Module, pixel_val
 def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    from ..config import DTYPE_NAMES
+    from ..devices import DTYPE_NAMES
 
     if dtype not in DTYPE_NAMES:
         raise ConfigError(f"Unknown dtype {dtype!r}. Has to be one of {sorted(DTYPE_NAMES)}")
@@ -331,6 +332,7 @@ class VideoLLM:
         torch_dtype = _resolve_dtype(dtype)
         if torch_dtype is None and str(device).startswith("cpu"):
             torch_dtype = torch.float32
+        check_device(device, torch_dtype)  # one line, before any weights load, on the machine that loads them
         model_cls = getattr(transformers, cls.model_class_name)
         kwargs = {"dtype": torch_dtype if torch_dtype is not None else "auto"}
         if attn_implementation:
