@@ -40,7 +40,11 @@ function pct(x) { return (100 * x).toFixed(1) + "%"; }
 // ---------------------------------------------------------------- socket
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}/ws`);
+  // The access token (if any) rides along as a cookie the server set with the page; the query covers
+  // browsers that refuse the cookie.
+  const token = new URLSearchParams(location.search).get("token");
+  const query = token ? "?token=" + encodeURIComponent(token) : "";
+  const ws = new WebSocket(`${scheme}://${location.host}/ws${query}`);
   ws.binaryType = "blob";
   state.ws = ws;
   ws.onmessage = (ev) => {
@@ -53,6 +57,7 @@ function connect() {
     setState("closed", "disconnected");
     stopCapture();
     if (ev.code === 1009) showError("the server closed the connection: a message was too big", true);
+    else if (ev.reason) showError("the server closed the connection: " + ev.reason, true);
   };
 }
 
@@ -65,6 +70,7 @@ const handlers = {
     $("window").textContent = `· last ${msg.plan.window_s} s, budget ${msg.plan.budget} tokens`;
     state.rate = msg.capture.frame_rate;
     ensureRateOption(state.rate);
+    $("reset").hidden = msg.source === "server";  // one memory shared by every tab: not this tab's to reset
     if (msg.source === "server") {
       $("camera-title").textContent = "Server source: " + (msg.source_name || "");
       $("preview").hidden = true;
@@ -125,12 +131,18 @@ function updateStats(s, load) {
   $("stat-tokens").textContent = `${s.tokens} / ${s.tokens_seen}` + (s.tokens_seen ? ` (${pct(s.kept_share)})` : "");
   $("stat-dups").textContent = s.candidates ? `${pct(s.duplicate_share)} of VisPruner's picks` : "–";
   $("stat-budget").textContent = `${s.tokens} of ${s.budget}`;
-  if (load) $("stat-dropped").textContent = `${load.dropped} of ${load.received}` + (state.skipped ? ` (+${state.skipped} not sent)` : "");
+  if (load) {
+    $("stat-dropped").textContent = `${load.dropped} of ${load.received}` +
+      (load.over_rate ? `, ${load.over_rate} over the frame rate` : "") +
+      (state.skipped ? ` (+${state.skipped} not sent)` : "");
+  }
 }
 
 // ---------------------------------------------------------------- camera
 function ensureRateOption(rate) {
+  // The server holds frames to its --fps: faster rates would only be thinned, so they are not offered.
   const select = $("rate");
+  for (const o of [...select.options]) if (Number(o.value) > rate) o.remove();
   if (![...select.options].some((o) => Number(o.value) === rate)) {
     const opt = document.createElement("option");
     opt.value = String(rate); opt.textContent = String(rate);
@@ -246,6 +258,12 @@ async function drawOverlay(msg) {
     `· frame ${msg.seq}: ${msg.kept.length} kept, ${msg.duplicates.length} duplicates, ` +
     `${gh * gw - msg.candidates} pruned`;
 }
+
+// ---------------------------------------------------------------- memory
+$("reset").addEventListener("click", () => {
+  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+  state.ws.send(JSON.stringify({ type: "reset" }));
+});
 
 // ---------------------------------------------------------------- questions
 $("ask-form").addEventListener("submit", (ev) => {
