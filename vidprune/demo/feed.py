@@ -96,12 +96,15 @@ def decode_jpeg(data: bytes) -> np.ndarray:
 class RateGate:
     """Holds a stream to ``frame_rate`` frames per second: :meth:`admit` says whether a frame arriving now may enter.
 
-    A credit of one frame accrues every ``1 / frame_rate`` seconds (at most one is saved
-    up); a frame is admitted when the credit is at least ``1 - FRAME_RATE_TOLERANCE`` and
-    spends one. So a page that sends at exactly ``frame_rate`` with a jittery timer loses
-    no frames, a faster one is thinned to ``frame_rate``, and over any stretch of time the
-    admitted rate never exceeds ``frame_rate`` (plus one frame).
+    A credit of one frame accrues every ``1 / frame_rate`` seconds (at most two are saved
+    up, so a frame delayed on the way and the one right behind it both pass); a frame is
+    admitted when the credit is at least ``1 - FRAME_RATE_TOLERANCE`` and spends one. So a
+    page that sends at ``frame_rate`` with a jittery timer loses no frames, a faster one is
+    thinned to ``frame_rate``, and over any ``T`` seconds at most ``frame_rate * T + 1 +
+    FRAME_RATE_TOLERANCE`` frames enter.
     """
+
+    _MAX_CREDIT = 2.0
 
     def __init__(self, frame_rate: float):
         self.interval_s = 1.0 / frame_rate
@@ -110,7 +113,7 @@ class RateGate:
 
     def admit(self, now_s: float) -> bool:
         if self._last_s is not None:
-            self._credit = min(1.0, self._credit + (now_s - self._last_s) / self.interval_s)
+            self._credit = min(self._MAX_CREDIT, self._credit + (now_s - self._last_s) / self.interval_s)
         self._last_s = now_s
         if self._credit < 1.0 - FRAME_RATE_TOLERANCE:
             return False

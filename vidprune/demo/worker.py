@@ -115,19 +115,17 @@ class ModelWorker:
         with self._lock:
             feeds = list(self._feeds)
             has_job = bool(self._jobs)
-        if has_job:  # frames first only for the feeds not yet served since the last answer
-            feed = self._next_pending(feeds, skip=self._served)
-            if feed is None:
-                with self._lock:
-                    job = self._jobs.popleft() if self._jobs else None
-                if job is not None:
-                    self._run_job(*job)
-                    return True
-        feed = self._next_pending(feeds, skip=())
-        if feed is None:
-            return False
-        self._encode(feed)
-        return True
+        # With a question waiting, frames go first only for the feeds not yet served since the last answer.
+        feed = self._next_pending(feeds, skip=self._served if has_job else ())
+        if feed is not None:
+            self._encode(feed)
+            return True
+        with self._lock:
+            job = self._jobs.popleft() if self._jobs else None
+        if job is not None:
+            self._run_job(*job)
+            return True
+        return False
 
     def _next_pending(self, feeds: list[Feed], skip) -> Feed | None:
         """The next feed in round-robin order with a pending frame and not in ``skip`` (advances the cursor)."""
