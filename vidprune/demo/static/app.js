@@ -20,6 +20,7 @@ const state = {
   preview: null,      // Promise<ImageBitmap> of the last server preview (server source)
   answers: new Map(), // answer id -> element
   stream: null,
+  closeExplained: false, // the server said why before it closed the socket
 };
 
 function showError(message, sticky) {
@@ -57,7 +58,7 @@ function connect() {
     setState("closed", "disconnected");
     stopCapture();
     if (ev.code === 1009) showError("the server closed the connection: a message was too big", true);
-    else if (ev.reason) showError("the server closed the connection: " + ev.reason, true);
+    else if (ev.reason && !state.closeExplained) showError("the server closed the connection: " + ev.reason, true);
   };
 }
 
@@ -123,6 +124,8 @@ const handlers = {
     showError(`${msg.code}${where}: ${msg.message}`, msg.code === "too_many_sessions");
     if (["question_refused", "memory_empty", "busy", "internal"].includes(msg.code)) $("ask").disabled = false;
     if (msg.code === "too_many_sessions") setState("closed", "refused");
+    // These come just before the server closes the socket: the close need not say it again.
+    if (["too_many_sessions", "evicted_idle", "bad_origin"].includes(msg.code)) state.closeExplained = true;
   },
 };
 
