@@ -135,6 +135,11 @@ def test_hostile_messages_leave_the_session_alive(demo):
             await ws.send_str(json.dumps({"type": "ask", "question": "\U0001F600" * MAX_QUESTION_CHARS}))
             assert (await receive(ws, lambda m: is_type("answer_end")(m) or is_type("error")(m)))[-1]["type"] \
                 == "answer_end", "the longest question fits the text message cap"
+        async with aiohttp.ClientSession() as http, http.ws_connect(ws_url) as ws:  # invalid UTF-8 as text: 1007
+            await receive(ws, is_type("hello"))
+            # (aiohttp's client has no public call that sends bytes as a text message; its frame writer does)
+            await ws._writer.send_frame(b"\xff\xfe not UTF-8", aiohttp.WSMsgType.TEXT)
+            assert not await read_for(ws, TIMEOUT_S) and ws.close_code == 1007
         async with aiohttp.ClientSession() as http:  # over the socket limit: that one socket closes, with 1009
             async with http.ws_connect(ws_url, max_msg_size=0) as ws:
                 await receive(ws, is_type("hello"))
