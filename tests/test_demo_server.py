@@ -278,8 +278,10 @@ def test_each_tab_has_its_own_memory_up_to_the_limit_and_closing_frees_it(server
             b = await http.ws_connect(server.ws_url)
             for ws in (a, b):
                 await receive(ws, is_type("hello"))
-            await send_frames(a, FRAMES[:3], gap_s=0.2)
-            await receive(a, is_type("frame", seq=2))
+            for seq in range(3):  # one at a time: none is replaced by a newer one, however slow the machine
+                await a.send_bytes(FRAMES[seq])
+                await receive(a, is_type("frame", seq=seq))
+                await asyncio.sleep(0.05)  # the frame rate (20 fps)
             await send_frames(b, FRAMES[:1])
             await receive(b, is_type("frame", seq=0))
             st = await status(http, server.url)
@@ -313,19 +315,20 @@ def test_frames_faster_than_the_encoder_are_dropped_newest_first_and_counted(tin
             await receive(ws, is_type("hello"))
             for i in range(total):
                 await ws.send_bytes(FRAMES[i % len(FRAMES)])
-                await asyncio.sleep(0.0011)  # just over the frame rate's 1 ms: far faster than the encoder
             msgs = await receive(ws, is_type("frame", seq=total - 1))  # the newest frame always gets encoded
             seqs = [m["seq"] for m in msgs if is_type("frame")(m)]
             assert seqs == sorted(seqs) and len(seqs) < total
             load = msgs[-1]["load"]
-            assert load["received"] == total == load["encoded"] + load["dropped"] + load["refused"] + load["pending"]
+            assert load["received"] == total == (load["encoded"] + load["dropped"] + load["refused"]
+                                                 + load["over_rate"] + load["pending"])
             assert load["dropped"] >= total // 2 and load["refused"] == 0 == load["over_rate"]
             stats = msgs[-1]["stats"]
             assert stats["frames"] <= stats["max_frames"] and stats["tokens"] <= BUDGET
             assert (await ask(ws, "Still there?"))[-1]["type"] == "answer_end"
 
-    # 1000 fps: every frame gets to the newest-wins slot
-    with ServerThread(tiny_llm, frame_rate=1000.0, window_s=1.0, frame_tokens=16) as s:
+    # 10^6 fps: every frame of the burst gets to the newest-wins slot (the event loop handles one
+    # frame in well over a microsecond, however the frames bunch up on the way)
+    with ServerThread(tiny_llm, frame_rate=1e6, frame_tokens=16) as s:
         run(scenario(s))
 
 
@@ -442,7 +445,7 @@ def test_browser_frames_are_held_to_the_frame_rate(tiny_llm):
                                                 + load["over_rate"] + load["pending"])
             admitted = sent - load["over_rate"]
             # the gate's guarantee: at most fps * T + 1 + tolerance frames in T seconds
-            assert 2 <= admitted <= 1.2 + (elapsed + 0.5) * 2.0, (admitted, elapsed, load)
+            assert 2 <= admitted <= 1.2 + (elapsed + 2.0) * 2.0, (admitted, elapsed, load)  # +2 s: event-loop stalls
             notices = [m for m in await receive(ws, is_type("error")) if is_type("error")(m)]
             assert notices[0]["code"] == "frames_over_rate" and "--fps" in notices[0]["message"]
 
