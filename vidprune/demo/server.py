@@ -394,14 +394,14 @@ class DemoServer:
                                    timeout=CLOSE_TIMEOUT_S)
         await ws.prepare(request)
         if not self._origin_ok(request):
-            await self._refuse_socket(ws, request.transport, "bad_origin", "this demo only accepts its own page; open it from the "
-                                                        "server's URL", 1008)
+            await self._refuse_socket(ws, request.transport, "bad_origin",
+                                      "this demo only accepts its own page; open it from the server's URL", 1008)
             return ws
         if not self._make_room():
             await self._refuse_socket(
-                ws, request.transport, "too_many_sessions", f"the server already has {len(self.clients)} sessions open "
-                                         f"(limit {self.settings.max_sessions}); close another tab and reload, "
-                                         "or start it with a higher --max-sessions", 1013)  # "try again later"
+                ws, request.transport, "too_many_sessions",
+                f"the server already has {len(self.clients)} sessions open (limit {self.settings.max_sessions}); "
+                "close another tab and reload, or start it with a higher --max-sessions", 1013)  # "try again later"
             return ws
         shared = self.shared_feed
         feed = shared or Feed(self.new_memory(), frame_rate=self.settings.plan.frame_rate)
@@ -432,8 +432,7 @@ class DemoServer:
                         pass
                 elif msg.type == WSMsgType.ERROR:
                     break
-                if client.closing:
-                    break
+            # (a session the server drops ends here too: its close handshake, or the abort after it, ends the loop)
         finally:
             self._close_client(client)
             watcher.cancel()
