@@ -162,6 +162,11 @@ def test_page_streams_the_camera_and_answers_from_memory(demo_url, browser, tmp_
     assert re.fullmatch(r"\d+\.\d+ s", page.inner_text("#stat-ttft"))
     assert len(tokens) >= 2, "the answer arrived token by token"
     assert page.is_enabled("#ask")
+    shot = tmp_path / "demo.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("VIDPRUNE_DEMO_SCREENSHOT"):
+        shutil.copy(shot, os.environ["VIDPRUNE_DEMO_SCREENSHOT"])
     # Reset: the page asks for it and the server answers with the emptied memory's stats.
     before = len(traffic["stats_frames"])
     page.click("#reset")
@@ -169,11 +174,6 @@ def test_page_streams_the_camera_and_answers_from_memory(demo_url, browser, tmp_
     while not any('"reset"' in m for m in traffic["sent"]) or 0 not in traffic["stats_frames"][before:]:
         assert time.monotonic() < deadline, (traffic["sent"][-3:], traffic["stats_frames"][-5:])
         page.wait_for_timeout(100)
-    shot = tmp_path / "demo.png"
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 10_000
-    if os.environ.get("VIDPRUNE_DEMO_SCREENSHOT"):
-        shutil.copy(shot, os.environ["VIDPRUNE_DEMO_SCREENSHOT"])
     assert errors == []
     context.close()
 
