@@ -1,5 +1,6 @@
-"""End to end: `vidprune demo` (a subprocess, tiny checkpoint) and the page in a real headless Chromium
-(Debian's package, driven by Playwright) with a fake camera.
+"""End to end: `vidprune demo --token` (a subprocess, tiny checkpoint) and the page in a real headless Chromium
+(Debian's package, driven by Playwright) with a fake camera. The page is opened with the URL the server
+printed (it carries the access token); the page's files and its WebSocket then pass on the cookie.
 
 Set VIDPRUNE_DEMO_SCREENSHOT=path.png to also save the page's screenshot there (docs/images/demo.png).
 """
@@ -28,7 +29,8 @@ WAIT_MS = 60_000
 
 
 def _status(url: str) -> dict:
-    with urllib.request.urlopen(url + "api/status", timeout=10) as r:
+    base, _, query = url.partition("?")
+    with urllib.request.urlopen(base + "api/status?" + query, timeout=10) as r:
         return json.load(r)
 
 
@@ -45,7 +47,7 @@ def _wait_status(url: str, predicate, timeout: float = 30.0) -> dict:
 def demo_url(video_llava_ckpt, tmp_path_factory):
     """`vidprune demo` serving the tiny checkpoint on 127.0.0.1 (a free port), as a user starts it."""
     log = tmp_path_factory.mktemp("demo") / "server.log"
-    cmd = [sys.executable, "-m", "vidprune.cli", "demo", "--model", video_llava_ckpt, "--port", "0",
+    cmd = [sys.executable, "-m", "vidprune.cli", "demo", "--model", video_llava_ckpt, "--port", "0", "--token",
            "--fps", "4", "--window", "10", "--budget", "1600", "--max-new-tokens", "12", "--max-sessions", "2"]
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -53,7 +55,7 @@ def demo_url(video_llava_ckpt, tmp_path_factory):
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline and proc.poll() is None:
             line = proc.stdout.readline()
-            match = re.search(r"open (http://127\.0\.0\.1:\d+/)", line)
+            match = re.search(r"open (http://127\.0\.0\.1:\d+/\?token=[\w-]+)", line)
             if match:
                 url = match.group(1)
                 break
@@ -107,24 +109,30 @@ def _open_page(context, url: str):
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     tokens: list[str] = []
+    traffic = {"sent": [], "stats_frames": []}  # text messages the page sent; "frames" of each stats message
 
     def on_socket(ws):
         def on_frame(payload):
             if isinstance(payload, str) and '"type": "token"' in payload:
                 tokens.append(json.loads(payload)["text"])
+            if isinstance(payload, str) and '"type": "stats"' in payload:
+                traffic["stats_frames"].append(json.loads(payload)["stats"]["frames"])
 
         ws.on("framereceived", on_frame)
+        ws.on("framesent", lambda payload: traffic["sent"].append(payload) if isinstance(payload, str) else None)
 
     page.on("websocket", on_socket)
     page.goto(url)
-    return page, errors, tokens
+    return page, errors, tokens, traffic
 
 
 def test_page_streams_the_camera_and_answers_from_memory(demo_url, browser, tmp_path):
     context = browser.new_context(viewport={"width": 1280, "height": 860})
-    page, errors, tokens = _open_page(context, demo_url)
+    page, errors, tokens, traffic = _open_page(context, demo_url)
     page.wait_for_function("document.body.dataset.state === 'streaming'", timeout=WAIT_MS)
     assert page.is_visible("#tiny-warning"), "a tiny checkpoint is announced as answering nonsense"
+    rates = page.eval_on_selector_all("#rate option", "els => els.map(e => Number(e.value))")
+    assert max(rates) == 4, f"the page offers no rate above the server's --fps 4: {rates}"
     # Frames flow: the overlay shows a frame the page sent, with kept / duplicate / pruned patches.
     page.wait_for_function("Number(document.getElementById('overlay').dataset.seq || -1) >= 4", timeout=WAIT_MS)
     caption = page.inner_text("#overlay-seq")
@@ -159,20 +167,27 @@ def test_page_streams_the_camera_and_answers_from_memory(demo_url, browser, tmp_
     assert shot.stat().st_size > 10_000
     if os.environ.get("VIDPRUNE_DEMO_SCREENSHOT"):
         shutil.copy(shot, os.environ["VIDPRUNE_DEMO_SCREENSHOT"])
+    # Reset: the page asks for it and the server answers with the emptied memory's stats.
+    before = len(traffic["stats_frames"])
+    page.click("#reset")
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not any('"reset"' in m for m in traffic["sent"]) or 0 not in traffic["stats_frames"][before:]:
+        assert time.monotonic() < deadline, (traffic["sent"][-3:], traffic["stats_frames"][-5:])
+        page.wait_for_timeout(100)
     assert errors == []
     context.close()
 
 
 def test_each_tab_gets_its_own_memory_and_a_closed_tab_frees_it(demo_url, browser):
     context = browser.new_context()
-    first, errors, _ = _open_page(context, demo_url)
-    second, _, _ = _open_page(context, demo_url)
+    first, errors, _, _ = _open_page(context, demo_url)
+    second, _, _, _ = _open_page(context, demo_url)
     for page in (first, second):
         page.wait_for_function("Number(document.getElementById('overlay').dataset.seq || -1) >= 1", timeout=WAIT_MS)
     st = _status(demo_url)
     assert st["sessions"] == 2 and len(st["feeds"]) == 2
     assert all(f["memory"]["frames"] >= 1 and not f["shared"] for f in st["feeds"])
-    third, _, _ = _open_page(context, demo_url)  # over --max-sessions 2
+    third, _, _, _ = _open_page(context, demo_url)  # over --max-sessions 2
     third.wait_for_selector("#error:not([hidden])", timeout=WAIT_MS)
     assert "too_many_sessions" in third.inner_text("#error")
     assert third.evaluate("document.body.dataset.state") == "closed"

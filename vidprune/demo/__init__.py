@@ -5,9 +5,10 @@ prunes it (VisPruner), dedups it against a rolling token memory of the last seco
 answers questions from that memory, streaming the answer token by token. Needs the
 ``demo`` extra (aiohttp): ``pip install "vidprune[demo]"``.
 
-Modules: :mod:`.server` (HTTP + WebSocket, sessions), :mod:`.worker` (the model thread),
-:mod:`.feed` (frames into a memory), :mod:`.streaming` (token-by-token answers),
-:mod:`.source` (server-side sources), :mod:`.command` (the CLI), ``static/`` (the page).
+Modules: :mod:`.server` (HTTP + WebSocket, sessions), :mod:`.access` (Host allowlist, token),
+:mod:`.worker` (the model thread), :mod:`.feed` (frames into a memory, what a frame may cost),
+:mod:`.streaming` (token-by-token answers), :mod:`.source` (server-side sources),
+:mod:`.limits` (every bound, with its reason), :mod:`.command` (the CLI), ``static/`` (the page).
 """
 
 __all__ = ["DemoServer", "DemoSettings"]

@@ -20,7 +20,9 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError
-from .limits import DEFAULT_FRAME_RATE, DEFAULT_MAX_SESSIONS, DEFAULT_PORT, DEFAULT_WINDOW_S
+from .access import is_loopback
+from .limits import (DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_FRAME_RATE, DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_SESSIONS,
+                     DEFAULT_PORT, DEFAULT_WINDOW_S)
 
 __all__ = ["add_command", "run", "settings_from_args"]
 
@@ -32,7 +34,7 @@ _NOT_FOR_DEMO = {"frames": "--frames", "max_frames": "--max-frames", "decode_bac
 
 
 def add_command(subparsers) -> None:
-    from ..cli import add_pipeline_options
+    from ..config import add_option_flags as add_pipeline_options
 
     p = subparsers.add_parser(
         "demo", help="serve a page that answers questions about your webcam's last seconds",
@@ -45,6 +47,22 @@ def add_command(subparsers) -> None:
     g.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free port)")
     g.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS,
                    help=f"browser tabs served at once, each with its own memory (default {DEFAULT_MAX_SESSIONS})")
+    g.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a host name the page may be opened under, besides the bound address and localhost "
+                        "(repeatable; requests under any other name are refused, against DNS rebinding)")
+    auth = g.add_mutually_exclusive_group()
+    auth.add_argument("--token", dest="token", action="store_true", default=None,
+                      help="require an access token (printed in the URL) also on loopback; "
+                           "it is required by default whenever --host is not a loopback address")
+    auth.add_argument("--no-token", dest="token", action="store_false",
+                      help="serve without an access token, also beyond loopback (anyone who reaches the port can "
+                           "use the page)")
+    g.add_argument("--client-timeout", type=float, default=DEFAULT_CLIENT_TIMEOUT_S, metavar="S",
+                   help=f"drop a tab that has not answered the server's pings for S seconds (default "
+                        f"{DEFAULT_CLIENT_TIMEOUT_S:g})")
+    g.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT_S, metavar="S",
+                   help=f"a tab that sent nothing for S seconds gives its place to a new tab when the server is "
+                        f"full (default {DEFAULT_IDLE_TIMEOUT_S:g})")
     g = p.add_argument_group("memory")
     g.add_argument("--window", type=float, default=DEFAULT_WINDOW_S,
                    help=f"seconds of stream the memory keeps (default {DEFAULT_WINDOW_S:g})")
@@ -74,19 +92,27 @@ def _check_host_port(host: str, port: int) -> None:
         raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --host/--port") from None
 
 
-def _is_loopback(host: str) -> bool:
+def _check_allow_hosts(names: list[str]) -> tuple[str, ...]:
+    for name in names:
+        bare = name.strip("[]")
+        if not bare or any(c in bare for c in "/?#@ :\t") and not _is_ip(bare):
+            raise ConfigError(f"--allow-host {name!r} is not a host name; give a name such as box.lan or an address")
+    return tuple(names)
+
+
+def _is_ip(text: str) -> bool:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ipaddress.ip_address(text)
+        return True
     except ValueError:
-        return host == "localhost"
+        return False
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     """Check every option and size the memory, without loading weights. Returns (settings, VidpruneConfig)."""
-    from ..cli import options_from_args
-    from ..config import load_preset
+    from ..config import load_preset, options_from_args, resolve_config
     from ..pipeline.memory import build_memory, plan_memory
-    from ..config import resolve_config
+    from .access import needs_token, new_token
     from .server import DemoSettings
     from .source import ServerSource, source_kind
 
@@ -99,6 +125,11 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
         raise ConfigError(f"--window {args.window:g} must be a positive number of seconds")
     if args.max_sessions < 1:
         raise ConfigError(f"--max-sessions {args.max_sessions} must be at least 1")
+    for flag, value in (("--client-timeout", args.client_timeout), ("--idle-timeout", args.idle_timeout)):
+        if not value > 0:
+            raise ConfigError(f"{flag} {value:g} must be a positive number of seconds")
+    allow_hosts = _check_allow_hosts(args.allow_host)
+    wants_token = needs_token(args.host, args.token)
     preset = load_preset(args.config) if args.config else {}
     tiny = False
     if "model" not in opts and not preset.get("model"):
@@ -132,7 +163,9 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     _check_host_port(args.host, args.port)
     settings = DemoSettings(plan=plan, memory_options=memory_options, generate_kwargs=cfg.generate_kwargs(),
                             host=args.host, port=args.port, max_sessions=args.max_sessions, model_name=cfg.model,
-                            tiny=tiny, source=args.source, loop_source=args.loop)
+                            tiny=tiny, source=args.source, loop_source=args.loop, allow_hosts=allow_hosts,
+                            token=new_token() if wants_token else None, client_timeout_s=args.client_timeout,
+                            idle_timeout_s=args.idle_timeout)
     return settings, cfg
 
 
@@ -144,9 +177,9 @@ def run(args: argparse.Namespace) -> int:
     if settings.tiny:
         print("demo: a tiny random-weight model; it runs everything but ANSWERS NONSENSE (give --model M for a real one).",
               file=sys.stderr)
-    if not _is_loopback(settings.host):
-        print(f"demo: listening on {settings.host}: anyone who can reach this machine can use the page",
-              file=sys.stderr)
+    if not is_loopback(settings.host) and settings.token is None:
+        print(f"demo: listening on {settings.host} without a token (--no-token): anyone who can reach this machine "
+              "can use the page", file=sys.stderr)
     plan = settings.plan
     print(f"demo: memory of {plan.window_s:g} s at {plan.frame_rate:g} fps: at most {plan.max_frames} frames, "
           f"{plan.budget} tokens ({plan.frame_allowance} patches per frame before dedup; the stock model would "
@@ -155,7 +188,9 @@ def run(args: argparse.Namespace) -> int:
     server = DemoServer(qa.llm, settings)
 
     def announce(url: str) -> None:
-        print(f"vidprune demo: open {url}  (Ctrl+C to stop)", flush=True)
+        others = [u for u in server.urls if u != url]
+        also = f" (or {', '.join(others)})" if others else ""
+        print(f"vidprune demo: open {url}{also}  (Ctrl+C to stop)", flush=True)
 
     try:
         asyncio.run(server.serve_forever(announce))

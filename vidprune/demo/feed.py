@@ -5,8 +5,10 @@ Frames are offered to the feed's :class:`~vidprune.pipeline.latest_frame.LatestF
 server-side source); the model thread calls :meth:`Feed.encode_next` whenever it is free,
 which decodes, encodes, prunes, dedups and stores the newest pending frame and returns
 the message that tells the page what happened. Frames are JPEG bytes (from a browser) or
-RGB arrays (from a server-side source); JPEG bytes are checked against
-:data:`MAX_FRAME_BYTES` / :data:`MAX_FRAME_PIXELS` before they are queued.
+RGB arrays (from a server-side source). Every frame is checked for what it will cost
+before it is decoded or preprocessed (:func:`check_frame_size`: pixels, short side, aspect
+ratio; JPEG bytes also for their size, format and decompression bombs, from the header
+only), with the limits in :mod:`.limits`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from PIL import Image
 from ..pipeline.latest_frame import LatestFrameSlot
 from ..pipeline.memory import RollingTokenMemory
 from ..pipeline.stages import EncodeStage
-from .limits import MAX_FRAME_BYTES, MAX_FRAME_PIXELS
+from .limits import FRAME_RATE_TOLERANCE, MAX_FRAME_ASPECT, MAX_FRAME_BYTES, MAX_FRAME_PIXELS, MIN_FRAME_SIDE
 
-__all__ = ["FrameRefused", "PendingFrame", "Feed", "check_jpeg",
+__all__ = ["FrameRefused", "PendingFrame", "Feed", "RateGate", "check_frame_size", "check_jpeg",
            "decode_jpeg", "encode_jpeg", "patch_region"]
 
 _feed_ids = itertools.count(1)
@@ -38,6 +40,25 @@ class FrameRefused(ValueError):
         self.code = code
 
 
+def check_frame_size(width: int, height: int) -> None:
+    """Refuse a ``width`` x ``height`` frame that would cost too much to decode or preprocess.
+
+    The processor scales the short side to the tower's size, so besides the pixel count the
+    short side and the aspect ratio bound what a frame costs after resizing.
+    """
+    if width * height > MAX_FRAME_PIXELS:
+        raise FrameRefused("frame_too_many_pixels", f"frame is {width}x{height} pixels, more than "
+                                                    f"{MAX_FRAME_PIXELS}; scale it down before sending")
+    if min(width, height) < MIN_FRAME_SIDE:
+        raise FrameRefused("frame_too_small", f"frame is {width}x{height} pixels; its short side must be at least "
+                                              f"{MIN_FRAME_SIDE} px")
+    aspect = max(width, height) / min(width, height)
+    if aspect > MAX_FRAME_ASPECT:
+        raise FrameRefused("frame_bad_aspect", f"frame is {width}x{height} pixels, an aspect ratio of {aspect:.1f}:1, "
+                                               f"more than {MAX_FRAME_ASPECT:g}:1 (the model scales the short side up "
+                                               "to its input size); crop it before sending")
+
+
 def check_jpeg(data: bytes) -> tuple[int, int]:
     """(width, height) of a JPEG, from its header only; raise :class:`FrameRefused` if it is not acceptable."""
     if len(data) > MAX_FRAME_BYTES:
@@ -46,25 +67,58 @@ def check_jpeg(data: bytes) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt, (width, height) = img.format, img.size
+    except Image.DecompressionBombError as exc:  # Pillow's own guard: the header claims a gigantic image
+        raise FrameRefused("frame_decompression_bomb", f"frame is a decompression bomb ({exc}); "
+                                                       f"send frames of at most {MAX_FRAME_PIXELS} pixels") from None
     except Exception:
         raise FrameRefused("frame_not_jpeg", "frame is not an image; send each frame as one JPEG") from None
     if fmt != "JPEG":
         raise FrameRefused("frame_not_jpeg", f"frame is a {fmt} image; send JPEG frames")
-    if width * height > MAX_FRAME_PIXELS:
-        raise FrameRefused("frame_too_many_pixels", f"frame is {width}x{height} pixels, more than "
-                                                    f"{MAX_FRAME_PIXELS}; scale it down before sending")
+    check_frame_size(width, height)
     return width, height
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
     """JPEG bytes → (H, W, 3) uint8 RGB (checked with :func:`check_jpeg` first)."""
-    check_jpeg(data)
+    width, height = check_jpeg(data)
     try:
         with Image.open(io.BytesIO(data)) as img:
-            return np.array(img.convert("RGB"))  # a writable copy
+            rgb = np.array(img.convert("RGB"))  # a writable copy
     except Exception as exc:
         raise FrameRefused("frame_unreadable", f"frame is a damaged JPEG ({type(exc).__name__}); "
                                                "send complete JPEG frames") from None
+    if rgb.shape[:2] != (height, width):  # the decoder must not make more than the header promised
+        raise FrameRefused("frame_unreadable", f"frame decoded to {rgb.shape[1]}x{rgb.shape[0]} pixels, not the "
+                                               f"{width}x{height} its header says; send complete JPEG frames")
+    return rgb
+
+
+class RateGate:
+    """Holds a stream to ``frame_rate`` frames per second: :meth:`admit` says whether a frame arriving now may enter.
+
+    A credit of one frame accrues every ``1 / frame_rate`` seconds (at most two are saved
+    up, so a frame delayed on the way and the one right behind it both pass); a frame is
+    admitted when the credit is at least ``1 - FRAME_RATE_TOLERANCE`` and spends one. So a
+    page that sends at ``frame_rate`` with a jittery timer loses no frames, a faster one is
+    thinned to ``frame_rate``, and over any ``T`` seconds at most ``frame_rate * T + 1 +
+    FRAME_RATE_TOLERANCE`` frames enter.
+    """
+
+    _MAX_CREDIT = 2.0
+
+    def __init__(self, frame_rate: float):
+        self.interval_s = 1.0 / frame_rate
+        self._credit = 1.0
+        self._last_s: float | None = None
+
+    def admit(self, now_s: float) -> bool:
+        if self._last_s is not None:
+            self._credit = min(self._MAX_CREDIT, self._credit + (now_s - self._last_s) / self.interval_s)
+        self._last_s = now_s
+        if self._credit < 1.0 - FRAME_RATE_TOLERANCE:
+            return False
+        self._credit -= 1.0
+        return True
 
 
 def encode_jpeg(rgb: np.ndarray, max_side: int, quality: int) -> bytes:
@@ -112,18 +166,37 @@ class Feed:
         preview: (max_side, quality) to send each encoded frame back as a JPEG preview
             (server-side sources, whose frames the page has not seen); None for browser tabs.
         shared: True if several tabs read this feed (it outlives them).
+        frame_rate: hold the frames offered to this rate (:class:`RateGate`; frames beyond it
+            are counted as ``over_rate``); None takes every frame (a source that samples itself).
     """
 
-    def __init__(self, memory: RollingTokenMemory, *, preview: tuple[int, int] | None = None, shared: bool = False):
+    def __init__(self, memory: RollingTokenMemory, *, preview: tuple[int, int] | None = None, shared: bool = False,
+                 frame_rate: float | None = None):
         self.id = next(_feed_ids)
         self.memory = memory
         self.slot: LatestFrameSlot[PendingFrame] = LatestFrameSlot(capacity=1)
         self.preview = preview
         self.shared = shared
         self.subscribers: set[Any] = set()  # the tabs that read this feed (touched on the event loop only)
-        self.refused = 0  # frames refused (too large, not JPEG, unreadable)
+        self.gate = RateGate(frame_rate) if frame_rate is not None else None
+        self.refused = 0  # frames refused (too large, not JPEG, unreadable), before or after the slot
+        self._refused_at_door = 0  # of those, refused before they entered the slot
+        self.over_rate = 0  # frames that came sooner than the frame rate allows
         self.encoded = 0
+        self.last_messages: list[Any] = []  # what the last encoded frame told the subscribers (for late tabs)
         self.closed = False
+
+    def admit(self, now_s: float) -> bool:
+        """Whether a frame arriving now fits the feed's frame rate (counted as ``over_rate`` if not)."""
+        if self.gate is None or self.gate.admit(now_s):
+            return True
+        self.over_rate += 1
+        return False
+
+    def refuse(self) -> None:
+        """Count a frame refused before it was offered (too large, not a JPEG, ...)."""
+        self.refused += 1
+        self._refused_at_door += 1
 
     def offer(self, frame: PendingFrame) -> None:
         """Queue a frame for the encoder (an older pending frame is dropped and counted)."""
@@ -136,10 +209,15 @@ class Feed:
         self.memory.clear()
 
     def load(self) -> dict[str, int]:
-        """Frame counters: received, encoded, dropped (encoder busy, newest won), refused."""
+        """Frame counters: ``received == encoded + dropped + refused + over_rate + pending``.
+
+        dropped: the encoder was busy and a newer frame replaced it; over_rate: it came sooner
+        than the frame rate allows; refused: too large, not a JPEG, unreadable.
+        """
         counts = self.slot.counts()
-        return {"received": counts.received + self.refused, "encoded": self.encoded, "dropped": counts.dropped,
-                "refused": self.refused, "pending": counts.pending}
+        return {"received": counts.received + self._refused_at_door + self.over_rate, "encoded": self.encoded,
+                "dropped": counts.dropped, "refused": self.refused, "over_rate": self.over_rate,
+                "pending": counts.pending}
 
     def encode_next(self, encoder: EncodeStage) -> tuple[list[Any], PendingFrame] | None:
         """Encode the newest pending frame into the memory (model thread). None if nothing is pending.
@@ -151,7 +229,11 @@ class Feed:
         if pending is None or self.closed:
             return None
         try:
-            rgb = pending.rgb if pending.rgb is not None else decode_jpeg(pending.jpeg)
+            if pending.rgb is not None:
+                check_frame_size(pending.rgb.shape[1], pending.rgb.shape[0])
+                rgb = pending.rgb
+            else:
+                rgb = decode_jpeg(pending.jpeg)
         except FrameRefused:
             self.refused += 1
             raise
@@ -177,4 +259,5 @@ class Feed:
         if self.preview is not None:
             out.append(encode_jpeg(rgb, *self.preview))
         out.append(message)
+        self.last_messages = out
         return out, pending

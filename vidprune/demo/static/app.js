@@ -20,6 +20,7 @@ const state = {
   preview: null,      // Promise<ImageBitmap> of the last server preview (server source)
   answers: new Map(), // answer id -> element
   stream: null,
+  closeExplained: false, // the server said why before it closed the socket
 };
 
 function showError(message, sticky) {
@@ -40,7 +41,11 @@ function pct(x) { return (100 * x).toFixed(1) + "%"; }
 // ---------------------------------------------------------------- socket
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}/ws`);
+  // The access token (if any) rides along as a cookie the server set with the page; the query covers
+  // browsers that refuse the cookie.
+  const token = new URLSearchParams(location.search).get("token");
+  const query = token ? "?token=" + encodeURIComponent(token) : "";
+  const ws = new WebSocket(`${scheme}://${location.host}/ws${query}`);
   ws.binaryType = "blob";
   state.ws = ws;
   ws.onmessage = (ev) => {
@@ -53,6 +58,7 @@ function connect() {
     setState("closed", "disconnected");
     stopCapture();
     if (ev.code === 1009) showError("the server closed the connection: a message was too big", true);
+    else if (ev.reason && !state.closeExplained) showError("the server closed the connection: " + ev.reason, true);
   };
 }
 
@@ -65,6 +71,7 @@ const handlers = {
     $("window").textContent = `· last ${msg.plan.window_s} s, budget ${msg.plan.budget} tokens`;
     state.rate = msg.capture.frame_rate;
     ensureRateOption(state.rate);
+    $("reset").hidden = msg.source === "server";  // one memory shared by every tab: not this tab's to reset
     if (msg.source === "server") {
       $("camera-title").textContent = "Server source: " + (msg.source_name || "");
       $("preview").hidden = true;
@@ -113,10 +120,14 @@ const handlers = {
     $("ask").disabled = false;
   },
   error(msg) {
+    // This page keeps to the server's rate; a frame its timer sent early is only counted (in the stats).
+    if (msg.code === "frames_over_rate") return;
     const where = msg.seq == null ? "" : ` (frame ${msg.seq})`;
     showError(`${msg.code}${where}: ${msg.message}`, msg.code === "too_many_sessions");
     if (["question_refused", "memory_empty", "busy", "internal"].includes(msg.code)) $("ask").disabled = false;
     if (msg.code === "too_many_sessions") setState("closed", "refused");
+    // These come just before the server closes the socket: the close need not say it again.
+    if (["too_many_sessions", "evicted_idle", "bad_origin"].includes(msg.code)) state.closeExplained = true;
   },
 };
 
@@ -125,12 +136,18 @@ function updateStats(s, load) {
   $("stat-tokens").textContent = `${s.tokens} / ${s.tokens_seen}` + (s.tokens_seen ? ` (${pct(s.kept_share)})` : "");
   $("stat-dups").textContent = s.candidates ? `${pct(s.duplicate_share)} of VisPruner's picks` : "–";
   $("stat-budget").textContent = `${s.tokens} of ${s.budget}`;
-  if (load) $("stat-dropped").textContent = `${load.dropped} of ${load.received}` + (state.skipped ? ` (+${state.skipped} not sent)` : "");
+  if (load) {
+    $("stat-dropped").textContent = `${load.dropped} of ${load.received}` +
+      (load.over_rate ? `, ${load.over_rate} over the frame rate` : "") +
+      (state.skipped ? ` (+${state.skipped} not sent)` : "");
+  }
 }
 
 // ---------------------------------------------------------------- camera
 function ensureRateOption(rate) {
+  // The server holds frames to its --fps: faster rates would only be thinned, so they are not offered.
   const select = $("rate");
+  for (const o of [...select.options]) if (Number(o.value) > rate) o.remove();
   if (![...select.options].some((o) => Number(o.value) === rate)) {
     const opt = document.createElement("option");
     opt.value = String(rate); opt.textContent = String(rate);
@@ -246,6 +263,12 @@ async function drawOverlay(msg) {
     `· frame ${msg.seq}: ${msg.kept.length} kept, ${msg.duplicates.length} duplicates, ` +
     `${gh * gw - msg.candidates} pruned`;
 }
+
+// ---------------------------------------------------------------- memory
+$("reset").addEventListener("click", () => {
+  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+  state.ws.send(JSON.stringify({ type: "reset" }));
+});
 
 // ---------------------------------------------------------------- questions
 $("ask-form").addEventListener("submit", (ev) => {
