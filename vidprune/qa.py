@@ -40,8 +40,15 @@ class Answer:
 
 def check_question(question: Any) -> str:
     """Return the question stripped, or raise :class:`ConfigError` for an empty / non-text / huge one."""
-    if not isinstance(question, str) or not question.strip():
+    if not isinstance(question, str):
+        raise ConfigError(f"the question must be text, got a {type(question).__name__}; pass the question as a string")
+    if not question.strip():
         raise ConfigError("the question is empty; pass the text to ask about the video")
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(f"the question has a lone surrogate (U+{ord(question[exc.start]):04X} at character "
+                          f"{exc.start + 1}); pass valid Unicode text") from None
     if len(question) > MAX_QUESTION_CHARS:
         raise ConfigError(f"the question has {len(question)} characters, more than {MAX_QUESTION_CHARS}; shorten it")
     return question.strip()
