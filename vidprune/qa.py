@@ -40,9 +40,9 @@ class Answer:
 
 def check_question(question: Any) -> str:
     """Return the question stripped, or raise :class:`ConfigError` for an empty / non-text / huge one."""
-    if not isinstance(question, str):
+    if question is not None and not isinstance(question, str):
         raise ConfigError(f"the question must be text, got a {type(question).__name__}; pass the question as a string")
-    if not question.strip():
+    if question is None or not question.strip():
         raise ConfigError("the question is empty; pass the text to ask about the video")
     try:
         question.encode("utf-8")
