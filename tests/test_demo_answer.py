@@ -2,7 +2,7 @@
 
 A rolling memory is filled as the demo fills it (frames encoded one at a time, pruned and
 deduplicated into the memory), then the demo's own streaming answer function
-(:func:`vidprune.demo.streaming.answer_streaming` with its :class:`TokenStreamer`) answers
+(:func:`vidprune.demo.answer_text.answer_streaming` with its :class:`TokenStreamer`) answers
 in an event loop. References, independent of the demo code:
 
 * the memory's token stream = each frame's own encoded rows ([CLS], then the kept patches)
@@ -19,7 +19,7 @@ import pytest
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from vidprune.demo.streaming import TokenStreamer, answer_streaming
+from vidprune.demo.answer_text import TokenStreamer, answer_streaming
 from vidprune.pipeline.memory import build_memory, plan_memory
 from vidprune.video_models import load_video_llm
 

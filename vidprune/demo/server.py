@@ -69,7 +69,7 @@ from .limits import (CAPTURE_JPEG_QUALITY, CAPTURE_MAX_SIDE, CLOSE_TIMEOUT_S, DE
                      MAX_FRAME_PIXELS, MAX_MESSAGE_BYTES, MAX_PATH_CHARS, MAX_TEXT_MESSAGE_CHARS, MIN_FRAME_SIDE,
                      OUTBOX_LIMIT, PREVIEW_JPEG_QUALITY, STATS_INTERVAL_S)
 from .source import ServerSource
-from .streaming import TokenStreamer, answer_streaming
+from .answer_text import TokenStreamer, answer_streaming
 from .worker import ModelWorker
 
 __all__ = ["DemoSettings", "DemoServer"]

@@ -1,4 +1,4 @@
-"""Answers that stream out token by token, from a token stream held in memory.
+"""Answers that reach the browser token by token, from a token stream held in memory.
 
 ``VideoLLM.generate`` passes extra keyword arguments to ``model.generate``, so a
 transformers streamer rides along unchanged: :func:`answer_streaming` calls it with
