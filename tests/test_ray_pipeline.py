@@ -15,10 +15,10 @@ import signal
 import numpy as np
 import pytest
 import torch
-from ray_cluster import LoopbackCluster
+from ray_cluster import LoopbackCluster, actor_info, on_actor
 
 from vidprune.errors import ConfigError, VideoDecodeError
-from vidprune.pipeline.ray_actors import (
+from vidprune.pipeline.ray import (
     RayPipelineOptions,
     RayVideoPipeline,
     StageResources,
@@ -65,8 +65,11 @@ def pipeline(video_llava_ckpt):
         connect_ray(cluster.address)
         try:
             cfg = VideoQA.resolve_config(video_llava_ckpt, **OPTIONS)
+            # explicit shares that leave room to restart a dead node's actors on the other two
             pipe = RayVideoPipeline(cfg, RayPipelineOptions(decoders=2, encoders=2,
-                                                            max_segments_in_flight=SEGMENTS_IN_FLIGHT))
+                                                            max_segments_in_flight=SEGMENTS_IN_FLIGHT,
+                                                            decode=StageResources(1), encode=StageResources(1),
+                                                            select=StageResources(0.5), answer=StageResources(1)))
             pipe.cluster = cluster
             yield pipe
             pipe.shutdown()
@@ -151,10 +154,8 @@ def test_selection_stream_equals_select_stage(tiny_checkpoints, videos, family, 
 
 # ------------------------------------------------------------------------- on Ray
 def test_actors_spread_over_all_nodes(pipeline):
-    import ray
-
     actors = pipeline.decoders + pipeline.encoders + [pipeline.selector] + pipeline.answerers
-    nodes = set(ray.get([a.node_id.remote() for a in actors]))
+    nodes = {actor_info(a)["node_id"] for a in actors}
     assert len(nodes) == 3
 
 
@@ -179,9 +180,33 @@ def test_array_input_equals_in_process(pipeline, reference):
     assert_same_pruned(pipeline.prepare(frames), reference.prepare(frames))
 
 
-def test_answers_equal_in_process_and_llm_gets_only_pruned_tokens(pipeline, reference, videos):
-    import ray
+def _record_llm_inputs(answer_actor):
+    """Test instrumentation, installed in the live actor: the token shapes handed to its LLM."""
 
+    def install(instance):
+        qa = instance.qa
+        seen = qa.__dict__.setdefault("_test_received", [])
+        if "answer" not in qa.__dict__:
+            original = qa.answer
+
+            def answer(pruned, questions, **kw):
+                seen.append(tuple(pruned.tokens.shape))
+                return original(pruned, questions, **kw)
+
+            qa.answer = answer
+        return None
+
+    on_actor(answer_actor, install)
+
+
+def _llm_inputs(answer_actor) -> list[tuple[int, ...]]:
+    return on_actor(answer_actor, lambda instance: list(instance.qa.__dict__.get("_test_received", [])))
+
+
+def test_answers_equal_in_process_and_llm_gets_only_pruned_tokens(pipeline, reference, videos):
+    pipeline.ensure_answerers()
+    for a in pipeline.answerers:
+        _record_llm_inputs(a)
     results = {r.key: r for r in pipeline.run([VideoRequest(k, videos[k], QUESTIONS) for k in ("short1", "long")])}
     assert set(results) == {"short1", "long"}
     for key, result in results.items():
@@ -191,7 +216,7 @@ def test_answers_equal_in_process_and_llm_gets_only_pruned_tokens(pipeline, refe
         assert [a["text"] for a in result.answers] == [w.text for w in want]
         assert [a["report"]["frames"] for a in result.answers] == [w.report["frames"] for w in want]
         assert [a["report"]["tokens"] for a in result.answers] == [w.report["tokens"] for w in want]
-    shapes = [s for a in pipeline.answerers for s in ray.get(a.received_shapes.remote())]
+    shapes = [s for a in pipeline.answerers for s in _llm_inputs(a)]
     assert shapes and all(s[0] <= OPTIONS["budget"] for s in shapes)
     assert sorted(s[0] for s in shapes[-2:]) == sorted(r.answers[0]["report"]["tokens"]["to_llm"]
                                                       for r in results.values())
@@ -215,7 +240,7 @@ def test_bad_video_is_an_error_result_and_the_rest_go_on(pipeline, reference, vi
 def test_killed_select_actor_restarts_and_videos_start_over(pipeline, reference, videos):
     requests = [VideoRequest(i, videos[k]) for i, k in enumerate(["short1", "long", "short2", "long"])]
     restarted_before = pipeline.stats["restarted_videos"]
-    old_pid = pipeline.pids()["select"][0]
+    old_pid = actor_info(pipeline.selector)["pid"]
     results = {}
     for result in pipeline.run(requests):
         results[result.key] = result
@@ -227,13 +252,15 @@ def test_killed_select_actor_restarts_and_videos_start_over(pipeline, reference,
         assert_same_pruned(results[i].pruned, reference.prepare(videos[k]))
     assert pipeline.stats["restarted_videos"] > restarted_before
     assert max(r.attempts for r in results.values()) == 2
-    assert pipeline.pids()["select"][0] != old_pid
+    assert actor_info(pipeline.selector)["pid"] != old_pid
 
 
 def test_cluster_too_small_is_one_line_error(video_llava_ckpt, pipeline):
     cfg = VideoQA.resolve_config(video_llava_ckpt, **OPTIONS)
     with pytest.raises(ConfigError, match=r"the Ray cluster has 12 CPUs but the pipeline asks for 12.5"):
-        RayVideoPipeline(cfg, RayPipelineOptions(decoders=10, encode=StageResources(num_cpus=1)))
+        RayVideoPipeline(cfg, RayPipelineOptions(decoders=10, decode=StageResources(num_cpus=1),
+                                                 encode=StageResources(num_cpus=1), select=StageResources(0.5),
+                                                 answer=StageResources(1)))
 
 
 def test_dead_worker_node_its_actors_restart_elsewhere_and_work_is_redone(pipeline, reference, videos):
@@ -243,7 +270,7 @@ def test_dead_worker_node_its_actors_restart_elsewhere_and_work_is_redone(pipeli
     doomed = "127.0.0.4"
     actors = pipeline.decoders + pipeline.encoders + [pipeline.selector] + pipeline.answerers
     node_ip = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
-    on_doomed = [a for a in actors if node_ip[ray.get(a.node_id.remote())] == doomed]
+    on_doomed = [a for a in actors if node_ip[actor_info(a)["node_id"]] == doomed]
     assert on_doomed  # SPREAD put some of the six actors there
     names = ["long", "short1", "short2", "long"]
     results = {}
@@ -258,4 +285,4 @@ def test_dead_worker_node_its_actors_restart_elsewhere_and_work_is_redone(pipeli
         assert [a["token_ids"] for a in results[i].answers] == [w.token_ids for w in want]
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert len(alive) == 2
-    assert {ray.get(a.node_id.remote()) for a in on_doomed} <= alive  # restarted on the surviving nodes
+    assert {actor_info(a)["node_id"] for a in on_doomed} <= alive  # restarted on the surviving nodes

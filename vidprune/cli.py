@@ -26,7 +26,7 @@ DEMO_QUESTION = "What is moving in this video?"
 
 # Modules that add a subcommand: each has ``add_command(subparsers)``, which registers a
 # parser whose ``func`` default is the function to run with the parsed args.
-_COMMAND_MODULES: list[str] = ["vidprune.demo.command", "vidprune.eval.cli", "vidprune.pipeline.jobs"]
+_COMMAND_MODULES: list[str] = ["vidprune.demo.command", "vidprune.eval.cli", "vidprune.jobs.command"]
 
 
 def _budget(value: str) -> int | str:

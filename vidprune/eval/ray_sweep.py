@@ -1,7 +1,7 @@
 """Running a sweep's answers on Ray (``vidprune eval --address``) through vidprune's job machinery.
 
 Each (benchmark, arm) with questions left becomes one ``vidprune job``
-(:func:`vidprune.pipeline.jobs.run_job`): a manifest of its pending questions (the
+(:func:`vidprune.jobs.runner.run_job`): a manifest of its pending questions (the
 benchmark's prompt, the sample id as job id) and a results file under
 ``<out>/ray/<benchmark>/<arm>/``. The job answers on the cluster (decoders, encoders,
 answerers as Ray actors, resumable by itself); its results are then scored and appended
@@ -52,8 +52,8 @@ def answer_on_ray(runner: "SweepRunner", work: list[tuple["BenchmarkData", "Samp
     """Answer ``work`` (benchmark, sample, pending arms) with one Ray job per (benchmark, arm) and record the results."""
     import ray
 
-    from ..pipeline.jobs import run_job
-    from ..pipeline.ray_actors import RayPipelineOptions, connect_ray
+    from ..jobs.runner import run_job
+    from ..pipeline.ray import RayPipelineOptions, connect_ray
 
     check_ray_samples(work)
     jobs: dict[tuple[str, str], tuple["BenchmarkData", "Arm", list["Sample"]]] = {}
@@ -75,7 +75,7 @@ def answer_on_ray(runner: "SweepRunner", work: list[tuple["BenchmarkData", "Samp
                                         for s in samples))
             options: dict[str, Any] = {**runner.arm_configs[label].to_dict(),
                                        "max_new_tokens": explicit_len or data.spec.max_new_tokens}
-            runner._say(f"{data.spec.title} / {label}: {len(samples)} questions as a Ray job ({folder})")
+            runner.say(f"{data.spec.title} / {label}: {len(samples)} questions as a Ray job ({folder})")
             run_job(manifest, results, options, address=address, node_ip_address=node_ip_address,
                     progress=runner.progress)
             by_id = {s.sample_id: s for s in samples}
@@ -88,11 +88,9 @@ def answer_on_ray(runner: "SweepRunner", work: list[tuple["BenchmarkData", "Samp
                     if not runner.settings.skip_missing_videos:
                         raise VideoDecodeError(f"{rec['error']} (pass --skip-missing-videos to leave such questions "
                                                "out; rerun to resume)")
-                    runner._say(f"warning: {rec['error']}; question {sample.sample_id} left out (--skip-missing-videos)")
+                    runner.say(f"warning: {rec['error']}; question {sample.sample_id} left out (--skip-missing-videos)")
                     continue
-                record = runner._record(data, sample, arm, rec["answer"], rec["report"])
-                runner.store.append(record)
-                runner.records[record["key"]] = record
+                runner.keep(runner.make_record(data, sample, arm, rec["answer"], rec["report"]))
     finally:
         if started_here:
             ray.shutdown()

@@ -1,6 +1,6 @@
 """Streaming a video through the stages in time segments, without Ray.
 
-The Ray pipeline (:mod:`vidprune.pipeline.ray_actors`) moves these plain objects between
+The Ray pipeline (:mod:`vidprune.pipeline.ray`) moves these plain objects between
 actors; everything here runs and is tested in one process:
 
 * :func:`plan_frames` — which frames a :class:`~vidprune.pipeline.stages.DecodeStage`

@@ -1,0 +1,183 @@
+"""The stages as Ray actors: each holds the very stage objects of the in-process path.
+
+``DecodeActor`` (``SegmentDecoder`` over ``DecodeStage``), ``EncodeActor`` (``EncodeStage``,
+one vision-tower replica), ``SelectActor`` (``SelectStage``: one ``SelectionStream`` per
+video, fed in temporal order) and ``AnswerActor`` (``AnswerStage`` through
+``VideoQA.answer``). How they are wired and scheduled: docs/ray.md and
+:mod:`vidprune.pipeline.ray.scheduler`.
+
+Nothing an actor holds grows with the number of calls: the select actor holds the
+streams of the videos in flight (dropped when finished or abandoned); the others hold
+their stages only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ...config import VidpruneConfig
+from ...errors import VideoDecodeError
+from ..stages import PrunedVideo
+from ..streaming import FrameBatch, FramePlan, SegmentDecoder, SelectionStream
+from .failures import SelectionLost, one_line
+from .options import DEFAULT_QUESTIONS_PER_CALL
+
+__all__ = ["DecodeActor", "EncodeActor", "SelectActor", "AnswerActor"]
+
+
+def _stages_without_weights(config: VidpruneConfig):
+    """A ``VideoQA`` whose decode and select stages are real and whose model is only its geometry.
+
+    The decode and select actors need no weights: this builds their stages with
+    ``VideoQA``'s own constructor (same options → same stages) from the checkpoint's config.
+    """
+    from ...qa import VideoQA
+    from ...video_models.base import inspect_checkpoint
+
+    info = inspect_checkpoint(config.model, keep_cls=config.keep_cls, prune_pooled=config.prune_pooled)
+    return VideoQA(types.SimpleNamespace(geometry=info.geometry, default_num_frames=info.family.default_num_frames),
+                   config)
+
+
+def _load_video_qa(config: VidpruneConfig):
+    from ...qa import VideoQA
+
+    return VideoQA.from_pretrained(config=config.to_dict())
+
+
+def _quiet_worker() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+class _ActorBase:
+    def ready(self) -> int:
+        """Returns once the constructor ran (the driver waits on it); the actor's process id."""
+        return os.getpid()
+
+
+class DecodeActor(_ActorBase):
+    """``DecodeStage`` as an actor: plans videos, decodes their time segments."""
+
+    def __init__(self, config: VidpruneConfig):
+        _quiet_worker()
+        self.decoder = SegmentDecoder(_stages_without_weights(config).decode_stage)
+
+    def plan(self, video: str) -> FramePlan:
+        plan = self.decoder.plan(video)
+        if not plan.indices:
+            raise VideoDecodeError(f"cannot decode video {video!r}: it has no frames; re-encode it with ffmpeg")
+        return plan
+
+    def decode(self, video: str, plan: FramePlan, seq: int, segment_frames: int, lanes: int,
+               stream_key: str) -> FrameBatch:
+        return self.decoder.decode(video, plan, seq, segment_frames, lanes, stream_key)
+
+    def decode_whole(self, video: str):
+        return self.decoder.decode_whole(video)
+
+
+class EncodeActor(_ActorBase):
+    """``EncodeStage`` as an actor (one replica): a segment's frames → features on CPU, pixels dropped."""
+
+    def __init__(self, config: VidpruneConfig, free_language_model: bool = True):
+        _quiet_worker()
+        qa = _load_video_qa(config)
+        if free_language_model:
+            _free_language_model(qa.llm)
+        self.stage = qa.encode_stage
+
+    def encode(self, batch: FrameBatch) -> FrameBatch:
+        start = time.perf_counter()
+        frames = batch.frames if batch.frames.flags.writeable else np.array(batch.frames)  # store objects are read-only
+        enc = self.stage.process(frames)
+        enc = type(enc)(features=enc.features.cpu(), cls_attn=enc.cls_attn.cpu(),
+                        extra=None if enc.extra is None else enc.extra.cpu())
+        timings = {**batch.timings_s, "encode": time.perf_counter() - start}
+        return FrameBatch(seq=batch.seq, indices=batch.indices, times_s=batch.times_s, frames=None, encoded=enc,
+                          backend=batch.backend, warnings=batch.warnings, timings_s=timings)
+
+
+def _free_language_model(llm) -> None:
+    """Drop the LLM's weights from an encoder replica (it runs only the vision side).
+
+    ``get_decoder()`` / ``get_output_embeddings()`` are transformers' public accessors of
+    the language model and LM head; moving them to the meta device releases their memory.
+    """
+    model = llm.model
+    for getter in ("get_decoder", "get_output_embeddings"):
+        module = getattr(model, getter, lambda: None)()
+        if module is not None:
+            module.to("meta")
+
+
+@dataclass
+class _SelectState:
+    stream: SelectionStream
+    next_seq: int = 0
+    timings: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "encode": 0.0})
+
+
+class SelectActor(_ActorBase):
+    """``SelectStage`` as an actor: one selection stream per video, fed its segments in temporal order."""
+
+    def __init__(self, config: VidpruneConfig):
+        _quiet_worker()
+        self.stage = _stages_without_weights(config).select_stage
+        self.streams: dict[str, _SelectState] = {}  # videos in flight only: finish/drop remove them
+
+    def add(self, stream_key: str, num_frames: int, batch: FrameBatch) -> int:
+        """Select the next segment of a video (``batch.seq`` 0, 1, ... in order); returns the frames selected so far."""
+        if batch.seq == 0:
+            self.streams[stream_key] = _SelectState(SelectionStream(self.stage, num_frames))
+        state = self.streams.get(stream_key)
+        if state is None:
+            raise SelectionLost(f"the selection of stream {stream_key} was lost (the select actor restarted)")
+        if batch.seq != state.next_seq:
+            raise SelectionLost(f"segment {batch.seq} of stream {stream_key} arrived before segment {state.next_seq}")
+        state.stream.add(batch.encoded, batch.indices, batch.times_s)
+        state.next_seq += 1
+        for k in state.timings:
+            state.timings[k] += batch.timings_s.get(k, 0.0)
+        return state.stream.frames_done
+
+    def finish(self, stream_key: str, decode: dict[str, Any], warnings: list[str]) -> PrunedVideo:
+        state = self.streams.pop(stream_key, None)
+        if state is None:
+            raise SelectionLost(f"the selection of stream {stream_key} was lost (the select actor restarted)")
+        pruned = state.stream.finish(decode, warnings)
+        pruned.timings_s = {**state.timings, "select": state.stream.seconds}
+        return pruned
+
+    def drop(self, stream_key: str) -> None:
+        self.streams.pop(stream_key, None)
+
+
+class AnswerActor(_ActorBase):
+    """``AnswerStage`` (through ``VideoQA.answer``) as an actor: a pruned video + its questions → answers."""
+
+    def __init__(self, config: VidpruneConfig, questions_per_call: int = DEFAULT_QUESTIONS_PER_CALL):
+        _quiet_worker()
+        self.qa = _load_video_qa(config)
+        self.questions_per_call = questions_per_call
+
+    def answer(self, pruned: PrunedVideo, questions: list[str]) -> list[dict[str, Any]]:
+        """One dict per question: ``text``, ``token_ids``, ``report`` — or ``error`` if its batch failed."""
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(questions), self.questions_per_call):
+            chunk = questions[start : start + self.questions_per_call]
+            try:
+                answers = self.qa.answer(pruned, chunk)
+            except Exception as exc:  # one failed batch must not take the video's other questions with it
+                out += [{"error": one_line(exc)} for _ in chunk]
+                continue
+            out += [{"text": a.text, "token_ids": list(a.token_ids), "report": a.report} for a in answers]
+        return out
