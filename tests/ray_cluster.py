@@ -119,7 +119,7 @@ class LoopbackCluster:
     them, nothing runs on a GPU). The head declares none.
     """
 
-    def __init__(self, worker_nodes: int = 1, num_cpus: int = 4, worker_gpus: int = 0):
+    def __init__(self, worker_nodes: int = 1, num_cpus: int = 4, worker_gpus: int = 0, dashboard: bool = False):
         self.marker = uuid.uuid4().hex
         self.home = make_ray_home()
         self.num_cpus = num_cpus
@@ -127,6 +127,8 @@ class LoopbackCluster:
         self.address = ""
         self._worker_nodes = worker_nodes
         self.worker_gpus = worker_gpus
+        self.dashboard = dashboard
+        self.dashboard_url = ""  # http://127.0.0.2:PORT with dashboard=True: the job server (`ray job submit`)
 
     # ------------------------------------------------------------------ start
     def __enter__(self) -> LoopbackCluster:
@@ -148,8 +150,14 @@ class LoopbackCluster:
     def start(self) -> None:
         (gcs_port,) = _free_ports(HEAD_IP, 1)
         self.address = f"{HEAD_IP}:{gcs_port}"
-        head_args = ["--head", f"--port={gcs_port}", "--include-dashboard=false", "--disable-usage-stats",
+        head_args = ["--head", f"--port={gcs_port}", "--disable-usage-stats",
                      "--system-config=" + json.dumps(FAST_NODE_FAILURE_DETECTION)]
+        if self.dashboard:  # needs ray[default]; the job server is part of the dashboard
+            (dashboard_port,) = _free_ports(HEAD_IP, 1)
+            self.dashboard_url = f"http://{HEAD_IP}:{dashboard_port}"
+            head_args += ["--include-dashboard=true", f"--dashboard-host={HEAD_IP}", f"--dashboard-port={dashboard_port}"]
+        else:
+            head_args.append("--include-dashboard=false")
         self._start_with_retries(HEAD_IP, head_args, num_gpus=0)
         for _ in range(self._worker_nodes):
             self.add_node()
