@@ -255,6 +255,53 @@ def test_killed_select_actor_restarts_and_videos_start_over(pipeline, reference,
     assert actor_info(pipeline.selector)["pid"] != old_pid
 
 
+def _held_by_actor(actor) -> dict:
+    """What a live actor holds: gc-tracked objects, resident memory, and the length of every container it keeps."""
+
+    def measure(instance):
+        import gc
+
+        gc.collect()
+        rss_kib = 0
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss_kib = int(line.split()[1])
+        containers = {}
+        for holder in [instance] + [v for v in vars(instance).values() if hasattr(v, "__dict__")]:
+            for name, value in vars(holder).items():
+                if isinstance(value, (list, dict, set, tuple)):
+                    containers[f"{type(holder).__name__}.{name}"] = len(value)
+        return {"objects": len(gc.get_objects()), "rss_bytes": rss_kib * 1024, "containers": containers}
+
+    return on_actor(actor, measure)
+
+
+# Questions of the memory test: 100 videos x 2 questions, after a warm-up of 10 videos.
+LONG_JOB_VIDEOS = 100
+
+
+def test_nothing_in_an_actor_grows_per_call_over_a_200_question_job(pipeline, videos):
+    names = ["short1", "short2"]
+    warm = [VideoRequest(("warm", i), videos[names[i % 2]], QUESTIONS[:2]) for i in range(10)]
+    assert all(r.error is None for r in pipeline.run(warm))
+    actors = pipeline.actors()
+    before = {stage: [_held_by_actor(a) for a in handles] for stage, handles in actors.items()}
+    calls_before = pipeline.stats["segments"]
+    job = [VideoRequest(i, videos[names[i % 2]], QUESTIONS[:2]) for i in range(LONG_JOB_VIDEOS)]
+    answered = sum(len(r.answers) for r in pipeline.run(job) if r.error is None)
+    assert answered == 2 * LONG_JOB_VIDEOS
+    calls = pipeline.stats["segments"] - calls_before  # one decode, encode and select call each
+    after = {stage: [_held_by_actor(a) for a in handles] for stage, handles in actors.items()}
+    for stage in actors:
+        for b, a in zip(before[stage], after[stage]):
+            assert a["containers"] == b["containers"], (stage, b["containers"], a["containers"])
+            # fewer new objects than calls or videos: nothing is kept per call
+            assert a["objects"] - b["objects"] < min(calls, LONG_JOB_VIDEOS), (stage, b["objects"], a["objects"])
+            assert a["rss_bytes"] - b["rss_bytes"] < 64 * 1024 * 1024, (stage, b["rss_bytes"], a["rss_bytes"])
+    assert after["select"][0]["containers"]["SelectActor.streams"] == 0  # no stream left behind
+
+
 def test_cluster_too_small_is_one_line_error(video_llava_ckpt, pipeline):
     cfg = VideoQA.resolve_config(video_llava_ckpt, **OPTIONS)
     with pytest.raises(ConfigError, match=r"the Ray cluster has 12 CPUs but the pipeline asks for 12.5"):
