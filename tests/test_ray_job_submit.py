@@ -31,8 +31,9 @@ def head():
         yield cluster
 
 
-def ray_job(cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    run = subprocess.run([RAY, "job", *args, "--address", cluster.dashboard_url], env=cluster.env,
+def ray_job(cluster, command: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``ray job COMMAND --address http://127.0.0.2:PORT ARGS...`` (the address before a submit's ``--``)."""
+    run = subprocess.run([RAY, "job", command, "--address", cluster.dashboard_url, *args], env=cluster.env,
                          capture_output=True, text=True, timeout=TIMEOUT_S)
     if check:
         assert run.returncode == 0, run.stdout + run.stderr

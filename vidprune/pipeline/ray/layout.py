@@ -14,7 +14,8 @@ Rules (docs/ray.md, "Layout"):
   actor), so on two 1-CPU nodes the four actors get 0.5 CPU each.
 * **GPU** (device CUDA): one LLM replica per GPU and one encoder replica beside each
   (``ENCODE_GPU_SHARE`` + ``ANSWER_GPU_SHARE`` = one GPU, so the pair shares it), the
-  decoders and the select actor on CPU slots as above.
+  decoders and the select actor on CPU slots as above, sized on the GPU nodes' CPUs alone
+  (all actors counted), so the GPU actors fit even where Ray put the CPU-only ones first.
 * What is given explicitly (counts, shares) is kept; only the rest is sized. A layout
   that cannot be placed on the nodes is refused in one line.
 """

@@ -227,7 +227,11 @@ def _size_from_cluster(out: RayPipelineOptions, on_gpu: bool, cluster: ClusterSh
             i = max(range(len(free)), key=lambda j: free[j])
             free[i] = max(0.0, free[i] - res.num_cpus)
     unsized = sum(n for s, n in counts.items() if getattr(out, s) is None)
-    share = slot_share(free, unsized)
+    if on_gpu:  # the GPU actors must land on GPU nodes whatever Ray places there first: size on those alone
+        gpu_node = [n.gpus >= 1 for n in sorted(cluster.nodes, key=lambda n: n.cpus, reverse=True)]
+        share = slot_share([f for f, g in zip(free, gpu_node) if g], unsized)
+    else:
+        share = slot_share(free, unsized)
     if unsized and share == 0:
         have = ", ".join(f"{c:g}" for c in free)
         raise ConfigError(f"the Ray cluster ({cluster.describe()}) has no room for {unsized} more pipeline actors "
