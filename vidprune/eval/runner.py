@@ -85,11 +85,19 @@ class ResultStore:
         return self.file.dropped_torn_line
 
     def load(self) -> dict[str, dict[str, Any]]:
-        """Records already written, by key (opens and locks the file). A partial last line is cut off."""
+        """Records already written, by key (opens and locks an existing file). A partial last line is cut off.
+
+        A missing file stays missing until the first answer is written (a run refused in
+        setup leaves no ``samples.jsonl`` behind).
+        """
+        if not self.file.is_open and self.path.exists():
+            self.file.open()
+        return dict(self.file.records)
+
+    def _open_for_writing(self) -> None:
         if not self.file.is_open:
             self.dir.mkdir(parents=True, exist_ok=True)
             self.file.open()
-        return dict(self.file.records)
 
     def check_run(self, run_info: dict[str, Any]) -> None:
         """Refuse to mix answers of a run with different pipeline options into one folder; record the run."""
@@ -111,12 +119,12 @@ class ResultStore:
         os.replace(tmp, self.run_path)
 
     def append(self, record: dict[str, Any]) -> None:
-        self.load()
+        self._open_for_writing()
         self.file.append(record)
 
     def rewrite(self, records: Iterable[dict[str, Any]]) -> None:
         """Replace the file atomically (used to add judge verdicts to earlier answers)."""
-        self.load()
+        self._open_for_writing()
         self.file.rewrite(records)
 
     def close(self) -> None:
