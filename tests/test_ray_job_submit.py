@@ -41,11 +41,13 @@ def ray_job(cluster, command: str, *args: str, check: bool = True) -> subprocess
 
 
 def status(cluster, job_id: str) -> str:
-    out = ray_job(cluster, "status", job_id).stdout
-    for word in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
-        if word in out:
-            return word
-    return out
+    """The job's state from ``ray job status`` ("Job 'x' succeeded", "Status for job 'x': RUNNING", ...)."""
+    run = ray_job(cluster, "status", job_id)
+    text = (run.stdout + run.stderr).lower()
+    for word in ("succeeded", "failed", "stopped", "running", "pending"):
+        if f"job '{job_id}' {word}" in text or f": {word}" in text:
+            return word.upper()
+    return text[-500:]
 
 
 def wait_for(cluster, job_id: str, states: set[str]) -> str:
@@ -77,7 +79,7 @@ def test_ray_job_submit_runs_a_job_with_status_and_logs(head, video_llava_ckpt, 
     submit(head, "vidprune-ok", m, out, video_llava_ckpt)
     assert wait_for(head, "vidprune-ok", {"SUCCEEDED", "FAILED", "STOPPED"}) == "SUCCEEDED", \
         ray_job(head, "logs", "vidprune-ok").stdout[-3000:]
-    logs = ray_job(head, "logs", "vidprune-ok").stdout
+    logs = ray_job(head, "logs", "vidprune-ok").stdout  # the job's own output (Ray's notes go to stderr)
     assert "vidprune job: layout decode" in logs
     assert "4 new results (4 answered, 0 failed)" in logs
     records = [json.loads(line) for line in out.read_text().splitlines()]

@@ -184,23 +184,33 @@ def _record_llm_inputs(answer_actor):
     """Test instrumentation, installed in the live actor: the token shapes handed to its LLM."""
 
     def install(instance):
-        qa = instance.qa
-        seen = qa.__dict__.setdefault("_test_received", [])
-        if "answer" not in qa.__dict__:
-            original = qa.answer
+        for qa in instance.qas.values():
+            seen = qa.__dict__.setdefault("_test_received", [])
+            if "answer" not in qa.__dict__:
+                original = qa.answer
 
-            def answer(pruned, questions, **kw):
-                seen.append(tuple(pruned.tokens.shape))
-                return original(pruned, questions, **kw)
+                def answer(pruned, questions, _original=original, _seen=seen, **kw):
+                    _seen.append(tuple(pruned.tokens.shape))
+                    return _original(pruned, questions, **kw)
 
-            qa.answer = answer
+                qa.answer = answer
         return None
 
     on_actor(answer_actor, install)
 
 
+def _stop_recording(answer_actor) -> None:
+    def uninstall(instance):
+        for qa in instance.qas.values():
+            qa.__dict__.pop("answer", None)
+            qa.__dict__.pop("_test_received", None)
+
+    on_actor(answer_actor, uninstall)
+
+
 def _llm_inputs(answer_actor) -> list[tuple[int, ...]]:
-    return on_actor(answer_actor, lambda instance: list(instance.qa.__dict__.get("_test_received", [])))
+    return on_actor(answer_actor, lambda instance: [s for qa in instance.qas.values()
+                                                    for s in qa.__dict__.get("_test_received", [])])
 
 
 def test_answers_equal_in_process_and_llm_gets_only_pruned_tokens(pipeline, reference, videos):
@@ -217,6 +227,8 @@ def test_answers_equal_in_process_and_llm_gets_only_pruned_tokens(pipeline, refe
         assert [a["report"]["frames"] for a in result.answers] == [w.report["frames"] for w in want]
         assert [a["report"]["tokens"] for a in result.answers] == [w.report["tokens"] for w in want]
     shapes = [s for a in pipeline.answerers for s in _llm_inputs(a)]
+    for a in pipeline.answerers:
+        _stop_recording(a)
     assert shapes and all(s[0] <= OPTIONS["budget"] for s in shapes)
     assert sorted(s[0] for s in shapes[-2:]) == sorted(r.answers[0]["report"]["tokens"]["to_llm"]
                                                       for r in results.values())

@@ -28,7 +28,10 @@ from ..streaming import FrameBatch, FramePlan, SegmentDecoder, SelectionStream
 from .failures import SelectionLost, one_line
 from .options import DEFAULT_QUESTIONS_PER_CALL
 
-__all__ = ["DecodeActor", "EncodeActor", "SelectActor", "AnswerActor"]
+__all__ = ["DecodeActor", "EncodeActor", "SelectActor", "AnswerActor", "DEFAULT_VARIANT"]
+
+# The label of a pipeline's only variant when it is built without ``variants``.
+DEFAULT_VARIANT = ""
 
 
 def _stages_without_weights(config: VidpruneConfig):
@@ -121,61 +124,88 @@ def _free_language_model(llm) -> None:
 
 @dataclass
 class _SelectState:
-    stream: SelectionStream
+    streams: dict[str, SelectionStream]  # one per variant asked for this video
     next_seq: int = 0
     timings: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "encode": 0.0})
 
 
 class SelectActor(_ActorBase):
-    """``SelectStage`` as an actor: one selection stream per video, fed its segments in temporal order."""
+    """``SelectStage`` as an actor: per video one selection stream per variant, fed its segments in temporal order.
 
-    def __init__(self, config: VidpruneConfig):
+    ``variants`` (label → config) are the selection options one pipeline serves (the arms
+    of an eval sweep: budgets, pruners, dedup); the frames are decoded and encoded once
+    and every variant of the video selects from the same features.
+    """
+
+    def __init__(self, config: VidpruneConfig, variants: dict[str, VidpruneConfig] | None = None):
         _quiet_worker()
-        self.stage = _stages_without_weights(config).select_stage
+        variants = variants or {DEFAULT_VARIANT: config}
+        self.stages = {label: _stages_without_weights(cfg).select_stage for label, cfg in variants.items()}
         self.streams: dict[str, _SelectState] = {}  # videos in flight only: finish/drop remove them
 
-    def add(self, stream_key: str, num_frames: int, batch: FrameBatch) -> int:
+    def add(self, stream_key: str, num_frames: int, batch: FrameBatch, variants: list[str]) -> int:
         """Select the next segment of a video (``batch.seq`` 0, 1, ... in order); returns the frames selected so far."""
         if batch.seq == 0:
-            self.streams[stream_key] = _SelectState(SelectionStream(self.stage, num_frames))
+            self.streams[stream_key] = _SelectState({v: SelectionStream(self.stages[v], num_frames) for v in variants})
         state = self.streams.get(stream_key)
         if state is None:
             raise SelectionLost(f"the selection of stream {stream_key} was lost (the select actor restarted)")
         if batch.seq != state.next_seq:
             raise SelectionLost(f"segment {batch.seq} of stream {stream_key} arrived before segment {state.next_seq}")
-        state.stream.add(batch.encoded, batch.indices, batch.times_s)
+        for stream in state.streams.values():
+            stream.add(batch.encoded, batch.indices, batch.times_s)
         state.next_seq += 1
         for k in state.timings:
             state.timings[k] += batch.timings_s.get(k, 0.0)
-        return state.stream.frames_done
+        return next(iter(state.streams.values())).frames_done
 
-    def finish(self, stream_key: str, decode: dict[str, Any], warnings: list[str]) -> PrunedVideo:
+    def finish(self, stream_key: str, decode: dict[str, Any], warnings: list[str]) -> dict[str, PrunedVideo]:
+        """The video's pruned stream of every variant it was asked for, by label."""
         state = self.streams.pop(stream_key, None)
         if state is None:
             raise SelectionLost(f"the selection of stream {stream_key} was lost (the select actor restarted)")
-        pruned = state.stream.finish(decode, warnings)
-        pruned.timings_s = {**state.timings, "select": state.stream.seconds}
-        return pruned
+        out = {}
+        for label, stream in state.streams.items():
+            pruned = stream.finish(decode, warnings)
+            pruned.timings_s = {**state.timings, "select": stream.seconds}
+            out[label] = pruned
+        return out
 
     def drop(self, stream_key: str) -> None:
         self.streams.pop(stream_key, None)
 
 
 class AnswerActor(_ActorBase):
-    """``AnswerStage`` (through ``VideoQA.answer``) as an actor: a pruned video + its questions → answers."""
+    """``AnswerStage`` (through ``VideoQA.answer``) as an actor: a pruned video + its questions → answers.
 
-    def __init__(self, config: VidpruneConfig, questions_per_call: int = DEFAULT_QUESTIONS_PER_CALL):
+    One model per actor; each variant answers through a ``VideoQA`` over that model with
+    the variant's options (its IVTP schedule switched on before its questions).
+    """
+
+    def __init__(self, config: VidpruneConfig, questions_per_call: int = DEFAULT_QUESTIONS_PER_CALL,
+                 variants: dict[str, VidpruneConfig] | None = None):
+        from ...qa import VideoQA
+
         _quiet_worker()
-        self.qa = _load_video_qa(config)
+        variants = variants or {DEFAULT_VARIANT: config}
+        first = _load_video_qa(config)
+        self.qas = {label: first if cfg == config else VideoQA(first.llm, cfg) for label, cfg in variants.items()}
         self.questions_per_call = questions_per_call
 
-    def answer(self, pruned: PrunedVideo, questions: list[str]) -> list[dict[str, Any]]:
-        """One dict per question: ``text``, ``token_ids``, ``report`` — or ``error`` if its batch failed."""
+    def answer(self, pruned: dict[str, PrunedVideo], questions: list[str],
+               generate: dict[str, Any] | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Per variant, one dict per question: ``text``, ``token_ids``, ``report`` — or ``error`` if its batch failed."""
+        return {label: self._answer(label, video, questions, generate or {}) for label, video in pruned.items()}
+
+    def _answer(self, label: str, pruned: PrunedVideo, questions: list[str],
+                generate: dict[str, Any]) -> list[dict[str, Any]]:
+        qa = self.qas[label]
+        qa.llm.set_ivtp(qa.config.ivtp())  # a no-op unless variants differ in IVTP
         out: list[dict[str, Any]] = []
         for start in range(0, len(questions), self.questions_per_call):
             chunk = questions[start : start + self.questions_per_call]
             try:
-                answers = self.qa.answer(pruned, chunk)
+                answers = qa.answer(pruned, chunk, **generate)
             except Exception as exc:  # one failed batch must not take the video's other questions with it
                 out += [{"error": one_line(exc)} for _ in chunk]
                 continue

@@ -10,9 +10,9 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
 
 from ...config import VidpruneConfig
-from ...errors import ModelLoadError, VidpruneError
+from ...errors import ConfigError, ModelLoadError, VidpruneError
 from ..stages import PrunedVideo
-from .actors import AnswerActor, DecodeActor, EncodeActor, SelectActor
+from .actors import DEFAULT_VARIANT, AnswerActor, DecodeActor, EncodeActor, SelectActor
 from .failures import one_line, root_cause
 from .layout import ClusterShape
 from .options import RayPipelineOptions, StageResources, actor_options
@@ -22,6 +22,8 @@ __all__ = ["RayVideoPipeline", "ACTOR_RESTART_TIMEOUT_S"]
 
 # Seconds to wait for a restarted actor (process start + model load on a busy node).
 ACTOR_RESTART_TIMEOUT_S = 300.0
+# Seconds for the actors to be placed and to load the model at start; beyond, Ray could not place them.
+ACTOR_START_TIMEOUT_S = 900.0
 
 
 class RayVideoPipeline:
@@ -34,14 +36,21 @@ class RayVideoPipeline:
             it leaves None is sized from the connected cluster (:mod:`.layout`).
         answering: start the LLM actors now, alongside the others (else on the first
             request with questions; ``prepare`` alone never needs them).
+        variants: label → config of the selection/answer options one pipeline serves (an
+            eval sweep's arms). They must agree with ``config`` on everything that decodes
+            and encodes (model, frames, device, ...): the frames are decoded and encoded once
+            per video for all of them. Default: ``config`` alone.
 
     Raises:
         ConfigError: the actors do not fit on the cluster's nodes (one line).
         ModelLoadError: an actor could not load the checkpoint.
     """
 
-    def __init__(self, config: VidpruneConfig, options: RayPipelineOptions | None = None, *, answering: bool = True):
+    def __init__(self, config: VidpruneConfig, options: RayPipelineOptions | None = None, *, answering: bool = True,
+                 variants: dict[str, VidpruneConfig] | None = None):
         self.config = config.validate()
+        self.variants = {label: cfg.validate() for label, cfg in (variants or {DEFAULT_VARIANT: config}).items()}
+        _check_variants(config, self.variants)
         self.cluster = ClusterShape.current()
         self.options = (options or RayPipelineOptions()).resolved(config, self.cluster, answering=answering)
         o = self.options
@@ -50,7 +59,7 @@ class RayVideoPipeline:
                                       "videos": 0}
         self.decoders = [self._actor(DecodeActor, o.decode, False, config) for _ in range(o.decoders)]
         self.encoders = [self._actor(EncodeActor, o.encode, False, config) for _ in range(o.encoders)]
-        self.selector = self._actor(SelectActor, o.select, True, config)
+        self.selector = self._actor(SelectActor, o.select, True, config, self.variants)
         self.answerers: list[Any] = []
         if answering:
             self.answerers = [self._new_answerer() for _ in range(o.answerers)]
@@ -62,7 +71,14 @@ class RayVideoPipeline:
 
     def _wait_ready(self, actors: list) -> None:
         try:
-            ray.get([a.ready.remote() for a in actors])
+            ray.get([a.ready.remote() for a in actors], timeout=ACTOR_START_TIMEOUT_S)
+        except GetTimeoutError:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+            raise ConfigError(f"the pipeline's actors ({self.options.layout()}) did not all start within "
+                              f"{ACTOR_START_TIMEOUT_S:.0f} s on the Ray cluster ({self.cluster.describe()}); "
+                              "Ray could not place them (see `ray status`) or loading the model takes longer: "
+                              "lower the per-stage shares or add nodes") from None
         except Exception as exc:  # a constructor failed: say why once, before any work starts
             cause = root_cause(exc)
             if isinstance(cause, VidpruneError):
@@ -88,7 +104,8 @@ class RayVideoPipeline:
                 time.sleep(POLL_S / 4)
 
     def _new_answerer(self):
-        return self._actor(AnswerActor, self.options.answer, False, self.config, self.options.questions_per_call)
+        return self._actor(AnswerActor, self.options.answer, False, self.config, self.options.questions_per_call,
+                           self.variants)
 
     def ensure_answerers(self) -> None:
         """Start the LLM actors if they are not running yet (a pipeline built with ``answering=False``)."""
@@ -131,3 +148,18 @@ def _raise_error(result: VideoResult) -> None:
     if isinstance(result.exception, VidpruneError):
         raise result.exception
     raise VidpruneError(result.error) from result.exception
+
+
+# Options that may differ between the variants of one pipeline: selection and in-LLM pruning.
+VARIANT_OPTIONS = ("budget", "pruner", "important_ratio", "seed", "dedup", "dedup_threshold", "dedup_reference",
+                   "dedup_window", "ivtp_layer", "ivtp_keep", "ivtp_schedule", "ivtp_fusion")
+
+
+def _check_variants(config: VidpruneConfig, variants: dict[str, VidpruneConfig]) -> None:
+    base = {k: v for k, v in config.to_dict().items() if k not in VARIANT_OPTIONS}
+    for label, cfg in variants.items():
+        differ = sorted(k for k, v in cfg.to_dict().items() if k not in VARIANT_OPTIONS and base.get(k) != v)
+        if differ:
+            raise ConfigError(f"variant {label!r} differs from the pipeline's config in {', '.join(differ)}; "
+                              f"variants may differ only in {', '.join(VARIANT_OPTIONS)}")
+

@@ -37,11 +37,18 @@ POLL_S = 1.0
 
 @dataclass
 class VideoRequest:
-    """A video (file path or (T, H, W, 3) uint8 array) and its questions; ``questions=None`` returns the pruned stream."""
+    """A video (file path or (T, H, W, 3) uint8 array) and its questions; ``questions=None`` returns the pruned stream.
+
+    ``variants``: labels of the pipeline's variants to select and answer with (None: the
+    pipeline's only one, or all); the video is decoded and encoded once for all of them.
+    ``generate``: generate() overrides for these questions (e.g. ``{"max_new_tokens": 8}``).
+    """
 
     key: Any
     video: Any
     questions: list[str] | None = None
+    variants: list[str] | None = None
+    generate: dict[str, Any] | None = None
 
 
 @dataclass
@@ -50,11 +57,14 @@ class VideoResult:
 
     ``error`` is the failure as one line (for results files); ``exception`` the exception
     the actor raised, with its type (e.g. :class:`~vidprune.errors.VideoDecodeError`).
+    With variants (a request naming them, or a pipeline of several), ``by_variant`` holds
+    per label what ``answers`` / ``pruned`` hold otherwise.
     """
 
     key: Any
     answers: list[dict[str, Any]] | None = None
     pruned: PrunedVideo | None = None
+    by_variant: dict[str, Any] | None = None
     error: str | None = None
     attempts: int = 1
     exception: BaseException | None = field(default=None, repr=False)
@@ -190,7 +200,7 @@ class Scheduler:
             pipe.stats["segments_per_decoder"][lane] += 1
         enc_i = min(range(len(pipe.encoders)), key=lambda i: self.encoder_load[i])
         encoded = pipe.encoders[enc_i].encode.remote(decoded)
-        selected = pipe.selector.add.remote(run.stream_key, run.num_frames, encoded)
+        selected = pipe.selector.add.remote(run.stream_key, run.num_frames, encoded, self.variants_of(run))
         run.window[seq] = _Segment(seq, selected, (decoded, encoded), enc_i)
         self.waiting[selected] = (run, Awaiting.SELECTED)
         self.encoder_load[enc_i] += 1
@@ -212,7 +222,8 @@ class Scheduler:
         pipe.ensure_answerers()
         run.answerer = min(range(len(pipe.answerers)), key=lambda i: self.answer_load[i])
         self.answer_load[run.answerer] += 1
-        answer_ref = pipe.answerers[run.answerer].answer.remote(pruned_ref, run.request.questions)
+        answer_ref = pipe.answerers[run.answerer].answer.remote(pruned_ref, run.request.questions,
+                                                                run.request.generate)
         self.waiting[answer_ref] = (run, Awaiting.ANSWERS)
 
     # ------------------------------------------------------------ react
@@ -245,9 +256,15 @@ class Scheduler:
         if run.next_seq == run.num_segments and not run.window:
             self.finish_streaming(run)
 
-    def on_done(self, run: VideoRun, ref, value, awaiting: Awaiting) -> VideoResult:
+    def variants_of(self, run: VideoRun) -> list[str]:
+        return list(run.request.variants or self.pipe.variants)
+
+    def on_done(self, run: VideoRun, ref, by_variant: dict[str, Any], awaiting: Awaiting) -> VideoResult:
         self.answering.remove(run)
         self.free_answerer(run)
+        if run.request.variants is not None or len(self.pipe.variants) > 1:
+            return VideoResult(run.request.key, by_variant=by_variant, attempts=run.attempt)
+        (value,) = by_variant.values()
         if awaiting is Awaiting.ANSWERS:
             return VideoResult(run.request.key, answers=value, attempts=run.attempt)
         return VideoResult(run.request.key, pruned=value, attempts=run.attempt)
