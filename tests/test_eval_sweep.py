@@ -21,10 +21,10 @@ from vidprune.errors import ConfigError
 from vidprune.eval.methods import TokenCounts
 from vidprune.eval.runner import SweepRunner, token_counts
 from vidprune.eval.settings import resolve_settings
+from vidprune.presets import get_preset, list_presets
 
-REPO = Path(__file__).resolve().parent.parent
-PAPER_PRESET = REPO / "configs" / "eval_video_llava_vispruner.yaml"
-EVAL_PRESETS = sorted((REPO / "configs").glob("eval_*.yaml"))
+PAPER_PRESET = "eval_video_llava_vispruner"  # shipped presets, by name (vidprune/configs/)
+EVAL_PRESETS = [p.name for p in list_presets("eval")]
 
 
 def _records(out: Path) -> list[dict]:
@@ -257,10 +257,10 @@ def test_resuming_with_other_pipeline_options_is_refused(tmp_path, video_llava_c
                                  options={"model": video_llava_ckpt, "frames": 2})).setup()
 
 
-@pytest.mark.parametrize("path", EVAL_PRESETS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EVAL_PRESETS)
 def test_eval_presets_validate_and_plan_their_table(path, tiny_checkpoints):
-    text = path.read_text()
-    assert text.startswith("#") and "#   vidprune eval --config configs/" + path.name in text
+    text = get_preset(path).text()
+    assert text.startswith("#") and "#   vidprune eval --config " + path + " " in text
     settings = resolve_settings(path, data_root="/data")
     assert settings.options["model"] in ("LanguageBind/Video-LLaVA-7B-hf", "llava-hf/LLaVA-NeXT-Video-7B-hf")
     assert all(s.annotations.startswith("/data/") for s in settings.benchmarks)

@@ -4,6 +4,9 @@
     vidprune ask --demo                      # offline: tiny random-weight model + generated video
     vidprune make-tiny-checkpoint DIR --family video_llava
     vidprune pruners
+    vidprune presets                         # the shipped presets, by name, with a line each
+    vidprune presets video_llava_227 > mine.yaml   # a preset's YAML, to start your own
+    vidprune --version
 
 User mistakes print one line on stderr (no traceback): exit code 2 for bad options or a
 bad model, 1 for an unreadable video.
@@ -18,6 +21,7 @@ import os
 import sys
 from typing import Any
 
+from .config import add_option_flags, options_from_args
 from .errors import ConfigError, VidpruneError
 
 __all__ = ["main", "build_parser", "add_pipeline_options", "options_from_args", "check_video_path"]
@@ -29,88 +33,26 @@ DEMO_QUESTION = "What is moving in this video?"
 _COMMAND_MODULES: list[str] = ["vidprune.demo.command", "vidprune.eval.cli", "vidprune.jobs.command"]
 
 
-def _budget(value: str) -> int | str:
-    if value.lower() in ("none", "off", "full"):
-        return "none"
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"budget must be an integer or 'none', got {value!r}") from None
+def add_pipeline_options(p: argparse.ArgumentParser, *, exclude: tuple[str, ...] = ()) -> None:
+    """Model, frame, pruning, IVTP and generation flags, generated from the option declarations
+    in :mod:`vidprune.config` (one flag per :class:`~vidprune.config.VidpruneConfig` field)."""
+    add_option_flags(p, exclude=exclude)
 
 
-def _ivtp_schedule(value: str) -> list[list[float]]:
-    try:
-        return [[int(k), float(r)] for k, r in (pair.split(":") for pair in value.split(","))]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"ivtp schedule must look like '2:0.5,8:0.5', got {value!r}") from None
+class _VersionAction(argparse.Action):
+    """``--version``: print :func:`version_text` unwrapped (argparse's own action re-wraps it) and exit."""
 
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
-def _ivtp_fusion(value: str) -> str | list[float]:
-    if value in ("none", "mean"):
-        return value
-    try:
-        return [float(w) for w in value.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"ivtp fusion must be none, mean or comma-separated weights, got {value!r}") from None
-
-
-def add_pipeline_options(p: argparse.ArgumentParser) -> None:
-    """Model, frame, pruning and generation flags shared by ``ask`` and the batch commands."""
-    g = p.add_argument_group("model")
-    g.add_argument("--model", help="hub id or checkpoint directory (Video-LLaVA or LLaVA-NeXT-Video)")
-    g.add_argument("--config", help="YAML preset (file path, or a name in configs/); flags override it")
-    g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cpu)")
-    g.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float32 on CPU)")
-    g = p.add_argument_group("frames")
-    g.add_argument("--frames", type=int, help="sample N frames uniformly (default 8 Video-LLaVA, 32 LLaVA-NeXT-Video)")
-    g.add_argument("--fps", type=float, help="sample at F frames per second instead (cap with --max-frames)")
-    g.add_argument("--max-frames", type=int)
-    g.add_argument("--decode-backend", choices=["pyav", "decord"])
-    g.add_argument("--encoder-batch-size", type=int, help="frames per vision-tower call (default: all)")
-    g = p.add_argument_group("pruning")
-    g.add_argument("--budget", type=_budget, help="total visual tokens handed to the LLM per video, or 'none'")
-    g.add_argument("--pruner", help="per-frame pruner (see `vidprune pruners`; default vispruner)")
-    g.add_argument("--important-ratio", type=float, help="VisPruner's share of important tokens (default 0.5)")
-    g.add_argument("--dedup", dest="dedup", action="store_true", default=None, help="cross-frame dedup on (default)")
-    g.add_argument("--no-dedup", dest="dedup", action="store_false", help="cross-frame dedup off")
-    g.add_argument("--dedup-threshold", type=float, help="cosine similarity at which a token is a duplicate (0.9)")
-    g.add_argument("--dedup-reference", choices=["kept", "previous", "kept_any"])
-    g.add_argument("--dedup-window", type=int, help="frames back that dedup compares with (default: all)")
-    g.add_argument("--drop-cls", dest="keep_cls", action="store_false", default=None,
-                   help="Video-LLaVA: do not hand on each frame's [CLS] token")
-    g.add_argument("--prune-unpooled", dest="prune_pooled", action="store_false", default=None,
-                   help="LLaVA-NeXT-Video: prune the 576 unpooled tokens instead of the 144 pooled ones")
-    g.add_argument("--seed", type=int)
-    g = p.add_argument_group("IVTP (pruning inside the LLM, conditioned on the question; off by default)")
-    g.add_argument("--ivtp-layer", type=int, help="k: score after layer k-1, run layers >= k on the kept tokens")
-    g.add_argument("--ivtp-keep", type=float, help="share of visual tokens kept at layer k, in (0, 1]")
-    g.add_argument("--ivtp-schedule", type=_ivtp_schedule,
-                   help="progressive pruning instead of --ivtp-layer/--ivtp-keep, e.g. '2:0.5,8:0.5'")
-    g.add_argument("--ivtp-fusion", type=_ivtp_fusion,
-                   help="score fusion over layers <= k: 'none' (default), 'mean', or weights '0.5,0,2' for layers 0..k")
-    g = p.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", type=int)
-    g.add_argument("--sample", dest="do_sample", action="store_true", default=None, help="sample instead of greedy")
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--top-p", type=float)
-
-
-_OPTION_KEYS = ("model", "device", "dtype", "frames", "fps", "max_frames", "decode_backend", "encoder_batch_size",
-                "budget", "pruner", "important_ratio", "dedup", "dedup_threshold", "dedup_reference", "dedup_window",
-                "keep_cls", "prune_pooled", "seed", "ivtp_layer", "ivtp_keep", "ivtp_schedule", "ivtp_fusion",
-                "max_new_tokens", "do_sample", "temperature", "top_p")
-
-
-def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags the user gave, as VidpruneConfig overrides (flags not given are left out)."""
-    opts = {k: getattr(args, k) for k in _OPTION_KEYS if getattr(args, k, None) is not None}
-    if opts.get("budget") == "none":
-        opts["budget"] = None
-    return opts
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidprune", description="Visual token pruning for video LLMs.")
+    parser.add_argument("--version", action=_VersionAction, help="print the versions of vidprune and its core libraries")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ask = sub.add_parser("ask", help="answer a question about a video", description="Answer a question about a video.")
@@ -128,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
 
     sub.add_parser("pruners", help="list the registered per-frame pruners")
+    presets = sub.add_parser("presets", help="list the shipped YAML presets, or print one",
+                             description="List the presets that ship with vidprune (`--config NAME` takes the name), "
+                                         "or print one preset's YAML to start your own file from.")
+    presets.add_argument("name", nargs="?", help="print this preset's YAML")
     for module_name in _COMMAND_MODULES:
         importlib.import_module(module_name).add_command(sub)
     return parser
@@ -138,16 +84,19 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
     opts = options_from_args(args)
     if args.demo:
+        from .presets import load_preset
         from .samples import ensure_sample_video
         from .video_models.tiny import ensure_tiny_checkpoint
 
         if args.video and not args.question:  # `vidprune ask --demo "question"`
             args.question, args.video = args.video, None
+        preset = load_preset(args.config) if args.config else {}  # a bad preset fails before the model is built
         print("demo: a tiny random-weight model; it runs the whole pipeline offline but ANSWERS NONSENSE.",
               file=sys.stderr)
-        opts.setdefault("model", str(ensure_tiny_checkpoint(args.demo_family)))
-        opts.setdefault("budget", 114 if args.demo_family == "video_llava" else 256)
-        opts.setdefault("max_new_tokens", 16)
+        opts.setdefault("model", str(ensure_tiny_checkpoint(args.demo_family)))  # over a preset's hub id: offline
+        for key, value in (("budget", 114 if args.demo_family == "video_llava" else 256), ("max_new_tokens", 16)):
+            if key not in preset:  # the demo's defaults yield to the preset's values (and flags to both)
+                opts.setdefault(key, value)
         video = args.video or str(ensure_sample_video())
         question = args.question or DEMO_QUESTION
     else:
@@ -198,7 +147,41 @@ def _cmd_pruners(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"ask": _cmd_ask, "make-tiny-checkpoint": _cmd_make_tiny, "pruners": _cmd_pruners}
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from .presets import PRESET_KINDS, get_preset, list_presets
+
+    if args.name:
+        sys.stdout.write(get_preset(args.name).text())
+        return 0
+    presets = list_presets()
+    width = max(len(p.name) for p in presets)
+    for kind, users in PRESET_KINDS.items():
+        print(f"{kind} presets ({users}):")
+        for p in (p for p in presets if p.kind == kind):
+            print(f"  {p.name:<{width}}  {p.description}")
+    print("`vidprune presets NAME` prints one; --config also takes a path to your own YAML file.")
+    return 0
+
+
+def version_text() -> str:
+    """``vidprune X.Y.Z`` and the versions of the libraries that decide its behaviour (no imports)."""
+    import platform
+    from importlib import metadata
+
+    from . import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    libs = ", ".join(f"{name} {installed(name)}" for name in ("torch", "transformers", "av", "ray"))
+    return f"vidprune {__version__} (Python {platform.python_version()}; {libs})"
+
+
+_COMMANDS = {"ask": _cmd_ask, "make-tiny-checkpoint": _cmd_make_tiny, "pruners": _cmd_pruners,
+             "presets": _cmd_presets}
 
 
 def main(argv: list[str] | None = None) -> int:

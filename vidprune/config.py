@@ -1,24 +1,44 @@
-"""Options of a vidprune run: one flat dataclass, YAML presets, whole-config validation.
+"""Options of a vidprune run, declared once: their sections, stage arguments, CLI flags and help.
 
-Every entry point (Python ``VideoQA.from_pretrained``, ``vidprune ask``, jobs) builds a
-:class:`VidpruneConfig` and calls :meth:`VidpruneConfig.validate` before anything heavy
-starts. Validation collects every problem and raises one :class:`ConfigError` whose
-message is a single line. Presets in ``configs/*.yaml`` hold the same keys; CLI flags
-and keyword arguments override them.
+Every option is one field of :class:`VidpruneConfig` (the keyword of
+``VideoQA.from_pretrained``, the key of a YAML preset) with an :class:`Option` declaration
+in its metadata: the section it belongs to and the keyword it is in that section's
+constructor, its help text and CLI flag. Everything else is generated from that one
+declaration:
+
+* the CLI flags of ``vidprune ask`` / ``job`` / ``eval`` / ``demo``
+  (:func:`add_option_flags`, :func:`options_from_args`),
+* the keyword arguments of each stage (:meth:`VidpruneConfig.section`): ``decode`` →
+  :class:`~vidprune.pipeline.stages.DecodeStage`, ``encode`` → ``EncodeStage``, ``select``
+  → ``SelectStage``, ``generate`` → ``AnswerStage``, ``model`` → ``VideoLLM.from_pretrained``,
+  ``ivtp`` → :meth:`~vidprune.pruners.ivtp.IVTPSchedule.from_options`.
+
+:func:`resolve_config` turns a preset + overrides into a validated config plus the
+checkpoint's :class:`~vidprune.video_models.base.CheckpointInfo` (config alone, no weights):
+the one place the family's defaults (frames) and the budget-vs-geometry checks are applied.
+Validation collects every problem and raises one :class:`ConfigError` whose message is a
+single line, before anything heavy starts. Presets (``vidprune/configs/*.yaml``,
+:mod:`vidprune.presets`) hold the same keys; CLI flags and keyword arguments override them.
+
+Layering: this module sits above ``pruners`` and ``video_models`` (it validates against
+their registries) and below ``pipeline`` (whose stages it configures). It imports them
+inside the functions that need them, so parsing a command line imports no torch.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import math
 import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from .errors import ConfigError
+from .presets import load_preset
+from .validators import problem_in_range, problem_positive_int, problem_positive_number
 
-__all__ = ["VidpruneConfig", "load_preset", "DEFAULT_DEDUP_THRESHOLD"]
+__all__ = ["VidpruneConfig", "Option", "OPTIONS", "SECTIONS", "load_preset", "resolve_config",
+           "add_option_flags", "options_from_args", "DEFAULT_DEDUP_THRESHOLD", "DTYPE_NAMES", "DECODE_BACKENDS"]
 
 # Cosine similarity (pre-projector CLIP features) above which a token repeats what an
 # earlier frame gave. CLIP layer -2 features of an unchanged patch in consecutive
@@ -28,45 +48,138 @@ DEFAULT_DEDUP_THRESHOLD = 0.9
 # dtype names users may give -> the torch dtype attribute they mean
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
                "bfloat16": "bfloat16", "bf16": "bfloat16"}
-_DECODE_BACKENDS = ("pyav", "decord")
+DECODE_BACKENDS = ("pyav", "decord")
+_DECODE_BACKENDS = DECODE_BACKENDS  # deprecated alias
+# vidprune.pruners.DEDUP_REFERENCES, spelled here so that declaring the flags imports no torch
+# (tests/test_configs.py checks they are equal)
+DEDUP_REFERENCES = ("kept", "previous", "kept_any")
+
+# section -> (CLI group title, what the section configures)
+SECTIONS = {
+    "model": ("model", "VideoLLM.from_pretrained"),
+    "decode": ("frames", "DecodeStage"),
+    "encode": ("frames", "EncodeStage"),
+    "select": ("pruning", "SelectStage"),
+    "ivtp": ("IVTP (pruning inside the LLM, conditioned on the question; off by default)", "IVTPSchedule.from_options"),
+    "generate": ("generation", "AnswerStage"),
+}
+
+
+# ----------------------------------------------------------------------------- CLI value parsers
+def _parse_budget(value: str) -> int | str:
+    if value.lower() in ("none", "off", "full"):
+        return "none"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"budget must be an integer or 'none', got {value!r}") from None
+
+
+def _parse_ivtp_schedule(value: str) -> list[list[float]]:
+    try:
+        return [[int(k), float(r)] for k, r in (pair.split(":") for pair in value.split(","))]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ivtp schedule must look like '2:0.5,8:0.5', got {value!r}") from None
+
+
+def _parse_ivtp_fusion(value: str) -> str | list[float]:
+    if value in ("none", "mean"):
+        return value
+    try:
+        return [float(w) for w in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ivtp fusion must be none, mean or comma-separated weights, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class Option:
+    """The declaration of one option (one :class:`VidpruneConfig` field).
+
+    Attributes:
+        sections: the sections whose constructors take it (``SECTIONS`` keys).
+        arg: its keyword in those constructors (default: the field's name).
+        help: the CLI help text (and the docs' description).
+        parse: CLI value parser (``int``, ``float``, a function), None for str.
+        choices: the allowed values, when they are a closed list.
+        true_flag / false_flag: for booleans, the flags that set True / False.
+        flag: the CLI flag (default ``--field-name``); None with ``cli=False``.
+    """
+
+    sections: tuple[str, ...]
+    help: str
+    arg: str | None = None
+    parse: Callable[[str], Any] | None = None
+    choices: tuple[str, ...] | None = None
+    true_flag: str | None = None
+    false_flag: str | None = None
+    flag: str | None = None
+    metavar: str | None = None
+
+
+def _option(default: Any, *sections: str, help: str, factory: Callable | None = None, **kw: Any):
+    metadata = {"option": Option(sections=sections, help=help, **kw)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class VidpruneConfig:
-    """All options of a run. ``None`` means "the model family's default" where noted."""
+    """All options of a run. ``None`` means "the model family's default" where noted.
 
-    # --- model
-    model: str | None = None  # hub id or checkpoint directory
-    device: str = "cpu"
-    dtype: str | None = None  # None: float32 on CPU, the checkpoint's dtype on GPU
-    # --- frames
-    frames: int | None = None  # uniform sampling of N frames; None: 8 (Video-LLaVA) / 32 (LLaVA-NeXT-Video)
-    fps: float | None = None  # sample at this rate instead (with max_frames as a cap)
-    max_frames: int | None = None
-    decode_backend: str = "pyav"
-    encoder_batch_size: int | None = None  # frames per vision-tower call; None: all frames of a clip at once
-    # --- per-frame pruning
-    budget: int | None = None  # total visual tokens handed to the LLM per video; None: no limit
-    pruner: str = "vispruner"
-    important_ratio: float = 0.5
-    seed: int = 0  # for the random pruner and sampling
-    keep_cls: bool = True  # Video-LLaVA: hand on each frame's [CLS] token (counts against the budget)
-    prune_pooled: bool = True  # LLaVA-NeXT-Video: prune the 2x2-pooled 144 tokens (False: the 576 unpooled)
-    # --- cross-frame dedup
-    dedup: bool = True
-    dedup_threshold: float = DEFAULT_DEDUP_THRESHOLD
-    dedup_reference: str = "kept"
-    dedup_window: int | None = None
+    Fields are grouped by section; :meth:`section` gives one section as the keyword
+    arguments of the stage it configures.
+    """
+
+    # --- model loading (VideoLLM.from_pretrained)
+    model: str | None = _option(None, "model", arg="name_or_path",
+                                help="hub id or checkpoint directory (Video-LLaVA or LLaVA-NeXT-Video)")
+    device: str = _option("cpu", "model", help="cpu, cuda, cuda:1, ... (default cpu)")
+    dtype: str | None = _option(None, "model", help="float32, float16 or bfloat16 (default: float32 on CPU)")
+    keep_cls: bool = _option(True, "model", false_flag="--drop-cls",
+                             help="Video-LLaVA: do not hand on each frame's [CLS] token")
+    prune_pooled: bool = _option(True, "model", false_flag="--prune-unpooled",
+                                 help="LLaVA-NeXT-Video: prune the 576 unpooled tokens instead of the 144 pooled ones")
+    # --- frames (DecodeStage, EncodeStage)
+    frames: int | None = _option(None, "decode", arg="num_frames", parse=int,
+                                 help="sample N frames uniformly (default 8 Video-LLaVA, 32 LLaVA-NeXT-Video)")
+    fps: float | None = _option(None, "decode", parse=float,
+                                help="sample at F frames per second instead (cap with --max-frames)")
+    max_frames: int | None = _option(None, "decode", parse=int, help="at most this many frames with --fps")
+    decode_backend: str = _option("pyav", "decode", arg="backend", choices=DECODE_BACKENDS,
+                                  help="pyav (default) or decord (falls back to PyAV when it cannot read a file)")
+    encoder_batch_size: int | None = _option(None, "encode", arg="batch_size", parse=int,
+                                             help="frames per vision-tower call (default: all)")
+    # --- per-frame pruning, cross-frame dedup and the budget (SelectStage)
+    budget: int | None = _option(None, "select", parse=_parse_budget,
+                                 help="total visual tokens handed to the LLM per video, or 'none'")
+    pruner: str = _option("vispruner", "select", help="per-frame pruner (see `vidprune pruners`; default vispruner)")
+    important_ratio: float = _option(0.5, "select", parse=float,
+                                     help="VisPruner's share of important tokens (default 0.5)")
+    dedup: bool = _option(True, "select", true_flag="--dedup", false_flag="--no-dedup",
+                          help="cross-frame dedup on (default) / off")
+    dedup_threshold: float = _option(DEFAULT_DEDUP_THRESHOLD, "select", parse=float,
+                                     help=f"cosine similarity at which a token is a duplicate ({DEFAULT_DEDUP_THRESHOLD})")
+    dedup_reference: str = _option("kept", "select", choices=DEDUP_REFERENCES,
+                                   help="what a token is compared with: kept tokens of earlier frames (default), "
+                                        "the previous frame, or any kept token at the same position")
+    dedup_window: int | None = _option(None, "select", parse=int, help="frames back that dedup compares with (default: all)")
+    seed: int = _option(0, "select", "generate", parse=int, help="seed of the random pruner and of sampling")
     # --- IVTP: prune again inside the LLM, conditioned on the question (off by default)
-    ivtp_layer: int | None = None  # k: score after layer k-1, layers >= k run on the kept tokens
-    ivtp_keep: float | None = None  # share of visual tokens kept at layer k (ceil)
-    ivtp_schedule: list | None = None  # progressive form: [[k1, r1], [k2, r2], ...] instead of layer/keep
-    ivtp_fusion: Any = None  # "none" | "mean" | [w_0..w_k] | {layer: weight}: scores fused over layers <= k
-    # --- generation
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
+    ivtp_layer: int | None = _option(None, "ivtp", arg="layer", parse=int,
+                                     help="k: score after layer k-1, run layers >= k on the kept tokens")
+    ivtp_keep: float | None = _option(None, "ivtp", arg="keep", parse=float,
+                                      help="share of visual tokens kept at layer k, in (0, 1]")
+    ivtp_schedule: list | None = _option(None, "ivtp", arg="schedule", parse=_parse_ivtp_schedule,
+                                         help="progressive pruning instead of --ivtp-layer/--ivtp-keep, e.g. '2:0.5,8:0.5'")
+    ivtp_fusion: Any = _option(None, "ivtp", arg="fusion", parse=_parse_ivtp_fusion,
+                               help="score fusion over layers <= k: 'none' (default), 'mean', or weights "
+                                    "'0.5,0,2' for layers 0..k")
+    # --- generation (AnswerStage)
+    max_new_tokens: int = _option(64, "generate", parse=int, help="tokens generated at most (default 64)")
+    do_sample: bool = _option(False, "generate", true_flag="--sample", help="sample instead of greedy")
+    temperature: float = _option(1.0, "generate", parse=float, help="sampling temperature (with --sample)")
+    top_p: float = _option(1.0, "generate", parse=float, help="nucleus sampling mass (with --sample)")
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -93,45 +206,44 @@ class VidpruneConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def section(self, name: str) -> dict[str, Any]:
+        """The options of one section as the keyword arguments of what it configures (``SECTIONS``)."""
+        if name not in SECTIONS:
+            raise ConfigError(f"Unknown option section {name!r}. Has to be one of {list(SECTIONS)}")
+        return {opt.arg or key: getattr(self, key) for key, opt in OPTIONS.items() if name in opt.sections}
+
     # --------------------------------------------------------------- validate
     def problems(self) -> list[str]:
         """Every problem with these options, as short phrases (empty when valid)."""
         p: list[str] = []
 
-        def positive_int(name: str, value: Any, allow_none: bool = True) -> None:
-            if value is None and allow_none:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                p.append(f"{name} must be a positive integer, got {value!r}")
+        def add(problem: str | None) -> None:
+            if problem is not None:
+                p.append(problem)
 
-        positive_int("budget", self.budget)
-        positive_int("frames", self.frames)
-        positive_int("max_frames", self.max_frames)
-        positive_int("encoder_batch_size", self.encoder_batch_size)
-        positive_int("max_new_tokens", self.max_new_tokens, allow_none=False)
-        positive_int("dedup_window", self.dedup_window)
-        if self.fps is not None and not (isinstance(self.fps, (int, float)) and self.fps > 0 and math.isfinite(self.fps)):
-            p.append(f"fps must be a positive number, got {self.fps!r}")
+        for name in ("budget", "frames", "max_frames", "encoder_batch_size", "dedup_window"):
+            if getattr(self, name) is not None:
+                add(problem_positive_int(name, getattr(self, name)))
+        add(problem_positive_int("max_new_tokens", self.max_new_tokens))
+        if self.fps is not None:
+            add(problem_positive_number("fps", self.fps))
         if self.frames is not None and self.fps is not None:
             p.append("give either frames (uniform sampling) or fps (rate sampling), not both")
-        if not isinstance(self.important_ratio, (int, float)) or not 0.0 <= self.important_ratio <= 1.0:
-            p.append(f"important_ratio must be in [0, 1], got {self.important_ratio!r}")
-        if not isinstance(self.dedup_threshold, (int, float)) or not 0.0 < self.dedup_threshold <= 1.0:
-            p.append(f"dedup_threshold must be in (0, 1], got {self.dedup_threshold!r}")
-        from .pruners import DEDUP_REFERENCES, list_pruners
-
+        add(problem_in_range("important_ratio", self.important_ratio, 0.0, 1.0))
+        add(problem_in_range("dedup_threshold", self.dedup_threshold, 0.0, 1.0, low_open=True))
         if self.dedup_reference not in DEDUP_REFERENCES:
             p.append(f"dedup_reference must be one of {', '.join(DEDUP_REFERENCES)}, got {self.dedup_reference!r}")
         elif self.dedup_reference == "previous" and self.dedup_window is not None:
             p.append("dedup_window has no effect with dedup_reference 'previous' (it compares with the previous frame only)")
-        if self.decode_backend not in _DECODE_BACKENDS:
-            p.append(f"decode_backend must be one of {', '.join(_DECODE_BACKENDS)}, got {self.decode_backend!r}")
+        if self.decode_backend not in DECODE_BACKENDS:
+            p.append(f"decode_backend must be one of {', '.join(DECODE_BACKENDS)}, got {self.decode_backend!r}")
         if self.dtype is not None and self.dtype not in DTYPE_NAMES:
             p.append(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
-        if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
+        if problem_positive_number("temperature", self.temperature):
             p.append(f"temperature must be > 0, got {self.temperature!r}")
-        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
-            p.append(f"top_p must be in (0, 1], got {self.top_p!r}")
+        add(problem_in_range("top_p", self.top_p, 0.0, 1.0, low_open=True))
+        from .pruners import list_pruners
+
         if self.pruner not in list_pruners():
             p.append(f"pruner must be one of {', '.join(list_pruners())}, got {self.pruner!r}")
         elif self.pruner == "none" and self.budget is not None:
@@ -153,11 +265,11 @@ class VidpruneConfig:
 
     # ------------------------------------------------------------- derived
     def ivtp(self):
-        """The IVTP schedule these options describe (None when IVTP is off). Layer range is
-        checked against the model by ``IVTPSchedule.validate(num_layers)``."""
+        """The :class:`~vidprune.pruners.ivtp.IVTPSchedule` these options describe (None when IVTP
+        is off). Layer range is checked against the model by ``IVTPSchedule.validate(num_layers)``."""
         from .pruners.ivtp import IVTPSchedule
 
-        schedule = IVTPSchedule.from_options(self.ivtp_layer, self.ivtp_keep, self.ivtp_schedule, self.ivtp_fusion)
+        schedule = IVTPSchedule.from_options(**self.section("ivtp"))
         if schedule is not None:
             problems = [q for q in schedule.problems(num_layers=10**9) if "out of range" not in q]
             if any(k <= 0 for k in schedule.prune_layers):
@@ -167,33 +279,103 @@ class VidpruneConfig:
         return schedule
 
     def generate_kwargs(self) -> dict[str, Any]:
+        """``generate()`` keywords: the sampling ones only when sampling."""
         kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
         if self.do_sample:
             kw.update(temperature=self.temperature, top_p=self.top_p)
         return kw
 
 
-def load_preset(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML preset into a dict of option values (not yet validated).
+# key -> its declaration, in field order
+OPTIONS: dict[str, Option] = {f.name: f.metadata["option"] for f in dataclasses.fields(VidpruneConfig)}
 
-    ``path`` may name a file, or a preset in the repository's ``configs/`` folder by stem
-    (e.g. ``video_llava_227``).
+
+# ----------------------------------------------------------------------------------- CLI
+def add_option_flags(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = ()) -> None:
+    """Add one flag per option (grouped by section, help from the declaration), plus ``--config``.
+
+    A flag not given leaves its ``dest`` None, so :func:`options_from_args` hands on only what
+    the user set and the preset's value stays.
     """
-    import yaml
+    groups: dict[str, argparse._ArgumentGroup] = {}
 
-    candidate = Path(path)
-    if not candidate.is_file():
-        repo_configs = Path(__file__).resolve().parent.parent / "configs" / f"{path}.yaml"
-        if repo_configs.is_file():
-            candidate = repo_configs
-        else:
-            raise ConfigError(f"config file {str(path)!r} not found; pass a YAML file path")
-    try:
-        data = yaml.safe_load(candidate.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(candidate)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(candidate)!r} must hold a mapping of option: value")
-    return data
+    def group(title: str):
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        return groups[title]
+
+    for key, opt in OPTIONS.items():
+        if key in exclude:
+            continue
+        g = group(SECTIONS[opt.sections[0]][0])
+        if key == "model":
+            g.add_argument("--model", help=opt.help)
+            g.add_argument("--config", help="YAML preset: a file or a shipped preset's name (`vidprune presets`); flags override it")
+            continue
+        if opt.true_flag or opt.false_flag:
+            if opt.true_flag:
+                g.add_argument(opt.true_flag, dest=key, action="store_true", default=None, help=opt.help)
+            if opt.false_flag:
+                g.add_argument(opt.false_flag, dest=key, action="store_false", default=None,
+                               help=None if opt.true_flag else opt.help)
+            continue
+        kwargs: dict[str, Any] = {"dest": key, "help": opt.help}
+        if opt.parse is not None:
+            kwargs["type"] = opt.parse
+        if opt.choices is not None:
+            kwargs["choices"] = list(opt.choices)
+        if opt.metavar:
+            kwargs["metavar"] = opt.metavar
+        g.add_argument(opt.flag or "--" + key.replace("_", "-"), **kwargs)
+
+
+def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The option flags the user gave, as :class:`VidpruneConfig` overrides (flags not given are left out)."""
+    opts = {k: getattr(args, k) for k in OPTIONS if getattr(args, k, None) is not None}
+    if opts.get("budget") == "none":
+        opts["budget"] = None
+    return opts
+
+
+# ------------------------------------------------------------------------------ resolve
+# Options whose ``None`` is a choice ("no budget", "the family's frames"), not "not given".
+_NONE_IS_A_CHOICE = ("budget", "dedup", "frames", "fps")
+
+
+def resolve_config(model: str | None = None, config: str | os.PathLike | dict | None = None,
+                   **options: Any) -> tuple[VidpruneConfig, Any]:
+    """Preset (file, preset name or dict) + keyword overrides → (validated config, checkpoint info).
+
+    The checkpoint's :class:`~vidprune.video_models.base.CheckpointInfo` (family, HF config,
+    visual geometry) is read from its config alone: no weights load. The returned config has
+    the family's frame count filled in (``frames``) unless ``fps`` sampling was asked for.
+
+    Raises:
+        ConfigError / ModelLoadError: one line, before anything heavy starts.
+    """
+    from .plan import plan_tokens
+    from .video_models.base import inspect_checkpoint
+    from .video_models.hf_internals import check_ivtp_internals
+
+    preset = load_preset(config) if isinstance(config, (str, os.PathLike)) else dict(config or {})
+    cfg = VidpruneConfig.from_dict(preset, source=str(config) if config else "options")
+    explicit = {k: v for k, v in options.items() if k in _NONE_IS_A_CHOICE}
+    cfg = cfg.replace(model=model, **{k: v for k, v in options.items() if k not in explicit})
+    cfg = dataclasses.replace(cfg, **explicit)  # budget=None / frames=None are meaningful: "no budget"
+    if "frames" in options and "fps" not in options:  # an explicit sampling choice replaces the preset's
+        cfg = dataclasses.replace(cfg, fps=None)
+    elif "fps" in options and "frames" not in options:
+        cfg = dataclasses.replace(cfg, frames=None)
+    if cfg.model is None:
+        raise ConfigError("no model given; pass a hub id or a checkpoint directory (--model)")
+    cfg.validate()
+    info = inspect_checkpoint(cfg.model, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)  # no weights
+    if cfg.fps is None:
+        if cfg.frames is None:
+            cfg = dataclasses.replace(cfg, frames=info.family.default_num_frames)
+        plan_tokens(info.geometry, cfg.frames, cfg.budget)  # budget vs the [CLS] tokens kept per frame
+    schedule = cfg.ivtp()
+    if schedule is not None:
+        schedule.validate(info.config.get_text_config().num_hidden_layers)
+        check_ivtp_internals()  # an untested transformers is refused here, before any weights load
+    return cfg, info

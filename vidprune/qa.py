@@ -10,18 +10,18 @@ validated (and the checkpoint's family checked from its config) before any weigh
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from .config import VidpruneConfig, load_preset
+from .config import VidpruneConfig, resolve_config
 from .errors import ConfigError
 from .flops import layer_flops, llm_flops, vision_tower_flops
-from .pipeline.stages import AnswerStage, DecodeStage, EncodeStage, PrunedVideo, SelectStage, plan_tokens
-from .video_models.base import VideoLLM, family_of_checkpoint, inspect_checkpoint
+from .pipeline.build import build_stages
+from .pipeline.stages import PrunedVideo
+from .video_models.base import CheckpointInfo, VideoLLM
 
 __all__ = ["VideoQA", "Answer", "check_question", "summarize"]
 
@@ -48,56 +48,31 @@ def check_question(question: Any) -> str:
 
 
 class VideoQA:
-    """Video question answering with VisPruner + cross-frame dedup under a token budget."""
+    """Video question answering with VisPruner + cross-frame dedup under a token budget.
 
-    def __init__(self, llm: VideoLLM, config: VidpruneConfig):
+    A facade over :func:`~vidprune.pipeline.build.build_stages`: the options come resolved
+    (:func:`~vidprune.config.resolve_config`), the stages are built from their sections, and
+    each call runs decode → encode → select → answer in-process.
+    """
+
+    def __init__(self, llm: VideoLLM, config: VidpruneConfig, checkpoint_info: CheckpointInfo | None = None):
         self.llm, self.config = llm, config
-        num_frames = config.frames if (config.frames or config.fps) else llm.default_num_frames
-        self.decode_stage = DecodeStage(
-            num_frames=num_frames if config.fps is None else None,
-            fps=config.fps,
-            max_frames=config.max_frames,
-            backend=config.decode_backend,
-        )
-        self.encode_stage = EncodeStage(llm, batch_size=config.encoder_batch_size)
-        self.select_stage = SelectStage(
-            llm.geometry,
-            budget=config.budget,
-            pruner=config.pruner if config.budget is not None else "none",
-            important_ratio=config.important_ratio,
-            seed=config.seed,
-            dedup=config.dedup,
-            dedup_threshold=config.dedup_threshold,
-            dedup_reference=config.dedup_reference,
-            dedup_window=config.dedup_window,
-        )
-        self.answer_stage = AnswerStage(llm, **config.generate_kwargs())
+        if checkpoint_info is None:
+            checkpoint_info = CheckpointInfo(type(llm), llm.config, llm.geometry)
+        if config.frames is None and config.fps is None:  # a config that did not come from resolve_config
+            config = self.config = dataclasses.replace(config, frames=llm.default_num_frames)
+        self.checkpoint_info = checkpoint_info
+        self.ivtp_schedule = config.ivtp()
+        stages = build_stages(config, checkpoint_info, llm)
+        self.decode_stage, self.encode_stage = stages.decode, stages.encode
+        self.select_stage, self.answer_stage = stages.select, stages.answer
 
     # ----------------------------------------------------------------- build
     @staticmethod
     def resolve_config(model: str | None = None, config: str | os.PathLike | dict | None = None,
                        **options: Any) -> VidpruneConfig:
-        """Preset (file, preset name or dict) + keyword overrides → a validated config. No model loads."""
-        preset = load_preset(config) if isinstance(config, (str, os.PathLike)) else dict(config or {})
-        cfg = VidpruneConfig.from_dict(preset, source=str(config) if config else "options")
-        explicit = {k: v for k, v in options.items() if k in ("budget", "dedup", "frames", "fps")}
-        cfg = cfg.replace(model=model, **{k: v for k, v in options.items() if k not in explicit})
-        for key, value in explicit.items():  # budget=None / frames=None are meaningful: "no budget"
-            setattr(cfg, key, value)
-        if "frames" in options and "fps" not in options:  # an explicit sampling choice replaces the preset's
-            cfg.fps = None
-        elif "fps" in options and "frames" not in options:
-            cfg.frames = None
-        if cfg.model is None:
-            raise ConfigError("no model given; pass a hub id or a checkpoint directory (--model)")
-        cfg.validate()
-        info = inspect_checkpoint(cfg.model, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)  # no weights
-        if cfg.fps is None:
-            plan_tokens(info.geometry, cfg.frames or info.family.default_num_frames, cfg.budget)  # budget vs [CLS]
-        schedule = cfg.ivtp()
-        if schedule is not None:
-            schedule.validate(info.config.get_text_config().num_hidden_layers)
-        return cfg
+        """Deprecated: use :func:`vidprune.config.resolve_config`, which also returns the checkpoint's info."""
+        return resolve_config(model, config, **options)[0]
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, *, config: str | os.PathLike | dict | None = None,
@@ -106,17 +81,16 @@ class VideoQA:
 
         Args:
             model: hub id or checkpoint directory (or ``model:`` in the config).
-            config: a YAML preset path / preset name in ``configs/``, or a dict of options.
+            config: a YAML file, a shipped preset's name (:mod:`vidprune.presets`), or a dict of options.
             options: any :class:`VidpruneConfig` field, e.g. ``budget=227``, ``dedup=False``,
                 ``device="cuda"``, ``dtype="bfloat16"``, ``frames=8``. ``budget=None`` with
                 ``dedup=False`` runs exactly the stock model.
         """
-        cfg = cls.resolve_config(model, config, **options)
-        llm = family_of_checkpoint(cfg.model).from_pretrained(
-            cfg.model, device=cfg.device, dtype=cfg.dtype, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled,
-            ivtp=cfg.ivtp(),
-        )
-        return cls(llm, cfg)
+        cfg, info = resolve_config(model, config, **options)
+        # the model's default schedule equals this VideoQA's (tests and old callers read llm.ivtp);
+        # the answer stage hands its schedule to every generate call explicitly
+        llm = info.family.from_pretrained(**cfg.section("model"), ivtp=cfg.ivtp())
+        return cls(llm, cfg, info)
 
     # -------------------------------------------------------------- run
     def prepare(self, video: Any) -> PrunedVideo:
@@ -141,8 +115,6 @@ class VideoQA:
         """Answer (prepared video, question) pairs in one batch."""
         items = [(v, check_question(q)) for v, q in items]
         gen = {k: v for k, v in generate_overrides.items() if v is not None}
-        if gen.get("do_sample", self.config.do_sample):
-            torch.manual_seed(self.config.seed)
         outs = self.answer_stage.process_batch(items, **gen)
         return [Answer(text=o["text"], report=self._report(v, q, o), token_ids=o["token_ids"]) for (v, q), o in zip(items, outs)]
 
@@ -170,9 +142,9 @@ class VideoQA:
             per_layer = [layer_flops(n, llm.config.text_config.hidden_size, llm.config.text_config.intermediate_size)
                          for n in ivtp_info["tokens_per_layer"]]
             flops_pruned = sum(per_layer)
-            ivtp_report = {"schedule": [list(st) for st in llm.ivtp.schedule.stages],
-                           "fusion": llm.ivtp.schedule.fusion if isinstance(llm.ivtp.schedule.fusion, str)
-                           else dict(llm.ivtp.schedule.fusion),
+            schedule = self.ivtp_schedule
+            ivtp_report = {"schedule": [list(st) for st in schedule.stages],
+                           "fusion": schedule.fusion if isinstance(schedule.fusion, str) else dict(schedule.fusion),
                            "kept": ivtp_info["kept"], "visual_tokens_in": video.tokens_count["to_llm"],
                            "visual_tokens_kept": len(ivtp_info["kept"]),
                            "tokens_per_layer": ivtp_info["tokens_per_layer"], "flops_per_layer": per_layer}

@@ -86,8 +86,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     from ..cli import options_from_args
     from ..config import load_preset
     from ..pipeline.memory import build_memory, plan_memory
-    from ..qa import VideoQA
-    from ..video_models.base import inspect_checkpoint
+    from ..config import resolve_config
     from .server import DemoSettings
     from .source import ServerSource, source_kind
 
@@ -109,10 +108,9 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
         tiny = True
     opts["fps"] = opts.get("fps") or preset.get("fps") or DEFAULT_FRAME_RATE
     budget_given = "budget" in opts or "budget" in preset
-    cfg = VideoQA.resolve_config(opts.pop("model", None), args.config, **opts)
+    cfg, info = resolve_config(opts.pop("model", None), args.config, **opts)
     # vidprune's random-weight test checkpoints carry this marker file (video_models/tiny.py).
     tiny = tiny or os.path.isfile(os.path.join(cfg.model, _TINY_MARKER))
-    info = inspect_checkpoint(cfg.model, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)
     family, geometry = info.family, info.geometry
     budget = cfg.budget
     if not budget_given:  # what a stock clip costs the LLM: the memory holds one clip's worth of tokens
@@ -120,10 +118,9 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     plan = plan_memory(geometry, budget=budget, window_s=args.window, frame_rate=cfg.fps,
                        frame_tokens=args.frame_tokens)
     # "none" is only valid without a budget; the memory then allows all N patches per frame, which VisPruner keeps.
-    memory_options = {"pruner": cfg.pruner if cfg.pruner != "none" else "vispruner",
-                      "important_ratio": cfg.important_ratio, "seed": cfg.seed, "dedup": cfg.dedup,
-                      "dedup_threshold": cfg.dedup_threshold, "dedup_reference": cfg.dedup_reference,
-                      "dedup_window": cfg.dedup_window}
+    memory_options = {k: v for k, v in cfg.section("select").items() if k != "budget"}  # the plan holds the budget
+    if memory_options["pruner"] == "none":
+        memory_options["pruner"] = "vispruner"
     build_memory(plan, prune_grid=geometry.prune_grid, **memory_options)  # pruner / dedup options, no model
     if args.source is not None:
         if args.loop and source_kind(args.source) != "file":

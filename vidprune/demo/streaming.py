@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from transformers import AsyncTextIteratorStreamer, StoppingCriteria
 
+from ..pipeline.stages import AnswerStage
 from ..video_models.base import VideoLLM
 
 __all__ = ["TokenStreamer", "StopWhenSet", "answer_streaming"]
@@ -91,6 +92,7 @@ def answer_streaming(llm: VideoLLM, question: str, tokens: torch.Tensor, streame
                      cancel: threading.Event | None = None, **generate_kwargs: Any) -> dict[str, Any]:
     """Answer ``question`` about the pre-projector ``tokens`` (K, Dv), streaming into ``streamer``.
 
+    The pipeline's one answer step (:meth:`AnswerStage.answer_tokens`) with a streamer.
     ``cancel``: generation stops at the next token once it is set. Returns ``{"text",
     "token_ids", "visual_tokens", "generate_s"}``. The streamer always ends (also when
     generation fails), so a reader never waits forever.
@@ -98,15 +100,12 @@ def answer_streaming(llm: VideoLLM, question: str, tokens: torch.Tensor, streame
     from transformers import StoppingCriteriaList
 
     start = time.perf_counter()
-    if cancel is not None:
-        generate_kwargs["stopping_criteria"] = StoppingCriteriaList([StopWhenSet(cancel)])
+    stopping = StoppingCriteriaList([StopWhenSet(cancel)]) if cancel is not None else None
     try:
-        prompt = llm.build_prompt(question)
-        visual = llm.project(tokens.to(llm.device, llm.dtype))  # (K, D)
-        out = llm.generate([prompt], [visual], streamer=streamer, **generate_kwargs)
+        out = AnswerStage(llm, **generate_kwargs).answer_tokens([(tokens, question)], streamer=streamer,
+                                                                 stopping_criteria=stopping)[0]
     except BaseException:
         streamer.end()
         raise
-    ids = out.sequences[0]
-    return {"text": llm.decode_text(ids), "token_ids": ids, "visual_tokens": int(visual.shape[0]),
+    return {"text": out["text"], "token_ids": out["token_ids"], "visual_tokens": out["visual_tokens"],
             "generate_s": time.perf_counter() - start}

@@ -3,7 +3,7 @@
     vidprune eval --benchmark msvd_qa --annotations MSVD/test_q.json --videos MSVD/videos \\
         --model LanguageBind/Video-LLaVA-7B-hf --budgets 2048,455,227,114 --methods vispruner,random,uniform \\
         --judge-url http://localhost:8000/v1 --judge-model gpt-3.5-turbo --out runs/msvd
-    vidprune eval --config configs/eval_video_llava_vispruner.yaml --data-root /data/GPT_Zero_Shot_QA
+    vidprune eval --config eval_video_llava_vispruner --data-root /data/GPT_Zero_Shot_QA
     vidprune eval ... --address HEAD:6379                # answer on a Ray cluster (vidprune job machinery)
     vidprune eval --out runs/msvd --report-only          # rebuild the table and plots from samples.jsonl
     vidprune eval --list                                 # benchmarks and methods

@@ -8,8 +8,8 @@ group, pointing at :func:`manifest`; lmms-eval's model registry loads every entr
 of that group at start-up and resolves ``--model vidprune`` to :class:`VidpruneLMM`.
 
 ``--model_args``: ``pretrained`` (hub id or checkpoint directory), ``budget`` (an integer,
-or ``none`` for no pruning), ``config`` (a vidprune YAML preset), and any other
-:class:`~vidprune.config.VidpruneConfig` field (``frames``, ``pruner``, ``dedup``,
+or ``none`` for no pruning), ``config`` (a shipped preset's name, e.g. ``video_llava_227``, or a
+YAML file), and any other :class:`~vidprune.config.VidpruneConfig` field (``frames``, ``pruner``, ``dedup``,
 ``ivtp_layer``, ``ivtp_keep``, ``dtype``, ...). lmms-eval's ``--device`` and
 ``--batch_size`` are honoured.
 

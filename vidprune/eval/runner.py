@@ -355,8 +355,7 @@ class SweepRunner:
                     bar.set_description(f"{data.spec.title}")
                     max_new = explicit_len or data.spec.max_new_tokens
                     for arm in arms:
-                        qa = qas[arm.label]
-                        llm.set_ivtp(qa.config.ivtp())
+                        qa = qas[arm.label]  # its answer stage hands its own IVTP schedule to generate()
                         t3 = time.perf_counter()
                         pruned = qa.select_stage.process(encoded, clip)
                         pruned.timings_s = {**shared, "select": time.perf_counter() - t3}

@@ -1,4 +1,5 @@
-"""The options of a benchmark sweep: eval presets (``configs/eval_*.yaml``) plus CLI flags, validated whole.
+"""The options of a benchmark sweep: eval presets (``vidprune/configs/eval_*.yaml``, found by name) plus CLI
+flags, validated whole.
 
 An eval preset holds two kinds of keys:
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..pipeline.ray import RayPipelineOptions, RayVideoPipeline, VideoRequest, connect_ray
-from ..qa import VideoQA
+from ..config import resolve_config
 from .manifest import JobItem, read_manifest
 from .results import ResultsFile
 
@@ -84,7 +84,7 @@ def run_job(manifest: str | os.PathLike, out: str | os.PathLike, options: dict[s
     """
 
     items = read_manifest(manifest)
-    cfg = VideoQA.resolve_config(config=config, **options)
+    cfg, _checkpoint = resolve_config(config=config, **options)
     ray_opts = ray_options or RayPipelineOptions()
     fixed = ray_opts.resolved(cfg)  # checked whole now; the flags left out are sized once Ray is up
     results = ResultsFile(out).open()

@@ -48,7 +48,8 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..pruners import CrossFrameDedup, Pruner, pruner_from_options
+from ..validators import check_positive_int, check_positive_number
+from ..pruners import CrossFrameDedup, Pruner, prune_frame, pruner_from_options
 from ..video_models.base import EncodedFrames, VisualGeometry
 
 __all__ = [
@@ -66,15 +67,11 @@ MEMORY_DEDUP_REFERENCES = ("kept", "kept_any")
 
 
 def _positive_number(label: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{label}={value!r} is not allowed: it must be a positive number")
-    return float(value)
+    return check_positive_number(label, value)
 
 
 def _positive_int(label: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ConfigError(f"{label}={value!r} is not allowed: it must be an integer >= 1")
-    return int(value)
+    return check_positive_int(label, value)
 
 
 @dataclass(frozen=True)
@@ -286,15 +283,8 @@ class RollingTokenMemory:
             if self._dedup_stale and self.dedup is not None:
                 self._replay_dedup()
             num_tokens = features.shape[0]
-            allowance = min(self.frame_allowance, num_tokens)
-            candidates = self.pruner(cls_attn, features, allowance).to(torch.long)  # (C,)
-            if candidates.dim() != 1 or candidates.shape[0] > allowance:
-                raise RuntimeError(f"pruner {getattr(self.pruner, 'name', self.pruner)!r} returned "
-                                   f"{tuple(candidates.shape)} indices for a budget of {allowance}")
-            if self.dedup is not None:
-                kept, duplicates = self.dedup.step(features, candidates)
-            else:
-                kept, duplicates = candidates, candidates[:0]
+            sel = prune_frame(cls_attn, features, self.frame_allowance, pruner=self.pruner, dedup=self.dedup)
+            candidates, kept, duplicates = sel.candidates, sel.kept, sel.duplicates  # (C,), (K,), (C - K,)
             rows = features.index_select(0, kept.to(features.device))  # (K, Dv), a copy
             tokens = rows if extra is None else torch.cat([extra, rows])  # (E + K, Dv)
             frame = MemoryFrame(

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import ConfigError, VideoDecodeError
 from ..pruners import CrossFrameDedup, VideoTokenSelector, pruner_from_options
+from ..plan import TokenPlan, plan_tokens
 from ..video_models.base import EncodedFrames, VideoLLM, VisualGeometry
 from .decode import DecodedClip, read_video
 
@@ -33,40 +34,6 @@ __all__ = [
     "plan_tokens",
     "TokenPlan",
 ]
-
-
-@dataclass(frozen=True)
-class TokenPlan:
-    """Token counts known before any model runs (from the config and the frame count)."""
-
-    num_frames: int
-    full: int  # what the stock model would feed its LLM for these frames
-    budget: int | None
-    max_to_llm: int  # the hard upper bound of what vidprune hands on
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"num_frames": self.num_frames, "full": self.full, "budget": self.budget, "max_to_llm": self.max_to_llm}
-
-
-def plan_tokens(geometry: VisualGeometry, num_frames: int, budget: int | None) -> TokenPlan:
-    """How many visual tokens each stage may hand on for ``num_frames`` frames.
-
-    Raises:
-        ConfigError: the budget cannot even hold the extra tokens kept per frame.
-    """
-    reserved = geometry.extra_per_frame * num_frames
-    if budget is not None and budget < reserved:
-        raise ConfigError(
-            f"budget {budget} is smaller than the {reserved} [CLS] tokens kept (one per frame for {num_frames} "
-            f"frames); raise the budget, sample fewer frames, or drop the [CLS] tokens (keep_cls=False / --drop-cls)"
-        )
-    possible = geometry.full_per_frame * num_frames
-    return TokenPlan(
-        num_frames=num_frames,
-        full=geometry.stock_per_frame * num_frames,
-        budget=budget,
-        max_to_llm=possible if budget is None else min(budget, possible),
-    )
 
 
 @dataclass
@@ -153,8 +120,9 @@ class SelectStage:
                  important_ratio: float = 0.5, seed: int = 0, dedup: bool = True, dedup_threshold: float = 0.9,
                  dedup_reference: str = "kept", dedup_window: int | None = None):
         self.geometry, self.budget = geometry, budget
-        self.pruner = pruner_from_options(pruner, important_ratio=important_ratio, seed=seed,
-                                          grid=geometry.prune_grid)
+        # without a budget every token is a candidate: no pruner runs, and the report says "none"
+        self.pruner = pruner_from_options(pruner if budget is not None else "none", important_ratio=important_ratio,
+                                          seed=seed, grid=geometry.prune_grid)
         self.dedup_options = (
             {"threshold": dedup_threshold, "reference": dedup_reference, "window": dedup_window} if dedup else None
         )
@@ -232,25 +200,50 @@ class SelectionStream:
 
 
 class AnswerStage:
-    """Pruned token streams + questions → answers, with the LLM through ``generate()``."""
+    """Token streams + questions → answers, with the LLM through ``generate()``.
+
+    The one answer step of every path (in-process, Ray, eval, the demo's streamed answers).
+    Built from the ``generate`` options (:meth:`VidpruneConfig.section`) and the IVTP schedule;
+    the schedule is handed to each ``generate`` call, never set on the (possibly shared) model.
+    """
 
     name = "answer"
 
-    def __init__(self, llm: VideoLLM, **generate_kwargs: Any):
-        self.llm, self.generate_kwargs = llm, generate_kwargs
+    def __init__(self, llm: VideoLLM, *, max_new_tokens: int = 64, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, ivtp: Any = None,
+                 **extra_generate_kwargs: Any):
+        self.llm, self.seed, self.ivtp = llm, seed, ivtp
+        self.generate_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
+                                                **extra_generate_kwargs}
+        if do_sample:
+            self.generate_kwargs.update(temperature=temperature, top_p=top_p)
 
-    def process_batch(self, items: list[tuple[PrunedVideo, str]], **overrides: Any) -> list[dict[str, Any]]:
-        """Answer several (video, question) pairs in one left-padded batch; kept counts may differ.
+    def answer_tokens(self, items: list[tuple[torch.Tensor, str]], *, streamer: Any = None,
+                      stopping_criteria: Any = None, **overrides: Any) -> list[dict[str, Any]]:
+        """Answer (pre-projector tokens (K_i, Dv), question) pairs in one left-padded batch.
 
-        Returns per item ``{"text", "token_ids", "prompt_tokens", "generate_s", "ivtp"}``.
+        ``streamer``: a transformers streamer that receives the generated tokens (batch of 1);
+        ``stopping_criteria``: passed to ``generate``; ``overrides``: ``generate`` keywords.
+        Returns per item ``{"text", "token_ids", "prompt_tokens", "visual_tokens", "generate_s", "ivtp"}``.
         """
         kwargs = {**self.generate_kwargs, **overrides}
+        if streamer is not None:
+            kwargs["streamer"] = streamer
+        if stopping_criteria is not None:
+            kwargs["stopping_criteria"] = stopping_criteria
+        if kwargs.get("do_sample"):
+            torch.manual_seed(self.seed)
         prompts = [self.llm.build_prompt(q) for _, q in items]
         dtype = self.llm.dtype
-        visual = [self.llm.project(v.tokens.to(self.llm.device, dtype)) for v, _ in items]  # (K_i, D) each
+        visual = [self.llm.project(t.to(self.llm.device, dtype)) for t, _ in items]  # (K_i, D) each
         start = time.perf_counter()
-        out = self.llm.generate(prompts, visual, **kwargs)
+        out = self.llm.generate(prompts, visual, ivtp=self.ivtp, **kwargs)
         elapsed = time.perf_counter() - start
         ivtp = out.ivtp or [None] * len(items)
-        return [{"text": self.llm.decode_text(ids), "token_ids": ids, "prompt_tokens": n, "generate_s": elapsed,
-                 "ivtp": info} for ids, n, info in zip(out.sequences, out.prompt_tokens, ivtp)]
+        return [{"text": self.llm.decode_text(ids), "token_ids": ids, "prompt_tokens": n,
+                 "visual_tokens": int(v.shape[0]), "generate_s": elapsed, "ivtp": info}
+                for ids, n, info, v in zip(out.sequences, out.prompt_tokens, ivtp, visual)]
+
+    def process_batch(self, items: list[tuple[PrunedVideo, str]], **overrides: Any) -> list[dict[str, Any]]:
+        """Answer several (video, question) pairs in one left-padded batch; kept counts may differ."""
+        return self.answer_tokens([(v.tokens, q) for v, q in items], **overrides)

@@ -14,7 +14,7 @@ from .registry import Pruner, create_pruner, list_pruners, pruner_from_options, 
 from .vispruner import MAX_DROP_PER_ROUND, VisPrunerPruner, vispruner_select
 from .baselines import NoPruner, RandomPruner, UniformPruner, uniform_grid_indices
 from .dedup import DEDUP_REFERENCES, KEPT_ANY_MAX_FRAMES, CrossFrameDedup
-from .budget import FrameSelection, VideoTokenSelector, frame_shares, frame_token_counts
+from .budget import FrameSelection, VideoTokenSelector, frame_shares, frame_token_counts, prune_frame
 
 __all__ = [
     "Pruner",
@@ -31,6 +31,7 @@ __all__ = [
     "uniform_grid_indices",
     "CrossFrameDedup",
     "DEDUP_REFERENCES",
+    "prune_frame",
     "KEPT_ANY_MAX_FRAMES",
     "FrameSelection",
     "VideoTokenSelector",

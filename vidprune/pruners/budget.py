@@ -24,16 +24,15 @@ from dataclasses import dataclass
 import torch
 
 from vidprune.errors import ConfigError
+from vidprune.validators import check_non_negative_int, check_positive_int
 from vidprune.pruners.dedup import CrossFrameDedup
 from vidprune.pruners.registry import Pruner
 
-__all__ = ["FrameSelection", "VideoTokenSelector", "frame_shares", "frame_token_counts"]
+__all__ = ["FrameSelection", "VideoTokenSelector", "prune_frame", "frame_shares", "frame_token_counts"]
 
 
 def _check_int(label: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(f"{label}={value!r} is not allowed: it must be an integer >= {minimum}")
-    return int(value)
+    return check_positive_int(label, value) if minimum == 1 else check_non_negative_int(label, value)
 
 
 def frame_shares(budget: int, num_frames: int, reserved_per_frame: int = 0) -> list[int]:
@@ -89,6 +88,44 @@ class FrameSelection:
     candidates: torch.Tensor  # (C,) long, sorted ascending: what the pruner proposed
     duplicates: torch.Tensor  # (C - K,) long, sorted ascending: candidates dropped by dedup
     allowance: int  # tokens this frame was allowed (share + carry; N when there is no budget)
+
+
+def prune_frame(cls_attn: torch.Tensor, features: torch.Tensor, allowance: int, *, pruner: Pruner | None,
+                dedup: CrossFrameDedup | None = None) -> FrameSelection:
+    """The prune-frame step: one frame's candidates from the pruner, then cross-frame dedup.
+
+    The one implementation behind :class:`VideoTokenSelector` (a video under a budget) and
+    the live stream's rolling memory.
+
+    Args:
+        cls_attn: (N,) importance of the frame's tokens (what the pruner scores).
+        features: (N, D) the frame's token features, pre-projector (what dedup compares).
+        allowance: tokens the frame may keep; the pruner is asked for ``min(allowance, N)``.
+        pruner: a :class:`Pruner`, or None to propose all N tokens (no budget).
+        dedup: a streaming :class:`CrossFrameDedup` fed this frame next, or None.
+
+    Returns:
+        :class:`FrameSelection` (kept / candidates / duplicates sorted ascending, and ``allowance``).
+    """
+    num_tokens = cls_attn.shape[0]
+    if pruner is None:
+        candidates = torch.arange(num_tokens, device=cls_attn.device)
+    else:
+        proposed = min(allowance, num_tokens)
+        if proposed > 0:
+            candidates = pruner(cls_attn, features, proposed).to(torch.long)
+            if candidates.dim() != 1 or candidates.shape[0] > proposed:
+                raise RuntimeError(
+                    f"pruner {getattr(pruner, 'name', pruner)!r} returned {tuple(candidates.shape)} "
+                    f"indices for a budget of {proposed}"
+                )
+        else:
+            candidates = torch.zeros(0, dtype=torch.long, device=cls_attn.device)
+    if dedup is not None:
+        kept, duplicates = dedup.step(features, candidates)
+    else:
+        kept, duplicates = candidates, candidates[:0]
+    return FrameSelection(kept=kept, candidates=candidates, duplicates=duplicates, allowance=allowance)
 
 
 class VideoTokenSelector:
@@ -158,30 +195,15 @@ class VideoTokenSelector:
                 f"and {tuple(features.shape)}"
             )
         num_tokens = cls_attn.shape[0]
-        device = cls_attn.device
         if self.shares is None:
-            allowance = num_tokens
-            candidates = torch.arange(num_tokens, device=device)
+            sel = prune_frame(cls_attn, features, num_tokens, pruner=None, dedup=self.dedup)
         else:
-            allowance = self.shares[self._frame] + self._carry
-            proposed = min(allowance, num_tokens)
-            if proposed > 0:
-                candidates = self.pruner(cls_attn, features, proposed).to(torch.long)
-                if candidates.dim() != 1 or candidates.shape[0] > proposed:
-                    raise RuntimeError(
-                        f"pruner {getattr(self.pruner, 'name', self.pruner)!r} returned {tuple(candidates.shape)} "
-                        f"indices for a budget of {proposed}"
-                    )
-            else:
-                candidates = torch.zeros(0, dtype=torch.long, device=device)
-
-        if self.dedup is not None:
-            kept, duplicates = self.dedup.step(features, candidates)
-        else:
-            kept, duplicates = candidates, candidates[:0]
+            sel = prune_frame(cls_attn, features, self.shares[self._frame] + self._carry, pruner=self.pruner,
+                              dedup=self.dedup)
+        kept, allowance = sel.kept, sel.allowance
 
         if self.shares is not None:
             self._carry = allowance - kept.shape[0]
         self._frame += 1
         self.total_kept += kept.shape[0]
-        return FrameSelection(kept=kept, candidates=candidates, duplicates=duplicates, allowance=allowance)
+        return sel

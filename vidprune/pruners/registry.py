@@ -26,6 +26,7 @@ from typing import Callable, Protocol, TypeVar, runtime_checkable
 import torch
 
 from vidprune.errors import ConfigError
+from vidprune.validators import check_positive_int
 
 __all__ = ["Pruner", "register_pruner", "create_pruner", "list_pruners", "pruner_from_options"]
 
@@ -108,28 +109,29 @@ def create_pruner(name: str, **kwargs) -> Pruner:
 # Input checks shared by all pruners (not exported from vidprune.pruners).
 
 
-def pruner_from_options(name: str, *, important_ratio: float = 0.5, seed: int = 0,
-                        grid: tuple[int, int] | None = None) -> Pruner:
-    """A pruner from the pipeline's flat options, each built-in pruner taking the ones it uses.
+def pruner_options(name: str) -> list[str]:
+    """The option names the pruner registered as ``name`` takes (its constructor's keywords)."""
+    factory = _PRUNERS.get(name)
+    if factory is None:
+        raise ConfigError(f"Unknown pruner {name!r}. Available: {', '.join(list_pruners())}")
+    params = inspect.signature(factory).parameters
+    return [p for p, spec in params.items() if spec.kind in (spec.KEYWORD_ONLY, spec.POSITIONAL_OR_KEYWORD)]
 
-    ``important_ratio`` goes to ``vispruner``, ``seed`` to ``random``, the token ``grid`` (h, w)
-    to ``uniform`` (None: a square grid inferred from N); other registered pruners get no options.
+
+def pruner_from_options(name: str, **options) -> Pruner:
+    """A pruner from the pipeline's options: each pruner gets the ones its constructor takes.
+
+    ``options`` are what the select section offers every pruner (``important_ratio``,
+    ``seed``, the token ``grid`` (h, w), ...); a registered pruner declares which it uses by
+    its constructor's keyword names, as with ``create_pruner`` (no switch on names here).
     """
-    kwargs: dict = {}
-    if name == "vispruner":
-        kwargs["important_ratio"] = important_ratio
-    elif name == "random":
-        kwargs["seed"] = seed
-    elif name == "uniform":
-        kwargs["grid"] = grid
-    return create_pruner(name, **kwargs)
+    taken = set(pruner_options(name))
+    return create_pruner(name, **{k: v for k, v in options.items() if k in taken})
 
 
 def check_budget(budget: object) -> int:
     """Return ``budget`` as an int, or raise ConfigError unless it is an integer >= 1."""
-    if isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 1:
-        raise ConfigError(f"budget={budget!r} is not allowed: the per-frame budget must be an integer >= 1")
-    return int(budget)
+    return check_positive_int("the per-frame budget", budget)
 
 
 def batch_inputs(cls_attn: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:

@@ -29,6 +29,7 @@ import torch
 
 from ..errors import ConfigError, ModelLoadError
 from ..pruners.ivtp import IVTPSchedule
+from .hf_internals import check_mm_encoder_outputs
 from .ivtp_decoder import IVTPDecoder
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 _FAMILIES: dict[str, type["VideoLLM"]] = {}
+_DEFAULT = object()  # "not given" for keyword arguments whose None means "off"
 
 
 def register_family(model_type: str):
@@ -277,17 +279,31 @@ class VideoLLM:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._check_vision_feature_layer()
-        # IVTP: instance-local wrappers on the LLM's decoder layers (stock behaviour outside a session)
-        self.ivtp = IVTPDecoder(self.language_model, ivtp) if ivtp is not None else None
+        check_mm_encoder_outputs(self.model)
+        # IVTP: the schedule is chosen per generate() call (``ivtp=``); ``ivtp`` given here is the
+        # default of calls that do not say. The layer wrappers are installed on first use, on
+        # this instance only, and are stock pass-throughs outside a call that prunes.
+        self.default_ivtp = ivtp.validate(self.config.get_text_config().num_hidden_layers) if ivtp is not None else None
+        self._ivtp_decoder: IVTPDecoder | None = None
+        if ivtp is not None:
+            self.ivtp_decoder()
+
+    def ivtp_decoder(self) -> IVTPDecoder:
+        """The IVTP layer wrappers of this model (installed once, on first use)."""
+        if self._ivtp_decoder is None:
+            self._ivtp_decoder = IVTPDecoder(self.language_model, self.default_ivtp)
+        return self._ivtp_decoder
+
+    @property
+    def ivtp(self) -> IVTPDecoder | None:
+        """The layer wrappers when the model has a default schedule (``.schedule``, ``.session``), else None."""
+        return self.ivtp_decoder() if self.default_ivtp is not None else None
 
     def set_ivtp(self, schedule: IVTPSchedule | None) -> None:
-        """Switch in-LLM pruning on the loaded model to ``schedule`` (None: off); a no-op if unchanged."""
-        current = self.ivtp.schedule if self.ivtp is not None else None
-        if current == schedule:
-            return
-        if self.ivtp is not None:
-            self.ivtp.remove()
-        self.ivtp = IVTPDecoder(self.language_model, schedule) if schedule is not None else None
+        """Deprecated: set the default schedule. A shared model should get ``generate(..., ivtp=schedule)``."""
+        self.default_ivtp = schedule
+        if self._ivtp_decoder is not None:
+            self._ivtp_decoder.schedule = schedule
 
     @property
     def language_model(self) -> torch.nn.Module:
@@ -419,14 +435,18 @@ class VideoLLM:
         return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], visual_tokens: list[torch.Tensor], **generate_kwargs) -> GenerationOutput:
+    def generate(self, prompts: list[str], visual_tokens: list[torch.Tensor], *, ivtp: Any = _DEFAULT,
+                 **generate_kwargs) -> GenerationOutput:
         """Generate answers. **The pruned visual tokens enter the LLM here.**
 
         Args:
             prompts: one chat-formatted prompt per sample, each with one ``<video>``.
             visual_tokens: per sample, (K_i, D) projected visual tokens in stream order
                 (temporal, then raster inside a frame). K_i may differ between samples.
-            generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample``...).
+            ivtp: the :class:`~vidprune.pruners.ivtp.IVTPSchedule` of this call, None for no
+                in-LLM pruning (default: the schedule the model was loaded with, if any).
+            generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample``,
+                ``streamer``, ``stopping_criteria``...).
 
         Returns:
             :class:`GenerationOutput`: per sample the generated ids (prompt removed, stopped
@@ -437,9 +457,11 @@ class VideoLLM:
         counts = [int(t.shape[0]) for t in visual_tokens]
         inputs = self.tokenize(prompts, counts)
         stream = torch.cat(list(visual_tokens), dim=0).unsqueeze(0)  # (1, sum K_i, D), batch order
+        schedule = self.default_ivtp if ivtp is _DEFAULT else ivtp
         session = (
-            self.ivtp.session(inputs["input_ids"], inputs["attention_mask"], self.video_token_id)
-            if self.ivtp is not None else contextlib.nullcontext()
+            self.ivtp_decoder().session(inputs["input_ids"], inputs["attention_mask"], self.video_token_id,
+                                        schedule=schedule)
+            if schedule is not None else contextlib.nullcontext()
         )
         with session as ivtp_state:
             out = self.model.generate(

@@ -15,14 +15,17 @@ from that layer's input (method.md §1):
 That is O(N·D²) extra work per frame, one row instead of an N×N matrix, and the tower
 itself keeps SDPA / flash attention. The test suite checks it against eager attention.
 
-Mirrors ``CLIPEncoderLayer.forward`` / ``CLIPAttention.forward`` of transformers 5.23
-(pre-norm layer, separate q/k projections with bias, no rotary embedding).
+Mirrors ``CLIPEncoderLayer.forward`` / ``CLIPAttention.forward`` of transformers 5.18–5.24
+(pre-norm layer, separate q/k projections with bias, no rotary embedding); the attributes
+it reads are checked by :func:`.hf_internals.check_cls_attention_internals`.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .hf_internals import check_cls_attention_internals
 
 __all__ = ["clip_cls_attention", "mean_received_attention"]
 
@@ -42,6 +45,7 @@ def clip_cls_attention(encoder_layer: nn.Module, layer_input: torch.Tensor, cls_
         patch order, averaged over heads. The softmax ran over all N+1 keys; the [CLS]
         key's column is dropped without renormalising.
     """
+    check_cls_attention_internals(encoder_layer)  # names the attribute if a release renamed one
     attn_module = encoder_layer.self_attn
     batch, seq_len, _ = layer_input.shape
     num_heads, head_dim = attn_module.num_heads, attn_module.head_dim

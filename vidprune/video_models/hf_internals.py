@@ -15,8 +15,8 @@ follow internals instead, and this module is the only place that knows their nam
 * **[CLS] attention** (``cls_attention.py``) recomputes one row of ``CLIPAttention``:
   it reads ``CLIPEncoderLayer.layer_norm1`` and ``self_attn.{q_proj,k_proj,num_heads,
   head_dim,scale}``.
-* The vision side asks the tower for two hidden states by index
-  (``output_hidden_states=[i, j]``).
+* The pruned tokens enter the LLM through ``forward(mm_encoder_outputs=...)`` of the
+  conditional-generation classes (5.18 on); :func:`check_mm_encoder_outputs` runs at load.
 
 ``docs/internals.md`` lists each internal with the code that mirrors it and the test that
 fails, naming it, when a release changes it. :func:`check_ivtp_internals` runs when IVTP is
@@ -38,12 +38,16 @@ __all__ = [
     "transformers_version",
     "layer_cache",
     "causal_mask",
+    "check_transformers_version",
     "check_ivtp_internals",
+    "check_mm_encoder_outputs",
     "check_cls_attention_internals",
 ]
 
-# The transformers releases the suite runs on (CI tests both ends). Keep equal to pyproject's range.
-SUPPORTED_TRANSFORMERS = (">=5.0", "<5.25")
+# The transformers releases the suite runs on (CI tests both ends). Equal to pyproject's range
+# (tests/test_hf_internals.py checks it); 5.18 is the first release whose generate() takes
+# mm_encoder_outputs.
+SUPPORTED_TRANSFORMERS = (">=5.18", "<5.25")
 
 # The keyword under which the KV cache reaches decoder layers and the mask builder, newest first.
 _CACHE_KEYWORDS = ("cache", "past_key_values")
@@ -61,6 +65,19 @@ def transformers_version() -> str:
 
 def _supported_text() -> str:
     return "transformers" + ",".join(SUPPORTED_TRANSFORMERS)
+
+
+def check_transformers_version() -> None:
+    """Refuse, in one line, a transformers release outside the range the suite was run on."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    installed = transformers_version()
+    if Version(installed) not in SpecifierSet(",".join(SUPPORTED_TRANSFORMERS)):
+        raise IncompatibleTransformersError(
+            f"transformers {installed} is installed, but vidprune's IVTP mirrors transformers internals and is "
+            f"tested with {_supported_text()} only: pip install '{_supported_text()}'"
+        )
 
 
 def _refuse(internal: str, what: str) -> IncompatibleTransformersError:
@@ -104,6 +121,7 @@ _MASK_KEYWORDS = ("config", "inputs_embeds", "attention_mask", "position_ids", "
 @functools.lru_cache(maxsize=None)
 def check_ivtp_internals() -> None:
     """Raise :class:`IncompatibleTransformersError` (one line, naming the internal) if IVTP cannot run here."""
+    check_transformers_version()
     try:
         from transformers.masking_utils import create_causal_mask
         from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel  # noqa: F401
@@ -128,6 +146,12 @@ def check_ivtp_internals() -> None:
 
     if "layer_idx" not in inspect.signature(DynamicCache.get_seq_length).parameters:
         raise _refuse("cache_utils.DynamicCache.get_seq_length", "it no longer takes layer_idx")
+
+
+def check_mm_encoder_outputs(model) -> None:
+    """Raise unless ``model.forward`` takes ``mm_encoder_outputs`` (the seam the pruned tokens enter by)."""
+    if "mm_encoder_outputs" not in inspect.signature(model.forward).parameters:
+        raise _refuse(f"{type(model).__name__}.forward", "it takes no mm_encoder_outputs, which arrived in 5.18")
 
 
 def check_cls_attention_internals(encoder_layer) -> None:

@@ -62,12 +62,14 @@ class IVTPSession:
     """State of one ``generate`` (or forward) call with IVTP. Read the results after the call.
 
     Attributes:
+        schedule: the validated schedule this call prunes with.
         stage_scores: per pruning layer, the fused scores over the visual tokens still
             present, per sample (list of (n,) float tensors), in visual-stream order.
         kept: per sample, the visual-stream indices that survive the last stage (sorted).
         tokens_per_layer: per sample, the number of tokens each decoder layer ran on in prefill.
     """
 
+    schedule: IVTPSchedule
     visual: torch.Tensor  # (B, L0) bool, prompt layout
     valid: torch.Tensor  # (B, L0) bool
     forced_keep: list[list[int]] | None = None
@@ -78,24 +80,31 @@ class IVTPSession:
     kept: list[list[int]] = field(default_factory=list)
     tokens_per_layer: list[list[int]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.prune_layers = self.schedule.prune_layers
+        self.scoring_layers = self.schedule.scoring_layers()
+
     def summary(self, sample: int) -> dict[str, Any]:
         return {"kept": self.kept[sample], "tokens_per_layer": self.tokens_per_layer[sample]}
 
 
 class IVTPDecoder:
-    """Installs IVTP on one Llama-style ``language_model`` (``.layers``, ``.config``, ``.rotary_emb``)."""
+    """Installs IVTP on one Llama-style ``language_model`` (``.layers``, ``.config``, ``.rotary_emb``).
 
-    def __init__(self, language_model: torch.nn.Module, schedule: IVTPSchedule):
+    Every decoder layer's ``forward`` is wrapped once, on this instance only; the schedule is
+    chosen per call (:meth:`session`), so one loaded model serves calls with different
+    schedules (or none) without any state that outlives the call. ``schedule`` given here is
+    only the default of :meth:`session`.
+    """
+
+    def __init__(self, language_model: torch.nn.Module, schedule: IVTPSchedule | None = None):
         check_ivtp_internals()  # one line naming the internal if this transformers changed one
         self.language_model = language_model
         self.config = language_model.config
-        self.schedule = schedule.validate(self.config.num_hidden_layers)
-        self.prune_layers = schedule.prune_layers
-        self.scoring_layers = schedule.scoring_layers()
+        self.schedule = schedule.validate(self.config.num_hidden_layers) if schedule is not None else None
         self._session: IVTPSession | None = None
         self._originals: dict[int, Any] = {}
-        first = min(self.scoring_layers | set(self.prune_layers))
-        for i in range(first, self.config.num_hidden_layers):
+        for i in range(self.config.num_hidden_layers):
             layer = language_model.layers[i]
             self._originals[i] = layer.forward
             layer.forward = functools.partial(self._layer_forward, i, layer.forward)
@@ -108,7 +117,7 @@ class IVTPDecoder:
 
     @contextmanager
     def session(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, visual_token_id: int,
-                forced_keep: list[list[int]] | None = None):
+                forced_keep: list[list[int]] | None = None, schedule: IVTPSchedule | None = None):
         """Enable IVTP for the calls inside the ``with`` block (one generate or forward).
 
         Args:
@@ -116,11 +125,19 @@ class IVTPDecoder:
             attention_mask: (B, L) 1 for tokens, 0 for (left) padding; None = no padding.
             forced_keep: instead of scoring, keep these visual-stream indices per sample
                 (single-stage schedules; used to check the cache against a cache-free run).
+            schedule: the schedule of this call (default: the one given at construction).
         """
-        if forced_keep is not None and len(self.prune_layers) != 1:
+        schedule = schedule if schedule is not None else self.schedule
+        if schedule is None:
+            raise ValueError("an IVTP session needs a schedule")
+        schedule = schedule.validate(self.config.num_hidden_layers)
+        if forced_keep is not None and len(schedule.prune_layers) != 1:
             raise ValueError("forced_keep needs a single-stage IVTP schedule")
+        if self._session is not None:
+            raise RuntimeError("an IVTP session is already running on this model (one generate at a time)")
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        self._session = IVTPSession(visual=input_ids == visual_token_id, valid=valid, forced_keep=forced_keep)
+        self._session = IVTPSession(schedule=schedule, visual=input_ids == visual_token_id, valid=valid,
+                                    forced_keep=forced_keep)
         try:
             yield self._session
         finally:
@@ -142,9 +159,9 @@ class IVTPDecoder:
             self._begin_prefill(s, hidden, first_wrapped=i)
         if len(s.layouts) > 1:  # every layout after the prompt's is a pruned one
             _hand_layout(kwargs, s.layouts[-1])
-        if i in self.scoring_layers:
+        if i in s.scoring_layers:
             self._accumulate_scores(s, i, hidden, kwargs["position_embeddings"], s.layouts[-1])
-        if i in self.prune_layers:
+        if i in s.prune_layers:
             hidden = self._prune(s, i, hidden, kwargs)
             _hand_layout(kwargs, s.layouts[-1])
         for b, n in enumerate(s.layouts[-1].valid.sum(dim=1).tolist()):
@@ -173,9 +190,9 @@ class IVTPDecoder:
         s.tokens_per_layer = [[int(n)] * first_wrapped for n in valid.sum(dim=1).tolist()]
 
     def _accumulate_scores(self, s: IVTPSession, i: int, hidden: torch.Tensor, position_embeddings, layout: _Layout):
-        next_prune = min(k for k in self.prune_layers if k >= i)
-        previous = max([k for k in self.prune_layers if k < i], default=-1)
-        weight = self.schedule.fusion_weights(next_prune, previous).get(i, 0.0)
+        next_prune = min(k for k in s.prune_layers if k >= i)
+        previous = max([k for k in s.prune_layers if k < i], default=-1)
+        weight = s.schedule.fusion_weights(next_prune, previous).get(i, 0.0)
         if weight == 0.0 or s.forced_keep is not None:
             return
         scores = layer_instruction_scores(self.language_model.layers[i], hidden, position_embeddings,
@@ -195,7 +212,7 @@ class IVTPDecoder:
         else:
             fused = s.score_sum / s.weight_sum
             s.stage_scores[i] = [fused[b][layout.visual[b]] for b in range(batch)]
-            keep = select_visual_tokens(fused, layout.visual, self.schedule.keep_ratio_at(i))
+            keep = select_visual_tokens(fused, layout.visual, s.schedule.keep_ratio_at(i))
             s.score_sum, s.weight_sum = None, 0.0
         keep &= layout.valid
         counts = keep.sum(dim=1)

@@ -3,7 +3,8 @@
 ``DecodeActor`` (``SegmentDecoder`` over ``DecodeStage``), ``EncodeActor`` (``EncodeStage``,
 one vision-tower replica), ``SelectActor`` (``SelectStage``: one ``SelectionStream`` per
 video, fed in temporal order) and ``AnswerActor`` (``AnswerStage`` through
-``VideoQA.answer``). How they are wired and scheduled: docs/ray.md and
+``VideoQA.answer``, whose answers carry the report). Every stage comes from
+:func:`~vidprune.pipeline.build.build_stages` (decode and select without weights). How they are wired and scheduled: docs/ray.md and
 :mod:`vidprune.pipeline.ray.scheduler`.
 
 Nothing an actor holds grows with the number of calls: the select actor holds the
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import os
 import time
-import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from ...config import VidpruneConfig
 from ...errors import VideoDecodeError
+from ..build import build_stages
 from ..stages import PrunedVideo
 from ..streaming import FrameBatch, FramePlan, SegmentDecoder, SelectionStream
 from .failures import SelectionLost, one_line
@@ -34,21 +35,19 @@ __all__ = ["DecodeActor", "EncodeActor", "SelectActor", "AnswerActor", "DEFAULT_
 DEFAULT_VARIANT = ""
 
 
-def _stages_without_weights(config: VidpruneConfig):
-    """A ``VideoQA`` whose decode and select stages are real and whose model is only its geometry.
-
-    The decode and select actors need no weights: this builds their stages with
-    ``VideoQA``'s own constructor (same options → same stages) from the checkpoint's config.
-    """
-    from ...qa import VideoQA
+def _checkpoint_info(config: VidpruneConfig):
     from ...video_models.base import inspect_checkpoint
 
-    info = inspect_checkpoint(config.model, keep_cls=config.keep_cls, prune_pooled=config.prune_pooled)
-    return VideoQA(types.SimpleNamespace(geometry=info.geometry, default_num_frames=info.family.default_num_frames),
-                   config)
+    return inspect_checkpoint(config.model, keep_cls=config.keep_cls, prune_pooled=config.prune_pooled)
+
+
+def _stages_without_weights(config: VidpruneConfig):
+    """The decode and select stages of ``config``, built from the checkpoint's config alone (no weights)."""
+    return build_stages(config, _checkpoint_info(config))
 
 
 def _load_video_qa(config: VidpruneConfig):
+    """The answer actor's ``VideoQA`` (its answers carry the report ``vidprune ask --json`` prints)."""
     from ...qa import VideoQA
 
     return VideoQA.from_pretrained(config=config.to_dict())
@@ -72,7 +71,7 @@ class DecodeActor(_ActorBase):
 
     def __init__(self, config: VidpruneConfig):
         _quiet_worker()
-        self.decoder = SegmentDecoder(_stages_without_weights(config).decode_stage)
+        self.decoder = SegmentDecoder(_stages_without_weights(config).decode)
 
     def plan(self, video: str) -> FramePlan:
         plan = self.decoder.plan(video)
@@ -93,10 +92,11 @@ class EncodeActor(_ActorBase):
 
     def __init__(self, config: VidpruneConfig, free_language_model: bool = True):
         _quiet_worker()
-        qa = _load_video_qa(config)
+        info = _checkpoint_info(config)
+        llm = info.family.from_pretrained(**config.section("model"))
         if free_language_model:
-            _free_language_model(qa.llm)
-        self.stage = qa.encode_stage
+            _free_language_model(llm)
+        self.stage = build_stages(config, info, llm).encode
 
     def encode(self, batch: FrameBatch) -> FrameBatch:
         start = time.perf_counter()
@@ -140,7 +140,7 @@ class SelectActor(_ActorBase):
     def __init__(self, config: VidpruneConfig, variants: dict[str, VidpruneConfig] | None = None):
         _quiet_worker()
         variants = variants or {DEFAULT_VARIANT: config}
-        self.stages = {label: _stages_without_weights(cfg).select_stage for label, cfg in variants.items()}
+        self.stages = {label: _stages_without_weights(cfg).select for label, cfg in variants.items()}
         self.streams: dict[str, _SelectState] = {}  # videos in flight only: finish/drop remove them
 
     def add(self, stream_key: str, num_frames: int, batch: FrameBatch, variants: list[str]) -> int:
@@ -179,7 +179,7 @@ class AnswerActor(_ActorBase):
     """``AnswerStage`` (through ``VideoQA.answer``) as an actor: a pruned video + its questions → answers.
 
     One model per actor; each variant answers through a ``VideoQA`` over that model with
-    the variant's options (its IVTP schedule switched on before its questions).
+    the variant's options (its IVTP schedule handed to each generate call).
     """
 
     def __init__(self, config: VidpruneConfig, questions_per_call: int = DEFAULT_QUESTIONS_PER_CALL,
@@ -189,7 +189,8 @@ class AnswerActor(_ActorBase):
         _quiet_worker()
         variants = variants or {DEFAULT_VARIANT: config}
         first = _load_video_qa(config)
-        self.qas = {label: first if cfg == config else VideoQA(first.llm, cfg) for label, cfg in variants.items()}
+        self.qas = {label: first if cfg == config else VideoQA(first.llm, cfg, first.checkpoint_info)
+                    for label, cfg in variants.items()}
         self.questions_per_call = questions_per_call
 
     def answer(self, pruned: dict[str, PrunedVideo], questions: list[str],
@@ -200,7 +201,6 @@ class AnswerActor(_ActorBase):
     def _answer(self, label: str, pruned: PrunedVideo, questions: list[str],
                 generate: dict[str, Any]) -> list[dict[str, Any]]:
         qa = self.qas[label]
-        qa.llm.set_ivtp(qa.config.ivtp())  # a no-op unless variants differ in IVTP
         out: list[dict[str, Any]] = []
         for start in range(0, len(questions), self.questions_per_call):
             chunk = questions[start : start + self.questions_per_call]

@@ -1,0 +1,178 @@
+"""The transformers internals vidprune mirrors (docs/internals.md), each checked by name.
+
+Every test here fails with a message that names the internal it depends on, so a
+transformers release that changes one says which, instead of a wrong answer or a
+``RuntimeError`` deep inside ``generate()``. They run in both CI environments (the newest
+transformers the index serves inside the range, and the range's lower bound).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+
+import pytest
+import torch
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from vidprune.video_models import hf_internals, load_video_llm
+from vidprune.video_models.base import run_tower_to_layer
+
+
+def _tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _layer_kwargs(model, input_ids, attention_mask):
+    """The keyword arguments ``LlamaModel.forward`` hands its first decoder layer."""
+    seen: dict = {}
+
+    def grab(_module, args, kwargs):
+        seen.update(kwargs)
+        seen["_args"] = args
+
+    handle = model.model.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_supported_range_equals_pyproject():
+    try:
+        requires = importlib.metadata.requires("vidprune") or []
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("vidprune is not installed (run from an install, as the README says)")
+    spec = next(Requirement(r).specifier for r in requires if Requirement(r).name == "transformers")
+    assert spec == SpecifierSet(",".join(hf_internals.SUPPORTED_TRANSFORMERS)), (
+        "hf_internals.SUPPORTED_TRANSFORMERS differs from pyproject's transformers range"
+    )
+
+
+def test_installed_transformers_is_inside_the_supported_range():
+    installed = Version(hf_internals.transformers_version())
+    assert installed in SpecifierSet(",".join(hf_internals.SUPPORTED_TRANSFORMERS)), (
+        f"transformers {installed} is outside the tested range {hf_internals.SUPPORTED_TRANSFORMERS}"
+    )
+    hf_internals.check_transformers_version()
+
+
+def test_ivtp_internals_are_where_the_wrapper_expects_them():
+    hf_internals.check_ivtp_internals.cache_clear()
+    hf_internals.check_ivtp_internals()  # raises naming the internal otherwise
+
+
+def test_decoder_layers_receive_the_cache_and_layout_as_keywords():
+    """LlamaModel.forward → decoder layer: what IVTPDecoder._layer_forward reads and replaces."""
+    model = _tiny_llama()
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    kwargs = _layer_kwargs(model, ids, mask)
+    assert hf_internals.layer_cache(kwargs) is not None, (
+        "LlamaModel.forward no longer hands its decoder layers the KV cache as 'cache' or 'past_key_values' "
+        f"(keywords seen: {sorted(k for k in kwargs if not k.startswith('_'))})"
+    )
+    for name in ("attention_mask", "position_ids", "position_embeddings"):
+        assert name in kwargs, f"LlamaModel.forward no longer hands its decoder layers {name!r} as a keyword"
+    cos, sin = kwargs["position_embeddings"]
+    assert cos.shape[-2] == ids.shape[1] and sin.shape == cos.shape, (
+        "LlamaModel.forward's position_embeddings are no longer (cos, sin) per position"
+    )
+
+
+def test_causal_mask_builder_rebuilds_the_models_own_mask():
+    """masking_utils.create_causal_mask, called as the IVTP wrapper calls it, gives the model's mask."""
+    model = _tiny_llama()
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    kwargs = _layer_kwargs(model, ids, mask)
+    from transformers import DynamicCache
+
+    hidden = model.model.embed_tokens(ids)
+    rebuilt = hf_internals.causal_mask(config=model.config, inputs_embeds=hidden, attention_mask=mask,
+                                       cache=DynamicCache(config=model.config), position_ids=kwargs["position_ids"],
+                                       layer_idx=0)
+    stock = kwargs["attention_mask"]
+    if stock is None or rebuilt is None:
+        assert stock is None and rebuilt is None, "masking_utils.create_causal_mask: one side skipped the mask"
+    else:
+        assert torch.equal(torch.as_tensor(rebuilt), torch.as_tensor(stock)), (
+            "masking_utils.create_causal_mask no longer rebuilds the mask LlamaModel.forward hands its layers"
+        )
+
+
+def test_rotary_helpers_match_the_models_attention():
+    """modeling_llama.apply_rotary_pos_emb / repeat_kv: IVTP's instruction rows equal the layer's own attention."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+    assert list(inspect.signature(apply_rotary_pos_emb).parameters)[:4] == ["q", "k", "cos", "sin"], (
+        "modeling_llama.apply_rotary_pos_emb changed its arguments"
+    )
+    assert list(inspect.signature(repeat_kv).parameters)[:2] == ["hidden_states", "n_rep"], (
+        "modeling_llama.repeat_kv changed its arguments"
+    )
+
+
+def test_tower_capture_equals_output_hidden_states(tiny_checkpoints, random_frames):
+    """CLIPEncoder numbering: hidden_states[i] is layer i's input and hidden_states[i+1] its output."""
+    llm = load_video_llm(tiny_checkpoints["video_llava"])
+    tower = llm.model.model.video_tower
+    pixel_values = llm.preprocess(random_frames(2, seed=1))
+    with torch.no_grad():
+        full = tower(pixel_values, output_hidden_states=True).hidden_states
+    for i in range(tower.config.num_hidden_layers):
+        layer = getattr(tower, "vision_model", tower).encoder.layers[i]
+        got_in, got_out = run_tower_to_layer(tower, layer, pixel_values)
+        assert torch.equal(got_in, full[i]) and torch.equal(got_out, full[i + 1]), (
+            f"CLIPEncoder's hidden_states[{i}] is no longer encoder layer {i}'s input (and [{i + 1}] its output)"
+        )
+
+
+@pytest.mark.parametrize("family", ["video_llava", "llava_next_video"])
+def test_cls_attention_reads_what_clip_layers_have(tiny_checkpoints, family):
+    llm = load_video_llm(tiny_checkpoints[family])
+    tower = llm.model.model.video_tower if family == "video_llava" else llm.model.model.vision_tower
+    for layer in getattr(tower, "vision_model", tower).encoder.layers:
+        hf_internals.check_cls_attention_internals(layer)  # names the missing attribute of CLIPEncoderLayer
+    hf_internals.check_mm_encoder_outputs(llm.model)  # names <Class>.forward if mm_encoder_outputs went away
+
+
+def test_a_changed_internal_is_refused_in_one_line_naming_it(monkeypatch):
+    """What a user sees when a release renames something the wrapper needs: one line, the internal, the range."""
+    import transformers.models.llama.modeling_llama as modeling_llama
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, kv=None, position_embeddings=None):
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(modeling_llama.LlamaDecoderLayer, "forward", forward)
+    hf_internals.check_ivtp_internals.cache_clear()
+    try:
+        with pytest.raises(hf_internals.IncompatibleTransformersError) as info:
+            hf_internals.check_ivtp_internals()
+    finally:
+        hf_internals.check_ivtp_internals.cache_clear()
+    message = str(info.value)
+    assert "\n" not in message and "LlamaDecoderLayer.forward" in message
+    assert hf_internals.transformers_version() in message and "transformers>=" in message
+
+
+def test_an_untested_release_is_refused_before_ivtp_is_installed(monkeypatch, tiny_checkpoints):
+    from vidprune.errors import ModelLoadError
+    from vidprune.pruners.ivtp import IVTPSchedule
+
+    monkeypatch.setattr(hf_internals, "transformers_version", lambda: "5.99.0")
+    hf_internals.check_ivtp_internals.cache_clear()
+    try:
+        with pytest.raises(ModelLoadError, match=r"transformers 5\.99\.0 is installed.*transformers>=5\.18,<5\.25"):
+            load_video_llm(tiny_checkpoints["video_llava"], ivtp=IVTPSchedule.from_options(1, 0.5, None, None))
+    finally:
+        hf_internals.check_ivtp_internals.cache_clear()
