@@ -3,7 +3,7 @@
     from vidprune.pipeline.ray import RayPipelineOptions, RayVideoPipeline, VideoRequest, connect_ray
 
     connect_ray()                                   # local Ray, or RAY_ADDRESS / address="head:6379"
-    cfg = VideoQA.resolve_config("ckpt/", budget=114, frames=32, encoder_batch_size=8)
+    cfg, _info = resolve_config("ckpt/", budget=114, frames=32, encoder_batch_size=8)  # vidprune.config
     pipe = RayVideoPipeline(cfg, RayPipelineOptions(decoders=2, encoders=2))
     pruned = pipe.prepare("long.mp4")               # == VideoQA.prepare("long.mp4")
     for result in pipe.run([VideoRequest("a", "a.mp4", ["What happens?"])]): ...

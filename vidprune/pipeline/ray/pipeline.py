@@ -30,8 +30,8 @@ class RayVideoPipeline:
     """Decode → encode → select → answer as Ray actors. Needs a connected Ray (:func:`connect_ray`).
 
     Args:
-        config: a validated :class:`VidpruneConfig` (e.g. ``VideoQA.resolve_config(...)``);
-            every actor builds its stage from it exactly as ``VideoQA`` does.
+        config: a validated :class:`VidpruneConfig` (``vidprune.config.resolve_config(...)[0]``);
+            every actor builds its stage from it with ``build_stages``, as ``VideoQA`` does.
         options: the actor layout, resources and bounds (:class:`RayPipelineOptions`); what
             it leaves None is sized from the connected cluster (:mod:`.layout`).
         answering: start the LLM actors now, alongside the others (else on the first
