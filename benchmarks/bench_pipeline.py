@@ -88,7 +88,7 @@ def options(frames: int | None) -> dict:
 
 
 def ray_options(encoders: int, cores: int):
-    from vidprune.pipeline.ray_actors import RayPipelineOptions, StageResources
+    from vidprune.pipeline.ray import RayPipelineOptions, StageResources
 
     return RayPipelineOptions(decoders=2, encoders=encoders, encode=StageResources(num_cpus=cores / encoders),
                               decode=StageResources(num_cpus=0.5), select=StageResources(num_cpus=0.5))
@@ -103,7 +103,7 @@ def throughput(ckpt: str, video: str, frames: int, repeats: int, cores: int) -> 
     """
     import torch
 
-    from vidprune.pipeline.ray_actors import RayVideoPipeline
+    from vidprune.pipeline.ray import RayVideoPipeline
     from vidprune.qa import VideoQA
 
     torch.set_num_threads(cores)
@@ -185,12 +185,12 @@ def _memory_in_process(ckpt: str, video: str, cores: int, queue) -> None:
 
 
 def _memory_on_ray(ckpt: str, video: str, cores: int, address: str, queue) -> None:
-    from vidprune.pipeline.ray_actors import RayVideoPipeline, connect_ray
+    from vidprune.pipeline.ray import RayVideoPipeline, connect_ray
     from vidprune.qa import VideoQA
 
     connect_ray(address)
     pipe = RayVideoPipeline(VideoQA.resolve_config(ckpt, **options(None)), ray_options(2, cores), answering=False)
-    pids = {k: v for k, v in pipe.pids().items() if v}
+    pids = {k: v for k, v in actor_pids(pipe).items() if v}
     sampler = MemorySampler({**pids, "driver": [os.getpid()]})
     sampler.sample()
     loaded = {k: v * 1024 for k, v in sampler.peak_kib.items()}
@@ -200,6 +200,14 @@ def _memory_on_ray(ckpt: str, video: str, cores: int, address: str, queue) -> No
     pipe.shutdown()
     queue.put({"frames": len(pruned.frames), "peaks": peaks, "after_load": loaded,
                "max_segments_in_flight": pipe.stats["max_segments_in_flight"]})
+
+
+def actor_pids(pipe) -> dict[str, list[int]]:
+    """Process id of every actor of ``pipe``, by stage (asked inside each actor with Ray's ``__ray_call__``)."""
+    import ray
+
+    return {stage: ray.get([a.__ray_call__.remote(lambda _self: os.getpid()) for a in handles])
+            for stage, handles in pipe.actors().items()}
 
 
 def in_fresh_process(target, *args) -> dict:
@@ -231,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from tqdm import tqdm
 
-    from vidprune.pipeline.ray_actors import connect_ray
+    from vidprune.pipeline.ray import connect_ray
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="vidprune-bench-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,8 @@ import time
 import uuid
 from pathlib import Path
 
-__all__ = ["LoopbackCluster", "ray_env", "make_ray_home", "processes_with_marker", "process_title", "HEAD_IP"]
+__all__ = ["LoopbackCluster", "ray_env", "make_ray_home", "processes_with_marker", "process_title", "HEAD_IP",
+           "on_actor", "actor_info"]
 
 HEAD_IP = "127.0.0.2"
 # Marker variable inherited by every process of one cluster (raylet, workers, actors).
@@ -111,15 +112,23 @@ def process_title(pid: int) -> str:
 
 
 class LoopbackCluster:
-    """A head on 127.0.0.2 plus ``worker_nodes`` nodes on 127.0.0.3, ... each with ``num_cpus`` logical CPUs."""
+    """A head on 127.0.0.2 plus ``worker_nodes`` nodes on 127.0.0.3, ... each with ``num_cpus`` logical CPUs.
 
-    def __init__(self, worker_nodes: int = 1, num_cpus: int = 4):
+    ``worker_gpus``: GPUs each worker node declares (``ray start --num-gpus``; a CPU machine
+    declares them as logical resources: Ray schedules and sets ``CUDA_VISIBLE_DEVICES`` for
+    them, nothing runs on a GPU). The head declares none.
+    """
+
+    def __init__(self, worker_nodes: int = 1, num_cpus: int = 4, worker_gpus: int = 0, dashboard: bool = False):
         self.marker = uuid.uuid4().hex
         self.home = make_ray_home()
         self.num_cpus = num_cpus
         self._nodes: list[tuple[str, subprocess.Popen, Path]] = []  # (ip, `ray start --block`, temp dir)
         self.address = ""
         self._worker_nodes = worker_nodes
+        self.worker_gpus = worker_gpus
+        self.dashboard = dashboard
+        self.dashboard_url = ""  # http://127.0.0.2:PORT with dashboard=True: the job server (`ray job submit`)
 
     # ------------------------------------------------------------------ start
     def __enter__(self) -> LoopbackCluster:
@@ -141,22 +150,28 @@ class LoopbackCluster:
     def start(self) -> None:
         (gcs_port,) = _free_ports(HEAD_IP, 1)
         self.address = f"{HEAD_IP}:{gcs_port}"
-        head_args = ["--head", f"--port={gcs_port}", "--include-dashboard=false", "--disable-usage-stats",
+        head_args = ["--head", f"--port={gcs_port}", "--disable-usage-stats",
                      "--system-config=" + json.dumps(FAST_NODE_FAILURE_DETECTION)]
-        self._start_with_retries(HEAD_IP, head_args)
+        if self.dashboard:  # needs ray[default]; the job server is part of the dashboard
+            (dashboard_port,) = _free_ports(HEAD_IP, 1)
+            self.dashboard_url = f"http://{HEAD_IP}:{dashboard_port}"
+            head_args += ["--include-dashboard=true", f"--dashboard-host={HEAD_IP}", f"--dashboard-port={dashboard_port}"]
+        else:
+            head_args.append("--include-dashboard=false")
+        self._start_with_retries(HEAD_IP, head_args, num_gpus=0)
         for _ in range(self._worker_nodes):
             self.add_node()
 
     def add_node(self) -> str:
         """Start one more worker node on the next loopback address and wait for it; returns its IP."""
         ip = f"127.0.0.{2 + len(self._nodes)}"
-        self._start_with_retries(ip, [f"--address={self.address}"])
+        self._start_with_retries(ip, [f"--address={self.address}"], num_gpus=self.worker_gpus)
         return ip
 
-    def _start_with_retries(self, ip: str, role_args: list[str]) -> None:
+    def _start_with_retries(self, ip: str, role_args: list[str], num_gpus: int = 0) -> None:
         """Start a node; on a busy machine Ray's fixed 30 s raylet start-up wait can expire, so try again."""
         for attempt in range(START_ATTEMPTS):
-            self._start_node(ip, role_args)
+            self._start_node(ip, role_args, num_gpus)
             try:
                 self.wait_for_node()
                 return
@@ -167,12 +182,12 @@ class LoopbackCluster:
                 if attempt == START_ATTEMPTS - 1:
                     raise RuntimeError(str(exc)) from None
 
-    def _start_node(self, ip: str, role_args: list[str]) -> None:
+    def _start_node(self, ip: str, role_args: list[str], num_gpus: int = 0) -> None:
         ports = _free_ports(ip, 6 + WORKER_PORTS_PER_NODE)
         node_manager, object_manager, agent_listen, agent_grpc, runtime_env, metrics = ports[:6]
         temp_dir = Path(tempfile.mkdtemp(prefix="vprt"))
         cmd = [
-            _RAY, "start", *role_args, f"--node-ip-address={ip}", f"--num-cpus={self.num_cpus}", "--num-gpus=0",
+            _RAY, "start", *role_args, f"--node-ip-address={ip}", f"--num-cpus={self.num_cpus}", f"--num-gpus={num_gpus}",
             f"--object-store-memory={OBJECT_STORE_BYTES}", f"--temp-dir={temp_dir}",
             f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}",
             f"--dashboard-agent-listen-port={agent_listen}", f"--dashboard-agent-grpc-port={agent_grpc}",
@@ -241,3 +256,39 @@ def _kill(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+# ------------------------------------------------------------------ inside an actor (test instrumentation)
+def on_actor(actor, fn, *args):
+    """Run ``fn(actor_instance, *args)`` inside a live actor and return its result (Ray's ``__ray_call__``).
+
+    How the tests look into the pipeline's actors without hooks in production code: ``fn``
+    must be defined inside a test function (cloudpickle sends such a function by value; a
+    module-level one of this test folder would not import on the workers).
+    """
+    import ray
+
+    return ray.get(actor.__ray_call__.remote(fn, *args))
+
+
+def actor_info(actor) -> dict:
+    """Where an actor runs and what Ray gave it: pid, node, CUDA_VISIBLE_DEVICES, GPU ids, resources, memory."""
+
+    def describe(_instance):
+        import os as _os
+
+        import ray as _ray
+
+        ctx = _ray.get_runtime_context()
+        rss_kib = 0
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss_kib = int(line.split()[1])
+        return {"pid": _os.getpid(), "node_id": ctx.get_node_id(),
+                "cuda_visible_devices": _os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "gpu_ids": [str(g) for g in _ray.get_gpu_ids()], "resources": ctx.get_assigned_resources(),
+                "rss_bytes": rss_kib * 1024}
+
+    return on_actor(actor, describe)
+

@@ -350,7 +350,7 @@ def test_video_llava_prompt_style_is_the_named_paper_option(tmp_path):
                         "number.\nAnswer with the option's letter from the given choices directly.")
     with pytest.raises(ConfigError, match="unknown prompt style 'paper'; choose one of: lmms_eval, video_llava"):
         load_benchmark("videomme", path, tmp_path, prompt_style="paper")
-    from vidprune.pipeline.jobs import format_question
+    from vidprune.jobs.manifest import format_question
 
     assert format_question(s.question, list(s.options)) == s.prompt  # vidprune job asks the same way
 

@@ -1,4 +1,4 @@
-"""`vidprune eval --address`: the sweep answered on a real Ray cluster on loopback through the job machinery."""
+"""`vidprune eval --address`: the sweep answered on a real Ray cluster on loopback, all arms through one pipeline."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ RAY_TIMEOUT_S = 600
 
 @pytest.fixture(scope="module")
 def cluster():
-    with LoopbackCluster(worker_nodes=0, num_cpus=6) as c:  # the job pipeline asks for 4.5 CPUs by default
+    with LoopbackCluster(worker_nodes=0, num_cpus=4) as c:  # the layout is sized from the node
         yield c
 
 
@@ -31,25 +31,26 @@ def test_sweep_on_a_ray_cluster_matches_the_local_sweep(tmp_path, cluster, video
             "--model", video_llava_ckpt, "--frames", "2", "--methods", "vispruner", "--max-new-tokens", "3",
             "--no-progress"]
     ray_out, local_out = tmp_path / "ray", tmp_path / "local"
-    # the unpruned answers locally first; the pruned arm is then the only work left: one job on the cluster
+    # the unpruned answers locally first; the two pruned arms are then the work left: one pipeline on the cluster
     assert main([*args, "--budgets", "full", "--out", str(ray_out)]) == 0
-    run = subprocess.run([sys.executable, "-m", "vidprune.cli", *args, "--budgets", "16", "--out", str(ray_out),
+    run = subprocess.run([sys.executable, "-m", "vidprune.cli", *args, "--budgets", "16,8", "--out", str(ray_out),
                           "--address", cluster.address], env=cluster.env, capture_output=True, text=True,
                          timeout=RAY_TIMEOUT_S)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "resuming: 2 of 4 answers already" in run.stderr
-    assert "MSVD-QA / vispruner@16: 2 questions as a Ray job" in run.stderr and "MSVD-QA / full" not in run.stderr
-    assert main([*args, "--budgets", "16", "--out", str(local_out)]) == 0
+    assert "resuming: 2 of 6 answers already" in run.stderr
+    assert "4 answers (2 questions x arms vispruner@16, vispruner@8) through one Ray pipeline" in run.stderr
+    assert run.stderr.count("through one Ray pipeline") == 1  # both arms: one set of actors, the model loaded once
+    assert main([*args, "--budgets", "16,8", "--out", str(local_out)]) == 0
     on_ray, local = _records(ray_out / "samples.jsonl"), _records(local_out / "samples.jsonl")
-    assert sorted(on_ray) == sorted(local) and len(on_ray) == 4  # 2 questions x (full, vispruner@16)
+    assert sorted(on_ray) == sorted(local) and len(on_ray) == 6  # 2 questions x (full, vispruner@16, vispruner@8)
     for key, rec in on_ray.items():
         assert rec["prediction_ids"] == local[key]["prediction_ids"]  # the same answers as the in-process sweep (ids)
         assert len(rec["prediction_ids"]) > 0 and rec["prediction"] == local[key]["prediction"]
-        assert rec["tokens"]["to_llm"] == local[key]["tokens"]["to_llm"] <= (16 if rec["budget"] else 2 * 257)
+        assert rec["tokens"]["to_llm"] == local[key]["tokens"]["to_llm"] <= (rec["budget"] or 2 * 257)
     assert (ray_out / "table.md").read_text() == (local_out / "table.md").read_text()
     capsys.readouterr()
-    assert main([*args, "--budgets", "16", "--out", str(ray_out), "--address", cluster.address]) == 0
-    assert "resuming: 4 of 4" in capsys.readouterr().err  # all done: Ray is not needed
+    assert main([*args, "--budgets", "16,8", "--out", str(ray_out), "--address", cluster.address]) == 0
+    assert "resuming: 6 of 6" in capsys.readouterr().err  # all done: Ray is not needed
 
 
 def test_questions_about_part_of_a_video_are_refused_before_ray_starts(tmp_path, video_llava_ckpt, capsys):

@@ -22,7 +22,9 @@ from ray_cluster import LoopbackCluster, make_ray_home, process_title, processes
 
 from vidprune.cli import main
 from vidprune.errors import ConfigError
-from vidprune.pipeline.jobs import JobItem, ResultsFile, check_results_match, format_question, read_manifest
+from vidprune.jobs.manifest import JobItem, format_question, read_manifest
+from vidprune.jobs.results import ResultsFile
+from vidprune.jobs.runner import check_results_match
 from vidprune.qa import VideoQA
 from vidprune.samples import moving_square_frames, write_video
 
@@ -297,3 +299,49 @@ def test_job_starts_ray_locally_without_an_address(job_videos, video_llava_ckpt,
     assert not leftovers, f"the local Ray was not shut down: {leftovers}"
     want = expected_answers(video_llava_ckpt, read_manifest(m))
     assert {(json.dumps(r["id"]), r["question_index"]): r["token_ids"] for r in read_results(out)} == want
+
+
+def test_job_with_no_layout_flags_fits_two_one_cpu_nodes_and_survives_a_killed_actor(job_videos, video_llava_ckpt,
+                                                                                     tmp_path):
+    """The issue's small cluster: two nodes of one CPU each, `vidprune job` with no layout flag at all."""
+    videos, _, _ = job_videos
+    m = write_manifest(tmp_path / "m.jsonl", [{"id": f"v{i}", "video": v, "questions": ["What moves?", "Where?"]}
+                                              for i, v in enumerate(videos)])
+    items = read_manifest(m)
+    want = expected_answers(video_llava_ckpt, items)
+    out = tmp_path / "small.jsonl"
+    with LoopbackCluster(worker_nodes=1, num_cpus=1) as small:
+        cmd = job_cmd(m, out, video_llava_ckpt)
+        proc = subprocess.Popen(cmd, env={**small.env, "RAY_ADDRESS": small.address}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        killed = []
+        try:
+            deadline = time.monotonic() + JOB_TIMEOUT_S
+            while time.monotonic() < deadline and proc.poll() is None:
+                if out.exists() and len(out.read_text().splitlines()) >= 2:
+                    pid = actor_pids(small.marker, "EncodeActor")[0]
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    break
+                time.sleep(0.1)
+            _, stderr = proc.communicate(timeout=JOB_TIMEOUT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, stderr
+        assert killed, "the job ended before the encoder could be killed"
+        layout = "decode 1x0.5 CPU, encode 1x0.5 CPU, select 1x0.5 CPU, answer 1x0.5 CPU"
+        assert f"vidprune job: layout {layout} on 2 node(s), 2 CPUs, 0 GPUs" in stderr
+        sidecar = json.loads((tmp_path / "small.jsonl.layout.json").read_text())
+        assert sidecar["layout"] == layout and sidecar["stages"]["encode"] == {"actors": 1, "num_cpus": 0.5,
+                                                                              "num_gpus": 0.0}
+        assert sidecar["cluster"]["nodes"] == [{"cpus": 1.0, "gpus": 0.0}, {"cpus": 1.0, "gpus": 0.0}]
+        results = read_results(out)
+        keys = [(json.dumps(r["id"]), r["question_index"]) for r in results]
+        assert sorted(keys) == sorted(it.key for it in items)  # every item exactly once
+        assert {k: r["token_ids"] for k, r in zip(keys, results)} == want
+        before = out.read_bytes()
+        again = subprocess.run(cmd, env={**small.env, "RAY_ADDRESS": small.address}, capture_output=True, text=True,
+                               timeout=JOB_TIMEOUT_S)
+        assert again.returncode == 0 and "0 new results (0 answered, 0 failed), 12 already in" in again.stderr
+        assert out.read_bytes() == before

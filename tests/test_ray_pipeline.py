@@ -15,10 +15,10 @@ import signal
 import numpy as np
 import pytest
 import torch
-from ray_cluster import LoopbackCluster
+from ray_cluster import LoopbackCluster, actor_info, on_actor
 
 from vidprune.errors import ConfigError, VideoDecodeError
-from vidprune.pipeline.ray_actors import (
+from vidprune.pipeline.ray import (
     RayPipelineOptions,
     RayVideoPipeline,
     StageResources,
@@ -65,8 +65,11 @@ def pipeline(video_llava_ckpt):
         connect_ray(cluster.address)
         try:
             cfg = VideoQA.resolve_config(video_llava_ckpt, **OPTIONS)
+            # explicit shares that leave room to restart a dead node's actors on the other two
             pipe = RayVideoPipeline(cfg, RayPipelineOptions(decoders=2, encoders=2,
-                                                            max_segments_in_flight=SEGMENTS_IN_FLIGHT))
+                                                            max_segments_in_flight=SEGMENTS_IN_FLIGHT,
+                                                            decode=StageResources(1), encode=StageResources(1),
+                                                            select=StageResources(0.5), answer=StageResources(1)))
             pipe.cluster = cluster
             yield pipe
             pipe.shutdown()
@@ -151,10 +154,8 @@ def test_selection_stream_equals_select_stage(tiny_checkpoints, videos, family, 
 
 # ------------------------------------------------------------------------- on Ray
 def test_actors_spread_over_all_nodes(pipeline):
-    import ray
-
     actors = pipeline.decoders + pipeline.encoders + [pipeline.selector] + pipeline.answerers
-    nodes = set(ray.get([a.node_id.remote() for a in actors]))
+    nodes = {actor_info(a)["node_id"] for a in actors}
     assert len(nodes) == 3
 
 
@@ -179,9 +180,43 @@ def test_array_input_equals_in_process(pipeline, reference):
     assert_same_pruned(pipeline.prepare(frames), reference.prepare(frames))
 
 
-def test_answers_equal_in_process_and_llm_gets_only_pruned_tokens(pipeline, reference, videos):
-    import ray
+def _record_llm_inputs(answer_actor):
+    """Test instrumentation, installed in the live actor: the token shapes handed to its LLM."""
 
+    def install(instance):
+        for qa in instance.qas.values():
+            seen = qa.__dict__.setdefault("_test_received", [])
+            if "answer" not in qa.__dict__:
+                original = qa.answer
+
+                def answer(pruned, questions, _original=original, _seen=seen, **kw):
+                    _seen.append(tuple(pruned.tokens.shape))
+                    return _original(pruned, questions, **kw)
+
+                qa.answer = answer
+        return None
+
+    on_actor(answer_actor, install)
+
+
+def _stop_recording(answer_actor) -> None:
+    def uninstall(instance):
+        for qa in instance.qas.values():
+            qa.__dict__.pop("answer", None)
+            qa.__dict__.pop("_test_received", None)
+
+    on_actor(answer_actor, uninstall)
+
+
+def _llm_inputs(answer_actor) -> list[tuple[int, ...]]:
+    return on_actor(answer_actor, lambda instance: [s for qa in instance.qas.values()
+                                                    for s in qa.__dict__.get("_test_received", [])])
+
+
+def test_answers_equal_in_process_and_llm_gets_only_pruned_tokens(pipeline, reference, videos):
+    pipeline.ensure_answerers()
+    for a in pipeline.answerers:
+        _record_llm_inputs(a)
     results = {r.key: r for r in pipeline.run([VideoRequest(k, videos[k], QUESTIONS) for k in ("short1", "long")])}
     assert set(results) == {"short1", "long"}
     for key, result in results.items():
@@ -191,7 +226,9 @@ def test_answers_equal_in_process_and_llm_gets_only_pruned_tokens(pipeline, refe
         assert [a["text"] for a in result.answers] == [w.text for w in want]
         assert [a["report"]["frames"] for a in result.answers] == [w.report["frames"] for w in want]
         assert [a["report"]["tokens"] for a in result.answers] == [w.report["tokens"] for w in want]
-    shapes = [s for a in pipeline.answerers for s in ray.get(a.received_shapes.remote())]
+    shapes = [s for a in pipeline.answerers for s in _llm_inputs(a)]
+    for a in pipeline.answerers:
+        _stop_recording(a)
     assert shapes and all(s[0] <= OPTIONS["budget"] for s in shapes)
     assert sorted(s[0] for s in shapes[-2:]) == sorted(r.answers[0]["report"]["tokens"]["to_llm"]
                                                       for r in results.values())
@@ -215,7 +252,7 @@ def test_bad_video_is_an_error_result_and_the_rest_go_on(pipeline, reference, vi
 def test_killed_select_actor_restarts_and_videos_start_over(pipeline, reference, videos):
     requests = [VideoRequest(i, videos[k]) for i, k in enumerate(["short1", "long", "short2", "long"])]
     restarted_before = pipeline.stats["restarted_videos"]
-    old_pid = pipeline.pids()["select"][0]
+    old_pid = actor_info(pipeline.selector)["pid"]
     results = {}
     for result in pipeline.run(requests):
         results[result.key] = result
@@ -227,13 +264,62 @@ def test_killed_select_actor_restarts_and_videos_start_over(pipeline, reference,
         assert_same_pruned(results[i].pruned, reference.prepare(videos[k]))
     assert pipeline.stats["restarted_videos"] > restarted_before
     assert max(r.attempts for r in results.values()) == 2
-    assert pipeline.pids()["select"][0] != old_pid
+    assert actor_info(pipeline.selector)["pid"] != old_pid
+
+
+def _held_by_actor(actor) -> dict:
+    """What a live actor holds: gc-tracked objects, resident memory, and the length of every container it keeps."""
+
+    def measure(instance):
+        import gc
+
+        gc.collect()
+        rss_kib = 0
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss_kib = int(line.split()[1])
+        containers = {}
+        for holder in [instance] + [v for v in vars(instance).values() if hasattr(v, "__dict__")]:
+            for name, value in vars(holder).items():
+                if isinstance(value, (list, dict, set, tuple)):
+                    containers[f"{type(holder).__name__}.{name}"] = len(value)
+        return {"objects": len(gc.get_objects()), "rss_bytes": rss_kib * 1024, "containers": containers}
+
+    return on_actor(actor, measure)
+
+
+# Questions of the memory test: 100 videos x 2 questions, after a warm-up of 10 videos.
+LONG_JOB_VIDEOS = 100
+
+
+def test_nothing_in_an_actor_grows_per_call_over_a_200_question_job(pipeline, videos):
+    names = ["short1", "short2"]
+    warm = [VideoRequest(("warm", i), videos[names[i % 2]], QUESTIONS[:2]) for i in range(10)]
+    assert all(r.error is None for r in pipeline.run(warm))
+    actors = pipeline.actors()
+    before = {stage: [_held_by_actor(a) for a in handles] for stage, handles in actors.items()}
+    calls_before = pipeline.stats["segments"]
+    job = [VideoRequest(i, videos[names[i % 2]], QUESTIONS[:2]) for i in range(LONG_JOB_VIDEOS)]
+    answered = sum(len(r.answers) for r in pipeline.run(job) if r.error is None)
+    assert answered == 2 * LONG_JOB_VIDEOS
+    calls = pipeline.stats["segments"] - calls_before  # one decode, encode and select call each
+    after = {stage: [_held_by_actor(a) for a in handles] for stage, handles in actors.items()}
+    for stage in actors:
+        for b, a in zip(before[stage], after[stage]):
+            assert a["containers"] == b["containers"], (stage, b["containers"], a["containers"])
+            # fewer new objects than calls or videos: nothing is kept per call
+            assert a["objects"] - b["objects"] < min(calls, LONG_JOB_VIDEOS), (stage, b["objects"], a["objects"])
+            assert a["rss_bytes"] - b["rss_bytes"] < 64 * 1024 * 1024, (stage, b["rss_bytes"], a["rss_bytes"])
+    assert after["select"][0]["containers"]["SelectActor.streams"] == 0  # no stream left behind
 
 
 def test_cluster_too_small_is_one_line_error(video_llava_ckpt, pipeline):
     cfg = VideoQA.resolve_config(video_llava_ckpt, **OPTIONS)
     with pytest.raises(ConfigError, match=r"the Ray cluster has 12 CPUs but the pipeline asks for 12.5"):
-        RayVideoPipeline(cfg, RayPipelineOptions(decoders=10, encode=StageResources(num_cpus=1)))
+        RayVideoPipeline(cfg, RayPipelineOptions(decoders=10, decode=StageResources(num_cpus=1),
+                                                 encode=StageResources(num_cpus=1), select=StageResources(0.5),
+                                                 answer=StageResources(1)))
 
 
 def test_dead_worker_node_its_actors_restart_elsewhere_and_work_is_redone(pipeline, reference, videos):
@@ -243,7 +329,7 @@ def test_dead_worker_node_its_actors_restart_elsewhere_and_work_is_redone(pipeli
     doomed = "127.0.0.4"
     actors = pipeline.decoders + pipeline.encoders + [pipeline.selector] + pipeline.answerers
     node_ip = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
-    on_doomed = [a for a in actors if node_ip[ray.get(a.node_id.remote())] == doomed]
+    on_doomed = [a for a in actors if node_ip[actor_info(a)["node_id"]] == doomed]
     assert on_doomed  # SPREAD put some of the six actors there
     names = ["long", "short1", "short2", "long"]
     results = {}
@@ -258,4 +344,4 @@ def test_dead_worker_node_its_actors_restart_elsewhere_and_work_is_redone(pipeli
         assert [a["token_ids"] for a in results[i].answers] == [w.token_ids for w in want]
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert len(alive) == 2
-    assert {ray.get(a.node_id.remote()) for a in on_doomed} <= alive  # restarted on the surviving nodes
+    assert {actor_info(a)["node_id"] for a in on_doomed} <= alive  # restarted on the surviving nodes

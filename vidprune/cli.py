@@ -30,7 +30,7 @@ DEMO_QUESTION = "What is moving in this video?"
 
 # Modules that add a subcommand: each has ``add_command(subparsers)``, which registers a
 # parser whose ``func`` default is the function to run with the parsed args.
-_COMMAND_MODULES: list[str] = ["vidprune.demo.command", "vidprune.eval.cli", "vidprune.pipeline.jobs"]
+_COMMAND_MODULES: list[str] = ["vidprune.demo.command", "vidprune.eval.cli", "vidprune.jobs.command"]
 
 
 def add_pipeline_options(p: argparse.ArgumentParser, *, exclude: tuple[str, ...] = ()) -> None:

@@ -11,7 +11,8 @@ are the only per-arm work, so a sweep over 4 budgets x 3 methods costs little mo
 13 generate calls per question.
 
 Results: ``<out>/samples.jsonl`` gets one line per (benchmark, arm, question) as soon as
-it is answered and scored, flushed at once. A rerun of the same command reads the file,
+it is answered and scored, written and fsync-ed at once (the jobs' results store,
+:class:`vidprune.jobs.results.ResultsFile`). A rerun of the same command reads the file,
 drops a partial last line left by an interruption, and skips every answer already there;
 ``<out>/run.json`` records the options, and a rerun with different pipeline options into
 the same folder is refused. Arms, benchmarks and a judge may be added on a rerun.
@@ -38,6 +39,7 @@ import numpy as np
 
 from ..config import VidpruneConfig
 from ..errors import ConfigError, VideoDecodeError
+from ..jobs.results import ResultsFile
 from .benchmarks import BenchmarkData, Sample, load_benchmark, MULTIPLE_CHOICE
 from .methods import FULL, Arm, TokenCounts, plan_arms
 from .scoring import JudgeClient, JudgeError, Judgment, contains_answer, exact_match, extract_option_letter
@@ -64,42 +66,38 @@ def record_key(benchmark: str, arm_label: str, sample_id: str) -> str:
 
 
 class ResultStore:
-    """``samples.jsonl`` (one JSON record per answer, append-only) and ``run.json`` in the output folder."""
+    """``samples.jsonl`` (one JSON record per answer, append-only) and ``run.json`` in the output folder.
+
+    The records are kept in the resumable results store of the jobs
+    (:class:`~vidprune.jobs.results.ResultsFile`: each line one ``write`` + ``fsync``, a torn
+    last line dropped on resume, the file locked while a sweep writes it), keyed by
+    ``record["key"]`` (:func:`record_key`).
+    """
 
     def __init__(self, out_dir: str | os.PathLike):
         self.dir = Path(out_dir)
         self.path = self.dir / SAMPLES_FILE
         self.run_path = self.dir / RUN_FILE
-        self.dropped_partial = False
+        self.file = ResultsFile(self.path, key=_record_key_of, writer="vidprune eval")
+
+    @property
+    def dropped_partial(self) -> bool:
+        return self.file.dropped_torn_line
 
     def load(self) -> dict[str, dict[str, Any]]:
-        """Records already written, by key. A partial last line (an interrupted write) is cut off."""
-        if not self.path.exists():
-            return {}
-        raw = self.path.read_bytes()
-        records: dict[str, dict[str, Any]] = {}
-        good_end = 0
-        lines = raw.split(b"\n")
-        for i, line in enumerate(lines):
-            if not line.strip():
-                good_end += len(line) + (1 if i < len(lines) - 1 else 0)
-                continue
-            try:
-                rec = json.loads(line)
-                complete = i < len(lines) - 1  # a line without its newline was being written
-            except json.JSONDecodeError:
-                rec, complete = None, False
-            if rec is None or not complete:
-                if any(rest.strip() for rest in lines[i + 1 :]):
-                    raise ConfigError(f"line {i + 1} of {self.path} is corrupt; delete that line (or the file) and rerun")
-                self.dropped_partial = True
-                break
-            records[rec["key"]] = rec
-            good_end += len(line) + 1
-        if self.dropped_partial:
-            with open(self.path, "r+b") as f:
-                f.truncate(good_end)
-        return records
+        """Records already written, by key (opens and locks an existing file). A partial last line is cut off.
+
+        A missing file stays missing until the first answer is written (a run refused in
+        setup leaves no ``samples.jsonl`` behind).
+        """
+        if not self.file.is_open and self.path.exists():
+            self.file.open()
+        return dict(self.file.records)
+
+    def _open_for_writing(self) -> None:
+        if not self.file.is_open:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.file.open()
 
     def check_run(self, run_info: dict[str, Any]) -> None:
         """Refuse to mix answers of a run with different pipeline options into one folder; record the run."""
@@ -121,18 +119,20 @@ class ResultStore:
         os.replace(tmp, self.run_path)
 
     def append(self, record: dict[str, Any]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
+        self._open_for_writing()
+        self.file.append(record)
 
     def rewrite(self, records: Iterable[dict[str, Any]]) -> None:
         """Replace the file atomically (used to add judge verdicts to earlier answers)."""
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec) + "\n")
-        os.replace(tmp, self.path)
+        self._open_for_writing()
+        self.file.rewrite(records)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _record_key_of(record: dict[str, Any]) -> str:
+    return record["key"]
 
 
 def token_counts(config: VidpruneConfig) -> TokenCounts:
@@ -212,7 +212,7 @@ class SweepRunner:
         self.counts: TokenCounts | None = None
         self._ready = False
 
-    def _say(self, message: str) -> None:
+    def say(self, message: str) -> None:
         print(message, file=self.log, flush=True)
 
     # -------------------------------------------------------------- setup
@@ -238,7 +238,7 @@ class SweepRunner:
                         f"{', '.join(names)})")
                 if not s.skip_missing_videos:
                     raise ConfigError(f"{what}; check --videos, or pass --skip-missing-videos to leave them out")
-                self._say(f"warning: {what}; left out (--skip-missing-videos)")
+                self.say(f"warning: {what}; left out (--skip-missing-videos)")
             if not data.samples:
                 raise ConfigError(f"no {data.spec.title} question has its video under {src.videos}; check --videos")
             self.data.append(data)
@@ -251,7 +251,7 @@ class SweepRunner:
         self.store.check_run(run_info)
         self.records = self.store.load()
         if self.store.dropped_partial:
-            self._say(f"dropped a partial last line of {self.store.path} (an interrupted write); redoing that answer")
+            self.say(f"dropped a partial last line of {self.store.path} (an interrupted write); redoing that answer")
         if s.judge is not None:
             self.judge = JudgeClient(s.judge.url, s.judge.model, s.judge.api_key(), timeout_s=s.judge.timeout_s)
             if any(d.spec.kind != MULTIPLE_CHOICE for d in self.data):
@@ -284,6 +284,12 @@ class SweepRunner:
 
     def run(self) -> dict[str, Any]:
         """Answer everything not yet in ``samples.jsonl``, fill missing judge verdicts, write the report."""
+        try:
+            return self._run()
+        finally:
+            self.store.close()
+
+    def _run(self) -> dict[str, Any]:
         from .report import write_report
 
         if not self._ready:
@@ -292,7 +298,7 @@ class SweepRunner:
         total = sum(len(d.samples) for d in self.data) * len(self.arms)
         todo = sum(len(arms) for _, _, arms in work)
         if todo < total:
-            self._say(f"resuming: {total - todo} of {total} answers already in {self.store.path}")
+            self.say(f"resuming: {total - todo} of {total} answers already in {self.store.path}")
         if work and self.settings.address:
             from .ray_sweep import answer_on_ray
 
@@ -313,7 +319,7 @@ class SweepRunner:
         from ..qa import VideoQA
 
         first = self.arm_configs[self.arms[0].label]
-        self._say(f"loading {first.model} once for {len(self.arms)} arms: {', '.join(a.label for a in self.arms)}")
+        self.say(f"loading {first.model} once for {len(self.arms)} arms: {', '.join(a.label for a in self.arms)}")
         qa0 = VideoQA.from_pretrained(config=first.to_dict())
         llm = qa0.llm
         qas = {a.label: (qa0 if i == 0 else VideoQA(llm, self.arm_configs[a.label])) for i, a in enumerate(self.arms)}
@@ -350,15 +356,18 @@ class SweepRunner:
                         pruned = qa.select_stage.process(encoded, clip)
                         pruned.timings_s = {**shared, "select": time.perf_counter() - t3}
                         answer = qa.answer_batch([(pruned, sample.prompt)], max_new_tokens=max_new)[0]
-                        record = self._record(data, sample, arm, answer.text, answer.report, answer.token_ids)
-                        self.store.append(record)
-                        self.records[record["key"]] = record
+                        self.keep(self.make_record(data, sample, arm, answer.text, answer.report, answer.token_ids))
                         bar.update(1)
         finally:
             bar.close()
 
-    def _record(self, data: BenchmarkData, sample: Sample, arm: Arm, text: str, report: dict[str, Any],
-                token_ids: list[int] | None) -> dict[str, Any]:
+    def keep(self, record: dict[str, Any]) -> None:
+        """Write one scored answer to ``samples.jsonl`` (durably) and count it as done."""
+        self.store.append(record)
+        self.records[record["key"]] = record
+
+    def make_record(self, data: BenchmarkData, sample: Sample, arm: Arm, text: str, report: dict[str, Any],
+                    token_ids: list[int] | None = None) -> dict[str, Any]:
         tokens = dict(report["tokens"])
         if report.get("ivtp"):
             tokens["after_ivtp"] = report["ivtp"]["visual_tokens_kept"]
@@ -401,7 +410,7 @@ class SweepRunner:
             return
         from tqdm import tqdm
 
-        self._say(f"judging {len(missing)} earlier answers with {self.judge.model}")
+        self.say(f"judging {len(missing)} earlier answers with {self.judge.model}")
         try:
             for rec in tqdm(missing, unit="answer", desc="judge", disable=not self.progress, file=self.log):
                 verdict = self.judge.judge(rec["question"], rec["answer"], rec["prediction"])
@@ -418,7 +427,10 @@ def rebuild_report(out_dir: str | os.PathLike) -> dict[str, Any]:
     store = ResultStore(out_dir)
     if not store.path.exists():
         raise ConfigError(f"{store.path} does not exist; --out must name the folder of an earlier sweep")
-    records = list(store.load().values())
+    try:
+        records = list(store.load().values())
+    finally:
+        store.close()
     if not records:
         raise ConfigError(f"{store.path} holds no answers yet; run the sweep first")
     run_info = json.loads(store.run_path.read_text()) if store.run_path.exists() else {}

@@ -1,6 +1,6 @@
 """A video cut into time segments for the Ray pipeline; everything here runs without Ray.
 
-The Ray pipeline (:mod:`vidprune.pipeline.ray_actors`) moves these plain objects between
+The Ray pipeline (:mod:`vidprune.pipeline.ray`) moves these plain objects between
 actors:
 
 * :func:`plan_frames` — which frames a :class:`~vidprune.pipeline.stages.DecodeStage`

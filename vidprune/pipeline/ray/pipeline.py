@@ -1,0 +1,165 @@
+"""``RayVideoPipeline``: the actors of one pipeline, started, checked against the cluster, and run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
+
+from ...config import VidpruneConfig
+from ...errors import ConfigError, ModelLoadError, VidpruneError
+from ..stages import PrunedVideo
+from .actors import DEFAULT_VARIANT, AnswerActor, DecodeActor, EncodeActor, SelectActor
+from .failures import one_line, root_cause
+from .layout import ClusterShape
+from .options import RayPipelineOptions, StageResources, actor_options
+from .scheduler import POLL_S, Scheduler, VideoRequest, VideoResult
+
+__all__ = ["RayVideoPipeline", "ACTOR_RESTART_TIMEOUT_S"]
+
+# Seconds to wait for a restarted actor (process start + model load on a busy node).
+ACTOR_RESTART_TIMEOUT_S = 300.0
+# Seconds for the actors to be placed and to load the model at start; beyond, Ray could not place them.
+ACTOR_START_TIMEOUT_S = 900.0
+
+
+class RayVideoPipeline:
+    """Decode → encode → select → answer as Ray actors. Needs a connected Ray (:func:`connect_ray`).
+
+    Args:
+        config: a validated :class:`VidpruneConfig` (``vidprune.config.resolve_config(...)[0]``);
+            every actor builds its stage from it with ``build_stages``, as ``VideoQA`` does.
+        options: the actor layout, resources and bounds (:class:`RayPipelineOptions`); what
+            it leaves None is sized from the connected cluster (:mod:`.layout`).
+        answering: start the LLM actors now, alongside the others (else on the first
+            request with questions; ``prepare`` alone never needs them).
+        variants: label → config of the selection/answer options one pipeline serves (an
+            eval sweep's arms). They must agree with ``config`` on everything that decodes
+            and encodes (model, frames, device, ...): the frames are decoded and encoded once
+            per video for all of them. Default: ``config`` alone.
+
+    Raises:
+        ConfigError: the actors do not fit on the cluster's nodes (one line).
+        ModelLoadError: an actor could not load the checkpoint.
+    """
+
+    def __init__(self, config: VidpruneConfig, options: RayPipelineOptions | None = None, *, answering: bool = True,
+                 variants: dict[str, VidpruneConfig] | None = None):
+        self.config = config.validate()
+        self.variants = {label: cfg.validate() for label, cfg in (variants or {DEFAULT_VARIANT: config}).items()}
+        _check_variants(config, self.variants)
+        self.cluster = ClusterShape.current()
+        self.options = (options or RayPipelineOptions()).resolved(config, self.cluster, answering=answering)
+        o = self.options
+        self.stats: dict[str, Any] = {"max_segments_in_flight": 0, "segments": 0, "restarted_videos": 0,
+                                      "decoded_whole": 0, "segments_per_decoder": [0] * o.decoders,
+                                      "videos": 0}
+        self.decoders = [self._actor(DecodeActor, o.decode, False, config) for _ in range(o.decoders)]
+        self.encoders = [self._actor(EncodeActor, o.encode, False, config) for _ in range(o.encoders)]
+        self.selector = self._actor(SelectActor, o.select, True, config, self.variants)
+        self.answerers: list[Any] = []
+        if answering:
+            self.answerers = [self._new_answerer() for _ in range(o.answerers)]
+        self._wait_ready(self.decoders + self.encoders + [self.selector] + self.answerers)
+
+    # ------------------------------------------------------------ actors
+    def _actor(self, cls, resources: StageResources, stateful: bool, *args):
+        return ray.remote(cls).options(**actor_options(resources, stateful=stateful, options=self.options)).remote(*args)
+
+    def _wait_ready(self, actors: list) -> None:
+        try:
+            ray.get([a.ready.remote() for a in actors], timeout=ACTOR_START_TIMEOUT_S)
+        except GetTimeoutError:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+            raise ConfigError(f"the pipeline's actors ({self.options.layout()}) did not all start within "
+                              f"{ACTOR_START_TIMEOUT_S:.0f} s on the Ray cluster ({self.cluster.describe()}); "
+                              "Ray could not place them (see `ray status`) or loading the model takes longer: "
+                              "lower the per-stage shares or add nodes") from None
+        except Exception as exc:  # a constructor failed: say why once, before any work starts
+            cause = root_cause(exc)
+            if isinstance(cause, VidpruneError):
+                raise cause from None
+            raise ModelLoadError(f"a pipeline actor failed to start: {one_line(exc)}") from None
+
+    def await_selector(self) -> None:
+        """Wait until the select actor answers again (it may be restarting after its process died).
+
+        Calls to a restarting actor without task retries fail at once, so a video started over
+        too early would lose its work again.
+        """
+        deadline = time.monotonic() + ACTOR_RESTART_TIMEOUT_S
+        while True:
+            try:
+                ray.get(self.selector.ready.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                return
+            except ActorDiedError:
+                return  # gone for good (max_restarts used up): the next attempt reports it
+            except (ActorUnavailableError, GetTimeoutError):
+                if time.monotonic() > deadline:
+                    return  # the video's next attempt reports what is wrong
+                time.sleep(POLL_S / 4)
+
+    def _new_answerer(self):
+        return self._actor(AnswerActor, self.options.answer, False, self.config, self.options.questions_per_call,
+                           self.variants)
+
+    def ensure_answerers(self) -> None:
+        """Start the LLM actors if they are not running yet (a pipeline built with ``answering=False``)."""
+        if not self.answerers:
+            self.answerers = [self._new_answerer() for _ in range(self.options.answerers)]
+            self._wait_ready(self.answerers)
+
+    def actors(self) -> dict[str, list[Any]]:
+        """The actor handles, by stage."""
+        return {"decode": list(self.decoders), "encode": list(self.encoders), "select": [self.selector],
+                "answer": list(self.answerers)}
+
+    def shutdown(self) -> None:
+        for actor in self.decoders + self.encoders + [self.selector] + self.answerers:
+            ray.kill(actor, no_restart=True)
+        self.decoders, self.encoders, self.answerers = [], [], []
+
+    # ------------------------------------------------------------ public
+    def prepare(self, video: Any) -> PrunedVideo:
+        """Decode, encode and prune one video on the cluster (== ``VideoQA.prepare(video)``)."""
+        (result,) = list(self.run([VideoRequest(0, video, None)]))
+        _raise_error(result)
+        return result.pruned
+
+    def ask(self, video: Any, questions: list[str]) -> list[dict[str, Any]]:
+        """Answer questions about one video (== ``VideoQA.answer(VideoQA.prepare(video), questions)``)."""
+        (result,) = list(self.run([VideoRequest(0, video, list(questions))]))
+        _raise_error(result)
+        return result.answers
+
+    def run(self, requests: Iterable[VideoRequest]) -> Iterator[VideoResult]:
+        """Stream requests through the cluster; yields each result as its video finishes (any order)."""
+        return Scheduler(self).run(requests)
+
+
+def _raise_error(result: VideoResult) -> None:
+    """Raise a failed result's exception: a vidprune error as the actor raised it, anything else wrapped."""
+    if result.error is None:
+        return
+    if isinstance(result.exception, VidpruneError):
+        raise result.exception
+    raise VidpruneError(result.error) from result.exception
+
+
+# Options that may differ between the variants of one pipeline: selection and in-LLM pruning.
+VARIANT_OPTIONS = ("budget", "pruner", "important_ratio", "seed", "dedup", "dedup_threshold", "dedup_reference",
+                   "dedup_window", "ivtp_layer", "ivtp_keep", "ivtp_schedule", "ivtp_fusion")
+
+
+def _check_variants(config: VidpruneConfig, variants: dict[str, VidpruneConfig]) -> None:
+    base = {k: v for k, v in config.to_dict().items() if k not in VARIANT_OPTIONS}
+    for label, cfg in variants.items():
+        differ = sorted(k for k, v in cfg.to_dict().items() if k not in VARIANT_OPTIONS and base.get(k) != v)
+        if differ:
+            raise ConfigError(f"variant {label!r} differs from the pipeline's config in {', '.join(differ)}; "
+                              f"variants may differ only in {', '.join(VARIANT_OPTIONS)}")
+
