@@ -19,7 +19,7 @@ import torch
 
 from .config import VidpruneConfig, load_preset
 from .errors import ConfigError
-from .flops import layer_flops, llm_flops, vision_tower_flops
+from .flops import layer_flops, llm_flops
 from .pipeline.stages import AnswerStage, DecodeStage, EncodeStage, PrunedVideo, SelectStage, plan_tokens
 from .video_models.base import VideoLLM, family_of_checkpoint, inspect_checkpoint
 
@@ -191,7 +191,7 @@ class VideoQA:
                 "llm_prefill_full": flops_full,
                 "llm_prefill_pruned": flops_pruned,
                 "llm_ratio": round(flops_pruned / flops_full, 6),
-                "vision_tower": vision_tower_flops(llm.config.vision_config, num_frames),
+                "vision_tower": llm.tower_flops(llm.config, num_frames),
             },
             "timings_s": {**{k: round(v, 4) for k, v in video.timings_s.items()}, "generate": round(out["generate_s"], 4)},
             "decode": video.decode,

@@ -5,7 +5,9 @@ with no Ray: :class:`vidprune.VideoQA` chains them directly, and the Ray layer w
 very same objects as actors. Only the pruned tokens leave :class:`SelectStage`.
 
 Shapes: T frames, N prunable tokens per frame, E extra tokens per frame
-(Video-LLaVA's [CLS]: 1, else 0), Dv the vision width, D the LLM width.
+(Video-LLaVA's [CLS]: 1, else 0), V extra tokens per video (LLaVA-OneVision's newline: 1),
+Dv the vision width, D the LLM width, Dc the width of the rows handed on (Dv, or D where
+the family hands on stock LLM-input rows, see ``EncodedFrames``).
 """
 
 from __future__ import annotations
@@ -52,18 +54,24 @@ def plan_tokens(geometry: VisualGeometry, num_frames: int, budget: int | None) -
     """How many visual tokens each stage may hand on for ``num_frames`` frames.
 
     Raises:
-        ConfigError: the budget cannot even hold the extra tokens kept per frame.
+        ConfigError: the budget cannot even hold the extra tokens handed on outside pruning.
     """
-    reserved = geometry.extra_per_frame * num_frames
+    reserved = geometry.reserved(num_frames)
     if budget is not None and budget < reserved:
+        what = []
+        if geometry.extra_per_frame:
+            what.append(f"{geometry.extra_per_frame * num_frames} [CLS] tokens kept (one per frame for {num_frames} frames)")
+        if geometry.extra_per_video:
+            what.append(f"{geometry.extra_per_video} newline token kept once per video")
+        remedy = ", or drop the [CLS] tokens (keep_cls=False / --drop-cls)" if geometry.extra_per_frame else ""
         raise ConfigError(
-            f"budget {budget} is smaller than the {reserved} [CLS] tokens kept (one per frame for {num_frames} "
-            f"frames); raise the budget, sample fewer frames, or drop the [CLS] tokens (keep_cls=False / --drop-cls)"
+            f"budget {budget} is smaller than the {' + '.join(what)}; raise the budget"
+            + (f", sample fewer frames{remedy}" if geometry.extra_per_frame else "")
         )
-    possible = geometry.full_per_frame * num_frames
+    possible = geometry.full_tokens(num_frames)
     return TokenPlan(
         num_frames=num_frames,
-        full=geometry.stock_per_frame * num_frames,
+        full=geometry.stock_tokens(num_frames),
         budget=budget,
         max_to_llm=possible if budget is None else min(budget, possible),
     )
@@ -74,8 +82,10 @@ class PrunedVideo:
     """One video's budgeted token stream, before the projector. What crosses from the vision side to the LLM.
 
     Attributes:
-        tokens: (K, Dv) kept tokens in stream order: frame by frame, each frame's extra
-            tokens first (the stock layout puts [CLS] first) then its kept patches in raster order.
+        tokens: (K, Dc) kept rows in stream order: frame by frame, each frame's extra
+            tokens first (the stock layout puts [CLS] first) then its kept patches in raster
+            order; then the per-video extra rows (OneVision's newline). Pre-projector rows, or
+            already LLM embeddings for families that hand on ``EncodedFrames.tokens``.
         frames: per sampled frame, a dict with index, time_s, kept, duplicates, candidates, allowance.
         tokens_count: full / after_vispruner / after_dedup / to_llm totals.
         decode: what the decoder said (backend, stream frame count, warnings).
@@ -130,14 +140,7 @@ class EncodeStage:
     def process(self, frames: np.ndarray) -> EncodedFrames:
         pixel_values = self.llm.preprocess(frames)  # (T, 3, S, S)
         step = self.batch_size or len(pixel_values)
-        parts = [self.llm.encode(pixel_values[i : i + step]) for i in range(0, len(pixel_values), step)]
-        if len(parts) == 1:
-            return parts[0]
-        return EncodedFrames(
-            features=torch.cat([p.features for p in parts]),
-            cls_attn=torch.cat([p.cls_attn for p in parts]),
-            extra=None if parts[0].extra is None else torch.cat([p.extra for p in parts]),
-        )
+        return EncodedFrames.concat([self.llm.encode(pixel_values[i : i + step]) for i in range(0, len(pixel_values), step)])
 
 
 class SelectStage:
@@ -162,7 +165,8 @@ class SelectStage:
     def new_selector(self, num_frames: int) -> VideoTokenSelector:
         """A fresh streaming selector for a video (or stream window) of ``num_frames`` frames."""
         dedup = CrossFrameDedup(**self.dedup_options) if self.dedup_options else None
-        return VideoTokenSelector(self.budget, num_frames, self.pruner, dedup=dedup,
+        budget = None if self.budget is None else self.budget - self.geometry.extra_per_video  # per-video rows first
+        return VideoTokenSelector(budget, num_frames, self.pruner, dedup=dedup,
                                   reserved_per_frame=self.geometry.extra_per_frame)
 
     def process(self, encoded: EncodedFrames, clip: DecodedClip) -> PrunedVideo:
@@ -186,7 +190,8 @@ class SelectionStream:
         self.num_frames = num_frames
         self.plan = plan_tokens(stage.geometry, num_frames, stage.budget)
         self.selector = stage.new_selector(num_frames)
-        self.rows: list[torch.Tensor] = []  # (E, Dv) and (k_t, Dv) pieces in stream order
+        self.rows: list[torch.Tensor] = []  # (E, Dc) and (k_t, Dc) pieces in stream order
+        self.video_extra: torch.Tensor | None = None  # (V, Dc), appended after the last frame
         self.frames: list[dict[str, Any]] = []
         self.after_pruner = 0
         self.seconds = 0.0
@@ -196,7 +201,7 @@ class SelectionStream:
         return len(self.frames)
 
     def add(self, encoded: EncodedFrames, indices: list[int], times_s: list[float]) -> None:
-        """Select the next ``len(encoded)`` frames (features (B, N, Dv), cls_attn (B, N), extra (B, E, Dv))."""
+        """Select the next ``len(encoded)`` frames (features (B, N, Dv), cls_attn (B, N), extra (B, E, Dc))."""
         start = time.perf_counter()
         if len(self.frames) + len(encoded) > self.num_frames:
             raise RuntimeError(f"{len(self.frames) + len(encoded)} frames added to a stream of {self.num_frames}")
@@ -204,7 +209,8 @@ class SelectionStream:
             sel = self.selector.select(encoded.cls_attn[t], encoded.features[t])
             if encoded.extra is not None:
                 self.rows.append(encoded.extra[t])
-            self.rows.append(encoded.features[t].index_select(0, sel.kept.to(encoded.features.device)))
+            rows = encoded.rows[t]  # (N, Dc)
+            self.rows.append(rows.index_select(0, sel.kept.to(rows.device)))
             self.after_pruner += len(sel.candidates)
             self.frames.append({
                 "index": int(indices[t]),
@@ -214,15 +220,20 @@ class SelectionStream:
                 "candidates": int(len(sel.candidates)),
                 "allowance": int(sel.allowance),
             })
+        if encoded.video_extra is not None and self.video_extra is None:
+            self.video_extra = encoded.video_extra
         self.seconds += time.perf_counter() - start
 
     def finish(self, decode: dict[str, Any] | None = None, warnings: list[str] | None = None) -> PrunedVideo:
         """The video's :class:`PrunedVideo`: tokens (K, Dv), per-frame records, token counts."""
         if len(self.frames) != self.num_frames:
             raise RuntimeError(f"the stream got {len(self.frames)} of its {self.num_frames} frames")
-        extra = self.stage.geometry.extra_per_frame * self.num_frames
+        extra = self.stage.geometry.reserved(self.num_frames)
         kept = sum(len(f["kept"]) for f in self.frames)
-        tokens = torch.cat(self.rows, dim=0)  # (K, Dv)
+        rows = self.rows if self.video_extra is None else [*self.rows, self.video_extra]
+        tokens = torch.cat(rows, dim=0)  # (K, Dc)
+        if tokens.shape[0] != kept + extra:
+            raise RuntimeError(f"the stream has {tokens.shape[0]} rows but {kept} kept + {extra} extra tokens")
         if tokens.shape[0] > self.plan.max_to_llm:  # the budget is a hard limit: never hand on more
             raise RuntimeError(f"selected {tokens.shape[0]} tokens, above the plan's {self.plan.max_to_llm}")
         counts = {"full": self.plan.full, "after_vispruner": self.after_pruner + extra, "after_dedup": kept + extra,

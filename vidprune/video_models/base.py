@@ -46,6 +46,17 @@ __all__ = [
 
 _FAMILIES: dict[str, type["VideoLLM"]] = {}
 
+# The modules that register the built-in families (imported on the registry's first use).
+_FAMILY_MODULES = ("video_llava", "llava_next_video", "llava_onevision")
+
+
+def _families() -> dict[str, type["VideoLLM"]]:
+    import importlib
+
+    for module in _FAMILY_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+    return _FAMILIES
+
 
 def register_family(model_type: str):
     """Class decorator: register an adapter for a transformers ``config.model_type``."""
@@ -60,24 +71,30 @@ def register_family(model_type: str):
 
 def list_families() -> list[str]:
     """The ``model_type`` values that vidprune can run, sorted."""
-    return sorted(_FAMILIES)
+    return sorted(_families())
 
 
 @dataclass(frozen=True)
 class VisualGeometry:
     """How many visual tokens one frame yields, known from the config before any weights load.
 
+    A "frame" here is the unit the pruner works on: one sampled frame for the LLaVA
+    families, one temporal patch (two sampled frames) for Qwen2.5-VL.
+
     Attributes:
         patch_grid: (h, w) patch grid of the vision tower, e.g. (16, 16) at 224 px, (24, 24) at 336 px.
         prune_grid: (h, w) grid of the tokens the pruner chooses from (pooled or not).
         extra_per_frame: tokens per frame handed on outside the pruner (Video-LLaVA's [CLS]: 1).
         stock_per_frame: tokens per frame the stock model feeds its LLM (257 or 144).
+        extra_per_video: tokens handed on once per video, after its last frame, outside the
+            pruner (LLaVA-OneVision's image newline: 1). The stock model feeds them too.
     """
 
     patch_grid: tuple[int, int]
     prune_grid: tuple[int, int]
     extra_per_frame: int
     stock_per_frame: int
+    extra_per_video: int = 0
 
     @property
     def prunable_per_frame(self) -> int:
@@ -87,6 +104,18 @@ class VisualGeometry:
     def full_per_frame(self) -> int:
         """Tokens per frame handed on with pruning off (prunable + extra)."""
         return self.prunable_per_frame + self.extra_per_frame
+
+    def reserved(self, num_frames: int) -> int:
+        """Tokens of a ``num_frames`` video handed on outside the pruner (they come off the budget first)."""
+        return self.extra_per_frame * num_frames + self.extra_per_video
+
+    def stock_tokens(self, num_frames: int) -> int:
+        """Visual tokens the stock model feeds its LLM for ``num_frames`` frames."""
+        return self.stock_per_frame * num_frames + self.extra_per_video
+
+    def full_tokens(self, num_frames: int) -> int:
+        """Visual tokens vidprune hands on for ``num_frames`` frames with pruning off."""
+        return self.full_per_frame * num_frames + self.extra_per_video
 
 
 @dataclass
@@ -107,20 +136,56 @@ class GenerationOutput:
 
 @dataclass
 class EncodedFrames:
-    """The vision side's output for a batch of frames, before the projector.
+    """The vision side's output for a batch of frames: what the pruner scores and the rows it hands on.
+
+    For Video-LLaVA and LLaVA-NeXT-Video the projector works row by row, so the rows handed
+    on are the pre-projector ``features`` themselves (``tokens`` is None) and
+    :meth:`VideoLLM.project` maps the kept ones. Where the projector mixes tokens or does not
+    commute with pooling (LLaVA-OneVision: projector, then bilinear pooling; Qwen2.5-VL: the
+    2×2 patch merger), ``tokens`` holds the stock LLM-input rows at the prunable positions,
+    ``features`` holds what the pruner and dedup compare (pooled pre-projector tower
+    features), and ``project`` is the identity.
 
     Attributes:
-        features: (T, N, Dv) the prunable tokens at ``vision_feature_layer`` (pooled if the family pools).
-        cls_attn: (T, N) float32 head-averaged [CLS] attention over those tokens (pooled the same way).
-        extra: (T, E, Dv) tokens kept outside pruning (Video-LLaVA's [CLS]), or None.
+        features: (T, N, Dv) what the pruner and dedup compare, at ``vision_feature_layer``
+            (pooled the same way as the tokens handed on).
+        cls_attn: (T, N) float32 importance of those tokens ([CLS] attention, or the mean
+            attention received for towers without [CLS]), pooled the same way.
+        extra: (T, E, Dc) rows handed on per frame outside pruning (Video-LLaVA's [CLS]), or None.
+        tokens: (T, N, Dc) the rows handed on for the N prunable tokens when they are not
+            ``features`` (already LLM embeddings), or None.
+        video_extra: (V, Dc) rows handed on once per video after its last frame
+            (LLaVA-OneVision's image newline), or None.
     """
 
     features: torch.Tensor
     cls_attn: torch.Tensor
     extra: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    video_extra: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.features.shape[0]
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """(T, N, Dc) the rows handed on for the prunable tokens (``tokens``, else ``features``)."""
+        return self.features if self.tokens is None else self.tokens
+
+    def to(self, device: str | torch.device) -> "EncodedFrames":
+        """A copy with every tensor on ``device``."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return EncodedFrames(features=move(self.features), cls_attn=move(self.cls_attn), extra=move(self.extra),
+                             tokens=move(self.tokens), video_extra=move(self.video_extra))
+
+    @staticmethod
+    def concat(parts: list["EncodedFrames"]) -> "EncodedFrames":
+        """Frames of consecutive batches as one (``video_extra`` is per video: taken from the first part)."""
+        if len(parts) == 1:
+            return parts[0]
+        cat = lambda name: None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+        return EncodedFrames(features=cat("features"), cls_attn=cat("cls_attn"), extra=cat("extra"),
+                             tokens=cat("tokens"), video_extra=parts[0].video_extra)
 
 
 def _read_config_dict(path: str | os.PathLike) -> dict | None:
@@ -158,7 +223,7 @@ def family_of_checkpoint(model: str) -> type["VideoLLM"]:
                 f"cannot read the config of {model!r} ({type(exc).__name__}); "
                 "pass a local checkpoint directory or a hub id you can download"
             ) from None
-    if model_type not in _FAMILIES:
+    if model_type not in _families():
         raise ModelLoadError(
             f"{model!r} is a {model_type!r} checkpoint; vidprune supports {', '.join(list_families())}"
         )
@@ -380,9 +445,20 @@ class VideoLLM:
         """Pixel values (T, 3, S, S) → :class:`EncodedFrames` (features, [CLS] attention, extra tokens)."""
         raise NotImplementedError
 
-    def project(self, features: torch.Tensor) -> torch.Tensor:
-        """Pre-projector tokens (..., Dv) → LLM input embeddings (..., D) with the model's projector."""
+    def project(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows handed on (:attr:`EncodedFrames.rows`, (..., Dc)) → LLM input embeddings (..., D).
+
+        The model's projector for families that project row by row; the identity where the
+        rows handed on are already the stock LLM inputs (``EncodedFrames.tokens``).
+        """
         raise NotImplementedError
+
+    @classmethod
+    def tower_flops(cls, config, num_frames: int) -> int:
+        """FLOPs of the vision tower for ``num_frames`` frames (method.md §5): CLIP, patches + [CLS], every layer."""
+        from ..flops import vision_tower_flops
+
+        return vision_tower_flops(config.vision_config, num_frames)
 
     # ---------------------------------------------------------------- language
     def build_prompt(self, question: str) -> str:
@@ -470,6 +546,4 @@ class VideoLLM:
 
 def load_video_llm(name_or_path: str, **kwargs) -> VideoLLM:
     """Load a checkpoint of any supported family: the adapter is chosen from its config."""
-    from . import llava_next_video, video_llava  # noqa: F401  (register the families)
-
     return family_of_checkpoint(name_or_path).from_pretrained(name_or_path, **kwargs)
