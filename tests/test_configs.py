@@ -13,10 +13,28 @@ CONFIGS = sorted(p for p in (Path(__file__).resolve().parent.parent / "configs")
                  if not p.stem.startswith("eval_"))
 
 
-def test_there_are_presets_for_both_families():
+# The hub id of each family's presets (the real checkpoints; tests use tiny offline ones).
+HUB_IDS = {"video_llava": "LanguageBind/Video-LLaVA-7B-hf", "llava_next_video": "llava-hf/LLaVA-NeXT-Video-7B-hf",
+           "llava_onevision": "llava-hf/llava-onevision-qwen2-7b-ov-hf"}
+
+
+def test_there_are_presets_for_every_family():
     names = {p.stem for p in CONFIGS}
     assert {"video_llava_455", "video_llava_227", "video_llava_114"} <= names
     assert {"llava_next_video_1024", "llava_next_video_512", "llava_next_video_256"} <= names
+    assert {"llava_onevision_1568", "llava_onevision_941", "llava_onevision_627", "llava_onevision_full"} <= names
+    from vidprune.video_models import list_families
+
+    assert set(HUB_IDS) == set(list_families())
+    for family in list_families():
+        assert any(name.startswith(family + "_") for name in names), family
+
+
+def test_onevision_budgets_are_25_15_10_percent_of_the_stock_count():
+    stock = 32 * 196 + 1  # 32 frames of 14x14 pooled tokens + the image newline
+    for name, share in (("llava_onevision_1568", 0.25), ("llava_onevision_941", 0.15), ("llava_onevision_627", 0.10)):
+        preset = load_preset(name)
+        assert preset["frames"] == 32 and round(share * stock) == preset["budget"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -25,7 +43,9 @@ def test_preset_is_valid_and_starts_with_its_command(path):
     assert text.startswith("#"), "a preset starts with a comment"
     assert "vidprune " in text.split("\n\n")[0] or any(line.startswith("#   vidprune") for line in text.splitlines())
     cfg = VidpruneConfig.from_dict(load_preset(path), source=str(path)).validate()
-    assert cfg.model in ("LanguageBind/Video-LLaVA-7B-hf", "llava-hf/LLaVA-NeXT-Video-7B-hf") or cfg.model is None
+    assert cfg.model in HUB_IDS.values() or cfg.model is None
+    family = next((f for f in sorted(HUB_IDS, key=len, reverse=True) if path.stem.startswith(f + "_")), None)
+    assert family is None or cfg.model == HUB_IDS[family]
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem.split("_")[-1].isdigit()], ids=lambda p: p.stem)

@@ -141,7 +141,7 @@ def token_counts(config: VidpruneConfig) -> TokenCounts:
 
     info = inspect_checkpoint(config.model, keep_cls=config.keep_cls, prune_pooled=config.prune_pooled)
     frames = config.frames or info.family.default_num_frames
-    return TokenCounts(full=info.geometry.prunable_per_frame * frames, stream=info.geometry.full_per_frame * frames)
+    return TokenCounts(full=info.geometry.prunable_per_frame * frames, stream=info.geometry.full_tokens(frames))
 
 
 # ------------------------------------------------------------------ clips
