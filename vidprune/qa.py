@@ -92,8 +92,15 @@ class VideoQA:
             raise ConfigError("no model given; pass a hub id or a checkpoint directory (--model)")
         cfg.validate()
         info = inspect_checkpoint(cfg.model, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)  # no weights
-        if cfg.fps is None:
-            plan_tokens(info.geometry, cfg.frames or info.family.default_num_frames, cfg.budget)  # budget vs [CLS]
+        per_unit = info.geometry.frames_per_unit
+        if cfg.frames is not None and cfg.frames % per_unit:
+            raise ConfigError(
+                f"frames={cfg.frames}: {info.family.model_type} pairs frames into temporal patches of {per_unit}, "
+                f"so the frame count must be a multiple of {per_unit}; use {cfg.frames - cfg.frames % per_unit or per_unit} "
+                f"or {cfg.frames + per_unit - cfg.frames % per_unit}"
+            )
+        if cfg.fps is None:  # budget vs the tokens kept outside pruning ([CLS], newline)
+            plan_tokens(info.geometry, info.geometry.units(cfg.frames or info.family.default_num_frames), cfg.budget)
         schedule = cfg.ivtp()
         if schedule is not None:
             schedule.validate(info.config.get_text_config().num_hidden_layers)
@@ -125,7 +132,7 @@ class VideoQA:
         t0 = time.perf_counter()
         clip = self.decode_stage.process(video)
         t1 = time.perf_counter()
-        encoded = self.encode_stage.process(clip.frames)
+        encoded = self.encode_stage.process(clip.frames, clip.times_s)
         t2 = time.perf_counter()
         pruned = self.select_stage.process(encoded, clip)
         t3 = time.perf_counter()
@@ -191,7 +198,8 @@ class VideoQA:
                 "llm_prefill_full": flops_full,
                 "llm_prefill_pruned": flops_pruned,
                 "llm_ratio": round(flops_pruned / flops_full, 6),
-                "vision_tower": llm.tower_flops(llm.config, num_frames),
+                "vision_tower": llm.tower_flops(llm.config, num_frames,
+                                                grid=None if video.layout is None else video.layout["grid"]),
             },
             "timings_s": {**{k: round(v, 4) for k, v in video.timings_s.items()}, "generate": round(out["generate_s"], 4)},
             "decode": video.decode,

@@ -41,17 +41,22 @@ __all__ = [
 class TokenPlan:
     """Token counts known before any model runs (from the config and the frame count)."""
 
-    num_frames: int
-    full: int  # what the stock model would feed its LLM for these frames
+    num_frames: int  # pruning units: frames, or Qwen2.5-VL's temporal patches
+    full: int | None  # what the stock model would feed its LLM; None: a dynamic grid not yet known
     budget: int | None
-    max_to_llm: int  # the hard upper bound of what vidprune hands on
+    max_to_llm: int | None  # the hard upper bound of what vidprune hands on (None: no budget, grid unknown)
 
     def to_dict(self) -> dict[str, Any]:
         return {"num_frames": self.num_frames, "full": self.full, "budget": self.budget, "max_to_llm": self.max_to_llm}
 
 
-def plan_tokens(geometry: VisualGeometry, num_frames: int, budget: int | None) -> TokenPlan:
-    """How many visual tokens each stage may hand on for ``num_frames`` frames.
+def plan_tokens(geometry: VisualGeometry, num_frames: int, budget: int | None,
+                tokens_per_frame: int | None = None) -> TokenPlan:
+    """How many visual tokens each stage may hand on for ``num_frames`` pruning units.
+
+    ``tokens_per_frame``: prunable tokens per unit when the geometry is dynamic (Qwen2.5-VL:
+    ``(h/2)·(w/2)`` of the preprocessed grid ``video_grid_thw``); fixed geometries know it from
+    the config. Without it a dynamic plan checks the budget only (``full`` is None).
 
     Raises:
         ConfigError: the budget cannot even hold the extra tokens handed on outside pruning.
@@ -68,10 +73,15 @@ def plan_tokens(geometry: VisualGeometry, num_frames: int, budget: int | None) -
             f"budget {budget} is smaller than the {' + '.join(what)}; raise the budget"
             + (f", sample fewer frames{remedy}" if geometry.extra_per_frame else "")
         )
-    possible = geometry.full_tokens(num_frames)
+    if geometry.dynamic and tokens_per_frame is None:
+        return TokenPlan(num_frames=num_frames, full=None, budget=budget, max_to_llm=budget)
+    if tokens_per_frame is not None and geometry.dynamic:
+        full = possible = tokens_per_frame * num_frames + geometry.reserved(num_frames)
+    else:
+        full, possible = geometry.stock_tokens(num_frames), geometry.full_tokens(num_frames)
     return TokenPlan(
         num_frames=num_frames,
-        full=geometry.stock_tokens(num_frames),
+        full=full,
         budget=budget,
         max_to_llm=possible if budget is None else min(budget, possible),
     )
@@ -89,6 +99,9 @@ class PrunedVideo:
         frames: per sampled frame, a dict with index, time_s, kept, duplicates, candidates, allowance.
         tokens_count: full / after_vispruner / after_dedup / to_llm totals.
         decode: what the decoder said (backend, stream frame count, warnings).
+        layout: where the kept tokens sit in the stock grid, for families with multimodal
+            positions (Qwen2.5-VL): {"units", "grid": (h, w), "seconds_per_unit", "kept": per unit}.
+            None for the others.
     """
 
     tokens: torch.Tensor
@@ -97,6 +110,7 @@ class PrunedVideo:
     decode: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    layout: dict[str, Any] | None = None
 
 
 def clip_from_array(frames: np.ndarray, fps: float | None = None) -> DecodedClip:
@@ -137,9 +151,11 @@ class EncodeStage:
     def __init__(self, llm: VideoLLM, batch_size: int | None = None):
         self.llm, self.batch_size = llm, batch_size
 
-    def process(self, frames: np.ndarray) -> EncodedFrames:
-        pixel_values = self.llm.preprocess(frames)  # (T, 3, S, S)
-        step = self.batch_size or len(pixel_values)
+    def process(self, frames: np.ndarray, times_s: list[float] | None = None) -> EncodedFrames:
+        """Frames (T, H, W, 3) → :class:`EncodedFrames` of T units (Qwen2.5-VL: ceil(T/2) temporal patches)."""
+        pixel_values = self.llm.preprocess(frames, times_s)  # (T, 3, S, S), or units of patches
+        per_unit = self.llm.geometry.frames_per_unit
+        step = max(1, self.batch_size // per_unit) if self.batch_size else len(pixel_values)
         return EncodedFrames.concat([self.llm.encode(pixel_values[i : i + step]) for i in range(0, len(pixel_values), step)])
 
 
@@ -172,7 +188,8 @@ class SelectStage:
     def process(self, encoded: EncodedFrames, clip: DecodedClip) -> PrunedVideo:
         """Select a whole video's frames at once (the in-process path)."""
         stream = SelectionStream(self, len(encoded))
-        stream.add(encoded, clip.indices, clip.times_s)
+        per_unit = self.geometry.frames_per_unit  # a unit's record names its first frame
+        stream.add(encoded, clip.indices[::per_unit], clip.times_s[::per_unit])
         return stream.finish({"backend": clip.backend, "num_stream_frames": clip.num_stream_frames}, clip.warnings)
 
 
@@ -188,7 +205,8 @@ class SelectionStream:
     def __init__(self, stage: "SelectStage", num_frames: int):
         self.stage = stage
         self.num_frames = num_frames
-        self.plan = plan_tokens(stage.geometry, num_frames, stage.budget)
+        self.plan = plan_tokens(stage.geometry, num_frames, stage.budget)  # dynamic: completed by the first add
+        self.layout: dict[str, Any] | None = None
         self.selector = stage.new_selector(num_frames)
         self.rows: list[torch.Tensor] = []  # (E, Dc) and (k_t, Dc) pieces in stream order
         self.video_extra: torch.Tensor | None = None  # (V, Dc), appended after the last frame
@@ -205,6 +223,11 @@ class SelectionStream:
         start = time.perf_counter()
         if len(self.frames) + len(encoded) > self.num_frames:
             raise RuntimeError(f"{len(self.frames) + len(encoded)} frames added to a stream of {self.num_frames}")
+        if self.stage.geometry.dynamic and self.layout is None:
+            self.plan = plan_tokens(self.stage.geometry, self.num_frames, self.stage.budget,
+                                    tokens_per_frame=int(encoded.features.shape[1]))
+            self.layout = {"units": self.num_frames, "grid": tuple(encoded.grid),
+                           "seconds_per_unit": encoded.seconds_per_unit, "kept": []}
         for t in range(len(encoded)):
             sel = self.selector.select(encoded.cls_attn[t], encoded.features[t])
             if encoded.extra is not None:
@@ -212,6 +235,8 @@ class SelectionStream:
             rows = encoded.rows[t]  # (N, Dc)
             self.rows.append(rows.index_select(0, sel.kept.to(rows.device)))
             self.after_pruner += len(sel.candidates)
+            if self.layout is not None:
+                self.layout["kept"].append(sel.kept.tolist())
             self.frames.append({
                 "index": int(indices[t]),
                 "time_s": round(float(times_s[t]), 6),
@@ -239,7 +264,7 @@ class SelectionStream:
         counts = {"full": self.plan.full, "after_vispruner": self.after_pruner + extra, "after_dedup": kept + extra,
                   "to_llm": kept + extra}
         return PrunedVideo(tokens=tokens, frames=self.frames, tokens_count=counts, decode=dict(decode or {}),
-                           warnings=list(warnings or []))
+                           warnings=list(warnings or []), layout=self.layout)
 
 
 class AnswerStage:
@@ -260,7 +285,7 @@ class AnswerStage:
         dtype = self.llm.dtype
         visual = [self.llm.project(v.tokens.to(self.llm.device, dtype)) for v, _ in items]  # (K_i, D) each
         start = time.perf_counter()
-        out = self.llm.generate(prompts, visual, **kwargs)
+        out = self.llm.generate(prompts, visual, layouts=[v.layout for v, _ in items], **kwargs)
         elapsed = time.perf_counter() - start
         ivtp = out.ivtp or [None] * len(items)
         return [{"text": self.llm.decode_text(ids), "token_ids": ids, "prompt_tokens": n, "generate_s": elapsed,

@@ -47,7 +47,7 @@ __all__ = [
 _FAMILIES: dict[str, type["VideoLLM"]] = {}
 
 # The modules that register the built-in families (imported on the registry's first use).
-_FAMILY_MODULES = ("video_llava", "llava_next_video", "llava_onevision")
+_FAMILY_MODULES = ("video_llava", "llava_next_video", "llava_onevision", "qwen2_5_vl")
 
 
 def _families() -> dict[str, type["VideoLLM"]]:
@@ -88,6 +88,10 @@ class VisualGeometry:
         stock_per_frame: tokens per frame the stock model feeds its LLM (257 or 144).
         extra_per_video: tokens handed on once per video, after its last frame, outside the
             pruner (LLaVA-OneVision's image newline: 1). The stock model feeds them too.
+        frames_per_unit: sampled frames per pruning unit (Qwen2.5-VL's temporal patch: 2).
+        dynamic: the grid depends on the video (Qwen2.5-VL's dynamic resolution); the grids
+            and per-frame counts here are then 0 and the real ones come with the encoded frames
+            (``EncodedFrames.grid``).
     """
 
     patch_grid: tuple[int, int]
@@ -95,6 +99,12 @@ class VisualGeometry:
     extra_per_frame: int
     stock_per_frame: int
     extra_per_video: int = 0
+    frames_per_unit: int = 1
+    dynamic: bool = False
+
+    def units(self, num_frames: int) -> int:
+        """Pruning units of ``num_frames`` sampled frames (an odd count is padded to a whole unit)."""
+        return -(-num_frames // self.frames_per_unit)
 
     @property
     def prunable_per_frame(self) -> int:
@@ -156,6 +166,10 @@ class EncodedFrames:
             ``features`` (already LLM embeddings), or None.
         video_extra: (V, Dc) rows handed on once per video after its last frame
             (LLaVA-OneVision's image newline), or None.
+        grid: (h, w) of the N prunable tokens when the geometry is dynamic (Qwen2.5-VL's merged grid).
+        seconds_per_unit: seconds one unit spans, for families whose positions depend on time (Qwen2.5-VL).
+
+    T counts pruning units: frames, or temporal patches of ``frames_per_unit`` frames.
     """
 
     features: torch.Tensor
@@ -163,6 +177,8 @@ class EncodedFrames:
     extra: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
     video_extra: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
+    seconds_per_unit: float | None = None
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -176,7 +192,8 @@ class EncodedFrames:
         """A copy with every tensor on ``device``."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return EncodedFrames(features=move(self.features), cls_attn=move(self.cls_attn), extra=move(self.extra),
-                             tokens=move(self.tokens), video_extra=move(self.video_extra))
+                             tokens=move(self.tokens), video_extra=move(self.video_extra), grid=self.grid,
+                             seconds_per_unit=self.seconds_per_unit)
 
     @staticmethod
     def concat(parts: list["EncodedFrames"]) -> "EncodedFrames":
@@ -185,7 +202,8 @@ class EncodedFrames:
             return parts[0]
         cat = lambda name: None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])  # noqa: E731
         return EncodedFrames(features=cat("features"), cls_attn=cat("cls_attn"), extra=cat("extra"),
-                             tokens=cat("tokens"), video_extra=parts[0].video_extra)
+                             tokens=cat("tokens"), video_extra=parts[0].video_extra, grid=parts[0].grid,
+                             seconds_per_unit=parts[0].seconds_per_unit)
 
 
 def _read_config_dict(path: str | os.PathLike) -> dict | None:
@@ -343,7 +361,11 @@ class VideoLLM:
             tokenizer.pad_token = tokenizer.eos_token
         self._check_vision_feature_layer()
         # IVTP: instance-local wrappers on the LLM's decoder layers (stock behaviour outside a session)
-        self.ivtp = IVTPDecoder(self.language_model, ivtp) if ivtp is not None else None
+        self.ivtp = IVTPDecoder(self.language_model, ivtp, self.ivtp_rotary()) if ivtp is not None else None
+
+    def ivtp_rotary(self):
+        """How the LLM's attention applies its rotary tables (for IVTP's recomputed rows); None: Llama's."""
+        return None
 
     def set_ivtp(self, schedule: IVTPSchedule | None) -> None:
         """Switch in-LLM pruning on the loaded model to ``schedule`` (None: off); a no-op if unchanged."""
@@ -352,7 +374,7 @@ class VideoLLM:
             return
         if self.ivtp is not None:
             self.ivtp.remove()
-        self.ivtp = IVTPDecoder(self.language_model, schedule) if schedule is not None else None
+        self.ivtp = IVTPDecoder(self.language_model, schedule, self.ivtp_rotary()) if schedule is not None else None
 
     @property
     def language_model(self) -> torch.nn.Module:
@@ -412,8 +434,11 @@ class VideoLLM:
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
-    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
-        """Frames (T, H, W, 3) uint8 RGB → pixel values (T, 3, S, S) with the checkpoint's own video processor."""
+    def preprocess(self, frames: np.ndarray, times_s: list[float] | None = None) -> torch.Tensor:
+        """Frames (T, H, W, 3) uint8 RGB → pixel values (T, 3, S, S) with the checkpoint's own video processor.
+
+        ``times_s``: the frames' times; used by families whose positions depend on time (Qwen2.5-VL).
+        """
         out = self.processor.video_processor(videos=[frames], return_tensors="pt")
         return out["pixel_values_videos"][0]
 
@@ -454,8 +479,11 @@ class VideoLLM:
         raise NotImplementedError
 
     @classmethod
-    def tower_flops(cls, config, num_frames: int) -> int:
-        """FLOPs of the vision tower for ``num_frames`` frames (method.md §5): CLIP, patches + [CLS], every layer."""
+    def tower_flops(cls, config, num_frames: int, grid: tuple[int, int] | None = None) -> int:
+        """FLOPs of the vision tower for ``num_frames`` units (method.md §5): CLIP, patches + [CLS], every layer.
+
+        ``grid``: the prunable grid of a dynamic-resolution video (Qwen2.5-VL); fixed-size towers ignore it.
+        """
         from ..flops import vision_tower_flops
 
         return vision_tower_flops(config.vision_config, num_frames)
@@ -494,25 +522,45 @@ class VideoLLM:
             raise RuntimeError(f"placeholder counts {got} differ from kept-token counts {list(visual_counts)}")
         return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
 
+    def video_encoder_output(self, visual_tokens: list[torch.Tensor]):
+        """The kept rows as the ``mm_encoder_outputs["video"]`` the model's forward reads.
+
+        LLaVA families: ``pooler_output`` (1, sum K_i, D), all samples' rows in batch order.
+        """
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return BaseModelOutputWithPooling(pooler_output=torch.cat(list(visual_tokens), dim=0).unsqueeze(0))
+
+    def position_inputs(self, inputs: dict[str, torch.Tensor], layouts) -> dict[str, torch.Tensor]:
+        """Extra ``generate()`` inputs that place the kept tokens (none: 1-D positions follow the sequence).
+
+        Families with multimodal rotary positions (Qwen2.5-VL) return the stock positions of the
+        kept tokens here, from ``layouts`` (per sample, what :class:`PrunedVideo.layout` holds).
+        """
+        return {}
+
     @torch.no_grad()
-    def generate(self, prompts: list[str], visual_tokens: list[torch.Tensor], **generate_kwargs) -> GenerationOutput:
+    def generate(self, prompts: list[str], visual_tokens: list[torch.Tensor], layouts: list | None = None,
+                 **generate_kwargs) -> GenerationOutput:
         """Generate answers. **The pruned visual tokens enter the LLM here.**
 
         Args:
             prompts: one chat-formatted prompt per sample, each with one ``<video>``.
             visual_tokens: per sample, (K_i, D) projected visual tokens in stream order
                 (temporal, then raster inside a frame). K_i may differ between samples.
+            layouts: per sample, where the kept tokens sit in the stock grid (``PrunedVideo.layout``);
+                needed by families with multimodal rotary positions (Qwen2.5-VL), ignored by the others.
             generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample``...).
 
         Returns:
             :class:`GenerationOutput`: per sample the generated ids (prompt removed, stopped
             before EOS) and, with IVTP, what it kept and the tokens each layer ran on.
         """
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         counts = [int(t.shape[0]) for t in visual_tokens]
         inputs = self.tokenize(prompts, counts)
-        stream = torch.cat(list(visual_tokens), dim=0).unsqueeze(0)  # (1, sum K_i, D), batch order
+        positions = self.position_inputs(inputs, layouts)
+        encoded = self.video_encoder_output(visual_tokens)
         session = (
             self.ivtp.session(inputs["input_ids"], inputs["attention_mask"], self.video_token_id)
             if self.ivtp is not None else contextlib.nullcontext()
@@ -520,7 +568,8 @@ class VideoLLM:
         with session as ivtp_state:
             out = self.model.generate(
                 **inputs,
-                mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=stream)},
+                **positions,
+                mm_encoder_outputs={"video": encoded},
                 **generate_kwargs,
             )
         new_tokens = out[:, inputs["input_ids"].shape[1]:]

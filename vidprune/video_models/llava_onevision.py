@@ -87,7 +87,7 @@ class LlavaOnevisionAdapter(VideoLLM):
         return rows  # already the stock projected, pooled rows
 
     @classmethod
-    def tower_flops(cls, config, num_frames: int) -> int:
+    def tower_flops(cls, config, num_frames: int, grid: tuple[int, int] | None = None) -> int:
         """SigLIP: 729 patches, no [CLS]; the layers up to the feature layer run (the tower stops there)."""
         from ..flops import vision_tower_flops
 

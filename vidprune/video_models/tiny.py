@@ -25,7 +25,7 @@ from pathlib import Path
 
 __all__ = ["TINY_FAMILIES", "build_tiny_checkpoint", "tiny_checkpoint_dir", "ensure_tiny_checkpoint"]
 
-TINY_FAMILIES = ("video_llava", "llava_next_video", "llava_onevision")
+TINY_FAMILIES = ("video_llava", "llava_next_video", "llava_onevision", "qwen2_5_vl")
 
 # Bump when the tiny configs change, so cached demo checkpoints are rebuilt.
 _TINY_FORMAT_VERSION = 1
@@ -197,6 +197,8 @@ def build_tiny_checkpoint(family: str, out_dir: str | os.PathLike, seed: int = 0
     out.mkdir(parents=True, exist_ok=True)
     if family == "llava_onevision":
         return _save(_build_llava_onevision(seed), out, family, seed)
+    if family == "qwen2_5_vl":
+        return _save(_build_qwen2_5_vl(seed), out, family, seed)
     tokenizer = _build_tokenizer()
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     video_token_id = tokenizer.convert_tokens_to_ids("<video>")
@@ -304,6 +306,76 @@ def _build_llava_onevision(seed: int):
         chat_template=CHATML_LLAVA_TEMPLATE,
     )
     return model, processor
+
+
+# Qwen2.5-VL's chat template (as on its model card), one user turn of media then text:
+# "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n
+#  <|vision_start|><|video_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n".
+QWEN2_5_VL_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif content['type'] == 'video' %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_QWEN_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def _build_qwen2_5_vl(seed: int):
+    """Qwen2.5-VL: ViT patch 14, temporal patch 2, 2×2 merger, window attention (112 px) with full attention
+    in blocks 1 and 3 (the last block is full, as in the real 7B's 7/15/23/31), mRoPE with the real
+    sections' proportions (16:24:24 of the half head dim), dynamic resolution from the processor's pixel limits."""
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tokenizer = _build_tokenizer(chatml=True, extra_special=_QWEN_VISION_TOKENS)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _QWEN_VISION_TOKENS}
+    text = _qwen2_text_config(tokenizer, num_attention_heads=2, num_key_value_heads=1).to_dict()
+    head_dim = text["hidden_size"] // text["num_attention_heads"]  # 32: rotary half 16 = 4 + 6 + 6
+    text.update(model_type="qwen2_5_vl_text",
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                                 "mrope_section": [head_dim // 16 * 2, head_dim // 16 * 3, head_dim // 16 * 3]})
+    vision = {"depth": 4, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "patch_size": 14,
+              "temporal_patch_size": 2, "spatial_merge_size": 2, "window_size": 112, "fullatt_block_indexes": [1, 3],
+              "out_hidden_size": text["hidden_size"], "tokens_per_second": 2, "initializer_range": 0.5}
+    config = Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision,
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    # The real processor's pixel limits per frame are 128..768 merged tokens; smaller here so tests stay fast
+    # (a 240x320 frame becomes 8x10 merged tokens per temporal patch).
+    size = {"shortest_edge": 16 * 28 * 28, "longest_edge": 80 * 28 * 28}
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=size),
+        video_processor=Qwen2VLVideoProcessor(size=size, cap_pixels_per_frame=False),
+        tokenizer=tokenizer,
+        chat_template=QWEN2_5_VL_TEMPLATE,
+    )
+    return model, processor
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
 
 
 def tiny_checkpoint_dir(family: str, cache_dir: str | os.PathLike | None = None) -> Path:
