@@ -246,3 +246,55 @@ def test_ivtp_kept_set_is_the_top_by_eager_attention_with_the_models_mrope(qwen_
     scores = out.attentions[layer][0][:, rows][:, :, vis].mean(dim=0).mean(dim=0)
     expected = sorted(torch.argsort(scores, descending=True, stable=True)[: math.ceil(keep * len(vis))].tolist())
     assert answer.report["ivtp"]["kept"] == expected
+
+
+def test_segment_by_segment_selection_equals_the_whole_video(qwen_ckpt, random_frames):
+    """The Ray path's shape (segments encoded and selected one by one) on the in-process stages."""
+    from vidprune.pipeline.stages import SelectionStream, clip_from_array
+    from vidprune.pipeline.streaming import batches_from_clip
+
+    qa = VideoQA.from_pretrained(qwen_ckpt, budget=90, frames=8)
+    frames = random_frames(8, seed=13)
+    whole = qa.prepare(frames)
+    clip = clip_from_array(frames)
+    stream = SelectionStream(qa.select_stage, len(clip.indices))
+    for batch in batches_from_clip(clip, segment_frames=4):
+        stream.add(qa.encode_stage.process(batch.frames, batch.times_s), batch.indices, batch.times_s)
+    assert stream.frames_done == 8
+    parts = stream.finish()
+    assert parts.layout == whole.layout and parts.frames == whole.frames
+    torch.testing.assert_close(parts.tokens, whole.tokens, rtol=1e-5, atol=1e-6)
+    odd = SelectionStream(qa.select_stage, len(clip.indices))
+    batch = batches_from_clip(clip, segment_frames=3)[0]
+    with pytest.raises(RuntimeError, match="segments must hold whole units"):
+        odd.add(qa.encode_stage.process(batch.frames, batch.times_s), batch.indices, batch.times_s)
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_cli_demo_runs_the_new_families_offline(family, capsys):
+    from vidprune.cli import main
+
+    assert main(["ask", "--demo", "--demo-family", family, "--max-new-tokens", "2", "--json"]) == 0
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    assert report["family"] == family and report["tokens"]["to_llm"] <= report["tokens"]["budget"]
+
+
+def test_live_memory_refuses_qwen_in_one_line(qwen_ckpt):
+    from vidprune.pipeline.memory import plan_memory
+    from vidprune.video_models.base import inspect_checkpoint
+
+    with pytest.raises(ConfigError, match="pairs frames into temporal patches"):
+        plan_memory(inspect_checkpoint(qwen_ckpt).geometry, budget=200, window_s=2.0, frame_rate=4.0)
+
+
+def test_make_tiny_checkpoint_lists_every_registered_family():
+    from vidprune.cli import build_parser
+    from vidprune.video_models import list_families
+    from vidprune.video_models.tiny import TINY_FAMILIES
+
+    assert sorted(TINY_FAMILIES) == list_families()
+    action = next(a for a in build_parser()._subparsers._group_actions[0].choices["make-tiny-checkpoint"]._actions
+                  if a.dest == "family")
+    assert sorted(action.choices) == list_families()

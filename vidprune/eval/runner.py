@@ -342,7 +342,7 @@ class SweepRunner:
                     bar.update(sum(len(arms) for _, _, arms in items))
                     continue
                 t1 = time.perf_counter()
-                encoded = qa0.encode_stage.process(clip.frames)
+                encoded = qa0.encode_stage.process(clip.frames, clip.times_s)
                 t2 = time.perf_counter()
                 shared = {"decode": t1 - t0, "encode": t2 - t1}
                 for data, sample, arms in items:

@@ -126,6 +126,12 @@ def plan_memory(geometry: VisualGeometry, *, budget: int | None, window_s: float
     Raises:
         ConfigError: non-positive values, or a budget that cannot hold even one frame.
     """
+    if geometry.dynamic or geometry.frames_per_unit != 1:
+        raise ConfigError(
+            "the rolling memory takes one frame at a time with a grid known in advance; this model pairs frames "
+            "into temporal patches with a grid from each video (Qwen2.5-VL), which the live memory does not "
+            "support yet: use a LLaVA family for the live demo"
+        )
     window_s = _positive_number("window_s", window_s)
     frame_rate = _positive_number("frame_rate", frame_rate)
     max_frames = max(1, math.ceil(window_s * frame_rate - 1e-9))

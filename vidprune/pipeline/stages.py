@@ -187,9 +187,8 @@ class SelectStage:
 
     def process(self, encoded: EncodedFrames, clip: DecodedClip) -> PrunedVideo:
         """Select a whole video's frames at once (the in-process path)."""
-        stream = SelectionStream(self, len(encoded))
-        per_unit = self.geometry.frames_per_unit  # a unit's record names its first frame
-        stream.add(encoded, clip.indices[::per_unit], clip.times_s[::per_unit])
+        stream = SelectionStream(self, len(clip.indices))
+        stream.add(encoded, clip.indices, clip.times_s)
         return stream.finish({"backend": clip.backend, "num_stream_frames": clip.num_stream_frames}, clip.warnings)
 
 
@@ -204,10 +203,12 @@ class SelectionStream:
 
     def __init__(self, stage: "SelectStage", num_frames: int):
         self.stage = stage
-        self.num_frames = num_frames
-        self.plan = plan_tokens(stage.geometry, num_frames, stage.budget)  # dynamic: completed by the first add
+        self.num_frames = num_frames  # sampled frames of the video
+        self.per_unit = stage.geometry.frames_per_unit  # frames per pruning unit (Qwen2.5-VL: 2)
+        self.num_units = stage.geometry.units(num_frames)
+        self.plan = plan_tokens(stage.geometry, self.num_units, stage.budget)  # dynamic: completed by the first add
         self.layout: dict[str, Any] | None = None
-        self.selector = stage.new_selector(num_frames)
+        self.selector = stage.new_selector(self.num_units)
         self.rows: list[torch.Tensor] = []  # (E, Dc) and (k_t, Dc) pieces in stream order
         self.video_extra: torch.Tensor | None = None  # (V, Dc), appended after the last frame
         self.frames: list[dict[str, Any]] = []
@@ -216,17 +217,27 @@ class SelectionStream:
 
     @property
     def frames_done(self) -> int:
-        return len(self.frames)
+        """Sampled frames selected so far."""
+        return min(len(self.frames) * self.per_unit, self.num_frames)
 
     def add(self, encoded: EncodedFrames, indices: list[int], times_s: list[float]) -> None:
-        """Select the next ``len(encoded)`` frames (features (B, N, Dv), cls_attn (B, N), extra (B, E, Dc))."""
+        """Select the next segment: ``len(encoded)`` units (features (B, N, Dv), cls_attn (B, N), extra (B, E, Dc)).
+
+        ``indices`` / ``times_s`` are the segment's sampled frames (``frames_per_unit`` per unit; a
+        unit's record names its first frame). Segments other than the last must hold whole units.
+        """
         start = time.perf_counter()
-        if len(self.frames) + len(encoded) > self.num_frames:
-            raise RuntimeError(f"{len(self.frames) + len(encoded)} frames added to a stream of {self.num_frames}")
+        if len(self.frames) + len(encoded) > self.num_units:
+            raise RuntimeError(f"{len(self.frames) + len(encoded)} frames added to a stream of {self.num_units}")
+        last = self.frames_done + len(indices) >= self.num_frames
+        if -(-len(indices) // self.per_unit) != len(encoded) or (len(indices) % self.per_unit and not last):
+            raise RuntimeError(f"a segment of {len(indices)} frames encoded to {len(encoded)} units of "
+                               f"{self.per_unit} frames; segments must hold whole units (an even frame count)")
+        indices, times_s = indices[::self.per_unit], times_s[::self.per_unit]
         if self.stage.geometry.dynamic and self.layout is None:
-            self.plan = plan_tokens(self.stage.geometry, self.num_frames, self.stage.budget,
+            self.plan = plan_tokens(self.stage.geometry, self.num_units, self.stage.budget,
                                     tokens_per_frame=int(encoded.features.shape[1]))
-            self.layout = {"units": self.num_frames, "grid": tuple(encoded.grid),
+            self.layout = {"units": self.num_units, "grid": tuple(encoded.grid),
                            "seconds_per_unit": encoded.seconds_per_unit, "kept": []}
         for t in range(len(encoded)):
             sel = self.selector.select(encoded.cls_attn[t], encoded.features[t])
@@ -251,9 +262,9 @@ class SelectionStream:
 
     def finish(self, decode: dict[str, Any] | None = None, warnings: list[str] | None = None) -> PrunedVideo:
         """The video's :class:`PrunedVideo`: tokens (K, Dv), per-frame records, token counts."""
-        if len(self.frames) != self.num_frames:
-            raise RuntimeError(f"the stream got {len(self.frames)} of its {self.num_frames} frames")
-        extra = self.stage.geometry.reserved(self.num_frames)
+        if len(self.frames) != self.num_units:
+            raise RuntimeError(f"the stream got {len(self.frames)} of its {self.num_units} frames")
+        extra = self.stage.geometry.reserved(self.num_units)
         kept = sum(len(f["kept"]) for f in self.frames)
         rows = self.rows if self.video_extra is None else [*self.rows, self.video_extra]
         tokens = torch.cat(rows, dim=0)  # (K, Dc)

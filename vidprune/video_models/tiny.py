@@ -360,12 +360,13 @@ def _build_qwen2_5_vl(seed: int):
     model = Qwen2_5_VLForConditionalGeneration(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    # The real processor's pixel limits per frame are 128..768 merged tokens; smaller here so tests stay fast
-    # (a 240x320 frame becomes 8x10 merged tokens per temporal patch).
-    size = {"shortest_edge": 16 * 28 * 28, "longest_edge": 80 * 28 * 28}
+    # The real processors' pixel limits: 128..768 merged tokens per video frame (a 240x320 frame becomes
+    # 280x392 px: 10x14 merged tokens per temporal patch), 4..16384 per image. No total-video cap
+    # (cap_pixels_per_frame=False, the 5.24 behaviour of the hub's processor config, said explicitly).
     processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(size=size),
-        video_processor=Qwen2VLVideoProcessor(size=size, cap_pixels_per_frame=False),
+        image_processor=Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}),
+        video_processor=Qwen2VLVideoProcessor(size={"shortest_edge": 128 * 28 * 28, "longest_edge": 768 * 28 * 28},
+                                              cap_pixels_per_frame=False),
         tokenizer=tokenizer,
         chat_template=QWEN2_5_VL_TEMPLATE,
     )
