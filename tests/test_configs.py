@@ -15,7 +15,7 @@ CONFIGS = sorted(p for p in (Path(__file__).resolve().parent.parent / "configs")
 
 # The hub id of each family's presets (the real checkpoints; tests use tiny offline ones).
 HUB_IDS = {"video_llava": "LanguageBind/Video-LLaVA-7B-hf", "llava_next_video": "llava-hf/LLaVA-NeXT-Video-7B-hf",
-           "llava_onevision": "llava-hf/llava-onevision-qwen2-7b-ov-hf"}
+           "llava_onevision": "llava-hf/llava-onevision-qwen2-7b-ov-hf", "qwen2_5_vl": "Qwen/Qwen2.5-VL-7B-Instruct"}
 
 
 def test_there_are_presets_for_every_family():
@@ -23,6 +23,7 @@ def test_there_are_presets_for_every_family():
     assert {"video_llava_455", "video_llava_227", "video_llava_114"} <= names
     assert {"llava_next_video_1024", "llava_next_video_512", "llava_next_video_256"} <= names
     assert {"llava_onevision_1568", "llava_onevision_941", "llava_onevision_627", "llava_onevision_full"} <= names
+    assert {"qwen2_5_vl_1440", "qwen2_5_vl_864", "qwen2_5_vl_576", "qwen2_5_vl_full"} <= names
     from vidprune.video_models import list_families
 
     assert set(HUB_IDS) == set(list_families())
@@ -74,3 +75,18 @@ def test_validation_collects_every_problem_in_one_line():
     assert "\n" not in message
     for part in ("budget", "important_ratio", "dedup_threshold", "either frames"):
         assert part in message
+
+
+def test_qwen_budgets_are_25_15_10_percent_of_16_frames_of_720p():
+    """The full count from the stock processor's own resize at its default pixel limits (no weights)."""
+    from transformers import Qwen2VLVideoProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import smart_resize
+
+    proc = Qwen2VLVideoProcessor()
+    height, width = smart_resize(720, 1280, factor=28, min_pixels=proc.size["shortest_edge"],
+                                 max_pixels=proc.size["longest_edge"])
+    stock = 16 // proc.temporal_patch_size * (height // 28) * (width // 28)
+    assert stock == 5760
+    for name, share in (("qwen2_5_vl_1440", 0.25), ("qwen2_5_vl_864", 0.15), ("qwen2_5_vl_576", 0.10)):
+        preset = load_preset(name)
+        assert preset["frames"] == 16 and round(share * stock) == preset["budget"]

@@ -172,6 +172,9 @@ class SelectStage:
                  important_ratio: float = 0.5, seed: int = 0, dedup: bool = True, dedup_threshold: float = 0.9,
                  dedup_reference: str = "kept", dedup_window: int | None = None):
         self.geometry, self.budget = geometry, budget
+        if geometry.dynamic and pruner == "uniform":
+            raise ConfigError("the 'uniform' pruner spreads tokens over a fixed grid, but this model's grid comes from "
+                              "each video (dynamic resolution); use vispruner or random")
         self.pruner = pruner_from_options(pruner, important_ratio=important_ratio, seed=seed,
                                           grid=geometry.prune_grid)
         self.dedup_options = (
