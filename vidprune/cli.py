@@ -57,12 +57,12 @@ def _ivtp_fusion(value: str) -> str | list[float]:
 def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     """Model, frame, pruning and generation flags shared by ``ask`` and the batch commands."""
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="hub id or checkpoint directory (Video-LLaVA or LLaVA-NeXT-Video)")
+    g.add_argument("--model", help="hub id or checkpoint directory (Video-LLaVA, LLaVA-NeXT-Video, LLaVA-OneVision, Qwen2.5-VL)")
     g.add_argument("--config", help="YAML preset (file path, or a name in configs/); flags override it")
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cpu)")
     g.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float32 on CPU)")
     g = p.add_argument_group("frames")
-    g.add_argument("--frames", type=int, help="sample N frames uniformly (default 8 Video-LLaVA, 32 LLaVA-NeXT-Video)")
+    g.add_argument("--frames", type=int, help="sample N frames uniformly (default: the family's, see docs/models.md; even for Qwen2.5-VL)")
     g.add_argument("--fps", type=float, help="sample at F frames per second instead (cap with --max-frames)")
     g.add_argument("--max-frames", type=int)
     g.add_argument("--decode-backend", choices=["pyav", "decord"])

@@ -40,7 +40,7 @@ class VidpruneConfig:
     device: str = "cpu"
     dtype: str | None = None  # None: float32 on CPU, the checkpoint's dtype on GPU
     # --- frames
-    frames: int | None = None  # uniform sampling of N frames; None: 8 (Video-LLaVA) / 32 (LLaVA-NeXT-Video)
+    frames: int | None = None  # uniform sampling of N frames; None: the family's default (docs/models.md)
     fps: float | None = None  # sample at this rate instead (with max_frames as a cap)
     max_frames: int | None = None
     decode_backend: str = "pyav"
