@@ -188,6 +188,15 @@ class EncodedFrames:
         """(T, N, Dc) the rows handed on for the prunable tokens (``tokens``, else ``features``)."""
         return self.features if self.tokens is None else self.tokens
 
+    def __getitem__(self, units: slice) -> "EncodedFrames":
+        """Units ``units`` of these (a contiguous slice; ``video_extra`` and the grid are per video, kept)."""
+        if not isinstance(units, slice):
+            raise TypeError("EncodedFrames takes a slice of units, e.g. encoded[4:8]")
+        take = lambda t: None if t is None else t[units]  # noqa: E731
+        return EncodedFrames(features=self.features[units], cls_attn=self.cls_attn[units], extra=take(self.extra),
+                             tokens=take(self.tokens), video_extra=self.video_extra, grid=self.grid,
+                             seconds_per_unit=self.seconds_per_unit)
+
     def to(self, device: str | torch.device) -> "EncodedFrames":
         """A copy with every tensor on ``device``."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
