@@ -17,6 +17,12 @@ follow internals instead, and this module is the only place that knows their nam
   head_dim,scale}``.
 * The vision side asks the tower for two hidden states by index
   (``output_hidden_states=[i, j]``).
+* **Qwen2.5-VL** (``qwen2_5_vl.py``): the tower's window permutation
+  (:func:`qwen_vision_window_index`: ``vision_utils.get_vision_window_index`` in 5.24,
+  ``visual.get_window_index`` before), the vision block's ``norm1`` / ``attn.qkv`` /
+  ``attn.scaling`` / ``apply_rotary_pos_emb_vision`` and the ``cu_seqlens`` /
+  ``position_embeddings`` keywords a block receives (importance), and the text attention's
+  rotary application (:func:`qwen_apply_rotary`, for IVTP).
 
 ``docs/internals.md`` lists each internal with the code that mirrors it and the test that
 fails, naming it, when a release changes it. :func:`check_ivtp_internals` runs when IVTP is
