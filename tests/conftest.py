@@ -23,13 +23,24 @@ def _isolated_cache(tmp_path_factory):
         os.environ["VIDPRUNE_CACHE"] = old
 
 
+class _TinyCheckpoints(dict):
+    """{family: checkpoint directory}; each family's checkpoint is built (offline, save_pretrained) on first use."""
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, family: str) -> str:
+        from vidprune.video_models.tiny import build_tiny_checkpoint
+
+        self[family] = str(build_tiny_checkpoint(family, self.root / family))
+        return self[family]
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory):
-    """{family: checkpoint directory} for both families, built offline and saved with save_pretrained."""
-    from vidprune.video_models.tiny import build_tiny_checkpoint
-
-    root = tmp_path_factory.mktemp("tiny-checkpoints")
-    return {fam: str(build_tiny_checkpoint(fam, root / fam)) for fam in ("video_llava", "llava_next_video")}
+    """{family: checkpoint directory} for every family of ``TINY_FAMILIES``, built when a test first asks."""
+    return _TinyCheckpoints(tmp_path_factory.mktemp("tiny-checkpoints"))
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,21 @@ from vidprune.presets import get_preset, list_presets, preset_description
 PIPELINE = [p.name for p in list_presets("pipeline")]
 
 
-def test_there_are_presets_for_both_families_and_the_sweeps():
+# The hub id of each family's presets (the real checkpoints; tests use tiny offline ones).
+HUB_IDS = {"video_llava": "LanguageBind/Video-LLaVA-7B-hf", "llava_next_video": "llava-hf/LLaVA-NeXT-Video-7B-hf",
+           "llava_onevision": "llava-hf/llava-onevision-qwen2-7b-ov-hf", "qwen2_5_vl": "Qwen/Qwen2.5-VL-7B-Instruct"}
+
+
+def test_there_are_presets_for_every_family_and_the_sweeps():
     assert {"video_llava_455", "video_llava_227", "video_llava_114", "video_llava_full"} <= set(PIPELINE)
     assert {"llava_next_video_1024", "llava_next_video_512", "llava_next_video_256"} <= set(PIPELINE)
+    assert {"llava_onevision_1568", "llava_onevision_941", "llava_onevision_627", "llava_onevision_full"} <= set(PIPELINE)
+    assert {"qwen2_5_vl_1440", "qwen2_5_vl_864", "qwen2_5_vl_576", "qwen2_5_vl_full"} <= set(PIPELINE)
+    from vidprune.video_models import list_families
+
+    assert set(HUB_IDS) == set(list_families())
+    for family in list_families():
+        assert any(name.startswith(family + "_") for name in PIPELINE), family
     assert {p.name for p in list_presets("eval")} >= {"eval_video_llava_vispruner", "eval_llava_next_video_mc"}
     assert {p.kind for p in list_presets()} == {"pipeline", "eval"}
 
@@ -30,7 +42,14 @@ def test_preset_is_valid_and_starts_with_its_description_and_command(name):
     assert preset.description.endswith(".") and len(preset.description) <= 110, "one line, a whole sentence"
     assert f"--config {name}" in text, "the header shows the command that runs the preset, by name"
     cfg = VidpruneConfig.from_dict(load_preset(name), source=name).validate()
-    assert cfg.model in ("LanguageBind/Video-LLaVA-7B-hf", "llava-hf/LLaVA-NeXT-Video-7B-hf")
+    assert cfg.model in HUB_IDS.values()
+
+
+def test_onevision_budgets_are_25_15_10_percent_of_the_stock_count():
+    stock = 32 * 196 + 1  # 32 frames of 14x14 pooled tokens + the image newline
+    for name, share in (("llava_onevision_1568", 0.25), ("llava_onevision_941", 0.15), ("llava_onevision_627", 0.10)):
+        preset = load_preset(name)
+        assert preset["frames"] == 32 and round(share * stock) == preset["budget"]
 
 
 @pytest.mark.parametrize("name", [n for n in PIPELINE if n.split("_")[-1].isdigit()])
@@ -129,3 +148,26 @@ def test_validation_collects_every_problem_in_one_line():
     assert "\n" not in message
     for part in ("budget", "important_ratio", "dedup_threshold", "either frames"):
         assert part in message
+
+
+def test_qwen_budgets_are_25_15_10_percent_of_16_frames_of_720p():
+    """The full count from the stock processor's own resize at its default pixel limits (no weights)."""
+    from transformers import Qwen2VLVideoProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import smart_resize
+
+    proc = Qwen2VLVideoProcessor()
+    height, width = smart_resize(720, 1280, factor=28, min_pixels=proc.size["shortest_edge"],
+                                 max_pixels=proc.size["longest_edge"])
+    stock = 16 // proc.temporal_patch_size * (height // 28) * (width // 28)
+    assert stock == 5760
+    for name, share in (("qwen2_5_vl_1440", 0.25), ("qwen2_5_vl_864", 0.15), ("qwen2_5_vl_576", 0.10)):
+        preset = load_preset(name)
+        assert preset["frames"] == 16 and round(share * stock) == preset["budget"]
+
+
+def test_flag_choices_spelled_in_config_equal_the_registries():
+    """config.py spells the dedup references (so declaring flags imports no torch); they must match the pruners'."""
+    from vidprune import config
+    from vidprune.pruners import DEDUP_REFERENCES
+
+    assert tuple(config.DEDUP_REFERENCES) == tuple(DEDUP_REFERENCES)

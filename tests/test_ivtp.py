@@ -24,7 +24,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from vidprune import VideoQA
 from vidprune.errors import ConfigError
 
-FAMILIES = [("video_llava", 8), ("llava_next_video", 4)]
+FAMILIES = [("video_llava", 8), ("llava_next_video", 4), ("llava_onevision", 4)]  # every registered family
 QUESTIONS = ["What is the man holding?", "Describe the colours you see in great detail, please."]
 
 

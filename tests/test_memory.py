@@ -288,25 +288,33 @@ def test_memory_stays_flat_over_a_long_session():
 # ------------------------------------------------------------------ with a real model
 
 
-def test_memory_of_a_real_encoder_answers_through_the_llm(video_llava_ckpt):
+@pytest.mark.parametrize("family", ["video_llava", "llava_onevision"])
+def test_memory_of_a_real_encoder_answers_through_the_llm(tiny_checkpoints, family):
     from vidprune.pipeline.stages import EncodeStage
     from vidprune.samples import moving_square_frames
     from vidprune.video_models import load_video_llm
 
-    llm = load_video_llm(video_llava_ckpt)
+    llm = load_video_llm(tiny_checkpoints[family])
     encoder = EncodeStage(llm, batch_size=1)
     plan = plan_memory(llm.geometry, budget=300, window_s=1.0, frame_rate=12.0)
     mem = build_memory(plan, prune_grid=llm.geometry.prune_grid)
     frames = moving_square_frames(num_frames=24)
+    last = None
     for t, rgb in enumerate(frames):
-        mem.add(encoder.process(rgb[None]), time_s=t / 12.0)
+        last = encoder.process(rgb[None])
+        stored = mem.add(last, time_s=t / 12.0)
         assert mem.num_tokens <= 300
     stats = mem.stats()
     assert stats.frames == 12 and stats.frames_aged_out + stats.frames_evicted == 12
     assert stats.duplicates > 0, "the static background repeats"
-    tokens = mem.tokens()  # (K, Dv)
-    assert tokens.shape == (stats.tokens, llm.config.vision_config.hidden_size)
+    tokens = mem.tokens()  # (K, Dc)
+    # rows handed on: the stock LLM-input rows (OneVision: projected then pooled) at the kept positions
+    torch.testing.assert_close(stored.tokens[stored.num_extra:], last.rows[0, stored.kept])
+    if llm.geometry.extra_per_video:  # OneVision's newline, once, after the newest frame
+        torch.testing.assert_close(tokens[-1:], last.video_extra)
+        assert stats.tokens == sum(f.tokens.shape[0] for f in mem.frames()) + 1
     visual = llm.project(tokens)
+    assert visual.shape == (stats.tokens, llm.config.text_config.hidden_size)
     out = llm.generate([llm.build_prompt("What is moving?")], [visual], max_new_tokens=4)
     assert len(out.sequences[0]) >= 1
     assert llm.tokenize([llm.build_prompt("q")], [tokens.shape[0]])["input_ids"].eq(llm.video_token_id).sum() \

@@ -17,7 +17,8 @@ from vidprune.errors import ConfigError, ModelLoadError
 from vidprune.video_models import load_video_llm
 from vidprune.video_models.cls_attention import clip_cls_attention
 
-FAMILIES = [("video_llava", 8, 257), ("llava_next_video", 4, 144)]
+# (family, frames a test samples, tokens per frame the stock model feeds its LLM); every registered family
+FAMILIES = [("video_llava", 8, 257), ("llava_next_video", 4, 144), ("llava_onevision", 4, 196)]
 QUESTIONS = ["What is the man holding?", "Describe what happens."]
 
 
@@ -53,7 +54,8 @@ def test_pruning_off_generates_exactly_the_stock_model(tiny_checkpoints, random_
     for seed, question in enumerate(QUESTIONS):
         frames = random_frames(num_frames, seed=seed)
         answer = qa.ask(frames, question, max_new_tokens=12)
-        assert answer.report["tokens"]["to_llm"] == num_frames * per_frame == answer.report["tokens"]["full"]
+        stock = num_frames * per_frame + qa.llm.geometry.extra_per_video  # OneVision: + its newline
+        assert answer.report["tokens"]["to_llm"] == stock == answer.report["tokens"]["full"]
         assert len(answer.token_ids) > 0
         assert answer.token_ids == _stock_generate(qa.llm.name_or_path, frames, question, 12)
 
@@ -108,13 +110,18 @@ def test_kept_tokens_are_exactly_the_stock_features_at_the_kept_positions(tiny_c
     pixels = processor.video_processor(videos=[frames], return_tensors="pt")["pixel_values_videos"]
     with torch.no_grad():
         stock = model.model.get_video_features(pixel_values_videos=pixels).pooler_output
-    stock = (torch.cat(stock) if isinstance(stock, (tuple, list)) else stock).reshape(num_frames, per_frame, -1)
+    stock = torch.cat(stock) if isinstance(stock, (tuple, list)) else stock
+    stock = stock.reshape(-1, stock.shape[-1])
+    per_video = qa.llm.geometry.extra_per_video  # rows after the last frame (OneVision's newline)
+    video_rows = stock[stock.shape[0] - per_video:]
+    stock = stock[: stock.shape[0] - per_video].reshape(num_frames, per_frame, -1)
     extra = 1 if family == "video_llava" else 0
     rows = []
     for t, frame in enumerate(pruned.frames):
         assert frame["kept"] == sorted(frame["kept"])
         idx = ([0] if extra else []) + [i + extra for i in frame["kept"]]
         rows.append(stock[t, idx])
+    rows.append(video_rows)
     torch.testing.assert_close(projected, torch.cat(rows), rtol=1e-5, atol=1e-5)
     assert projected.shape[0] == num_frames * 20
 
@@ -126,11 +133,11 @@ def test_budgeted_answer_report(tiny_checkpoints, sample_video, family, num_fram
     answer = qa.ask(sample_video, "What is moving?", max_new_tokens=6)
     r = answer.report
     assert r["answer"] == answer.text
-    assert r["tokens"]["full"] == num_frames * per_frame
+    assert r["tokens"]["full"] == num_frames * per_frame + qa.llm.geometry.extra_per_video
     assert r["tokens"]["to_llm"] <= budget
     assert r["tokens"]["to_llm"] == r["tokens"]["after_dedup"] <= r["tokens"]["after_vispruner"]
     assert len(r["frames"]) == num_frames
-    assert sum(len(f["kept"]) for f in r["frames"]) + (num_frames if family == "video_llava" else 0) == r["tokens"]["to_llm"]
+    assert sum(len(f["kept"]) for f in r["frames"]) + qa.llm.geometry.reserved(num_frames) == r["tokens"]["to_llm"]
     assert [f["time_s"] for f in r["frames"]] == sorted(f["time_s"] for f in r["frames"])
     assert 0 < r["flops"]["llm_prefill_pruned"] < r["flops"]["llm_prefill_full"]
     assert set(r["timings_s"]) >= {"decode", "encode", "select", "generate"}
@@ -155,7 +162,7 @@ def test_batch_with_different_kept_counts_equals_one_at_a_time(tiny_checkpoints,
 
 def test_wrong_family_fails_before_loading_weights(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
-    with pytest.raises(ModelLoadError, match="bert.*supports llava_next_video, video_llava"):
+    with pytest.raises(ModelLoadError, match="bert.*supports llava_next_video, llava_onevision, qwen2_5_vl, video_llava"):
         VideoQA.from_pretrained(str(tmp_path), budget=100)
     empty = tmp_path / "empty"
     empty.mkdir()

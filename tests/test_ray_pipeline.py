@@ -133,6 +133,7 @@ def test_lanes_decode_the_same_frames_as_read_video(reference, videos):
 @pytest.mark.parametrize("family, options", [
     ("video_llava", dict(budget=100, frames=24)),
     ("llava_next_video", dict(budget=300, frames=12, dedup_reference="kept_any", dedup_window=3)),
+    ("llava_onevision", dict(budget=300, frames=12)),  # + the newline once, after the last segment
 ])
 def test_selection_stream_equals_select_stage(tiny_checkpoints, videos, family, options):
     qa = VideoQA.from_pretrained(tiny_checkpoints[family], **options)
@@ -141,9 +142,7 @@ def test_selection_stream_equals_select_stage(tiny_checkpoints, videos, family, 
     want = qa.select_stage.process(encoded, clip)
     stream = SelectionStream(qa.select_stage, len(clip.indices))
     for batch in batches_from_clip(clip, 5):  # the segments' features, cut from the same encoder call
-        part = type(encoded)(features=encoded.features[batch.seq * 5 : batch.seq * 5 + len(batch)],
-                             cls_attn=encoded.cls_attn[batch.seq * 5 : batch.seq * 5 + len(batch)],
-                             extra=None if encoded.extra is None else encoded.extra[batch.seq * 5 : batch.seq * 5 + len(batch)])
+        part = encoded[batch.seq * 5 : batch.seq * 5 + len(batch)]
         stream.add(part, batch.indices, batch.times_s)
     got = stream.finish({"backend": clip.backend, "num_stream_frames": clip.num_stream_frames}, clip.warnings)
     assert_same_pruned(got, want)

@@ -61,12 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print the whole report as JSON")
     ask.add_argument("--demo", action="store_true",
                      help="run offline on a tiny random-weight model and a generated video (answers are nonsense)")
-    ask.add_argument("--demo-family", choices=["video_llava", "llava_next_video"], default="video_llava")
+    from .video_models.tiny import TINY_FAMILIES  # the families vidprune can build offline (the adapter registry's)
+
+    ask.add_argument("--demo-family", choices=TINY_FAMILIES, default="video_llava")
     add_pipeline_options(ask)
 
     tiny = sub.add_parser("make-tiny-checkpoint", help="save a small random-weight checkpoint (for tests and demos)")
     tiny.add_argument("out", help="directory to write")
-    tiny.add_argument("--family", choices=["video_llava", "llava_next_video"], required=True)
+    tiny.add_argument("--family", choices=TINY_FAMILIES, required=True)
     tiny.add_argument("--seed", type=int, default=0)
 
     sub.add_parser("pruners", help="list the registered per-frame pruners")
@@ -94,9 +96,10 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         print("demo: a tiny random-weight model; it runs the whole pipeline offline but ANSWERS NONSENSE.",
               file=sys.stderr)
         opts.setdefault("model", str(ensure_tiny_checkpoint(args.demo_family)))  # over a preset's hub id: offline
-        for key, value in (("budget", 114 if args.demo_family == "video_llava" else 256), ("max_new_tokens", 16)):
-            if key not in preset:  # the demo's defaults yield to the preset's values (and flags to both)
-                opts.setdefault(key, value)
+        if "budget" not in preset:  # the demo's defaults yield to the preset's values (and flags to both)
+            opts.setdefault("budget", _demo_budget(args.demo_family, opts["model"]))
+        if "max_new_tokens" not in preset:
+            opts.setdefault("max_new_tokens", 16)
         video = args.video or str(ensure_sample_video())
         question = args.question or DEMO_QUESTION
     else:
@@ -113,6 +116,23 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         print(answer.text)
         print(summarize(answer.report), file=sys.stderr)
     return 0
+
+
+# The demo's budget: about 5-10 % of what the stock model feeds its LLM (Video-LLaVA's 114 of 2056, the
+# smallest budget of its paper; LLaVA-NeXT-Video's 256 of 4608); other families get a tenth of their stock count.
+_DEMO_BUDGETS = {"video_llava": 114, "llava_next_video": 256}
+
+
+def _demo_budget(family: str, checkpoint: str) -> int:
+    if family in _DEMO_BUDGETS:
+        return _DEMO_BUDGETS[family]
+    from .video_models.base import inspect_checkpoint
+
+    info = inspect_checkpoint(checkpoint)
+    if info.geometry.dynamic:  # the count depends on the video's size: a quarter of the sample video's 1120
+        return 280
+    return max(info.geometry.reserved(info.family.default_num_frames) + 1,
+               info.geometry.stock_tokens(info.family.default_num_frames) // 10)
 
 
 def check_video_path(video: str) -> None:

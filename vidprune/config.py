@@ -131,7 +131,7 @@ class VidpruneConfig:
 
     # --- model loading (VideoLLM.from_pretrained)
     model: str | None = _option(None, "model", arg="name_or_path",
-                                help="hub id or checkpoint directory (Video-LLaVA or LLaVA-NeXT-Video)")
+                                help="hub id or checkpoint directory (Video-LLaVA, LLaVA-NeXT-Video, LLaVA-OneVision, Qwen2.5-VL)")
     device: str = _option("cpu", "model", help="cpu, cuda, cuda:1, ... (default cpu)")
     dtype: str | None = _option(None, "model", help="float32, float16 or bfloat16 (default: float32 on CPU)")
     keep_cls: bool = _option(True, "model", false_flag="--drop-cls",
@@ -140,7 +140,7 @@ class VidpruneConfig:
                                  help="LLaVA-NeXT-Video: prune the 576 unpooled tokens instead of the 144 pooled ones")
     # --- frames (DecodeStage, EncodeStage)
     frames: int | None = _option(None, "decode", arg="num_frames", parse=int,
-                                 help="sample N frames uniformly (default 8 Video-LLaVA, 32 LLaVA-NeXT-Video)")
+                                 help="sample N frames uniformly (default: the family's, see docs/models.md; even for Qwen2.5-VL)")
     fps: float | None = _option(None, "decode", parse=float,
                                 help="sample at F frames per second instead (cap with --max-frames)")
     max_frames: int | None = _option(None, "decode", parse=int, help="at most this many frames with --fps")
@@ -369,10 +369,18 @@ def resolve_config(model: str | None = None, config: str | os.PathLike | dict | 
         raise ConfigError("no model given; pass a hub id or a checkpoint directory (--model)")
     cfg.validate()
     info = inspect_checkpoint(cfg.model, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)  # no weights
+    per_unit = info.geometry.frames_per_unit  # Qwen2.5-VL pairs frames into temporal patches
+    if cfg.frames is not None and cfg.frames % per_unit:
+        raise ConfigError(
+            f"frames={cfg.frames}: {info.family.model_type} pairs frames into temporal patches of {per_unit}, "
+            f"so the frame count must be a multiple of {per_unit}; use {cfg.frames - cfg.frames % per_unit or per_unit} "
+            f"or {cfg.frames + per_unit - cfg.frames % per_unit}"
+        )
     if cfg.fps is None:
         if cfg.frames is None:
             cfg = dataclasses.replace(cfg, frames=info.family.default_num_frames)
-        plan_tokens(info.geometry, cfg.frames, cfg.budget)  # budget vs the [CLS] tokens kept per frame
+        # budget vs the tokens kept outside pruning ([CLS], newline)
+        plan_tokens(info.geometry, info.geometry.units(cfg.frames), cfg.budget)
     schedule = cfg.ivtp()
     if schedule is not None:
         schedule.validate(info.config.get_text_config().num_hidden_layers)

@@ -35,10 +35,10 @@ def llm_flops(text_config, num_tokens: int | Sequence[int]) -> int:
     return stack_flops(per_layer, text_config.hidden_size, text_config.intermediate_size, mlp_matrices=3)
 
 
-def vision_tower_flops(vision_config, num_frames: int, layers_run: int | None = None) -> int:
-    """FLOPs of the CLIP tower over ``num_frames`` frames (patches + [CLS] per frame)."""
+def vision_tower_flops(vision_config, num_frames: int, layers_run: int | None = None, has_cls: bool = True) -> int:
+    """FLOPs of a ViT tower over ``num_frames`` frames (patches, plus [CLS] when ``has_cls``, per frame)."""
     side = vision_config.image_size // vision_config.patch_size
-    n = side * side + 1
+    n = side * side + (1 if has_cls else 0)
     layers = vision_config.num_hidden_layers if layers_run is None else layers_run
     per_frame = layers * layer_flops(n, vision_config.hidden_size, vision_config.intermediate_size, mlp_matrices=2)
     return num_frames * per_frame

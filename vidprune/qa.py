@@ -18,7 +18,7 @@ from typing import Any
 
 from .config import VidpruneConfig, resolve_config
 from .errors import ConfigError
-from .flops import layer_flops, llm_flops, vision_tower_flops
+from .flops import layer_flops, llm_flops
 from .pipeline.build import build_stages
 from .pipeline.stages import PrunedVideo
 from .video_models.base import CheckpointInfo, VideoLLM
@@ -106,7 +106,7 @@ class VideoQA:
         t0 = time.perf_counter()
         clip = self.decode_stage.process(video)
         t1 = time.perf_counter()
-        encoded = self.encode_stage.process(clip.frames)
+        encoded = self.encode_stage.process(clip.frames, clip.times_s)
         t2 = time.perf_counter()
         pruned = self.select_stage.process(encoded, clip)
         t3 = time.perf_counter()
@@ -170,7 +170,8 @@ class VideoQA:
                 "llm_prefill_full": flops_full,
                 "llm_prefill_pruned": flops_pruned,
                 "llm_ratio": round(flops_pruned / flops_full, 6),
-                "vision_tower": vision_tower_flops(llm.config.vision_config, num_frames),
+                "vision_tower": llm.tower_flops(llm.config, num_frames,
+                                                grid=None if video.layout is None else video.layout["grid"]),
             },
             "timings_s": {**{k: round(v, 4) for k, v in video.timings_s.items()}, "generate": round(out["generate_s"], 4)},
             "decode": video.decode,

@@ -141,7 +141,7 @@ def token_counts(config: VidpruneConfig) -> TokenCounts:
 
     info = inspect_checkpoint(config.model, keep_cls=config.keep_cls, prune_pooled=config.prune_pooled)
     frames = config.frames or info.family.default_num_frames
-    return TokenCounts(full=info.geometry.prunable_per_frame * frames, stream=info.geometry.full_per_frame * frames)
+    return TokenCounts(full=info.geometry.prunable_per_frame * frames, stream=info.geometry.full_tokens(frames))
 
 
 # ------------------------------------------------------------------ clips
@@ -344,7 +344,7 @@ class SweepRunner:
                     bar.update(sum(len(arms) for _, _, arms in items))
                     continue
                 t1 = time.perf_counter()
-                encoded = qa0.encode_stage.process(clip.frames)
+                encoded = qa0.encode_stage.process(clip.frames, clip.times_s)
                 t2 = time.perf_counter()
                 shared = {"decode": t1 - t0, "encode": t2 - t1}
                 for data, sample, arms in items:

@@ -87,6 +87,8 @@ class MemoryPlan:
         reserved_per_frame: extra tokens held per frame outside the pruner ([CLS]: 1).
         tokens_per_frame: prunable tokens per frame (N).
         stock_per_frame: tokens per frame the stock model would feed its LLM.
+        reserved_per_video: rows held once for the whole memory, after the newest frame,
+            outside the pruner (LLaVA-OneVision's image newline: 1); they count against the budget.
     """
 
     budget: int
@@ -97,11 +99,12 @@ class MemoryPlan:
     reserved_per_frame: int
     tokens_per_frame: int
     stock_per_frame: int
+    reserved_per_video: int = 0
 
     @property
     def stock_tokens(self) -> int:
         """Tokens the stock model would need for a full window (``max_frames`` frames)."""
-        return self.stock_per_frame * self.max_frames
+        return self.stock_per_frame * self.max_frames + self.reserved_per_video
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "stock_tokens": self.stock_tokens}
@@ -120,31 +123,39 @@ def plan_memory(geometry: VisualGeometry, *, budget: int | None, window_s: float
     Raises:
         ConfigError: non-positive values, or a budget that cannot hold even one frame.
     """
+    if geometry.dynamic or geometry.frames_per_unit != 1:
+        raise ConfigError(
+            "the rolling memory takes one frame at a time with a grid known in advance; this model pairs frames "
+            "into temporal patches with a grid from each video (Qwen2.5-VL), which the live memory does not "
+            "support yet: use a LLaVA family for the live demo"
+        )
     window_s = _positive_number("window_s", window_s)
     frame_rate = _positive_number("frame_rate", frame_rate)
     max_frames = max(1, math.ceil(window_s * frame_rate - 1e-9))
     reserved, per_frame = geometry.extra_per_frame, geometry.prunable_per_frame
+    per_video = geometry.extra_per_video
     if budget is None:
-        budget = geometry.full_per_frame * max_frames
+        budget = geometry.full_tokens(max_frames)
     budget = _positive_int("budget", budget)
-    if budget < reserved + 1:
+    if budget < reserved + per_video + 1:
         raise ConfigError(
-            f"budget={budget} cannot hold one frame ({reserved} extra token(s) + at least 1 patch); "
-            f"raise the budget to at least {reserved + 1}"
+            f"budget={budget} cannot hold one frame ({reserved + per_video} extra token(s) + at least 1 patch); "
+            f"raise the budget to at least {reserved + per_video + 1}"
         )
+    budget_for_frames = budget - per_video
     if frame_tokens is None:
-        frame_tokens = min(per_frame, max(1, budget // max_frames - reserved))
+        frame_tokens = min(per_frame, max(1, budget_for_frames // max_frames - reserved))
     frame_tokens = _positive_int("frame_tokens", frame_tokens)
     if frame_tokens > per_frame:
         raise ConfigError(f"frame_tokens={frame_tokens} is more than the {per_frame} patch tokens a frame has")
-    if frame_tokens + reserved > budget:
+    if frame_tokens + reserved > budget_for_frames:
         raise ConfigError(
-            f"frame_tokens={frame_tokens} (+{reserved} extra) does not fit in budget={budget}; "
-            f"lower frame_tokens to at most {budget - reserved} or raise the budget"
+            f"frame_tokens={frame_tokens} (+{reserved + per_video} extra) does not fit in budget={budget}; "
+            f"lower frame_tokens to at most {budget_for_frames - reserved} or raise the budget"
         )
     return MemoryPlan(budget=budget, window_s=window_s, frame_rate=frame_rate, max_frames=max_frames,
                       frame_allowance=frame_tokens, reserved_per_frame=reserved, tokens_per_frame=per_frame,
-                      stock_per_frame=geometry.stock_per_frame)
+                      stock_per_frame=geometry.stock_per_frame, reserved_per_video=per_video)
 
 
 @dataclass
@@ -154,7 +165,8 @@ class MemoryFrame:
     Attributes:
         seq: the caller's label for the frame (e.g. the browser's frame number).
         time_s: when the frame was taken (the caller's clock, seconds).
-        tokens: (E + K, Dv) the frame's extra tokens then its kept patches (raster order).
+        tokens: (E + K, Dc) the frame's extra tokens then its kept patches (raster order): the rows
+            handed on (``EncodedFrames.rows``).
         kept: (K,) long, CPU: indices of the kept patches among the frame's N.
         duplicates: (C - K,) long, CPU: candidates dropped as repeats of the memory.
         candidates: C, patches the pruner proposed.
@@ -168,6 +180,7 @@ class MemoryFrame:
     duplicates: torch.Tensor
     candidates: int
     seen: int
+    features: torch.Tensor | None = None  # (K, Dv) what dedup compares, when the rows are not the features
 
     @property
     def num_extra(self) -> int:
@@ -229,12 +242,15 @@ class RollingTokenMemory:
         dedup: a :class:`~vidprune.pruners.CrossFrameDedup` with reference ``"kept"`` or
             ``"kept_any"``, or None. The memory owns it (resets and replays it).
         stock_per_frame: tokens per frame the stock model would feed its LLM (for the stats).
+        reserved_per_video: rows held once, after the newest frame (``EncodedFrames.video_extra``:
+            LLaVA-OneVision's newline), counted against the budget.
 
     See the module docstring for the policy.
     """
 
     def __init__(self, *, budget: int, window_s: float, max_frames: int, frame_allowance: int, pruner: Pruner,
-                 dedup: CrossFrameDedup | None = None, stock_per_frame: int | None = None):
+                 dedup: CrossFrameDedup | None = None, stock_per_frame: int | None = None,
+                 reserved_per_video: int = 0):
         self.budget = _positive_int("budget", budget)
         self.window_s = _positive_number("window_s", window_s)
         self.max_frames = _positive_int("max_frames", max_frames)
@@ -251,6 +267,8 @@ class RollingTokenMemory:
             )
         self.pruner, self.dedup = pruner, dedup
         self.stock_per_frame = stock_per_frame
+        self.reserved_per_video = int(reserved_per_video)
+        self._video_extra: torch.Tensor | None = None  # (V, Dc) the newest frame's per-video rows
         self._lock = threading.Lock()
         self._frames: deque[MemoryFrame] = deque()
         self._held = 0  # tokens held
@@ -271,7 +289,7 @@ class RollingTokenMemory:
             time_s: the frame's time on the caller's clock; not earlier than the previous frame's.
             seq: a label kept with the frame (default: a running count).
         """
-        features, cls_attn, extra = self._check_frame(encoded)
+        features, cls_attn, extra, all_rows = self._check_frame(encoded)
         with self._lock:
             newest = self._frames[-1].time_s if self._frames else -math.inf
             if time_s < newest:
@@ -285,8 +303,11 @@ class RollingTokenMemory:
             num_tokens = features.shape[0]
             sel = prune_frame(cls_attn, features, self.frame_allowance, pruner=self.pruner, dedup=self.dedup)
             candidates, kept, duplicates = sel.candidates, sel.kept, sel.duplicates  # (C,), (K,), (C - K,)
-            rows = features.index_select(0, kept.to(features.device))  # (K, Dv), a copy
-            tokens = rows if extra is None else torch.cat([extra, rows])  # (E + K, Dv)
+            rows = all_rows.index_select(0, kept.to(all_rows.device))  # (K, Dc), a copy
+            tokens = rows if extra is None else torch.cat([extra, rows])  # (E + K, Dc)
+            kept_features = None if all_rows is features else features.index_select(0, kept.to(features.device))
+            if encoded.video_extra is not None:
+                self._video_extra = encoded.video_extra.detach().clone()
             frame = MemoryFrame(
                 seq=self._next_seq if seq is None else int(seq),
                 time_s=float(time_s),
@@ -295,6 +316,7 @@ class RollingTokenMemory:
                 duplicates=duplicates.detach().cpu(),
                 candidates=int(candidates.shape[0]),
                 seen=num_tokens + (0 if extra is None else extra.shape[0]),
+                features=kept_features,
             )
             self._next_seq = frame.seq + 1
             self._frames.append(frame)
@@ -304,7 +326,7 @@ class RollingTokenMemory:
             c["tokens_seen_total"] += frame.seen
             c["candidates_total"] += frame.candidates
             c["duplicates_total"] += int(duplicates.shape[0])
-            if self._held > self.budget:  # _make_room leaves room for a full frame: never reached
+            if self._held + self.reserved_per_video > self.budget:  # _make_room leaves room: never reached
                 raise RuntimeError(f"memory holds {self._held} tokens, above its budget {self.budget}")
             return frame
 
@@ -318,6 +340,7 @@ class RollingTokenMemory:
         with self._lock:
             self._frames.clear()
             self._held = 0
+            self._video_extra = None
             self._shape = None
             if self.dedup is not None:
                 self.dedup.reset()
@@ -337,7 +360,10 @@ class RollingTokenMemory:
             if now_s is not None:
                 self._expire(now_s)
             if self._frames:
-                tokens = torch.cat([f.tokens for f in self._frames])  # (K, Dv)
+                rows = [f.tokens for f in self._frames]
+                if self._video_extra is not None:
+                    rows.append(self._video_extra)  # after the newest frame, as the stock model places it
+                tokens = torch.cat(rows)  # (K, Dc)
             else:
                 tokens = torch.zeros(0, 0 if self._shape is None else self._shape[2])
             return tokens, self._stats()
@@ -353,9 +379,13 @@ class RollingTokenMemory:
 
     @property
     def num_tokens(self) -> int:
-        """Tokens held now."""
+        """Tokens held now (the per-video rows included)."""
         with self._lock:
-            return self._held
+            return self._held_total()
+
+    def _held_total(self) -> int:
+        per_video = self._video_extra.shape[0] if (self._frames and self._video_extra is not None) else 0
+        return self._held + per_video
 
     def stats(self) -> MemoryStats:
         with self._lock:
@@ -367,9 +397,10 @@ class RollingTokenMemory:
         seen = sum(f.seen for f in frames)
         return MemoryStats(
             frames=len(frames),
-            tokens=self._held,
+            tokens=self._held_total(),
             tokens_seen=seen,
-            stock_tokens=(self.stock_per_frame * len(frames)) if self.stock_per_frame else seen,
+            stock_tokens=(self.stock_per_frame * len(frames) + (self.reserved_per_video if frames else 0))
+            if self.stock_per_frame else seen,
             candidates=sum(f.candidates for f in frames),
             duplicates=sum(int(f.duplicates.shape[0]) for f in frames),
             span_s=(frames[-1].time_s - frames[0].time_s) if frames else 0.0,
@@ -390,7 +421,7 @@ class RollingTokenMemory:
 
     def _make_room(self, extra_tokens: int) -> None:
         """Evict oldest frames until one more frame (at most ``frame_allowance + extra`` tokens) fits."""
-        room = self.frame_allowance + extra_tokens
+        room = self.frame_allowance + extra_tokens + self.reserved_per_video
         while self._frames and (len(self._frames) >= self.max_frames or self._held + room > self.budget):
             self._pop_oldest()
             self._counters["frames_evicted"] += 1
@@ -405,7 +436,7 @@ class RollingTokenMemory:
         self.dedup.reset()
         num_tokens, _, dim = self._shape
         for frame in self._frames:
-            patches = frame.tokens[frame.num_extra:]  # (K, Dv)
+            patches = frame.tokens[frame.num_extra:] if frame.features is None else frame.features  # (K, Dv)
             full = patches.new_zeros(num_tokens, dim)  # (N, Dv): only the kept rows are compared or stored
             index = frame.kept.to(patches.device)
             full[index] = patches
@@ -421,7 +452,8 @@ class RollingTokenMemory:
             self.dedup.reset()
         self._shape = shape
 
-    def _check_frame(self, encoded: EncodedFrames) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _check_frame(self, encoded: EncodedFrames):
+        """(features (N, Dv), cls_attn (N,), extra (E, Dc) or None, rows (N, Dc): ``features`` itself when the rows are)."""
         if not isinstance(encoded, EncodedFrames) or len(encoded) != 1:
             got = len(encoded) if isinstance(encoded, EncodedFrames) else type(encoded).__name__
             raise ConfigError(f"add() takes EncodedFrames of exactly one frame, got {got}")
@@ -429,8 +461,10 @@ class RollingTokenMemory:
         if features.dim() != 2 or cls_attn.shape != features.shape[:1]:
             raise ConfigError(f"features (1, N, Dv) and cls_attn (1, N) expected, got "
                               f"{tuple(encoded.features.shape)} and {tuple(encoded.cls_attn.shape)}")
-        extra = None if encoded.extra is None else encoded.extra[0].detach().clone()  # (E, Dv), own storage
-        return features.detach(), cls_attn.detach(), extra
+        extra = None if encoded.extra is None else encoded.extra[0].detach().clone()  # (E, Dc), own storage
+        features = features.detach()
+        rows = features if encoded.tokens is None else encoded.tokens[0].detach()  # (N, Dc)
+        return features, cls_attn.detach(), extra, rows
 
 
 def build_memory(plan: MemoryPlan, *, pruner: str = "vispruner", important_ratio: float = 0.5, seed: int = 0,
@@ -454,4 +488,5 @@ def build_memory(plan: MemoryPlan, *, pruner: str = "vispruner", important_ratio
     return RollingTokenMemory(budget=plan.budget, window_s=plan.window_s, max_frames=plan.max_frames,
                               frame_allowance=plan.frame_allowance, pruner=pruner_from_options(pruner, important_ratio=important_ratio,
                                                                         seed=seed, grid=prune_grid),
-                              dedup=dedup_state, stock_per_frame=plan.stock_per_frame)
+                              dedup=dedup_state, stock_per_frame=plan.stock_per_frame,
+                              reserved_per_video=plan.reserved_per_video)

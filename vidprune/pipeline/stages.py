@@ -5,7 +5,9 @@ with no Ray: :class:`vidprune.VideoQA` chains them directly, and the Ray layer w
 very same objects as actors. Only the pruned tokens leave :class:`SelectStage`.
 
 Shapes: T frames, N prunable tokens per frame, E extra tokens per frame
-(Video-LLaVA's [CLS]: 1, else 0), Dv the vision width, D the LLM width.
+(Video-LLaVA's [CLS]: 1, else 0), V extra tokens per video (LLaVA-OneVision's newline: 1),
+Dv the vision width, D the LLM width, Dc the width of the rows handed on (Dv, or D where
+the family hands on stock LLM-input rows, see ``EncodedFrames``).
 """
 
 from __future__ import annotations
@@ -41,11 +43,16 @@ class PrunedVideo:
     """One video's budgeted token stream, before the projector. What crosses from the vision side to the LLM.
 
     Attributes:
-        tokens: (K, Dv) kept tokens in stream order: frame by frame, each frame's extra
-            tokens first (the stock layout puts [CLS] first) then its kept patches in raster order.
+        tokens: (K, Dc) kept rows in stream order: frame by frame, each frame's extra
+            tokens first (the stock layout puts [CLS] first) then its kept patches in raster
+            order; then the per-video extra rows (OneVision's newline). Pre-projector rows, or
+            already LLM embeddings for families that hand on ``EncodedFrames.tokens``.
         frames: per sampled frame, a dict with index, time_s, kept, duplicates, candidates, allowance.
         tokens_count: full / after_vispruner / after_dedup / to_llm totals.
         decode: what the decoder said (backend, stream frame count, warnings).
+        layout: where the kept tokens sit in the stock grid, for families with multimodal
+            positions (Qwen2.5-VL): {"units", "grid": (h, w), "seconds_per_unit", "kept": per unit}.
+            None for the others.
     """
 
     tokens: torch.Tensor
@@ -54,6 +61,7 @@ class PrunedVideo:
     decode: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    layout: dict[str, Any] | None = None
 
 
 def clip_from_array(frames: np.ndarray, fps: float | None = None) -> DecodedClip:
@@ -94,17 +102,12 @@ class EncodeStage:
     def __init__(self, llm: VideoLLM, batch_size: int | None = None):
         self.llm, self.batch_size = llm, batch_size
 
-    def process(self, frames: np.ndarray) -> EncodedFrames:
-        pixel_values = self.llm.preprocess(frames)  # (T, 3, S, S)
-        step = self.batch_size or len(pixel_values)
-        parts = [self.llm.encode(pixel_values[i : i + step]) for i in range(0, len(pixel_values), step)]
-        if len(parts) == 1:
-            return parts[0]
-        return EncodedFrames(
-            features=torch.cat([p.features for p in parts]),
-            cls_attn=torch.cat([p.cls_attn for p in parts]),
-            extra=None if parts[0].extra is None else torch.cat([p.extra for p in parts]),
-        )
+    def process(self, frames: np.ndarray, times_s: list[float] | None = None) -> EncodedFrames:
+        """Frames (T, H, W, 3) → :class:`EncodedFrames` of T units (Qwen2.5-VL: ceil(T/2) temporal patches)."""
+        pixel_values = self.llm.preprocess(frames, times_s)  # (T, 3, S, S), or units of patches
+        per_unit = self.llm.geometry.frames_per_unit
+        step = max(1, self.batch_size // per_unit) if self.batch_size else len(pixel_values)
+        return EncodedFrames.concat([self.llm.encode(pixel_values[i : i + step]) for i in range(0, len(pixel_values), step)])
 
 
 class SelectStage:
@@ -120,6 +123,9 @@ class SelectStage:
                  important_ratio: float = 0.5, seed: int = 0, dedup: bool = True, dedup_threshold: float = 0.9,
                  dedup_reference: str = "kept", dedup_window: int | None = None):
         self.geometry, self.budget = geometry, budget
+        if geometry.dynamic and pruner == "uniform":
+            raise ConfigError("the 'uniform' pruner spreads tokens over a fixed grid, but this model's grid comes from "
+                              "each video (dynamic resolution); use vispruner or random")
         # without a budget every token is a candidate: no pruner runs, and the report says "none"
         self.pruner = pruner_from_options(pruner if budget is not None else "none", important_ratio=important_ratio,
                                           seed=seed, grid=geometry.prune_grid)
@@ -130,12 +136,13 @@ class SelectStage:
     def new_selector(self, num_frames: int) -> VideoTokenSelector:
         """A fresh streaming selector for a video (or stream window) of ``num_frames`` frames."""
         dedup = CrossFrameDedup(**self.dedup_options) if self.dedup_options else None
-        return VideoTokenSelector(self.budget, num_frames, self.pruner, dedup=dedup,
+        budget = None if self.budget is None else self.budget - self.geometry.extra_per_video  # per-video rows first
+        return VideoTokenSelector(budget, num_frames, self.pruner, dedup=dedup,
                                   reserved_per_frame=self.geometry.extra_per_frame)
 
     def process(self, encoded: EncodedFrames, clip: DecodedClip) -> PrunedVideo:
         """Select a whole video's frames at once (the in-process path)."""
-        stream = SelectionStream(self, len(encoded))
+        stream = SelectionStream(self, len(clip.indices))
         stream.add(encoded, clip.indices, clip.times_s)
         return stream.finish({"backend": clip.backend, "num_stream_frames": clip.num_stream_frames}, clip.warnings)
 
@@ -151,29 +158,51 @@ class SelectionStream:
 
     def __init__(self, stage: "SelectStage", num_frames: int):
         self.stage = stage
-        self.num_frames = num_frames
-        self.plan = plan_tokens(stage.geometry, num_frames, stage.budget)
-        self.selector = stage.new_selector(num_frames)
-        self.rows: list[torch.Tensor] = []  # (E, Dv) and (k_t, Dv) pieces in stream order
+        self.num_frames = num_frames  # sampled frames of the video
+        self.per_unit = stage.geometry.frames_per_unit  # frames per pruning unit (Qwen2.5-VL: 2)
+        self.num_units = stage.geometry.units(num_frames)
+        self.plan = plan_tokens(stage.geometry, self.num_units, stage.budget)  # dynamic: completed by the first add
+        self.layout: dict[str, Any] | None = None
+        self.selector = stage.new_selector(self.num_units)
+        self.rows: list[torch.Tensor] = []  # (E, Dc) and (k_t, Dc) pieces in stream order
+        self.video_extra: torch.Tensor | None = None  # (V, Dc), appended after the last frame
         self.frames: list[dict[str, Any]] = []
         self.after_pruner = 0
         self.seconds = 0.0
 
     @property
     def frames_done(self) -> int:
-        return len(self.frames)
+        """Sampled frames selected so far."""
+        return min(len(self.frames) * self.per_unit, self.num_frames)
 
     def add(self, encoded: EncodedFrames, indices: list[int], times_s: list[float]) -> None:
-        """Select the next ``len(encoded)`` frames (features (B, N, Dv), cls_attn (B, N), extra (B, E, Dv))."""
+        """Select the next segment: ``len(encoded)`` units (features (B, N, Dv), cls_attn (B, N), extra (B, E, Dc)).
+
+        ``indices`` / ``times_s`` are the segment's sampled frames (``frames_per_unit`` per unit; a
+        unit's record names its first frame). Segments other than the last must hold whole units.
+        """
         start = time.perf_counter()
-        if len(self.frames) + len(encoded) > self.num_frames:
-            raise RuntimeError(f"{len(self.frames) + len(encoded)} frames added to a stream of {self.num_frames}")
+        if len(self.frames) + len(encoded) > self.num_units:
+            raise RuntimeError(f"{len(self.frames) + len(encoded)} frames added to a stream of {self.num_units}")
+        last = self.frames_done + len(indices) >= self.num_frames
+        if -(-len(indices) // self.per_unit) != len(encoded) or (len(indices) % self.per_unit and not last):
+            raise RuntimeError(f"a segment of {len(indices)} frames encoded to {len(encoded)} units of "
+                               f"{self.per_unit} frames; segments must hold whole units (an even frame count)")
+        indices, times_s = indices[::self.per_unit], times_s[::self.per_unit]
+        if self.stage.geometry.dynamic and self.layout is None:
+            self.plan = plan_tokens(self.stage.geometry, self.num_units, self.stage.budget,
+                                    tokens_per_frame=int(encoded.features.shape[1]))
+            self.layout = {"units": self.num_units, "grid": tuple(encoded.grid),
+                           "seconds_per_unit": encoded.seconds_per_unit, "kept": []}
         for t in range(len(encoded)):
             sel = self.selector.select(encoded.cls_attn[t], encoded.features[t])
             if encoded.extra is not None:
                 self.rows.append(encoded.extra[t])
-            self.rows.append(encoded.features[t].index_select(0, sel.kept.to(encoded.features.device)))
+            rows = encoded.rows[t]  # (N, Dc)
+            self.rows.append(rows.index_select(0, sel.kept.to(rows.device)))
             self.after_pruner += len(sel.candidates)
+            if self.layout is not None:
+                self.layout["kept"].append(sel.kept.tolist())
             self.frames.append({
                 "index": int(indices[t]),
                 "time_s": round(float(times_s[t]), 6),
@@ -182,21 +211,26 @@ class SelectionStream:
                 "candidates": int(len(sel.candidates)),
                 "allowance": int(sel.allowance),
             })
+        if encoded.video_extra is not None and self.video_extra is None:
+            self.video_extra = encoded.video_extra
         self.seconds += time.perf_counter() - start
 
     def finish(self, decode: dict[str, Any] | None = None, warnings: list[str] | None = None) -> PrunedVideo:
         """The video's :class:`PrunedVideo`: tokens (K, Dv), per-frame records, token counts."""
-        if len(self.frames) != self.num_frames:
-            raise RuntimeError(f"the stream got {len(self.frames)} of its {self.num_frames} frames")
-        extra = self.stage.geometry.extra_per_frame * self.num_frames
+        if len(self.frames) != self.num_units:
+            raise RuntimeError(f"the stream got {len(self.frames)} of its {self.num_units} frames")
+        extra = self.stage.geometry.reserved(self.num_units)
         kept = sum(len(f["kept"]) for f in self.frames)
-        tokens = torch.cat(self.rows, dim=0)  # (K, Dv)
+        rows = self.rows if self.video_extra is None else [*self.rows, self.video_extra]
+        tokens = torch.cat(rows, dim=0)  # (K, Dc)
+        if tokens.shape[0] != kept + extra:
+            raise RuntimeError(f"the stream has {tokens.shape[0]} rows but {kept} kept + {extra} extra tokens")
         if tokens.shape[0] > self.plan.max_to_llm:  # the budget is a hard limit: never hand on more
             raise RuntimeError(f"selected {tokens.shape[0]} tokens, above the plan's {self.plan.max_to_llm}")
         counts = {"full": self.plan.full, "after_vispruner": self.after_pruner + extra, "after_dedup": kept + extra,
                   "to_llm": kept + extra}
         return PrunedVideo(tokens=tokens, frames=self.frames, tokens_count=counts, decode=dict(decode or {}),
-                           warnings=list(warnings or []))
+                           warnings=list(warnings or []), layout=self.layout)
 
 
 class AnswerStage:
@@ -218,11 +252,12 @@ class AnswerStage:
         if do_sample:
             self.generate_kwargs.update(temperature=temperature, top_p=top_p)
 
-    def answer_tokens(self, items: list[tuple[torch.Tensor, str]], *, streamer: Any = None,
-                      stopping_criteria: Any = None, **overrides: Any) -> list[dict[str, Any]]:
+    def answer_tokens(self, items: list[tuple[torch.Tensor, str]], *, layouts: list | None = None,
+                      streamer: Any = None, stopping_criteria: Any = None, **overrides: Any) -> list[dict[str, Any]]:
         """Answer (pre-projector tokens (K_i, Dv), question) pairs in one left-padded batch.
 
-        ``streamer``: a transformers streamer that receives the generated tokens (batch of 1);
+        ``layouts``: per item, where the kept tokens sit in the stock grid (``PrunedVideo.layout``;
+        needed by families with multimodal rotary positions); ``streamer``: a transformers streamer that receives the generated tokens (batch of 1);
         ``stopping_criteria``: passed to ``generate``; ``overrides``: ``generate`` keywords.
         Returns per item ``{"text", "token_ids", "prompt_tokens", "visual_tokens", "generate_s", "ivtp"}``.
         """
@@ -237,7 +272,7 @@ class AnswerStage:
         dtype = self.llm.dtype
         visual = [self.llm.project(t.to(self.llm.device, dtype)) for t, _ in items]  # (K_i, D) each
         start = time.perf_counter()
-        out = self.llm.generate(prompts, visual, ivtp=self.ivtp, **kwargs)
+        out = self.llm.generate(prompts, visual, layouts=layouts, ivtp=self.ivtp, **kwargs)
         elapsed = time.perf_counter() - start
         ivtp = out.ivtp or [None] * len(items)
         return [{"text": self.llm.decode_text(ids), "token_ids": ids, "prompt_tokens": n,
@@ -246,4 +281,4 @@ class AnswerStage:
 
     def process_batch(self, items: list[tuple[PrunedVideo, str]], **overrides: Any) -> list[dict[str, Any]]:
         """Answer several (video, question) pairs in one left-padded batch; kept counts may differ."""
-        return self.answer_tokens([(v.tokens, q) for v, q in items], **overrides)
+        return self.answer_tokens([(v.tokens, q) for v, q in items], layouts=[v.layout for v, _ in items], **overrides)

@@ -1,14 +1,16 @@
-"""Adapters over the Hugging Face Video-LLaVA and LLaVA-NeXT-Video classes.
+"""Adapters over the Hugging Face Video-LLaVA, LLaVA-NeXT-Video and LLaVA-OneVision classes.
 
 ``load_video_llm(path)`` picks the family from the checkpoint's config. The shared
 logic (loading, prompts, the point where tokens enter the LLM) is in ``base.py``; each
 family file holds only its vision side.
+
+Names are imported on first use (PEP 562), so that importing a light submodule
+(``vidprune.video_models.tiny`` for its family names, e.g. in CLI parsing) does not import torch.
 """
 
-from .base import EncodedFrames, VideoLLM, VisualGeometry, family_of_checkpoint, list_families, load_video_llm
-from .llava_next_video import LlavaNextVideoAdapter
-from .tiny import build_tiny_checkpoint, ensure_tiny_checkpoint
-from .video_llava import VideoLlavaAdapter
+from __future__ import annotations
+
+import importlib
 
 __all__ = [
     "EncodedFrames",
@@ -16,9 +18,24 @@ __all__ = [
     "VisualGeometry",
     "VideoLlavaAdapter",
     "LlavaNextVideoAdapter",
+    "LlavaOnevisionAdapter",
     "build_tiny_checkpoint",
     "ensure_tiny_checkpoint",
     "family_of_checkpoint",
     "list_families",
     "load_video_llm",
 ]
+
+_WHERE = {
+    "EncodedFrames": "base", "VideoLLM": "base", "VisualGeometry": "base", "family_of_checkpoint": "base",
+    "list_families": "base", "load_video_llm": "base",
+    "VideoLlavaAdapter": "video_llava", "LlavaNextVideoAdapter": "llava_next_video",
+    "LlavaOnevisionAdapter": "llava_onevision",
+    "build_tiny_checkpoint": "tiny", "ensure_tiny_checkpoint": "tiny",
+}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

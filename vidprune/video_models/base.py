@@ -49,6 +49,17 @@ __all__ = [
 _FAMILIES: dict[str, type["VideoLLM"]] = {}
 _DEFAULT = object()  # "not given" for keyword arguments whose None means "off"
 
+# The modules that register the built-in families (imported on the registry's first use).
+_FAMILY_MODULES = ("video_llava", "llava_next_video", "llava_onevision", "qwen2_5_vl")
+
+
+def _families() -> dict[str, type["VideoLLM"]]:
+    import importlib
+
+    for module in _FAMILY_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+    return _FAMILIES
+
 
 def register_family(model_type: str):
     """Class decorator: register an adapter for a transformers ``config.model_type``."""
@@ -63,24 +74,40 @@ def register_family(model_type: str):
 
 def list_families() -> list[str]:
     """The ``model_type`` values that vidprune can run, sorted."""
-    return sorted(_FAMILIES)
+    return sorted(_families())
 
 
 @dataclass(frozen=True)
 class VisualGeometry:
     """How many visual tokens one frame yields, known from the config before any weights load.
 
+    A "frame" here is the unit the pruner works on: one sampled frame for the LLaVA
+    families, one temporal patch (two sampled frames) for Qwen2.5-VL.
+
     Attributes:
         patch_grid: (h, w) patch grid of the vision tower, e.g. (16, 16) at 224 px, (24, 24) at 336 px.
         prune_grid: (h, w) grid of the tokens the pruner chooses from (pooled or not).
         extra_per_frame: tokens per frame handed on outside the pruner (Video-LLaVA's [CLS]: 1).
         stock_per_frame: tokens per frame the stock model feeds its LLM (257 or 144).
+        extra_per_video: tokens handed on once per video, after its last frame, outside the
+            pruner (LLaVA-OneVision's image newline: 1). The stock model feeds them too.
+        frames_per_unit: sampled frames per pruning unit (Qwen2.5-VL's temporal patch: 2).
+        dynamic: the grid depends on the video (Qwen2.5-VL's dynamic resolution); the grids
+            and per-frame counts here are then 0 and the real ones come with the encoded frames
+            (``EncodedFrames.grid``).
     """
 
     patch_grid: tuple[int, int]
     prune_grid: tuple[int, int]
     extra_per_frame: int
     stock_per_frame: int
+    extra_per_video: int = 0
+    frames_per_unit: int = 1
+    dynamic: bool = False
+
+    def units(self, num_frames: int) -> int:
+        """Pruning units of ``num_frames`` sampled frames (an odd count is padded to a whole unit)."""
+        return -(-num_frames // self.frames_per_unit)
 
     @property
     def prunable_per_frame(self) -> int:
@@ -90,6 +117,18 @@ class VisualGeometry:
     def full_per_frame(self) -> int:
         """Tokens per frame handed on with pruning off (prunable + extra)."""
         return self.prunable_per_frame + self.extra_per_frame
+
+    def reserved(self, num_frames: int) -> int:
+        """Tokens of a ``num_frames`` video handed on outside the pruner (they come off the budget first)."""
+        return self.extra_per_frame * num_frames + self.extra_per_video
+
+    def stock_tokens(self, num_frames: int) -> int:
+        """Visual tokens the stock model feeds its LLM for ``num_frames`` frames."""
+        return self.stock_per_frame * num_frames + self.extra_per_video
+
+    def full_tokens(self, num_frames: int) -> int:
+        """Visual tokens vidprune hands on for ``num_frames`` frames with pruning off."""
+        return self.full_per_frame * num_frames + self.extra_per_video
 
 
 @dataclass
@@ -110,20 +149,73 @@ class GenerationOutput:
 
 @dataclass
 class EncodedFrames:
-    """The vision side's output for a batch of frames, before the projector.
+    """The vision side's output for a batch of frames: what the pruner scores and the rows it hands on.
+
+    For Video-LLaVA and LLaVA-NeXT-Video the projector works row by row, so the rows handed
+    on are the pre-projector ``features`` themselves (``tokens`` is None) and
+    :meth:`VideoLLM.project` maps the kept ones. Where the projector mixes tokens or does not
+    commute with pooling (LLaVA-OneVision: projector, then bilinear pooling; Qwen2.5-VL: the
+    2×2 patch merger), ``tokens`` holds the stock LLM-input rows at the prunable positions,
+    ``features`` holds what the pruner and dedup compare (pooled pre-projector tower
+    features), and ``project`` is the identity.
 
     Attributes:
-        features: (T, N, Dv) the prunable tokens at ``vision_feature_layer`` (pooled if the family pools).
-        cls_attn: (T, N) float32 head-averaged [CLS] attention over those tokens (pooled the same way).
-        extra: (T, E, Dv) tokens kept outside pruning (Video-LLaVA's [CLS]), or None.
+        features: (T, N, Dv) what the pruner and dedup compare, at ``vision_feature_layer``
+            (pooled the same way as the tokens handed on).
+        cls_attn: (T, N) float32 importance of those tokens ([CLS] attention, or the mean
+            attention received for towers without [CLS]), pooled the same way.
+        extra: (T, E, Dc) rows handed on per frame outside pruning (Video-LLaVA's [CLS]), or None.
+        tokens: (T, N, Dc) the rows handed on for the N prunable tokens when they are not
+            ``features`` (already LLM embeddings), or None.
+        video_extra: (V, Dc) rows handed on once per video after its last frame
+            (LLaVA-OneVision's image newline), or None.
+        grid: (h, w) of the N prunable tokens when the geometry is dynamic (Qwen2.5-VL's merged grid).
+        seconds_per_unit: seconds one unit spans, for families whose positions depend on time (Qwen2.5-VL).
+
+    T counts pruning units: frames, or temporal patches of ``frames_per_unit`` frames.
     """
 
     features: torch.Tensor
     cls_attn: torch.Tensor
     extra: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    video_extra: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
+    seconds_per_unit: float | None = None
 
     def __len__(self) -> int:
         return self.features.shape[0]
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """(T, N, Dc) the rows handed on for the prunable tokens (``tokens``, else ``features``)."""
+        return self.features if self.tokens is None else self.tokens
+
+    def __getitem__(self, units: slice) -> "EncodedFrames":
+        """Units ``units`` of these (a contiguous slice; ``video_extra`` and the grid are per video, kept)."""
+        if not isinstance(units, slice):
+            raise TypeError("EncodedFrames takes a slice of units, e.g. encoded[4:8]")
+        take = lambda t: None if t is None else t[units]  # noqa: E731
+        return EncodedFrames(features=self.features[units], cls_attn=self.cls_attn[units], extra=take(self.extra),
+                             tokens=take(self.tokens), video_extra=self.video_extra, grid=self.grid,
+                             seconds_per_unit=self.seconds_per_unit)
+
+    def to(self, device: str | torch.device) -> "EncodedFrames":
+        """A copy with every tensor on ``device``."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return EncodedFrames(features=move(self.features), cls_attn=move(self.cls_attn), extra=move(self.extra),
+                             tokens=move(self.tokens), video_extra=move(self.video_extra), grid=self.grid,
+                             seconds_per_unit=self.seconds_per_unit)
+
+    @staticmethod
+    def concat(parts: list["EncodedFrames"]) -> "EncodedFrames":
+        """Frames of consecutive batches as one (``video_extra`` is per video: taken from the first part)."""
+        if len(parts) == 1:
+            return parts[0]
+        cat = lambda name: None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+        return EncodedFrames(features=cat("features"), cls_attn=cat("cls_attn"), extra=cat("extra"),
+                             tokens=cat("tokens"), video_extra=parts[0].video_extra, grid=parts[0].grid,
+                             seconds_per_unit=parts[0].seconds_per_unit)
 
 
 def _read_config_dict(path: str | os.PathLike) -> dict | None:
@@ -161,7 +253,7 @@ def family_of_checkpoint(model: str) -> type["VideoLLM"]:
                 f"cannot read the config of {model!r} ({type(exc).__name__}); "
                 "pass a local checkpoint directory or a hub id you can download"
             ) from None
-    if model_type not in _FAMILIES:
+    if model_type not in _families():
         raise ModelLoadError(
             f"{model!r} is a {model_type!r} checkpoint; vidprune supports {', '.join(list_families())}"
         )
@@ -292,7 +384,7 @@ class VideoLLM:
     def ivtp_decoder(self) -> IVTPDecoder:
         """The IVTP layer wrappers of this model (installed once, on first use)."""
         if self._ivtp_decoder is None:
-            self._ivtp_decoder = IVTPDecoder(self.language_model, self.default_ivtp)
+            self._ivtp_decoder = IVTPDecoder(self.language_model, self.default_ivtp, self.ivtp_rotary())
         return self._ivtp_decoder
 
     @property
@@ -305,6 +397,10 @@ class VideoLLM:
         self.default_ivtp = schedule
         if self._ivtp_decoder is not None:
             self._ivtp_decoder.schedule = schedule
+
+    def ivtp_rotary(self):
+        """How the LLM's attention applies its rotary tables (for IVTP's recomputed rows); None: Llama's."""
+        return None
 
     @property
     def language_model(self) -> torch.nn.Module:
@@ -365,8 +461,11 @@ class VideoLLM:
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
-    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
-        """Frames (T, H, W, 3) uint8 RGB → pixel values (T, 3, S, S) with the checkpoint's own video processor."""
+    def preprocess(self, frames: np.ndarray, times_s: list[float] | None = None) -> torch.Tensor:
+        """Frames (T, H, W, 3) uint8 RGB → pixel values (T, 3, S, S) with the checkpoint's own video processor.
+
+        ``times_s``: the frames' times; used by families whose positions depend on time (Qwen2.5-VL).
+        """
         out = self.processor.video_processor(videos=[frames], return_tensors="pt")
         return out["pixel_values_videos"][0]
 
@@ -398,9 +497,23 @@ class VideoLLM:
         """Pixel values (T, 3, S, S) → :class:`EncodedFrames` (features, [CLS] attention, extra tokens)."""
         raise NotImplementedError
 
-    def project(self, features: torch.Tensor) -> torch.Tensor:
-        """Pre-projector tokens (..., Dv) → LLM input embeddings (..., D) with the model's projector."""
+    def project(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows handed on (:attr:`EncodedFrames.rows`, (..., Dc)) → LLM input embeddings (..., D).
+
+        The model's projector for families that project row by row; the identity where the
+        rows handed on are already the stock LLM inputs (``EncodedFrames.tokens``).
+        """
         raise NotImplementedError
+
+    @classmethod
+    def tower_flops(cls, config, num_frames: int, grid: tuple[int, int] | None = None) -> int:
+        """FLOPs of the vision tower for ``num_frames`` units (method.md §5): CLIP, patches + [CLS], every layer.
+
+        ``grid``: the prunable grid of a dynamic-resolution video (Qwen2.5-VL); fixed-size towers ignore it.
+        """
+        from ..flops import vision_tower_flops
+
+        return vision_tower_flops(config.vision_config, num_frames)
 
     # ---------------------------------------------------------------- language
     def build_prompt(self, question: str) -> str:
@@ -436,15 +549,34 @@ class VideoLLM:
             raise RuntimeError(f"placeholder counts {got} differ from kept-token counts {list(visual_counts)}")
         return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
 
+    def video_encoder_output(self, visual_tokens: list[torch.Tensor]):
+        """The kept rows as the ``mm_encoder_outputs["video"]`` the model's forward reads.
+
+        LLaVA families: ``pooler_output`` (1, sum K_i, D), all samples' rows in batch order.
+        """
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return BaseModelOutputWithPooling(pooler_output=torch.cat(list(visual_tokens), dim=0).unsqueeze(0))
+
+    def position_inputs(self, inputs: dict[str, torch.Tensor], layouts) -> dict[str, torch.Tensor]:
+        """Extra ``generate()`` inputs that place the kept tokens (none: 1-D positions follow the sequence).
+
+        Families with multimodal rotary positions (Qwen2.5-VL) return the stock positions of the
+        kept tokens here, from ``layouts`` (per sample, what :class:`PrunedVideo.layout` holds).
+        """
+        return {}
+
     @torch.no_grad()
-    def generate(self, prompts: list[str], visual_tokens: list[torch.Tensor], *, ivtp: Any = _DEFAULT,
-                 **generate_kwargs) -> GenerationOutput:
+    def generate(self, prompts: list[str], visual_tokens: list[torch.Tensor], layouts: list | None = None, *,
+                 ivtp: Any = _DEFAULT, **generate_kwargs) -> GenerationOutput:
         """Generate answers. **The pruned visual tokens enter the LLM here.**
 
         Args:
             prompts: one chat-formatted prompt per sample, each with one ``<video>``.
             visual_tokens: per sample, (K_i, D) projected visual tokens in stream order
                 (temporal, then raster inside a frame). K_i may differ between samples.
+            layouts: per sample, where the kept tokens sit in the stock grid (``PrunedVideo.layout``);
+                needed by families with multimodal rotary positions (Qwen2.5-VL), ignored by the others.
             ivtp: the :class:`~vidprune.pruners.ivtp.IVTPSchedule` of this call, None for no
                 in-LLM pruning (default: the schedule the model was loaded with, if any).
             generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample``,
@@ -454,11 +586,11 @@ class VideoLLM:
             :class:`GenerationOutput`: per sample the generated ids (prompt removed, stopped
             before EOS) and, with IVTP, what it kept and the tokens each layer ran on.
         """
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         counts = [int(t.shape[0]) for t in visual_tokens]
         inputs = self.tokenize(prompts, counts)
-        stream = torch.cat(list(visual_tokens), dim=0).unsqueeze(0)  # (1, sum K_i, D), batch order
+        positions = self.position_inputs(inputs, layouts)
+        encoded = self.video_encoder_output(visual_tokens)
         schedule = self.default_ivtp if ivtp is _DEFAULT else ivtp
         session = (
             self.ivtp_decoder().session(inputs["input_ids"], inputs["attention_mask"], self.video_token_id,
@@ -468,7 +600,8 @@ class VideoLLM:
         with session as ivtp_state:
             out = self.model.generate(
                 **inputs,
-                mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=stream)},
+                **positions,
+                mm_encoder_outputs={"video": encoded},
                 **generate_kwargs,
             )
         new_tokens = out[:, inputs["input_ids"].shape[1]:]
@@ -494,6 +627,4 @@ class VideoLLM:
 
 def load_video_llm(name_or_path: str, **kwargs) -> VideoLLM:
     """Load a checkpoint of any supported family: the adapter is chosen from its config."""
-    from . import llava_next_video, video_llava  # noqa: F401  (register the families)
-
     return family_of_checkpoint(name_or_path).from_pretrained(name_or_path, **kwargs)

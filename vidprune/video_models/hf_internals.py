@@ -17,6 +17,12 @@ follow internals instead, and this module is the only place that knows their nam
   head_dim,scale}``.
 * The pruned tokens enter the LLM through ``forward(mm_encoder_outputs=...)`` of the
   conditional-generation classes (5.18 on); :func:`check_mm_encoder_outputs` runs at load.
+* **Qwen2.5-VL** (``qwen2_5_vl.py``): the tower's window permutation
+  (:func:`qwen_vision_window_index`: ``vision_utils.get_vision_window_index`` in 5.24,
+  ``visual.get_window_index`` before), the vision block's ``norm1`` / ``attn.qkv`` /
+  ``attn.scaling`` / ``apply_rotary_pos_emb_vision`` and the ``cu_seqlens`` /
+  ``position_embeddings`` keywords a block receives (importance), and the text attention's
+  rotary application (:func:`qwen_apply_rotary`, for IVTP).
 
 ``docs/internals.md`` lists each internal with the code that mirrors it and the test that
 fails, naming it, when a release changes it. :func:`check_ivtp_internals` runs when IVTP is
@@ -42,6 +48,8 @@ __all__ = [
     "check_ivtp_internals",
     "check_mm_encoder_outputs",
     "check_cls_attention_internals",
+    "qwen_vision_window_index",
+    "qwen_apply_rotary",
 ]
 
 # The transformers releases the suite runs on (CI tests both ends). Equal to pyproject's range
@@ -162,3 +170,47 @@ def check_cls_attention_internals(encoder_layer) -> None:
                 if attn is not None and not hasattr(attn, n)]
     if missing:
         raise _refuse(f"{type(encoder_layer).__name__}", f"no {', '.join(missing)}")
+
+
+# ------------------------------------------------------------------ Qwen2.5-VL
+def qwen_vision_window_index(visual, grid_thw):
+    """The tower's window permutation (over merged 2×2 groups, natural → window order) for ``grid_thw``.
+
+    Qwen2.5-VL's vision tower reorders its patches (in groups of ``spatial_merge_size²``) into
+    attention windows before the first block and restores the order only after the merger, so
+    hidden states captured inside the tower are in window order. transformers 5.24 computes the
+    permutation in ``vision_utils.get_vision_window_index(grid_thw, spatial_merge_size,
+    window_size, patch_size)``; earlier 5.x releases in the method ``visual.get_window_index(grid_thw)``.
+    Returns the (num_groups,) long ``window_index`` (window slot i holds natural group ``window_index[i]``).
+    """
+    if hasattr(visual, "get_window_index"):
+        window_index, _ = visual.get_window_index(grid_thw)
+        return window_index
+    try:
+        from transformers.vision_utils import get_vision_window_index
+    except ImportError as exc:
+        raise _refuse("vision_utils.get_vision_window_index", f"import failed: {exc}") from None
+    window_index, _ = get_vision_window_index(grid_thw, spatial_merge_size=visual.spatial_merge_size,
+                                              window_size=visual.window_size, patch_size=visual.patch_size)
+    return window_index
+
+
+def qwen_apply_rotary(mrope_section):
+    """Rotary embedding as Qwen2.5-VL's text attention applies it, for IVTP's recomputed rows.
+
+    transformers 5.24: ``Qwen2_5_VLRotaryEmbedding`` already folds the three (t, h, w) position
+    rows into one (B, L, head_dim) cos/sin (``recomposition_frequencies`` over ``mrope_section``) and
+    the attention calls ``modeling_qwen2_5_vl.apply_rotary_pos_emb``. Releases that hand the layer
+    (3, B, L, head_dim) cos/sin apply ``apply_multimodal_rotary_pos_emb(q, k, cos, sin, mrope_section)``.
+    Returns ``fn(q, k, cos, sin) -> (q, k)`` choosing by the layout the layer received.
+    """
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
+
+    def apply(q, k, cos, sin):
+        if cos.dim() == 4:
+            if not hasattr(qwen, "apply_multimodal_rotary_pos_emb"):
+                raise _refuse("modeling_qwen2_5_vl", "(3, B, L, d) rotary tables without apply_multimodal_rotary_pos_emb")
+            return qwen.apply_multimodal_rotary_pos_emb(q, k, cos, sin, mrope_section)
+        return qwen.apply_rotary_pos_emb(q, k, cos, sin)
+
+    return apply

@@ -95,11 +95,16 @@ class IVTPDecoder:
     chosen per call (:meth:`session`), so one loaded model serves calls with different
     schedules (or none) without any state that outlives the call. ``schedule`` given here is
     only the default of :meth:`session`.
+
+    ``apply_rotary(q, k, cos, sin) -> (q, k)``: how the model's attention applies the rotary
+    tables it is handed (default: ``modeling_llama.apply_rotary_pos_emb``, also right for Qwen2);
+    a family whose attention differs passes its own (Qwen2.5-VL: :func:`.hf_internals.qwen_apply_rotary`).
     """
 
-    def __init__(self, language_model: torch.nn.Module, schedule: IVTPSchedule | None = None):
+    def __init__(self, language_model: torch.nn.Module, schedule: IVTPSchedule | None = None, apply_rotary=None):
         check_ivtp_internals()  # one line naming the internal if this transformers changed one
         self.language_model = language_model
+        self.apply_rotary = apply_rotary or apply_rotary_pos_emb
         self.config = language_model.config
         self.schedule = schedule.validate(self.config.num_hidden_layers) if schedule is not None else None
         self._session: IVTPSession | None = None
@@ -196,7 +201,7 @@ class IVTPDecoder:
         if weight == 0.0 or s.forced_keep is not None:
             return
         scores = layer_instruction_scores(self.language_model.layers[i], hidden, position_embeddings,
-                                          layout.visual, layout.valid)
+                                          layout.visual, layout.valid, apply_rotary=self.apply_rotary)
         s.score_sum = scores * weight if s.score_sum is None else s.score_sum + scores * weight
         s.weight_sum += weight
 
@@ -225,10 +230,7 @@ class IVTPDecoder:
         pad = src < 0
         gather = src.clamp_min(0)
         new_hidden = torch.gather(hidden, 1, gather[..., None].expand(-1, -1, hidden.shape[-1])).masked_fill(pad[..., None], 0)
-        cos, sin = kwargs["position_embeddings"]
-        cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
-        idx3 = gather[..., None].expand(-1, -1, cos.shape[-1])
-        position_embeddings = (torch.gather(cos, 1, idx3), torch.gather(sin, 1, idx3))
+        position_embeddings = tuple(_gather_rotary(table, gather, batch) for table in kwargs["position_embeddings"])
         position_ids = kwargs.get("position_ids")
         if position_ids is not None:
             position_ids = torch.gather(position_ids.expand(batch, -1), 1, gather).masked_fill(pad, 0)
@@ -274,6 +276,14 @@ class IVTPDecoder:
         return original(hidden, *args, **kwargs)
 
 
+def _gather_rotary(table: torch.Tensor, gather: torch.Tensor, batch: int) -> torch.Tensor:
+    """Rotary cos or sin ((B or 1, L, hd), or (3, B or 1, L, hd) for multimodal rotary) at ``gather`` (B, L')."""
+    lead = table.shape[:-3]  # () or (3,)
+    table = table.expand(*lead, batch, -1, -1)
+    index = gather[..., None].expand(*lead, -1, -1, table.shape[-1])
+    return torch.gather(table, -2, index)
+
+
 def _hand_layout(kwargs: dict, layout: _Layout) -> None:
     """Give a decoder layer the mask, position ids and rotary cos/sin of a pruned layout."""
     kwargs.update(attention_mask=layout.mask, position_ids=layout.position_ids,
@@ -283,14 +293,16 @@ def _hand_layout(kwargs: dict, layout: _Layout) -> None:
 @torch.no_grad()
 def layer_instruction_scores(layer: torch.nn.Module, hidden: torch.Tensor,
                              position_embeddings: tuple[torch.Tensor, torch.Tensor],
-                             visual: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+                             visual: torch.Tensor, valid: torch.Tensor, apply_rotary=apply_rotary_pos_emb) -> torch.Tensor:
     """Scores of one decoder layer: mean attention from the instruction rows, recomputed from the layer input.
 
     Args:
         layer: a ``LlamaDecoderLayer`` (``input_layernorm``, ``self_attn`` with q/k projections).
         hidden: (B, L, D) the layer's input.
-        position_embeddings: (cos, sin), each (B or 1, L, hd), as the model hands them to the layer.
+        position_embeddings: (cos, sin), each (B or 1, L, hd) (or (3, B or 1, L, hd)), as the model hands
+            them to the layer.
         visual, valid: (B, L) bool masks of the current layout.
+        apply_rotary: ``fn(q, k, cos, sin) -> (q, k)`` as the layer's attention applies the tables.
 
     Returns:
         (B, L) float32 scores (meaningful at visual positions).
@@ -305,8 +317,8 @@ def layer_instruction_scores(layer: torch.nn.Module, hidden: torch.Tensor,
     query = attn.q_proj(normed[:, start:]).view(batch, length - start, -1, head_dim).transpose(1, 2)  # (B, H, T, hd)
     key = attn.k_proj(normed).view(batch, length, -1, head_dim).transpose(1, 2)  # (B, KVH, L, hd)
     cos, sin = position_embeddings
-    query, _ = apply_rotary_pos_emb(query, query, cos[:, start:], sin[:, start:])
-    _, key = apply_rotary_pos_emb(key, key, cos, sin)
+    query, _ = apply_rotary(query, query, cos[..., start:, :], sin[..., start:, :])
+    _, key = apply_rotary(key, key, cos, sin)
     key = repeat_kv(key, attn.num_key_value_groups)  # (B, H, L, hd)
     positions = torch.arange(length, device=hidden.device)
     causal = positions[None, :] <= positions[start:, None]  # (T, L)

@@ -23,11 +23,9 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 __all__ = ["TINY_FAMILIES", "build_tiny_checkpoint", "tiny_checkpoint_dir", "ensure_tiny_checkpoint"]
 
-TINY_FAMILIES = ("video_llava", "llava_next_video")
+TINY_FAMILIES = ("video_llava", "llava_next_video", "llava_onevision", "qwen2_5_vl")
 
 # Bump when the tiny configs change, so cached demo checkpoints are rebuilt.
 _TINY_FORMAT_VERSION = 1
@@ -49,19 +47,51 @@ CHAT_TEMPLATE = (
 
 _SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>", "<video>"]
 
+# Qwen2-style (ChatML) special tokens: no BOS is prepended, <|im_end|> ends a turn.
+_CHATML_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 
-def _build_tokenizer():
-    """Byte-level Llama-like tokenizer: 256 byte tokens + the special tokens."""
+# LLaVA-OneVision's ChatML template as on its model card: media of the turn first, then "\n" + text;
+# "<|im_start|>user <video>\n{question}<|im_end|>\n<|im_start|>assistant\n".
+CHATML_LLAVA_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + ' ' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + content['text'] }}{% endfor %}"
+    "{% endif %}{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _build_tokenizer(chatml: bool = False, extra_special: tuple[str, ...] = ()):
+    """Byte-level tokenizer: the special tokens + 256 byte tokens, no merges.
+
+    ``chatml=False``: Llama-like (``<s>`` prepended, ``</s>`` ends). ``chatml=True``: Qwen2-like
+    (nothing prepended, ``<|im_end|>`` ends a turn, ``<|endoftext|>`` pads), with ``extra_special``
+    added as special tokens (e.g. Qwen2.5-VL's ``<|vision_start|>``).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
+    specials = (_CHATML_SPECIAL_TOKENS if chatml else _SPECIAL_TOKENS) + list(extra_special)
     byte_alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {tok: i for i, tok in enumerate(_SPECIAL_TOKENS)}
+    vocab = {tok: i for i, tok in enumerate(specials)}
     for ch in sorted(byte_alphabet):
         vocab[ch] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None if chatml else "<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
+    if chatml:
+        return PreTrainedTokenizerFast(
+            tokenizer_object=backend,
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+            padding_side="left",
+            extra_special_tokens=[t for t in specials if t not in ("<|endoftext|>", "<|im_end|>")],
+            model_max_length=32768,
+        )
     backend.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
     )
@@ -76,6 +106,28 @@ def _build_tokenizer():
         model_max_length=4096,
     )
     return tokenizer
+
+
+def _qwen2_text_config(tokenizer, **overrides):
+    """A tiny Qwen2 decoder: q/k/v with bias, grouped-query heads (4 query heads, 2 key/value heads)."""
+    from transformers import Qwen2Config
+
+    kwargs = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+        initializer_range=0.5,  # larger than the real 0.02 so that greedy answers depend on the input
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    kwargs.update(overrides)
+    return Qwen2Config(**kwargs)
 
 
 def _text_config(vocab_size: int, family: str):
@@ -143,9 +195,15 @@ def build_tiny_checkpoint(family: str, out_dir: str | os.PathLike, seed: int = 0
         raise ValueError(f"Unknown tiny model family {family!r}. Has to be one of {list(TINY_FAMILIES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if family == "llava_onevision":
+        return _save(_build_llava_onevision(seed), out, family, seed)
+    if family == "qwen2_5_vl":
+        return _save(_build_qwen2_5_vl(seed), out, family, seed)
     tokenizer = _build_tokenizer()
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     video_token_id = tokenizer.convert_tokens_to_ids("<video>")
+    import torch
+
     torch.manual_seed(seed)
     if family == "video_llava":
         config = VideoLlavaConfig(
@@ -196,12 +254,129 @@ def build_tiny_checkpoint(family: str, out_dir: str | os.PathLike, seed: int = 0
             num_additional_image_tokens=1,
         )
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return _save((model, processor), out, family, seed)
+
+
+def _save(model_and_processor, out: Path, family: str, seed: int) -> Path:
+    model, processor = model_and_processor
     model.save_pretrained(out)
     processor.save_pretrained(out)
     (out / "vidprune_tiny.json").write_text(
         json.dumps({"family": family, "seed": seed, "format": _TINY_FORMAT_VERSION, "note": "random weights: answers are nonsense"})
     )
     return out
+
+
+def _build_llava_onevision(seed: int):
+    """LLaVA-OneVision: SigLIP at 384 px / patch 14 (27×27, no [CLS]), feature layer -1, Qwen2 decoder."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+        SiglipVisionConfig,
+    )
+
+    tokenizer = _build_tokenizer(chatml=True)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                image_size=384, patch_size=14, vision_use_head=False)
+    config = LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=_qwen2_text_config(tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+    )
+    import torch
+
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    side = vision.image_size // vision.patch_size
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size={"height": 384, "width": 384},
+                                                     image_grid_pinpoints=config.image_grid_pinpoints),
+        video_processor=LlavaOnevisionVideoProcessor(size={"height": 384, "width": 384}),
+        tokenizer=tokenizer,
+        num_image_tokens=side * side,
+        vision_feature_select_strategy="full",
+        chat_template=CHATML_LLAVA_TEMPLATE,
+    )
+    return model, processor
+
+
+# Qwen2.5-VL's chat template (as on its model card), one user turn of media then text:
+# "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n
+#  <|vision_start|><|video_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n".
+QWEN2_5_VL_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif content['type'] == 'video' %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_QWEN_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def _build_qwen2_5_vl(seed: int):
+    """Qwen2.5-VL: ViT patch 14, temporal patch 2, 2×2 merger, window attention (112 px) with full attention
+    in blocks 1 and 3 (the last block is full, as in the real 7B's 7/15/23/31), mRoPE with the real
+    sections' proportions (16:24:24 of the half head dim), dynamic resolution from the processor's pixel limits."""
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tokenizer = _build_tokenizer(chatml=True, extra_special=_QWEN_VISION_TOKENS)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _QWEN_VISION_TOKENS}
+    text = _qwen2_text_config(tokenizer, num_attention_heads=2, num_key_value_heads=1).to_dict()
+    head_dim = text["hidden_size"] // text["num_attention_heads"]  # 32: rotary half 16 = 4 + 6 + 6
+    text.update(model_type="qwen2_5_vl_text",
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                                 "mrope_section": [head_dim // 16 * 2, head_dim // 16 * 3, head_dim // 16 * 3]})
+    vision = {"depth": 4, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "patch_size": 14,
+              "temporal_patch_size": 2, "spatial_merge_size": 2, "window_size": 112, "fullatt_block_indexes": [1, 3],
+              "out_hidden_size": text["hidden_size"], "tokens_per_second": 2, "initializer_range": 0.5}
+    config = Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision,
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    # The real processors' pixel limits: 128..768 merged tokens per video frame (a 240x320 frame becomes
+    # 280x392 px: 10x14 merged tokens per temporal patch), 4..16384 per image. No total-video cap
+    # (cap_pixels_per_frame=False, the 5.24 behaviour of the hub's processor config, said explicitly).
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}),
+        video_processor=Qwen2VLVideoProcessor(size={"shortest_edge": 128 * 28 * 28, "longest_edge": 768 * 28 * 28},
+                                              cap_pixels_per_frame=False),
+        tokenizer=tokenizer,
+        chat_template=QWEN2_5_VL_TEMPLATE,
+    )
+    return model, processor
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
 
 
 def tiny_checkpoint_dir(family: str, cache_dir: str | os.PathLike | None = None) -> Path:

@@ -102,9 +102,7 @@ class EncodeActor(_ActorBase):
     def encode(self, batch: FrameBatch) -> FrameBatch:
         start = time.perf_counter()
         frames = batch.frames if batch.frames.flags.writeable else np.array(batch.frames)  # store objects are read-only
-        enc = self.stage.process(frames)
-        enc = type(enc)(features=enc.features.cpu(), cls_attn=enc.cls_attn.cpu(),
-                        extra=None if enc.extra is None else enc.extra.cpu())
+        enc = self.stage.process(frames, batch.times_s).to("cpu")
         timings = {**batch.timings_s, "encode": time.perf_counter() - start}
         return FrameBatch(seq=batch.seq, indices=batch.indices, times_s=batch.times_s, frames=None, encoded=enc,
                           backend=batch.backend, warnings=batch.warnings, timings_s=timings)

@@ -1,0 +1,300 @@
+"""Qwen2.5-VL against independent references: the stock model, its processor, get_rope_index and eager attention.
+
+Frames given as an array are sampled at 1 fps (``clip_from_array``: frame i at i s), so the
+stock calls get the same ``VideoMetadata(fps=1)`` vidprune hands the processor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers.video_utils import VideoMetadata
+
+from vidprune import VideoQA
+from vidprune.errors import ConfigError
+from vidprune.video_models import load_video_llm
+
+QUESTIONS = ["What is the man holding?", "Describe the colours you see in great detail, please."]
+
+
+@pytest.fixture(scope="module")
+def qwen_ckpt(tiny_checkpoints):
+    return tiny_checkpoints["qwen2_5_vl"]
+
+
+def _metadata(num_frames: int, fps: float = 1.0):
+    return [VideoMetadata(total_num_frames=num_frames, fps=fps, frames_indices=list(range(num_frames)))]
+
+
+def _stock_inputs(llm, frames, question, fps=1.0):
+    prompt = llm.build_prompt(question)
+    return llm.processor(text=prompt, videos=frames, return_tensors="pt", video_metadata=_metadata(len(frames), fps))
+
+
+def _stock_generate(llm, frames, question, max_new_tokens, fps=1.0) -> list[int]:
+    """A fresh stock call: the checkpoint's processor on the same frames, then model.generate."""
+    inputs = _stock_inputs(llm, frames, question, fps)
+    out = llm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    ids = out[0, inputs["input_ids"].shape[1]:].tolist()
+    eos = llm.model.generation_config.eos_token_id
+    return ids[: ids.index(eos)] if eos in ids else ids
+
+
+def test_geometry_and_token_counts_come_from_the_processed_grid(qwen_ckpt, random_frames):
+    qa = VideoQA.from_pretrained(qwen_ckpt, budget=None, dedup=False, frames=4)
+    g = qa.llm.geometry
+    assert g.dynamic and g.frames_per_unit == 2 and type(qa.llm.language_model).__name__ == "Qwen2_5_VLTextModel"
+    for height, width in ((240, 320), (180, 400)):
+        frames = random_frames(4, seed=1, height=height, width=width)
+        pruned = qa.prepare(frames)
+        grid = _stock_inputs(qa.llm, frames, "q")["video_grid_thw"][0].tolist()
+        t, h, w = grid
+        assert len(pruned.frames) == t == 2
+        assert pruned.layout["grid"] == (h // 2, w // 2)
+        assert pruned.tokens_count["full"] == pruned.tokens_count["to_llm"] == t * h * w // 4
+    assert [f["index"] for f in pruned.frames] == [0, 2]  # a unit's record names its first frame
+
+
+def test_odd_frame_count_is_refused_before_loading(qwen_ckpt, monkeypatch):
+    from vidprune.video_models.base import VideoLLM
+
+    monkeypatch.setattr(VideoLLM, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("model loaded")))
+    with pytest.raises(ConfigError, match="frames=7: qwen2_5_vl pairs frames.*use 6 or 8"):
+        VideoQA.from_pretrained(qwen_ckpt, frames=7)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pruning_off_generates_exactly_the_stock_model(qwen_ckpt, random_frames, seed):
+    qa = VideoQA.from_pretrained(qwen_ckpt, budget=None, dedup=False, frames=4)
+    frames = random_frames(4, seed=seed)
+    answer = qa.ask(frames, QUESTIONS[seed], max_new_tokens=12)
+    assert len(answer.token_ids) > 0
+    assert answer.token_ids == _stock_generate(qa.llm, frames, QUESTIONS[seed], 12)
+
+
+def test_pruning_off_from_a_video_file_matches_stock_at_the_sampling_rate(qwen_ckpt, sample_video):
+    from vidprune.pipeline.decode import read_video
+    from vidprune.video_models.qwen2_5_vl import sampled_fps
+
+    qa = VideoQA.from_pretrained(qwen_ckpt, budget=None, dedup=False, frames=6)
+    answer = qa.ask(sample_video, "What moves?", max_new_tokens=8)
+    clip = read_video(sample_video, num_frames=6)
+    fps = sampled_fps(clip.times_s)
+    assert fps is not None and fps < 12  # 6 of 48 frames at 12 fps: about 1.5 frames per second
+    assert answer.token_ids == _stock_generate(qa.llm, clip.frames, "What moves?", 8, fps=fps)
+
+
+def test_importance_equals_eager_attention_at_the_last_full_attention_block(qwen_ckpt, random_frames):
+    """Reference: the stock eager kernel on the block's q/k, in the processor's natural patch order."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision, eager_attention_forward
+    from transformers.vision_utils import get_vision_window_index
+
+    llm = load_video_llm(qwen_ckpt)
+    pixels = llm.preprocess(random_frames(4, seed=5), [0.0, 1.0, 2.0, 3.0])
+    visual = llm.model.model.visual
+    t, h, w = pixels.grid_thw
+    block = visual.blocks[visual.fullatt_block_indexes[-1]]
+    assert visual.fullatt_block_indexes[-1] == len(visual.blocks) - 1
+    seen = {}
+    handle = block.register_forward_pre_hook(lambda m, a, k: seen.update(k, x=a[0]), with_kwargs=True)
+    grid = torch.tensor([[t, h, w]])
+    with torch.no_grad():
+        visual(pixels.pixel_values, grid_thw=grid)
+    handle.remove()
+    window_index, _ = get_vision_window_index(grid, visual.spatial_merge_size, visual.window_size, visual.patch_size)
+    order = torch.argsort(window_index)  # natural group -> window slot
+    to_natural = lambda a: a.view(-1, 4, *a.shape[1:])[order].reshape(a.shape)  # noqa: E731
+    x, cos, sin = to_natural(seen["x"]), *(to_natural(e) for e in seen["position_embeddings"])
+    with torch.no_grad():
+        qkv = block.attn.qkv(block.norm1(x)).reshape(x.shape[0], 3, block.attn.num_heads, -1).permute(1, 0, 2, 3)
+        q, k = apply_rotary_pos_emb_vision(qkv[0], qkv[1], cos, sin)
+        per_unit = h * w
+        eager = []
+        for u in range(t):  # full attention: one temporal patch at a time
+            span = slice(u * per_unit, (u + 1) * per_unit)
+            qu, ku = q[span].transpose(0, 1)[None], k[span].transpose(0, 1)[None]
+            _, probs = eager_attention_forward(block.attn, qu, ku, ku, None, scaling=block.attn.scaling)
+            eager.append(probs[0].mean(dim=0).mean(dim=0))  # (h*w,): heads, then queries averaged
+    eager = torch.cat(eager).view(t * per_unit // 4, 4).mean(dim=1).view(t, per_unit // 4)
+    encoded = llm.encode(pixels)
+    torch.testing.assert_close(encoded.cls_attn, eager, rtol=1e-5, atol=1e-8)
+    assert encoded.features.shape == (t, per_unit // 4, visual.config.hidden_size)
+
+
+def test_kept_rows_are_the_stock_merger_rows_at_the_kept_positions(qwen_ckpt, random_frames):
+    qa = VideoQA.from_pretrained(qwen_ckpt, budget=50, dedup=False, frames=4)
+    frames = random_frames(4, seed=3)
+    pruned = qa.prepare(frames)
+    assert pruned.tokens.shape[0] == 50 == sum(len(f["kept"]) for f in pruned.frames)
+    inputs = _stock_inputs(qa.llm, frames, "q")
+    stock = qa.llm.model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"]).pooler_output[0]
+    per_unit = stock.shape[0] // len(pruned.frames)
+    rows = [stock[u * per_unit + torch.tensor(f["kept"], dtype=torch.long)] for u, f in enumerate(pruned.frames)]
+    torch.testing.assert_close(qa.llm.project(pruned.tokens), torch.cat(rows), rtol=1e-5, atol=1e-6)
+
+
+def test_kept_tokens_keep_the_stock_position_ids(qwen_ckpt, random_frames):
+    qa = VideoQA.from_pretrained(qwen_ckpt, budget=37, dedup=False, frames=4)
+    frames = random_frames(4, seed=4)
+    pruned = qa.prepare(frames)
+    llm = qa.llm
+    # stock: the processor's full prompt and the model's own get_rope_index
+    stock_in = _stock_inputs(llm, frames, QUESTIONS[0])
+    stock_pos, _ = llm.model.model.get_rope_index(
+        stock_in["input_ids"], mm_token_type_ids=stock_in["mm_token_type_ids"], video_grid_thw=stock_in["video_grid_thw"],
+        second_per_grid_ts=stock_in["second_per_grid_ts"], attention_mask=stock_in["attention_mask"])
+    stock_ids = stock_in["input_ids"][0]
+    video = torch.nonzero(stock_ids == llm.video_token_id).flatten()
+    per_unit = len(video) // len(pruned.frames)
+    kept_video = torch.cat([video[u * per_unit + torch.tensor(f["kept"])] for u, f in enumerate(pruned.frames)])
+    keep = torch.ones(len(stock_ids), dtype=torch.bool)
+    keep[video] = False
+    keep[kept_video] = True
+    expected = stock_pos[:, 0, keep]  # (3, L'): stock positions at the kept tokens and all text
+    inputs = llm.tokenize([llm.build_prompt(QUESTIONS[0])], [pruned.tokens.shape[0]])
+    assert inputs["input_ids"][0].tolist() == stock_ids[keep].tolist()
+    positions = llm.position_inputs(inputs, [pruned.layout])["position_ids"]  # (4, 1, L')
+    assert torch.equal(positions[1:, 0], expected)
+    assert positions[1:, 0, -1].tolist() == stock_pos[:, 0, -1].tolist()  # text after the video: stock positions
+    next_pos = int(stock_pos.max()) + 1
+    assert int(llm.model.model.rope_deltas[0, 0]) == next_pos - inputs["input_ids"].shape[1]
+
+
+def _greedy_without_cache(llm, pruned, question, steps, **session):
+    """Reference: the whole sequence every step (no KV cache), positions = the stock ones + one per new token."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    inputs = llm.tokenize([llm.build_prompt(question)], [pruned.tokens.shape[0]])
+    positions = llm.position_inputs(inputs, [pruned.layout])["position_ids"][1:]  # (3, 1, L)
+    ids, generated = inputs["input_ids"], []
+    visual = llm.project(pruned.tokens)
+    eos = llm.model.generation_config.eos_token_id
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = llm.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions,
+                               use_cache=False, mm_encoder_outputs={"video": BaseModelOutputWithPooling(
+                                   pooler_output=(visual,))}).logits
+        nxt = int(logits[0, -1].argmax())
+        if nxt == eos:
+            break
+        generated.append(nxt)
+        ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+        positions = torch.cat([positions, positions[..., -1:] + 1], dim=-1)
+    return generated
+
+
+def test_generation_with_the_pruned_stream_equals_a_cache_free_recomputation(qwen_ckpt, random_frames):
+    qa = VideoQA.from_pretrained(qwen_ckpt, budget=60, dedup=False, frames=4)
+    pruned = qa.prepare(random_frames(4, seed=6))
+    answer = qa.answer(pruned, [QUESTIONS[0]], max_new_tokens=10)[0]
+    reference = _greedy_without_cache(qa.llm, pruned, QUESTIONS[0], 10)
+    assert len(reference) > 3
+    assert answer.token_ids == reference
+
+
+def test_batch_with_different_kept_counts_equals_one_at_a_time(qwen_ckpt, random_frames):
+    qa = VideoQA.from_pretrained(qwen_ckpt, budget=70, dedup=False, frames=4)
+    a = qa.prepare(random_frames(4, seed=11))
+    qa.select_stage.budget = 30
+    b = qa.prepare(random_frames(4, seed=12, height=200, width=360))  # another grid too
+    assert a.tokens.shape[0] != b.tokens.shape[0] and a.layout["grid"] != b.layout["grid"]
+    items = [(a, QUESTIONS[0]), (b, "Why?")]
+    batched = qa.answer_batch(items, max_new_tokens=8)
+    single = [qa.answer_batch([item], max_new_tokens=8)[0] for item in items]
+    assert [x.token_ids for x in batched] == [x.token_ids for x in single]
+
+
+def test_budgeted_report_with_dedup(qwen_ckpt, sample_video):
+    qa = VideoQA.from_pretrained(qwen_ckpt, budget=40, frames=8)
+    r = qa.ask(sample_video, "What is moving?", max_new_tokens=4).report
+    assert len(r["frames"]) == 4  # temporal patches
+    assert r["tokens"]["to_llm"] == r["tokens"]["after_dedup"] <= 40
+    assert sum(len(f["duplicates"]) for f in r["frames"]) > 0  # the static background repeats
+    assert r["tokens"]["full"] == 4 * math.prod(qa.prepare(sample_video).layout["grid"])
+    assert 0 < r["flops"]["vision_tower"] and 0 < r["flops"]["llm_prefill_pruned"] < r["flops"]["llm_prefill_full"]
+
+
+# --------------------------------------------------------------------------- IVTP with mRoPE
+def test_ivtp_keep_one_generates_the_stock_ids(qwen_ckpt, random_frames):
+    frames = random_frames(4, seed=1)
+    plain = VideoQA.from_pretrained(qwen_ckpt, budget=60, dedup=False, frames=4).ask(frames, QUESTIONS[0],
+                                                                                     max_new_tokens=10)
+    ivtp = VideoQA.from_pretrained(qwen_ckpt, budget=60, dedup=False, frames=4, ivtp_layer=2, ivtp_keep=1.0)
+    answer = ivtp.ask(frames, QUESTIONS[0], max_new_tokens=10)
+    assert answer.token_ids == plain.token_ids and len(answer.report["ivtp"]["kept"]) == 60
+
+
+@pytest.mark.parametrize("layer,keep", [(1, 0.5), (3, 0.2)])
+def test_ivtp_kept_set_is_the_top_by_eager_attention_with_the_models_mrope(qwen_ckpt, random_frames, layer, keep):
+    from transformers import AutoModelForImageTextToText
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    qa = VideoQA.from_pretrained(qwen_ckpt, budget=60, dedup=False, frames=4, ivtp_layer=layer, ivtp_keep=keep)
+    pruned = qa.prepare(random_frames(4, seed=21))
+    answer = qa.answer(pruned, [QUESTIONS[1]], max_new_tokens=2)[0]
+    eager = AutoModelForImageTextToText.from_pretrained(qwen_ckpt, attn_implementation="eager", dtype=torch.float32)
+    inputs = qa.llm.tokenize([qa.llm.build_prompt(QUESTIONS[1])], [pruned.tokens.shape[0]])
+    positions = qa.llm.position_inputs(inputs, [pruned.layout])["position_ids"]
+    with torch.no_grad():
+        out = eager(**inputs, position_ids=positions, output_attentions=True, use_cache=False,
+                    mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=(pruned.tokens,))})
+    ids = inputs["input_ids"][0]
+    vis = torch.nonzero(ids == qa.llm.video_token_id).flatten()
+    rows = torch.arange(int(vis.max()) + 1, len(ids))
+    scores = out.attentions[layer][0][:, rows][:, :, vis].mean(dim=0).mean(dim=0)
+    expected = sorted(torch.argsort(scores, descending=True, stable=True)[: math.ceil(keep * len(vis))].tolist())
+    assert answer.report["ivtp"]["kept"] == expected
+
+
+def test_segment_by_segment_selection_equals_the_whole_video(qwen_ckpt, random_frames):
+    """The Ray path's shape (segments encoded and selected one by one) on the in-process stages."""
+    from vidprune.pipeline.stages import SelectionStream, clip_from_array
+    from vidprune.pipeline.streaming import batches_from_clip
+
+    qa = VideoQA.from_pretrained(qwen_ckpt, budget=90, frames=8)
+    frames = random_frames(8, seed=13)
+    whole = qa.prepare(frames)
+    clip = clip_from_array(frames)
+    stream = SelectionStream(qa.select_stage, len(clip.indices))
+    for batch in batches_from_clip(clip, segment_frames=4):
+        stream.add(qa.encode_stage.process(batch.frames, batch.times_s), batch.indices, batch.times_s)
+    assert stream.frames_done == 8
+    parts = stream.finish()
+    assert parts.layout == whole.layout and parts.frames == whole.frames
+    torch.testing.assert_close(parts.tokens, whole.tokens, rtol=1e-5, atol=1e-6)
+    odd = SelectionStream(qa.select_stage, len(clip.indices))
+    batch = batches_from_clip(clip, segment_frames=3)[0]
+    with pytest.raises(RuntimeError, match="segments must hold whole units"):
+        odd.add(qa.encode_stage.process(batch.frames, batch.times_s), batch.indices, batch.times_s)
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_cli_demo_runs_the_new_families_offline(family, capsys):
+    from vidprune.cli import main
+
+    assert main(["ask", "--demo", "--demo-family", family, "--max-new-tokens", "2", "--json"]) == 0
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    assert report["family"] == family and report["tokens"]["to_llm"] <= report["tokens"]["budget"]
+
+
+def test_live_memory_refuses_qwen_in_one_line(qwen_ckpt):
+    from vidprune.pipeline.memory import plan_memory
+    from vidprune.video_models.base import inspect_checkpoint
+
+    with pytest.raises(ConfigError, match="pairs frames into temporal patches"):
+        plan_memory(inspect_checkpoint(qwen_ckpt).geometry, budget=200, window_s=2.0, frame_rate=4.0)
+
+
+def test_make_tiny_checkpoint_lists_every_registered_family():
+    from vidprune.cli import build_parser
+    from vidprune.video_models import list_families
+    from vidprune.video_models.tiny import TINY_FAMILIES
+
+    assert sorted(TINY_FAMILIES) == list_families()
+    action = next(a for a in build_parser()._subparsers._group_actions[0].choices["make-tiny-checkpoint"]._actions
+                  if a.dest == "family")
+    assert sorted(action.choices) == list_families()
