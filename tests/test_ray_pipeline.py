@@ -180,19 +180,20 @@ def test_array_input_equals_in_process(pipeline, reference):
 
 
 def _record_llm_inputs(answer_actor):
-    """Test instrumentation, installed in the live actor: the token shapes handed to its LLM."""
+    """Test instrumentation, installed in the live actor: the token shapes handed to its answer stages."""
 
     def install(instance):
-        for qa in instance.qas.values():
-            seen = qa.__dict__.setdefault("_test_received", [])
-            if "answer" not in qa.__dict__:
-                original = qa.answer
+        for _cfg, stages, _schedule in instance.variants.values():
+            stage = stages.answer
+            seen = stage.__dict__.setdefault("_test_received", [])
+            if "process_batch" not in stage.__dict__:
+                original = stage.process_batch
 
-                def answer(pruned, questions, _original=original, _seen=seen, **kw):
-                    _seen.append(tuple(pruned.tokens.shape))
-                    return _original(pruned, questions, **kw)
+                def process_batch(items, _original=original, _seen=seen, **kw):
+                    _seen.append(tuple(items[0][0].tokens.shape))
+                    return _original(items, **kw)
 
-                qa.answer = answer
+                stage.process_batch = process_batch
         return None
 
     on_actor(answer_actor, install)
@@ -200,16 +201,16 @@ def _record_llm_inputs(answer_actor):
 
 def _stop_recording(answer_actor) -> None:
     def uninstall(instance):
-        for qa in instance.qas.values():
-            qa.__dict__.pop("answer", None)
-            qa.__dict__.pop("_test_received", None)
+        for _cfg, stages, _schedule in instance.variants.values():
+            stages.answer.__dict__.pop("process_batch", None)
+            stages.answer.__dict__.pop("_test_received", None)
 
     on_actor(answer_actor, uninstall)
 
 
 def _llm_inputs(answer_actor) -> list[tuple[int, ...]]:
-    return on_actor(answer_actor, lambda instance: [s for qa in instance.qas.values()
-                                                    for s in qa.__dict__.get("_test_received", [])])
+    return on_actor(answer_actor, lambda instance: [s for _c, stages, _s in instance.variants.values()
+                                                    for s in stages.answer.__dict__.get("_test_received", [])])
 
 
 def test_answers_equal_in_process_and_llm_gets_only_pruned_tokens(pipeline, reference, videos):

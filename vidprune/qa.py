@@ -18,8 +18,8 @@ from typing import Any
 
 from .config import VidpruneConfig, resolve_config
 from .errors import ConfigError
-from .flops import layer_flops, llm_flops
 from .pipeline.build import build_stages
+from .pipeline.report import answer_report
 from .pipeline.stages import PrunedVideo
 from .video_models.base import CheckpointInfo, VideoLLM
 
@@ -139,49 +139,7 @@ class VideoQA:
 
     # ------------------------------------------------------------ report
     def _report(self, video: PrunedVideo, question: str, out: dict[str, Any]) -> dict[str, Any]:
-        cfg, llm = self.config, self.llm
-        text_tokens = out["prompt_tokens"] - video.tokens_count["to_llm"]
-        full_seq = text_tokens + video.tokens_count["full"]
-        pruned_seq = out["prompt_tokens"]
-        flops_full = llm_flops(llm.config.text_config, full_seq)
-        ivtp_info = out.get("ivtp")
-        if ivtp_info is not None:
-            per_layer = [layer_flops(n, llm.config.text_config.hidden_size, llm.config.text_config.intermediate_size)
-                         for n in ivtp_info["tokens_per_layer"]]
-            flops_pruned = sum(per_layer)
-            schedule = self.ivtp_schedule
-            ivtp_report = {"schedule": [list(st) for st in schedule.stages],
-                           "fusion": schedule.fusion if isinstance(schedule.fusion, str) else dict(schedule.fusion),
-                           "kept": ivtp_info["kept"], "visual_tokens_in": video.tokens_count["to_llm"],
-                           "visual_tokens_kept": len(ivtp_info["kept"]),
-                           "tokens_per_layer": ivtp_info["tokens_per_layer"], "flops_per_layer": per_layer}
-        else:
-            flops_pruned = llm_flops(llm.config.text_config, pruned_seq)
-            ivtp_report = None
-        num_frames = len(video.frames)
-        return {
-            "answer": out["text"],
-            "question": question,
-            "model": llm.name_or_path,
-            "family": llm.model_type,
-            "frames": video.frames,
-            "tokens": {**video.tokens_count, "budget": cfg.budget, "text": text_tokens},
-            "flops": {
-                "llm_prefill_full": flops_full,
-                "llm_prefill_pruned": flops_pruned,
-                "llm_ratio": round(flops_pruned / flops_full, 6),
-                "vision_tower": llm.tower_flops(llm.config, num_frames,
-                                                grid=None if video.layout is None else video.layout["grid"]),
-            },
-            "timings_s": {**{k: round(v, 4) for k, v in video.timings_s.items()}, "generate": round(out["generate_s"], 4)},
-            "decode": video.decode,
-            "ivtp": ivtp_report,
-            "warnings": video.warnings,
-            "options": {"pruner": self.select_stage.pruner.name,
-                        **{k: getattr(cfg, k) for k in ("budget", "important_ratio", "dedup", "dedup_threshold",
-                                                     "dedup_reference", "keep_cls", "prune_pooled", "ivtp_layer",
-                                                     "ivtp_keep", "ivtp_schedule", "ivtp_fusion")}},
-        }
+        return answer_report(self.config, self.llm, self.select_stage, self.ivtp_schedule, video, question, out)
 
 
 def summarize(report: dict[str, Any]) -> str:

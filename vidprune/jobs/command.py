@@ -13,7 +13,7 @@ __all__ = ["add_command", "run"]
 
 def add_command(subparsers) -> None:
     """Register ``vidprune job`` (called by :func:`vidprune.cli.build_parser`)."""
-    from ..cli import add_pipeline_options
+    from ..config import add_option_flags as add_pipeline_options
 
     p = subparsers.add_parser(
         "job", help="answer a JSONL manifest of questions about videos on Ray (resumable)",
@@ -64,7 +64,7 @@ def _stage_resources(args: argparse.Namespace, stage: str, cluster_default_cpus:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import options_from_args
+    from ..config import options_from_args
     from ..pipeline.ray import RayPipelineOptions
     from .runner import run_job
 

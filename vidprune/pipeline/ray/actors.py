@@ -3,7 +3,7 @@
 ``DecodeActor`` (``SegmentDecoder`` over ``DecodeStage``), ``EncodeActor`` (``EncodeStage``,
 one vision-tower replica), ``SelectActor`` (``SelectStage``: one ``SelectionStream`` per
 video, fed in temporal order) and ``AnswerActor`` (``AnswerStage`` through
-``VideoQA.answer``, whose answers carry the report). Every stage comes from
+``AnswerStage`` and the report of ``pipeline.report``). Every stage comes from
 :func:`~vidprune.pipeline.build.build_stages` (decode and select without weights). How they are wired and scheduled: docs/ray.md and
 :mod:`vidprune.pipeline.ray.scheduler`.
 
@@ -24,6 +24,7 @@ import numpy as np
 from ...config import VidpruneConfig
 from ...errors import VideoDecodeError
 from ..build import build_stages
+from ..report import answer_report
 from ..stages import PrunedVideo
 from ..segments import FrameBatch, FramePlan, SegmentDecoder
 from ..stages import SelectionStream
@@ -45,13 +46,6 @@ def _checkpoint_info(config: VidpruneConfig):
 def _stages_without_weights(config: VidpruneConfig):
     """The decode and select stages of ``config``, built from the checkpoint's config alone (no weights)."""
     return build_stages(config, _checkpoint_info(config))
-
-
-def _load_video_qa(config: VidpruneConfig):
-    """The answer actor's ``VideoQA`` (its answers carry the report ``vidprune ask --json`` prints)."""
-    from ...qa import VideoQA
-
-    return VideoQA.from_pretrained(config=config.to_dict())
 
 
 def _quiet_worker() -> None:
@@ -175,21 +169,19 @@ class SelectActor(_ActorBase):
 
 
 class AnswerActor(_ActorBase):
-    """``AnswerStage`` (through ``VideoQA.answer``) as an actor: a pruned video + its questions → answers.
+    """``AnswerStage`` as an actor: a pruned video + its questions → answers and their reports.
 
-    One model per actor; each variant answers through a ``VideoQA`` over that model with
-    the variant's options (its IVTP schedule handed to each generate call).
+    One model per actor; each variant answers through its own stages (``build_stages``) over
+    that model, its IVTP schedule handed to each generate call.
     """
 
     def __init__(self, config: VidpruneConfig, questions_per_call: int = DEFAULT_QUESTIONS_PER_CALL,
                  variants: dict[str, VidpruneConfig] | None = None):
-        from ...qa import VideoQA
-
         _quiet_worker()
         variants = variants or {DEFAULT_VARIANT: config}
-        first = _load_video_qa(config)
-        self.qas = {label: first if cfg == config else VideoQA(first.llm, cfg, first.checkpoint_info)
-                    for label, cfg in variants.items()}
+        info = _checkpoint_info(config)
+        self.llm = info.family.from_pretrained(**config.section("model"), ivtp=config.ivtp())
+        self.variants = {label: (cfg, build_stages(cfg, info, self.llm), cfg.ivtp()) for label, cfg in variants.items()}
         self.questions_per_call = questions_per_call
 
     def answer(self, pruned: dict[str, PrunedVideo], questions: list[str],
@@ -199,14 +191,17 @@ class AnswerActor(_ActorBase):
 
     def _answer(self, label: str, pruned: PrunedVideo, questions: list[str],
                 generate: dict[str, Any]) -> list[dict[str, Any]]:
-        qa = self.qas[label]
+        cfg, stages, schedule = self.variants[label]
+        generate = {k: v for k, v in generate.items() if v is not None}
         out: list[dict[str, Any]] = []
         for start in range(0, len(questions), self.questions_per_call):
             chunk = questions[start : start + self.questions_per_call]
             try:
-                answers = qa.answer(pruned, chunk, **generate)
+                answers = stages.answer.process_batch([(pruned, q) for q in chunk], **generate)
             except Exception as exc:  # one failed batch must not take the video's other questions with it
                 out += [{"error": one_line(exc)} for _ in chunk]
                 continue
-            out += [{"text": a.text, "token_ids": list(a.token_ids), "report": a.report} for a in answers]
+            out += [{"text": a["text"], "token_ids": list(a["token_ids"]),
+                     "report": answer_report(cfg, self.llm, stages.select, schedule, pruned, q, a)}
+                    for q, a in zip(chunk, answers)]
         return out
