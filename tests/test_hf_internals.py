@@ -176,3 +176,24 @@ def test_an_untested_release_is_refused_before_ivtp_is_installed(monkeypatch, ti
             load_video_llm(tiny_checkpoints["video_llava"], ivtp=IVTPSchedule.from_options(1, 0.5, None, None))
     finally:
         hf_internals.check_ivtp_internals.cache_clear()
+
+
+@pytest.mark.parametrize("family", ["video_llava", "llava_next_video"])
+def test_the_tower_stops_at_its_feature_layer(tiny_checkpoints, random_frames, family):
+    """No encoder layer after vision_feature_layer runs (and no post-layernorm): counted with hooks."""
+    llm = load_video_llm(tiny_checkpoints[family])
+    tower = llm.model.model.video_tower if family == "video_llava" else llm.model.model.vision_tower
+    vision = getattr(tower, "vision_model", tower)
+    layers = vision.encoder.layers
+    ran: list[int] = []
+    handles = [layer.register_forward_hook(lambda _m, _a, _o, i=i: ran.append(i)) for i, layer in enumerate(layers)]
+    post = getattr(vision, "post_layernorm", None)
+    if post is not None:
+        handles.append(post.register_forward_hook(lambda *_: ran.append(-1)))
+    try:
+        llm.encode(llm.preprocess(random_frames(2, seed=4)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    last = llm.config.vision_feature_layer % (len(layers) + 1) - 1
+    assert ran == list(range(last + 1)), f"encoder layers that ran: {ran}; the feature layer is layer {last}"
