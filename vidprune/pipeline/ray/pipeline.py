@@ -57,12 +57,16 @@ class RayVideoPipeline:
         self.stats: dict[str, Any] = {"max_segments_in_flight": 0, "segments": 0, "restarted_videos": 0,
                                       "decoded_whole": 0, "segments_per_decoder": [0] * o.decoders,
                                       "videos": 0}
-        self.decoders = [self._actor(DecodeActor, o.decode, False, config) for _ in range(o.decoders)]
-        self.encoders = [self._actor(EncodeActor, o.encode, False, config) for _ in range(o.encoders)]
-        self.selector = self._actor(SelectActor, o.select, True, config, self.variants)
+        # The largest GPU shares first: Ray packs fractional GPU requests onto the first device
+        # with room, so the LLM replicas (0.75) take one device each before the encoders (0.25)
+        # fill the rest beside them (created the other way round, two encoders share device 0
+        # and the second LLM replica finds no device with 0.75 free).
         self.answerers: list[Any] = []
         if answering:
             self.answerers = [self._new_answerer() for _ in range(o.answerers)]
+        self.encoders = [self._actor(EncodeActor, o.encode, False, config) for _ in range(o.encoders)]
+        self.decoders = [self._actor(DecodeActor, o.decode, False, config) for _ in range(o.decoders)]
+        self.selector = self._actor(SelectActor, o.select, True, config, self.variants)
         self._wait_ready(self.decoders + self.encoders + [self.selector] + self.answerers)
 
     # ------------------------------------------------------------ actors
