@@ -170,4 +170,4 @@ def test_flag_choices_spelled_in_config_equal_the_registries():
     from vidprune import config
     from vidprune.pruners import DEDUP_REFERENCES
 
-    assert tuple(config.DEDUP_REFERENCES) == tuple(DEDUP_REFERENCES)
+    assert set(config.DEDUP_REFERENCES) == set(DEDUP_REFERENCES)

@@ -608,15 +608,17 @@ def test_bad_inputs_raise_video_decode_error_quickly(bad_files, kind, backend, m
     """Quickly = with bounded work: FFmpeg opens the file at most once per call and decodes no frame."""
     path, cause = bad_files[kind]
     opened, decoded = [], []
-    real_open, real_decoded = av.open, VideoReader._decoded_frames
+    from vidprune.pipeline.decode.media import MediaFile  # where every PyAV frame is decoded
+
+    real_open, real_decoded = av.open, MediaFile.decoded_frames
     monkeypatch.setattr(av, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
 
-    def counting_decoded(self, container, stream):
-        for frame in real_decoded(self, container, stream):
+    def counting_decoded(self, container, stream, *args, **kwargs):
+        for frame in real_decoded(self, container, stream, *args, **kwargs):
             decoded.append(frame.index if hasattr(frame, "index") else len(decoded))
             yield frame
 
-    monkeypatch.setattr(VideoReader, "_decoded_frames", counting_decoded)
+    monkeypatch.setattr(MediaFile, "decoded_frames", counting_decoded)
     with pytest.raises(VideoDecodeError) as info:
         VideoReader(path, backend=backend)
     with pytest.raises(VideoDecodeError):
