@@ -79,7 +79,13 @@ class IVTPReference:
         self.num_layers = self.decoder.config.num_hidden_layers
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
-        """Pre-projector rows (K, Dv) -> (K, D) with the fresh model's own projector."""
+        """Pre-projector rows (K, Dv) -> (K, D) with the fresh model's own projector.
+
+        LLaVA-OneVision pools *after* its projector, so its stream already holds the stock
+        projected-then-pooled rows (K, D): they are handed on as they are.
+        """
+        if self.model.config.model_type == "llava_onevision":
+            return features
         with torch.no_grad():
             return self.model.model.multi_modal_projector(features)
 

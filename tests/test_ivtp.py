@@ -190,7 +190,11 @@ def test_ivtp_equals_a_hand_written_loop_over_the_stock_layers(tiny_checkpoints,
         assert generated[b, :length].tolist() == ids[:length]
         for t in range(length):
             torch.testing.assert_close(step_logits[t][b], ref_steps[t][b], rtol=1e-9, atol=1e-9)
-        assert public[b] == [x for x in ids[:length] if x != eos]
+        want = [x for x in ids[:length] if x != eos]
+        pad = qa.llm.processor.tokenizer.pad_token_id
+        while want and want[-1] == pad:  # VideoLLM.generate drops trailing padding (a random model may pick it)
+            want.pop()
+        assert public[b] == want
 
 
 @pytest.mark.parametrize("family,num_frames", FAMILIES)
