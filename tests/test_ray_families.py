@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from ray_cluster import LoopbackCluster
 
-from vidprune.pipeline.ray_actors import RayPipelineOptions, RayVideoPipeline, VideoRequest, connect_ray
+from vidprune.pipeline.ray import RayPipelineOptions, RayVideoPipeline, VideoRequest, connect_ray
 from vidprune.qa import VideoQA
 from vidprune.samples import moving_square_frames, write_video
 

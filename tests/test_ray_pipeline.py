@@ -25,13 +25,8 @@ from vidprune.pipeline.ray import (
     VideoRequest,
     connect_ray,
 )
-from vidprune.pipeline.streaming import (
-    SegmentDecoder,
-    SelectionStream,
-    batches_from_clip,
-    plan_frames,
-    split_segments,
-)
+from vidprune.pipeline.segments import SegmentDecoder, batches_from_clip, plan_frames, split_segments
+from vidprune.pipeline.stages import SelectionStream
 from vidprune.qa import VideoQA
 from vidprune.samples import moving_square_frames, write_video
 
