@@ -47,7 +47,6 @@ __all__ = ["VidpruneConfig", "Option", "OPTIONS", "SECTIONS", "load_preset", "re
 DEFAULT_DEDUP_THRESHOLD = 0.9
 
 DECODE_BACKENDS = ("pyav", "decord")
-_DECODE_BACKENDS = DECODE_BACKENDS  # deprecated alias
 # vidprune.pruners.DEDUP_REFERENCES, spelled here so that declaring the flags imports no torch
 # (tests/test_configs.py checks they are equal)
 DEDUP_REFERENCES = ("kept", "previous", "kept_any")

@@ -39,7 +39,6 @@ The class is plain (no Ray, no event loop) and thread-safe: one lock guards ever
 from __future__ import annotations
 
 import math
-import numbers
 import threading
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -64,14 +63,6 @@ __all__ = [
 
 # Dedup references that compare with kept tokens only (what the memory holds).
 MEMORY_DEDUP_REFERENCES = ("kept", "kept_any")
-
-
-def _positive_number(label: str, value: object) -> float:
-    return check_positive_number(label, value)
-
-
-def _positive_int(label: str, value: object) -> int:
-    return check_positive_int(label, value)
 
 
 @dataclass(frozen=True)
@@ -129,14 +120,14 @@ def plan_memory(geometry: VisualGeometry, *, budget: int | None, window_s: float
             "into temporal patches with a grid from each video (Qwen2.5-VL), which the live memory does not "
             "support yet: use a LLaVA family for the live demo"
         )
-    window_s = _positive_number("window_s", window_s)
-    frame_rate = _positive_number("frame_rate", frame_rate)
+    window_s = check_positive_number("window_s", window_s)
+    frame_rate = check_positive_number("frame_rate", frame_rate)
     max_frames = max(1, math.ceil(window_s * frame_rate - 1e-9))
     reserved, per_frame = geometry.extra_per_frame, geometry.prunable_per_frame
     per_video = geometry.extra_per_video
     if budget is None:
         budget = geometry.full_tokens(max_frames)
-    budget = _positive_int("budget", budget)
+    budget = check_positive_int("budget", budget)
     if budget < reserved + per_video + 1:
         raise ConfigError(
             f"budget={budget} cannot hold one frame ({reserved + per_video} extra token(s) + at least 1 patch); "
@@ -145,7 +136,7 @@ def plan_memory(geometry: VisualGeometry, *, budget: int | None, window_s: float
     budget_for_frames = budget - per_video
     if frame_tokens is None:
         frame_tokens = min(per_frame, max(1, budget_for_frames // max_frames - reserved))
-    frame_tokens = _positive_int("frame_tokens", frame_tokens)
+    frame_tokens = check_positive_int("frame_tokens", frame_tokens)
     if frame_tokens > per_frame:
         raise ConfigError(f"frame_tokens={frame_tokens} is more than the {per_frame} patch tokens a frame has")
     if frame_tokens + reserved > budget_for_frames:
@@ -251,10 +242,10 @@ class RollingTokenMemory:
     def __init__(self, *, budget: int, window_s: float, max_frames: int, frame_allowance: int, pruner: Pruner,
                  dedup: CrossFrameDedup | None = None, stock_per_frame: int | None = None,
                  reserved_per_video: int = 0):
-        self.budget = _positive_int("budget", budget)
-        self.window_s = _positive_number("window_s", window_s)
-        self.max_frames = _positive_int("max_frames", max_frames)
-        self.frame_allowance = _positive_int("frame_allowance", frame_allowance)
+        self.budget = check_positive_int("budget", budget)
+        self.window_s = check_positive_number("window_s", window_s)
+        self.max_frames = check_positive_int("max_frames", max_frames)
+        self.frame_allowance = check_positive_int("frame_allowance", frame_allowance)
         if not getattr(pruner, "respects_budget", True):
             raise ConfigError(
                 f"pruner {getattr(pruner, 'name', pruner)!r} keeps every token; a memory with a budget needs a "

@@ -18,7 +18,6 @@ kept tokens of the whole video never exceed P. ``frame_shares`` and
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import torch
@@ -31,10 +30,6 @@ from vidprune.pruners.registry import Pruner
 __all__ = ["FrameSelection", "VideoTokenSelector", "prune_frame", "frame_shares", "frame_token_counts"]
 
 
-def _check_int(label: str, value: object, minimum: int) -> int:
-    return check_positive_int(label, value) if minimum == 1 else check_non_negative_int(label, value)
-
-
 def frame_shares(budget: int, num_frames: int, reserved_per_frame: int = 0) -> list[int]:
     """Each frame's even share of the patch budget (before any carry).
 
@@ -44,9 +39,9 @@ def frame_shares(budget: int, num_frames: int, reserved_per_frame: int = 0) -> l
     Raises:
         ConfigError: bad types/values, or ``P < 0`` (the budget does not cover the reserved tokens).
     """
-    budget = _check_int("budget", budget, 1)
-    num_frames = _check_int("num_frames", num_frames, 1)
-    reserved_per_frame = _check_int("reserved_per_frame", reserved_per_frame, 0)
+    budget = check_positive_int("budget", budget)
+    num_frames = check_positive_int("num_frames", num_frames)
+    reserved_per_frame = check_non_negative_int("reserved_per_frame", reserved_per_frame)
     patch_budget = budget - reserved_per_frame * num_frames
     if patch_budget < 0:
         raise ConfigError(
@@ -68,8 +63,8 @@ def frame_token_counts(
     a frame may keep fewer (duplicates) or, later on, more (freed budget carried to it);
     the video's total is then at most ``sum(counts)``.
     """
-    num_frames = _check_int("num_frames", num_frames, 1)
-    tokens_per_frame = _check_int("tokens_per_frame", tokens_per_frame, 0)
+    num_frames = check_positive_int("num_frames", num_frames)
+    tokens_per_frame = check_non_negative_int("tokens_per_frame", tokens_per_frame)
     if budget is None:
         return [tokens_per_frame] * num_frames
     counts, carry = [], 0
@@ -152,8 +147,8 @@ class VideoTokenSelector:
         dedup: CrossFrameDedup | None = None,
         reserved_per_frame: int = 0,
     ):
-        self.num_frames = _check_int("num_frames", num_frames, 1)
-        self.reserved_per_frame = _check_int("reserved_per_frame", reserved_per_frame, 0)
+        self.num_frames = check_positive_int("num_frames", num_frames)
+        self.reserved_per_frame = check_non_negative_int("reserved_per_frame", reserved_per_frame)
         if budget is None:
             self.shares: list[int] | None = None
         else:
