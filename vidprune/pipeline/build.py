@@ -11,6 +11,7 @@ call it, so a stage gets exactly the keyword arguments of its options section
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,8 +48,6 @@ def build_stages(config: "VidpruneConfig", checkpoint_info: "CheckpointInfo", ll
         llm: the loaded model; without it only the weight-free stages (decode, select) are built.
         answer_options: extra ``generate`` keywords for the answer stage.
     """
-    import dataclasses
-
     geometry = checkpoint_info.geometry
     if config.frames is None and config.fps is None:  # not from resolve_config: the family's frame count
         config = dataclasses.replace(config, frames=checkpoint_info.family.default_num_frames)
