@@ -90,3 +90,36 @@ def test_no_private_name_from_another_module(path, module):
         if private:
             bad.append(f"{path.name}:{line} imports {', '.join(private)} from {target}")
     assert not bad, "; ".join(bad)
+
+
+# ---------------------------------------------------------------------------- renamed names
+# docs/architecture.md "Names": each old name still imports, warns, and is the new object.
+RENAMED = [
+    ("vidprune.pruners", "VideoTokenSelector", "vidprune.pruners", "VideoBudget"),
+    ("vidprune.pipeline.stages", "SelectionStream", "vidprune.pipeline.stages", "VideoSelection"),
+]
+
+
+@pytest.mark.parametrize("old_module, old_name, new_module, new_name", RENAMED, ids=[r[1] for r in RENAMED])
+def test_renamed_names_warn_and_alias_the_new_one(old_module, old_name, new_module, new_name):
+    import importlib
+
+    old = importlib.import_module(old_module)
+    with pytest.warns(DeprecationWarning, match=f"{old_name} was renamed {new_name}"):
+        value = getattr(old, old_name)
+    assert value is getattr(importlib.import_module(new_module), new_name)
+    with pytest.raises(AttributeError):
+        getattr(old, "NoSuchName")
+
+
+def test_one_class_name_per_concept():
+    """No two classes in the package share a name (FrameSelection once meant two things)."""
+    seen: dict[str, str] = {}
+    clashes = []
+    for path, module in _modules():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                if node.name in seen and seen[node.name] != module:
+                    clashes.append(f"{node.name}: {seen[node.name]} and {module}")
+                seen.setdefault(node.name, module)
+    assert not clashes, clashes

@@ -12,7 +12,7 @@ from vidprune.pruners import (
     KEPT_ANY_MAX_FRAMES,
     CrossFrameDedup,
     FrameSelection,
-    VideoTokenSelector,
+    VideoBudget,
     create_pruner,
     frame_shares,
     frame_token_counts,
@@ -240,14 +240,14 @@ def test_budget_too_small_for_reserved_tokens():
     with pytest.raises(ConfigError, match="at least 8: raise the budget or drop the reserved tokens"):
         frame_shares(7, 8, reserved_per_frame=1)
     with pytest.raises(ConfigError, match="at least 8"):
-        VideoTokenSelector(7, 8, create_pruner("vispruner"), reserved_per_frame=1)
+        VideoBudget(7, 8, create_pruner("vispruner"), reserved_per_frame=1)
 
 
 @pytest.mark.parametrize("kwargs", [dict(budget=0), dict(num_frames=0), dict(reserved_per_frame=-1), dict(budget=2.5)])
 def test_selector_bad_arguments(kwargs):
     args = dict(budget=100, num_frames=4, pruner=create_pruner("vispruner")) | kwargs
     with pytest.raises(ConfigError):
-        VideoTokenSelector(**args)
+        VideoBudget(**args)
 
 
 def test_frame_token_counts():
@@ -275,7 +275,7 @@ def random_frames(num_frames: int, n: int, seed: int, static: float = 0.0) -> li
 
 def test_selector_without_dedup_keeps_shares():
     frames = random_frames(8, 64, seed=0)
-    selector = VideoTokenSelector(455 // 4, 8, create_pruner("vispruner"))
+    selector = VideoBudget(455 // 4, 8, create_pruner("vispruner"))
     results = [selector.select(a, f) for a, f in frames]
     assert [s.allowance for s in results] == frame_shares(455 // 4, 8)
     assert [s.kept.numel() for s in results] == frame_shares(455 // 4, 8)
@@ -302,9 +302,9 @@ def test_budget_is_never_exceeded(budget, num_frames, n, reserved, reference, th
     dedup = None if reference is None else CrossFrameDedup(threshold, reference)
     if budget < reserved * num_frames:
         with pytest.raises(ConfigError):
-            VideoTokenSelector(budget, num_frames, create_pruner(pruner), dedup, reserved)
+            VideoBudget(budget, num_frames, create_pruner(pruner), dedup, reserved)
         return
-    selector = VideoTokenSelector(budget, num_frames, create_pruner(pruner), dedup, reserved)
+    selector = VideoBudget(budget, num_frames, create_pruner(pruner), dedup, reserved)
     shares = frame_shares(budget, num_frames, reserved)
     carry, total = 0, 0
     for t, (attn, feats) in enumerate(random_frames(num_frames, n, seed, static)):
@@ -327,7 +327,7 @@ def test_freed_budget_goes_to_new_content(reference, kept_counts):
     # 3 identical frames, then a frame of all-new content; budget 32 over 4 frames (shares of 8).
     static = random_frames(1, 16, seed=1)[0]
     new = random_frames(1, 16, seed=2)[0]
-    selector = VideoTokenSelector(32, 4, create_pruner("vispruner"), CrossFrameDedup(0.9, reference))
+    selector = VideoBudget(32, 4, create_pruner("vispruner"), CrossFrameDedup(0.9, reference))
     results = [selector.select(*frame) for frame in (static, static, static, new)]
     # "previous": frames 1-2 repeat frame 1's tokens, so their budget piles up for frame 3.
     # "kept": frame 2's larger allowance proposes 8 tokens never handed on before; they are new.
@@ -342,7 +342,7 @@ def test_selection_is_streaming():
     tail_a, tail_b = random_frames(2, 36, seed=4), random_frames(2, 36, seed=5, static=1.0)
     results = []
     for tail in (tail_a, tail_b):
-        selector = VideoTokenSelector(60, 5, create_pruner("vispruner"), CrossFrameDedup(0.8, "kept"))
+        selector = VideoBudget(60, 5, create_pruner("vispruner"), CrossFrameDedup(0.8, "kept"))
         results.append([selector.select(*frame) for frame in shared + tail])
     for t in range(3):
         assert torch.equal(results[0][t].kept, results[1][t].kept)
@@ -351,11 +351,11 @@ def test_selection_is_streaming():
 
 def test_budget_none_keeps_all_minus_duplicates():
     frames = random_frames(4, 36, seed=6, static=0.5)
-    plain = VideoTokenSelector(None, 4, create_pruner("none"))
+    plain = VideoBudget(None, 4, create_pruner("none"))
     for frame in frames:
         s = plain.select(*frame)
         assert s.allowance == 36 and torch.equal(s.kept, torch.arange(36))
-    deduped = VideoTokenSelector(None, 4, create_pruner("vispruner"), CrossFrameDedup(0.9, "previous"))
+    deduped = VideoBudget(None, 4, create_pruner("vispruner"), CrossFrameDedup(0.9, "previous"))
     results = [deduped.select(*frame) for frame in frames]
     assert results[0].kept.numel() == 36
     for s in results[1:]:
@@ -364,7 +364,7 @@ def test_budget_none_keeps_all_minus_duplicates():
 
 
 def test_reserved_tokens_come_off_first():
-    selector = VideoTokenSelector(20, 4, create_pruner("vispruner"), reserved_per_frame=1)
+    selector = VideoBudget(20, 4, create_pruner("vispruner"), reserved_per_frame=1)
     assert selector.patch_budget == 16
     assert [selector.select(*frame).kept.numel() for frame in random_frames(4, 36, seed=7)] == [4, 4, 4, 4]
 
@@ -380,7 +380,7 @@ def test_zero_allowance_skips_the_pruner():
             calls.append(budget)
             return create_pruner("vispruner")(cls_attn, features, budget)
 
-    selector = VideoTokenSelector(3, 5, Spy())
+    selector = VideoBudget(3, 5, Spy())
     results = [selector.select(*frame) for frame in random_frames(5, 16, seed=8)]
     assert calls == [1, 1, 1]
     assert [s.allowance for s in results] == [1, 1, 1, 0, 0]
@@ -389,10 +389,10 @@ def test_zero_allowance_skips_the_pruner():
 
 def test_pruner_that_ignores_budget_is_refused():
     with pytest.raises(ConfigError, match="'none'.*budget=None"):
-        VideoTokenSelector(100, 4, create_pruner("none"))
+        VideoBudget(100, 4, create_pruner("none"))
 
 
 def test_select_takes_one_frame():
-    selector = VideoTokenSelector(100, 4, create_pruner("vispruner"))
+    selector = VideoBudget(100, 4, create_pruner("vispruner"))
     with pytest.raises(ConfigError, match="one frame"):
         selector.select(torch.rand(2, 16), torch.randn(2, 16, 4))

@@ -250,21 +250,21 @@ def test_ivtp_kept_set_is_the_top_by_eager_attention_with_the_models_mrope(qwen_
 
 def test_segment_by_segment_selection_equals_the_whole_video(qwen_ckpt, random_frames):
     """The Ray path's shape (segments encoded and selected one by one) on the in-process stages."""
-    from vidprune.pipeline.stages import SelectionStream, clip_from_array
-    from vidprune.pipeline.streaming import batches_from_clip
+    from vidprune.pipeline.stages import VideoSelection, clip_from_array
+    from vidprune.pipeline.segments import batches_from_clip
 
     qa = VideoQA.from_pretrained(qwen_ckpt, budget=90, frames=8)
     frames = random_frames(8, seed=13)
     whole = qa.prepare(frames)
     clip = clip_from_array(frames)
-    stream = SelectionStream(qa.select_stage, len(clip.indices))
+    stream = VideoSelection(qa.select_stage, len(clip.indices))
     for batch in batches_from_clip(clip, segment_frames=4):
         stream.add(qa.encode_stage.process(batch.frames, batch.times_s), batch.indices, batch.times_s)
     assert stream.frames_done == 8
     parts = stream.finish()
     assert parts.layout == whole.layout and parts.frames == whole.frames
     torch.testing.assert_close(parts.tokens, whole.tokens, rtol=1e-5, atol=1e-6)
-    odd = SelectionStream(qa.select_stage, len(clip.indices))
+    odd = VideoSelection(qa.select_stage, len(clip.indices))
     batch = batches_from_clip(clip, segment_frames=3)[0]
     with pytest.raises(RuntimeError, match="segments must hold whole units"):
         odd.add(qa.encode_stage.process(batch.frames, batch.times_s), batch.indices, batch.times_s)

@@ -26,7 +26,7 @@ from vidprune.pipeline.ray import (
     connect_ray,
 )
 from vidprune.pipeline.segments import SegmentDecoder, batches_from_clip, plan_frames, split_segments
-from vidprune.pipeline.stages import SelectionStream
+from vidprune.pipeline.stages import VideoSelection
 from vidprune.qa import VideoQA
 from vidprune.samples import moving_square_frames, write_video
 
@@ -135,7 +135,7 @@ def test_selection_stream_equals_select_stage(tiny_checkpoints, videos, family, 
     clip = qa.decode_stage.process(videos["long"])
     encoded = qa.encode_stage.process(clip.frames)
     want = qa.select_stage.process(encoded, clip)
-    stream = SelectionStream(qa.select_stage, len(clip.indices))
+    stream = VideoSelection(qa.select_stage, len(clip.indices))
     for batch in batches_from_clip(clip, 5):  # the segments' features, cut from the same encoder call
         part = encoded[batch.seq * 5 : batch.seq * 5 + len(batch)]
         stream.add(part, batch.indices, batch.times_s)
@@ -306,7 +306,7 @@ def test_nothing_in_an_actor_grows_per_call_over_a_200_question_job(pipeline, vi
             # fewer new objects than calls or videos: nothing is kept per call
             assert a["objects"] - b["objects"] < min(calls, LONG_JOB_VIDEOS), (stage, b["objects"], a["objects"])
             assert a["rss_bytes"] - b["rss_bytes"] < 64 * 1024 * 1024, (stage, b["rss_bytes"], a["rss_bytes"])
-    assert after["select"][0]["containers"]["SelectActor.streams"] == 0  # no stream left behind
+    assert after["select"][0]["containers"]["SelectActor.videos"] == 0  # no selection left behind
 
 
 def test_cluster_too_small_is_one_line_error(video_llava_ckpt, pipeline):

@@ -35,7 +35,7 @@ import av
 import numpy as np
 
 from vidprune.errors import ConfigError, VideoDecodeError
-from vidprune.pipeline.decode import Frame, FrameSelection, SampledFrames, VideoReader, frame_to_rgb
+from vidprune.pipeline.decode import Frame, FrameSampling, SampledFrames, VideoReader, frame_to_rgb
 
 __all__ = [
     "DEFAULT_RECONNECTS",
@@ -427,7 +427,7 @@ class _RealTimeFile(LiveSource):
         super().__init__(path, fps)
         self.loop = loop
         self._reader = VideoReader(path, use_index=True)  # VideoDecodeError now for a file that is not a video
-        self._selection = FrameSelection(fps=fps)  # nearest frame to each slot, no cap
+        self._selection = FrameSampling(fps=fps)  # nearest frame to each slot, no cap
         times = self._reader.frame_times
         step = float(np.median(np.diff(times))) if len(times) > 1 else self._period
         self._duration = times[-1] + step  # one pass, including the last frame's display time

@@ -14,7 +14,7 @@ actors:
   :class:`~vidprune.pipeline.decode.SampledFrames` over the lane's indices), so a lane
   decodes its segments in one forward pass, seeking past the other lanes' segments.
 
-The select side (``SelectionStream`` in ``stages.py``) takes the segments in temporal
+The select side (``VideoSelection`` in ``stages.py``) takes the segments in temporal
 order. Shapes: B frames in a segment.
 """
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..video_models.base import EncodedFrames
-from .decode import DecodedClip, FramePlan, FrameSelection, SampledFrames, VideoReader
+from .decode import DecodedClip, FramePlan, FrameSampling, SampledFrames, VideoReader
 from .stages import DecodeStage
 
 __all__ = [
@@ -78,10 +78,10 @@ class FrameBatch:
         return len(self.indices)
 
 
-def _selection(stage: DecodeStage, indices: list[int] | None = None) -> FrameSelection:
+def _selection(stage: DecodeStage, indices: list[int] | None = None) -> FrameSampling:
     if indices is not None:
-        return FrameSelection(indices=tuple(indices))
-    return FrameSelection(num_frames=stage.num_frames if stage.fps is None else None, fps=stage.fps,
+        return FrameSampling(indices=tuple(indices))
+    return FrameSampling(num_frames=stage.num_frames if stage.fps is None else None, fps=stage.fps,
                           max_frames=stage.max_frames)
 
 

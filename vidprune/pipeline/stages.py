@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, VideoDecodeError
-from ..pruners import CrossFrameDedup, VideoTokenSelector, pruner_from_options
+from ..pruners import CrossFrameDedup, VideoBudget, pruner_from_options
 from ..plan import TokenPlan, plan_tokens
 from ..video_models.base import EncodedFrames, VideoLLM, VisualGeometry
 from .decode import DecodedClip, read_video
@@ -30,7 +30,7 @@ __all__ = [
     "DecodeStage",
     "EncodeStage",
     "SelectStage",
-    "SelectionStream",
+    "VideoSelection",
     "AnswerStage",
     "clip_from_array",
     "plan_tokens",
@@ -133,24 +133,24 @@ class SelectStage:
             {"threshold": dedup_threshold, "reference": dedup_reference, "window": dedup_window} if dedup else None
         )
 
-    def new_selector(self, num_frames: int) -> VideoTokenSelector:
-        """A fresh streaming selector for a video (or stream window) of ``num_frames`` frames."""
+    def video_budget(self, num_frames: int) -> VideoBudget:
+        """A fresh :class:`VideoBudget` (pruner, dedup state, per-frame shares) for ``num_frames`` frames."""
         dedup = CrossFrameDedup(**self.dedup_options) if self.dedup_options else None
         budget = None if self.budget is None else self.budget - self.geometry.extra_per_video  # per-video rows first
-        return VideoTokenSelector(budget, num_frames, self.pruner, dedup=dedup,
+        return VideoBudget(budget, num_frames, self.pruner, dedup=dedup,
                                   reserved_per_frame=self.geometry.extra_per_frame)
 
     def process(self, encoded: EncodedFrames, clip: DecodedClip) -> PrunedVideo:
         """Select a whole video's frames at once (the in-process path)."""
-        stream = SelectionStream(self, len(clip.indices))
-        stream.add(encoded, clip.indices, clip.times_s)
-        return stream.finish({"backend": clip.backend, "num_stream_frames": clip.num_stream_frames}, clip.warnings)
+        selection = VideoSelection(self, len(clip.indices))
+        selection.add(encoded, clip.indices, clip.times_s)
+        return selection.finish({"backend": clip.backend, "num_stream_frames": clip.num_stream_frames}, clip.warnings)
 
 
-class SelectionStream:
-    """``SelectStage`` applied to one video's frames segment by segment, in temporal order.
+class VideoSelection:
+    """One video's selection in progress: ``SelectStage`` applied segment by segment, in temporal order.
 
-    ``SelectionStream(stage, num_frames)``, then :meth:`add` for each segment in order, then
+    ``VideoSelection(stage, num_frames)``, then :meth:`add` for each segment in order, then
     :meth:`finish`. Holds only the kept tokens (at most the budget) and the dedup state,
     however long the video is. ``finish()`` equals ``stage.process(encoded, clip)`` on the
     concatenated segments.
@@ -163,7 +163,7 @@ class SelectionStream:
         self.num_units = stage.geometry.units(num_frames)
         self.plan = plan_tokens(stage.geometry, self.num_units, stage.budget)  # dynamic: completed by the first add
         self.layout: dict[str, Any] | None = None
-        self.selector = stage.new_selector(self.num_units)
+        self.video_budget = stage.video_budget(self.num_units)
         self.rows: list[torch.Tensor] = []  # (E, Dc) and (k_t, Dc) pieces in stream order
         self.video_extra: torch.Tensor | None = None  # (V, Dc), appended after the last frame
         self.frames: list[dict[str, Any]] = []
@@ -195,7 +195,7 @@ class SelectionStream:
             self.layout = {"units": self.num_units, "grid": tuple(encoded.grid),
                            "seconds_per_unit": encoded.seconds_per_unit, "kept": []}
         for t in range(len(encoded)):
-            sel = self.selector.select(encoded.cls_attn[t], encoded.features[t])
+            sel = self.video_budget.select(encoded.cls_attn[t], encoded.features[t])
             if encoded.extra is not None:
                 self.rows.append(encoded.extra[t])
             rows = encoded.rows[t]  # (N, Dc)
@@ -282,3 +282,13 @@ class AnswerStage:
     def process_batch(self, items: list[tuple[PrunedVideo, str]], **overrides: Any) -> list[dict[str, Any]]:
         """Answer several (video, question) pairs in one left-padded batch; kept counts may differ."""
         return self.answer_tokens([(v.tokens, q) for v, q in items], layouts=[v.layout for v, _ in items], **overrides)
+
+
+def __getattr__(name: str):
+    if name == "SelectionStream":  # renamed in 0.2: one name per concept
+        import warnings
+
+        warnings.warn("vidprune.pipeline.stages.SelectionStream was renamed VideoSelection", DeprecationWarning,
+                      stacklevel=2)
+        return VideoSelection
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,7 +16,7 @@ from vidprune.pipeline.segments import (
     plan_frames,
     split_segments,
 )
-from vidprune.pipeline.stages import SelectionStream
+from vidprune.pipeline.stages import VideoSelection as SelectionStream
 
 __all__ = [
     "MAX_OPEN_STREAMS",
@@ -32,7 +32,7 @@ __all__ = [
 
 warnings.warn(
     "vidprune.pipeline.streaming was renamed vidprune.pipeline.segments; import it from there "
-    "(SelectionStream from vidprune.pipeline.stages)",
+    "(SelectionStream, now VideoSelection, from vidprune.pipeline.stages)",
     DeprecationWarning,
     stacklevel=2,
 )

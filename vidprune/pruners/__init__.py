@@ -1,11 +1,11 @@
 """Per-frame token pruners, cross-frame dedup and the per-video token budget.
 
-    from vidprune.pruners import create_pruner, CrossFrameDedup, VideoTokenSelector
+    from vidprune.pruners import create_pruner, CrossFrameDedup, VideoBudget
 
     pruner = create_pruner("vispruner", important_ratio=0.5)
-    selector = VideoTokenSelector(budget=455, num_frames=8, pruner=pruner, dedup=CrossFrameDedup(0.9))
+    video_budget = VideoBudget(budget=455, num_frames=8, pruner=pruner, dedup=CrossFrameDedup(0.9))
     for attn, feats in frames:                  # (N,), (N, D), in temporal order
-        kept = selector.select(attn, feats).kept
+        kept = video_budget.select(attn, feats).kept
 
 Importing this package registers the built-in pruners (none, random, uniform, vispruner).
 """
@@ -14,7 +14,7 @@ from .registry import Pruner, create_pruner, list_pruners, pruner_from_options, 
 from .vispruner import MAX_DROP_PER_ROUND, VisPrunerPruner, vispruner_select
 from .baselines import NoPruner, RandomPruner, UniformPruner, uniform_grid_indices
 from .dedup import DEDUP_REFERENCES, KEPT_ANY_MAX_FRAMES, CrossFrameDedup
-from .budget import FrameSelection, VideoTokenSelector, frame_shares, frame_token_counts, prune_frame
+from .budget import FrameSelection, VideoBudget, frame_shares, frame_token_counts, prune_frame
 
 __all__ = [
     "Pruner",
@@ -34,7 +34,16 @@ __all__ = [
     "prune_frame",
     "KEPT_ANY_MAX_FRAMES",
     "FrameSelection",
-    "VideoTokenSelector",
+    "VideoBudget",
     "frame_shares",
     "frame_token_counts",
 ]
+
+
+def __getattr__(name: str):
+    if name == "VideoTokenSelector":  # renamed in 0.2: one name per concept
+        import warnings
+
+        warnings.warn("vidprune.pruners.VideoTokenSelector was renamed VideoBudget", DeprecationWarning, stacklevel=2)
+        return VideoBudget
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

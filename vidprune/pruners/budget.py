@@ -4,7 +4,7 @@
 a hard limit. ``reserved_per_frame`` tokens per frame that are kept outside the pruner
 (e.g. a [CLS] token) come off it first; the rest, the *patch budget*
 ``P = budget - reserved_per_frame * num_frames``, is split evenly over the frames
-(``frame_shares``). ``VideoTokenSelector`` then walks the frames in temporal order:
+(``frame_shares``). ``VideoBudget`` then walks the frames in temporal order:
 
     allowance_t  = share_t + carry             (carry: allowance earlier frames left unused)
     candidates_t = pruner(attn_t, feats_t, min(allowance_t, N))
@@ -27,7 +27,7 @@ from vidprune.validators import check_non_negative_int, check_positive_int
 from vidprune.pruners.dedup import CrossFrameDedup
 from vidprune.pruners.registry import Pruner
 
-__all__ = ["FrameSelection", "VideoTokenSelector", "prune_frame", "frame_shares", "frame_token_counts"]
+__all__ = ["FrameSelection", "VideoBudget", "prune_frame", "frame_shares", "frame_token_counts"]
 
 
 def frame_shares(budget: int, num_frames: int, reserved_per_frame: int = 0) -> list[int]:
@@ -56,7 +56,7 @@ def frame_shares(budget: int, num_frames: int, reserved_per_frame: int = 0) -> l
 def frame_token_counts(
     budget: int | None, num_frames: int, tokens_per_frame: int, reserved_per_frame: int = 0
 ) -> list[int]:
-    """Patch tokens ``VideoTokenSelector`` keeps per frame without dedup (reserved tokens not included).
+    """Patch tokens ``VideoBudget`` keeps per frame without dedup (reserved tokens not included).
 
     ``budget=None`` keeps all ``tokens_per_frame``. With a budget, frame t keeps
     ``min(share_t + carry, tokens_per_frame)`` (a share above N carries over). With dedup
@@ -77,7 +77,7 @@ def frame_token_counts(
 
 @dataclass
 class FrameSelection:
-    """What ``VideoTokenSelector.select`` decided for one frame (indices into its N tokens)."""
+    """What ``VideoBudget.select`` decided for one frame (indices into its N tokens)."""
 
     kept: torch.Tensor  # (K,) long, sorted ascending: handed to the LLM
     candidates: torch.Tensor  # (C,) long, sorted ascending: what the pruner proposed
@@ -89,7 +89,7 @@ def prune_frame(cls_attn: torch.Tensor, features: torch.Tensor, allowance: int, 
                 dedup: CrossFrameDedup | None = None) -> FrameSelection:
     """The prune-frame step: one frame's candidates from the pruner, then cross-frame dedup.
 
-    The one implementation behind :class:`VideoTokenSelector` (a video under a budget) and
+    The one implementation behind :class:`VideoBudget` (a video under a budget) and
     the live stream's rolling memory.
 
     Args:
@@ -123,15 +123,18 @@ def prune_frame(cls_attn: torch.Tensor, features: torch.Tensor, allowance: int, 
     return FrameSelection(kept=kept, candidates=candidates, duplicates=duplicates, allowance=allowance)
 
 
-class VideoTokenSelector:
-    """Streams the frames of one video through a pruner, optional dedup and a hard budget.
+class VideoBudget:
+    """One video's token budget, spent frame by frame: pruner, optional dedup, hard limit.
+
+    Each frame is allowed its share of the budget plus what earlier frames left unused
+    (:func:`frame_shares`), and :func:`prune_frame` picks its tokens.
 
     Args:
         budget: total visual tokens for the video, reserved ones included; None = no
             limit (every frame's candidates are all its N tokens; dedup still applies).
         num_frames: frames the video has; ``select`` is called once per frame.
         pruner: a ``Pruner`` (see ``create_pruner``); must respect the budget when one is set.
-        dedup: a ``CrossFrameDedup``, or None. The selector owns it: it is reset here.
+        dedup: a ``CrossFrameDedup``, or None, owned (and reset here) by this budget.
         reserved_per_frame: tokens per frame kept outside the pruner (not selected here).
 
     Raises:
@@ -182,7 +185,7 @@ class VideoTokenSelector:
         if self._frame >= self.num_frames:
             raise RuntimeError(
                 f"select() called for frame {self._frame + 1} but the selector was built for "
-                f"num_frames={self.num_frames}; build a new VideoTokenSelector per video"
+                f"num_frames={self.num_frames}; build a new VideoBudget per video"
             )
         if cls_attn.dim() != 1 or features.dim() != 2 or features.shape[0] != cls_attn.shape[0]:
             raise ConfigError(

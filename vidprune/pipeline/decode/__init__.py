@@ -8,7 +8,7 @@
             ...
 
 Modules, one concept each: :mod:`.frames` (what is handed out), :mod:`.sampling` (which
-indices), :mod:`.clip` (the one frame reader: :class:`FrameSelection`,
+indices), :mod:`.clip` (the one frame reader: :class:`FrameSampling`,
 :class:`SampledFrames`, :func:`read_video`), :mod:`.reader` (:class:`VideoReader`),
 :mod:`.media` (the file opened with PyAV, bytes read counted), :mod:`.frame_table` (times
 and keyframes: from the container's index where it can be trusted, else from the stream),
@@ -22,7 +22,7 @@ cause and what to do; PyAV/decord exceptions never escape. Bad arguments raise
 :class:`vidprune.errors.ConfigError`.
 """
 
-from .clip import FrameSelection, SampledFrames, read_video
+from .clip import FrameSampling, SampledFrames, read_video
 from .decord_backend import available_backends
 from .frames import DecodedClip, Frame, FramePlan
 from .pixels import frame_to_rgb
@@ -34,7 +34,7 @@ __all__ = [
     "DecodedClip",
     "Frame",
     "FramePlan",
-    "FrameSelection",
+    "FrameSampling",
     "SampledFrames",
     "VideoReader",
     "available_backends",

@@ -1,6 +1,6 @@
 """The one frame reader: a selection of frames (count, rate, explicit indices, clip bounds) read from a file.
 
-:class:`FrameSelection` says which frames; :class:`SampledFrames` plans them on a
+:class:`FrameSampling` says which frames; :class:`SampledFrames` plans them on a
 :class:`~.reader.VideoReader`'s frame table and streams them one at a time;
 :func:`read_video` collects them into a :class:`~.frames.DecodedClip`, redoing the
 pass if decoding corrected the table. Every path that reads frames of a file uses
@@ -25,7 +25,7 @@ from .messages import decode_error
 from .reader import BACKENDS, VideoReader
 from .sampling import choose_indices, fps_indices, uniform_indices
 
-__all__ = ["FrameSelection", "SampledFrames", "read_video"]
+__all__ = ["FrameSampling", "SampledFrames", "read_video"]
 
 # read_video redoes a pass whose frame table was corrected at most this many times.
 _MAX_PASSES = 3
@@ -46,7 +46,7 @@ def _seconds(name: str, value: object) -> float:
 
 
 @dataclass(frozen=True)
-class FrameSelection:
+class FrameSampling:
     """Which frames of a video to read; validated whole when made (``ConfigError``).
 
     Exactly one of ``num_frames`` (uniform sampling, :func:`~.sampling.uniform_indices`),
@@ -129,15 +129,15 @@ class FrameSelection:
 
 
 class SampledFrames(Iterator[Frame]):
-    """The frames of a :class:`FrameSelection`, read from a :class:`VideoReader` one at a time.
+    """The frames of a :class:`FrameSampling`, read from a :class:`VideoReader` one at a time.
 
-    ``plan`` is fixed when made (:meth:`FrameSelection.plan`). Frames come in increasing
+    ``plan`` is fixed when made (:meth:`FrameSampling.plan`). Frames come in increasing
     index order; only one decoded frame is held at a time. If decoding corrects the
     frame table or the backend falls back, ``stale`` turns True: the frames then keep
     their true indices but may differ from ``plan`` (``read_video`` plans again).
     """
 
-    def __init__(self, reader: VideoReader, selection: FrameSelection) -> None:
+    def __init__(self, reader: VideoReader, selection: FrameSampling) -> None:
         self.reader = reader
         self.selection = selection
         self.plan = selection.plan(reader)
@@ -180,7 +180,7 @@ def read_video(
     Exactly one of ``num_frames`` (uniform sampling, :func:`uniform_indices`),
     ``fps`` (rate sampling, :func:`fps_indices`, optionally capped by
     ``max_frames``) or ``indices`` (explicit frame indices) must be given;
-    ``start_s`` / ``end_s`` bound the clip (see :class:`FrameSelection`). Returns a
+    ``start_s`` / ``end_s`` bound the clip (see :class:`FrameSampling`). Returns a
     :class:`DecodedClip` whose ``frames`` is ``(T, H, W, 3)`` uint8 RGB. Raises
     ``ConfigError`` for bad arguments and ``VideoDecodeError`` for unusable files.
 
@@ -190,13 +190,13 @@ def read_video(
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown video backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    selection = FrameSelection(num_frames=num_frames, fps=fps, max_frames=max_frames,
+    selection = FrameSampling(num_frames=num_frames, fps=fps, max_frames=max_frames,
                                indices=tuple(indices) if indices is not None else None, start_s=start_s, end_s=end_s)
     with VideoReader(path, backend, threads=threads, use_index=True) as reader:
         return _collect(reader, selection)
 
 
-def _collect(reader: VideoReader, selection: FrameSelection) -> DecodedClip:
+def _collect(reader: VideoReader, selection: FrameSampling) -> DecodedClip:
     """Read ``selection`` from ``reader`` into one clip; a pass whose table was corrected is planned and read again."""
     for _attempt in range(_MAX_PASSES):
         mark = reader.notes.checkpoint()

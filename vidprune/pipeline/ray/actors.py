@@ -1,14 +1,14 @@
 """The stages as Ray actors: each holds the very stage objects of the in-process path.
 
 ``DecodeActor`` (``SegmentDecoder`` over ``DecodeStage``), ``EncodeActor`` (``EncodeStage``,
-one vision-tower replica), ``SelectActor`` (``SelectStage``: one ``SelectionStream`` per
+one vision-tower replica), ``SelectActor`` (``SelectStage``: one ``VideoSelection`` per
 video, fed in temporal order) and ``AnswerActor`` (``AnswerStage`` through
 ``AnswerStage`` and the report of ``pipeline.report``). Every stage comes from
 :func:`~vidprune.pipeline.build.build_stages` (decode and select without weights). How they are wired and scheduled: docs/ray.md and
 :mod:`vidprune.pipeline.ray.scheduler`.
 
 Nothing an actor holds grows with the number of calls: the select actor holds the
-streams of the videos in flight (dropped when finished or abandoned); the others hold
+selections of the videos in flight (dropped when finished or abandoned); the others hold
 their stages only.
 """
 
@@ -25,9 +25,8 @@ from ...config import VidpruneConfig
 from ...errors import VideoDecodeError
 from ..build import build_stages
 from ..report import answer_report
-from ..stages import PrunedVideo
 from ..segments import FrameBatch, FramePlan, SegmentDecoder
-from ..stages import SelectionStream
+from ..stages import PrunedVideo, VideoSelection
 from .failures import SelectionLost, one_line
 from .options import DEFAULT_QUESTIONS_PER_CALL
 
@@ -117,13 +116,13 @@ def _free_language_model(llm) -> None:
 
 @dataclass
 class _SelectState:
-    streams: dict[str, SelectionStream]  # one per variant asked for this video
+    selections: dict[str, VideoSelection]  # one per variant asked for this video
     next_seq: int = 0
     timings: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "encode": 0.0})
 
 
 class SelectActor(_ActorBase):
-    """``SelectStage`` as an actor: per video one selection stream per variant, fed its segments in temporal order.
+    """``SelectStage`` as an actor: per video one ``VideoSelection`` per variant, fed its segments in temporal order.
 
     ``variants`` (label → config) are the selection options one pipeline serves (the arms
     of an eval sweep: budgets, pruners, dedup); the frames are decoded and encoded once
@@ -134,38 +133,38 @@ class SelectActor(_ActorBase):
         _quiet_worker()
         variants = variants or {DEFAULT_VARIANT: config}
         self.stages = {label: _stages_without_weights(cfg).select for label, cfg in variants.items()}
-        self.streams: dict[str, _SelectState] = {}  # videos in flight only: finish/drop remove them
+        self.videos: dict[str, _SelectState] = {}  # videos in flight only: finish/drop remove them
 
     def add(self, stream_key: str, num_frames: int, batch: FrameBatch, variants: list[str]) -> int:
         """Select the next segment of a video (``batch.seq`` 0, 1, ... in order); returns the frames selected so far."""
         if batch.seq == 0:
-            self.streams[stream_key] = _SelectState({v: SelectionStream(self.stages[v], num_frames) for v in variants})
-        state = self.streams.get(stream_key)
+            self.videos[stream_key] = _SelectState({v: VideoSelection(self.stages[v], num_frames) for v in variants})
+        state = self.videos.get(stream_key)
         if state is None:
             raise SelectionLost(f"the selection of stream {stream_key} was lost (the select actor restarted)")
         if batch.seq != state.next_seq:
             raise SelectionLost(f"segment {batch.seq} of stream {stream_key} arrived before segment {state.next_seq}")
-        for stream in state.streams.values():
-            stream.add(batch.encoded, batch.indices, batch.times_s)
+        for selection in state.selections.values():
+            selection.add(batch.encoded, batch.indices, batch.times_s)
         state.next_seq += 1
         for k in state.timings:
             state.timings[k] += batch.timings_s.get(k, 0.0)
-        return next(iter(state.streams.values())).frames_done
+        return next(iter(state.selections.values())).frames_done
 
     def finish(self, stream_key: str, decode: dict[str, Any], warnings: list[str]) -> dict[str, PrunedVideo]:
         """The video's pruned stream of every variant it was asked for, by label."""
-        state = self.streams.pop(stream_key, None)
+        state = self.videos.pop(stream_key, None)
         if state is None:
             raise SelectionLost(f"the selection of stream {stream_key} was lost (the select actor restarted)")
         out = {}
-        for label, stream in state.streams.items():
-            pruned = stream.finish(decode, warnings)
-            pruned.timings_s = {**state.timings, "select": stream.seconds}
+        for label, selection in state.selections.items():
+            pruned = selection.finish(decode, warnings)
+            pruned.timings_s = {**state.timings, "select": selection.seconds}
             out[label] = pruned
         return out
 
     def drop(self, stream_key: str) -> None:
-        self.streams.pop(stream_key, None)
+        self.videos.pop(stream_key, None)
 
 
 class AnswerActor(_ActorBase):
