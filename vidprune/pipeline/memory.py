@@ -10,24 +10,10 @@ Frames arrive one at a time, already encoded (:class:`EncodedFrames` with T = 1)
    tokens the memory holds *now* (after steps 1–2), then store the frame's extra tokens
    ([CLS]) and kept patches.
 
-Policy. ``budget`` is a hard limit on the tokens held (extra tokens included): after every
-``add`` the memory holds at most ``budget`` tokens, at most ``max_frames`` frames, and only
-frames from the last ``window_s`` seconds. When something must go, the oldest frame goes
-first (whole frames, never parts of one), so the memory is always one contiguous stretch
-of the stream ending at the newest frame. Room is made *before* the new frame is deduped,
-so a new token is never dropped as a repeat of a token that is about to leave: content
-that stays in view (a static background) moves forward into newer frames as the frames
-that first held it age out, instead of vanishing. Dedup savings buy history: a static
-scene keeps few tokens per frame, so more frames fit into the budget, up to the window.
-
-Dedup against the memory. ``CrossFrameDedup`` is a streaming state over the frames it has
-seen; once frames leave the memory its state must forget them. The memory does this
-through the public API only: after an eviction it resets the dedup and replays the
-frames still held (each as its kept tokens) through ``step``. Because the frames held
-are always a suffix of the stream, the replay keeps every token it is given and leaves
-the dedup in exactly the state of "these frames only". The dedup reference must be
-``"kept"`` or ``"kept_any"`` (both compare with kept tokens, which the memory holds);
-``"previous"`` compares with a frame's dropped tokens too, which the memory does not keep.
+``budget`` is a hard limit on the tokens held, the oldest whole frame leaves first, and room
+is made before the new frame is deduped; why, and how the dedup state forgets frames that
+left (reset + replay through the public API), is in docs/demo.md, "The rolling memory".
+The dedup reference must be ``"kept"`` or ``"kept_any"`` (the memory holds kept tokens only).
 
 :meth:`RollingTokenMemory.tokens` gives the (K, Dv) stream in temporal order (per frame:
 extra tokens first, then kept patches in raster order, the layout of
