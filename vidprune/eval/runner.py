@@ -167,7 +167,7 @@ def load_clip(sample: Sample, num_frames: int, backend: str = "pyav"):
     images (sorted by name, at ``sample.frames_fps``; numbered names keep their numbers:
     ``DecodedClip.indices`` are those numbers and frame N is at N / fps seconds).
     """
-    from ..pipeline.decode import DecodedClip, FrameSelection, read_video
+    from ..pipeline.decode import DecodedClip, FrameSampling, read_video
 
     start_s, end_s = sample.clip_s if sample.clip_s is not None else (None, None)
     if os.path.isdir(sample.video):
@@ -180,7 +180,7 @@ def load_clip(sample: Sample, num_frames: int, backend: str = "pyav"):
         fps = sample.frames_fps or 1.0
         files, numbers = _numbered_frames(files)
         times = [n / fps for n in numbers]
-        positions, _ = FrameSelection(num_frames=num_frames, start_s=start_s, end_s=end_s).choose(times)
+        positions, _ = FrameSampling(num_frames=num_frames, start_s=start_s, end_s=end_s).choose(times)
         indices = [numbers[i] for i in positions]
         images = [np.asarray(Image.open(files[i]).convert("RGB")) for i in positions]
         size = images[0].shape
@@ -206,6 +206,7 @@ class SweepRunner:
         self.data: list[BenchmarkData] = []
         self.arms: list[Arm] = []
         self.arm_configs: dict[str, VidpruneConfig] = {}
+        self.arm_checkpoints: dict[str, Any] = {}  # label → the arm's CheckpointInfo (family, HF config, geometry)
         self.records: dict[str, dict[str, Any]] = {}
         self.judge: JudgeClient | None = None
         self.base: VidpruneConfig | None = None
@@ -218,16 +219,17 @@ class SweepRunner:
     # -------------------------------------------------------------- setup
     def setup(self) -> None:
         """Validate every arm's options, read every benchmark, check the videos, open the results. No model loads."""
-        from ..qa import VideoQA
+        from ..config import resolve_config
 
         s = self.settings
         base_options = {k: v for k, v in s.options.items() if k not in _PER_ARM_OPTIONS}
-        self.base = VideoQA.resolve_config(config=base_options)
+        self.base, _ = resolve_config(config=base_options)
         self.counts = token_counts(self.base)
         self.arms = plan_arms(s.methods, s.budgets, self.counts, s.ivtp)
         base_dict = {k: v for k, v in self.base.to_dict().items() if k not in _PER_ARM_OPTIONS}
         for arm in self.arms:
-            self.arm_configs[arm.label] = VideoQA.resolve_config(config={**base_dict, **arm.options})
+            self.arm_configs[arm.label], self.arm_checkpoints[arm.label] = resolve_config(
+                config={**base_dict, **arm.options})
 
         for src in s.benchmarks:
             data = load_benchmark(src.name, src.annotations, src.videos, limit=s.limit, prompt_style=s.prompt)
@@ -316,13 +318,17 @@ class SweepRunner:
     def _answer_all(self, work: list[tuple[BenchmarkData, Sample, list[Arm]]], todo: int) -> None:
         from tqdm import tqdm
 
-        from ..qa import VideoQA
+        from ..pipeline.build import build_stages
+        from ..pipeline.report import answer_report
 
         first = self.arm_configs[self.arms[0].label]
+        info = self.arm_checkpoints[self.arms[0].label]
         self.say(f"loading {first.model} once for {len(self.arms)} arms: {', '.join(a.label for a in self.arms)}")
-        qa0 = VideoQA.from_pretrained(config=first.to_dict())
-        llm = qa0.llm
-        qas = {a.label: (qa0 if i == 0 else VideoQA(llm, self.arm_configs[a.label])) for i, a in enumerate(self.arms)}
+        llm = info.family.from_pretrained(**first.section("model"), ivtp=first.ivtp())
+        # every arm's stages over the one model; each answer stage hands its own IVTP schedule to generate()
+        stages = {a.label: build_stages(self.arm_configs[a.label], self.arm_checkpoints[a.label], llm)
+                  for a in self.arms}
+        encode = stages[self.arms[0].label].encode  # the frames are encoded once for every arm
         num_frames = first.frames or llm.default_num_frames
         explicit_len = self.settings.options.get("max_new_tokens")
         groups: dict[tuple[str, Any], list[tuple[BenchmarkData, Sample, list[Arm]]]] = {}
@@ -344,19 +350,20 @@ class SweepRunner:
                     bar.update(sum(len(arms) for _, _, arms in items))
                     continue
                 t1 = time.perf_counter()
-                encoded = qa0.encode_stage.process(clip.frames, clip.times_s)
+                encoded = encode.process(clip.frames, clip.times_s)
                 t2 = time.perf_counter()
                 shared = {"decode": t1 - t0, "encode": t2 - t1}
                 for data, sample, arms in items:
                     bar.set_description(f"{data.spec.title}")
                     max_new = explicit_len or data.spec.max_new_tokens
                     for arm in arms:
-                        qa = qas[arm.label]  # its answer stage hands its own IVTP schedule to generate()
+                        cfg, arm_stages = self.arm_configs[arm.label], stages[arm.label]
                         t3 = time.perf_counter()
-                        pruned = qa.select_stage.process(encoded, clip)
+                        pruned = arm_stages.select.process(encoded, clip)
                         pruned.timings_s = {**shared, "select": time.perf_counter() - t3}
-                        answer = qa.answer_batch([(pruned, sample.prompt)], max_new_tokens=max_new)[0]
-                        self.keep(self.make_record(data, sample, arm, answer.text, answer.report, answer.token_ids))
+                        out = arm_stages.answer.process_batch([(pruned, sample.prompt)], max_new_tokens=max_new)[0]
+                        report = answer_report(cfg, llm, arm_stages.select, cfg.ivtp(), pruned, sample.prompt, out)
+                        self.keep(self.make_record(data, sample, arm, out["text"], report, out["token_ids"]))
                         bar.update(1)
         finally:
             bar.close()
