@@ -19,7 +19,6 @@ import importlib
 import json
 import os
 import sys
-from typing import Any
 
 from .config import add_option_flags, options_from_args
 from .errors import ConfigError, VidpruneError

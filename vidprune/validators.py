@@ -14,7 +14,8 @@ import numbers
 from .errors import ConfigError
 
 __all__ = ["problem_positive_int", "problem_positive_number", "problem_in_range", "problem_non_negative_int",
-           "check_positive_int", "check_positive_number", "check_non_negative_int"]
+           "problem_int_at_least", "check_positive_int", "check_positive_number", "check_non_negative_int",
+           "check_int_at_least"]
 
 
 def problem_positive_int(name: str, value: object) -> str | None:
@@ -23,10 +24,15 @@ def problem_positive_int(name: str, value: object) -> str | None:
     return None
 
 
-def problem_non_negative_int(name: str, value: object) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        return f"{name} must be an integer >= 0, got {value!r}"
+def problem_int_at_least(name: str, value: object, minimum: int) -> str | None:
+    """An integer (numpy's included, bool not) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        return f"{name} must be an integer >= {minimum}, got {value!r}"
     return None
+
+
+def problem_non_negative_int(name: str, value: object) -> str | None:
+    return problem_int_at_least(name, value, 0)
 
 
 def problem_positive_number(name: str, value: object) -> str | None:
@@ -51,6 +57,11 @@ def _raise_if(problem: str | None) -> None:
 
 def check_positive_int(name: str, value: object) -> int:
     _raise_if(problem_positive_int(name, value))
+    return int(value)  # type: ignore[arg-type]
+
+
+def check_int_at_least(name: str, value: object, minimum: int) -> int:
+    _raise_if(problem_int_at_least(name, value, minimum))
     return int(value)  # type: ignore[arg-type]
 
 

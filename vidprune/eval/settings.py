@@ -28,6 +28,7 @@ from typing import Any
 
 from ..config import VidpruneConfig, load_preset
 from ..errors import ConfigError
+from ..validators import problem_positive_int
 from .prompts import DEFAULT_PROMPT_STYLE, check_prompt_style
 
 __all__ = ["BenchmarkSource", "JudgeSettings", "EvalSettings", "resolve_settings", "parse_budgets", "parse_ivtp",
@@ -243,8 +244,8 @@ def resolve_settings(preset: str | os.PathLike | dict | None = None, *, benchmar
             problems.append(str(exc))
 
     lim = limit if limit is not None else sweep.get("limit")
-    if lim is not None and (isinstance(lim, bool) or not isinstance(lim, int) or lim <= 0):
-        problems.append(f"limit must be a positive integer, got {lim!r}")
+    if lim is not None and (problem := problem_positive_int("limit", lim)) is not None:
+        problems.append(problem)
 
     judge_cfg = dict(sweep.get("judge") or {})
     if not isinstance(sweep.get("judge") or {}, dict):

@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from ..errors import ConfigError
+from ..validators import check_positive_int
 
 __all__ = ["LatestFrameSlot", "SlotCounts"]
 
@@ -41,9 +41,7 @@ class LatestFrameSlot(Generic[T]):
     """Newest-wins bounded slot of at most ``capacity`` pending items (1: only the latest frame waits)."""
 
     def __init__(self, capacity: int = 1):
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ConfigError(f"capacity={capacity!r} is not allowed: it must be an integer >= 1")
-        self.capacity = capacity
+        self.capacity = check_positive_int("capacity", capacity)
         self._items: deque[T] = deque()
         self._cond = threading.Condition()
         self._closed = False

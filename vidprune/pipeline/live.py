@@ -35,6 +35,7 @@ import av
 import numpy as np
 
 from vidprune.errors import ConfigError, VideoDecodeError
+from vidprune.validators import check_non_negative_int, check_positive_number
 from vidprune.pipeline.decode import Frame, FrameSampling, SampledFrames, VideoReader, frame_to_rgb
 
 __all__ = [
@@ -124,12 +125,8 @@ def open_live_source(
     "tcp"}``, ``{"video_size": "640x480"}``), added to the defaults. Raises
     ConfigError for bad arguments and VideoDecodeError when the source cannot be opened.
     """
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < float(fps) < float("inf"):
-        raise ConfigError(f"fps must be a finite number > 0, got {fps!r}")
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < float("inf"):
-        raise ConfigError(f"timeout_s must be a finite number of seconds > 0, got {timeout_s!r}")
-    if isinstance(reconnects, bool) or not isinstance(reconnects, int) or reconnects < 0:
-        raise ConfigError(f"reconnects must be an int >= 0, got {reconnects!r}")
+    fps, timeout_s = check_positive_number("fps", fps), check_positive_number("timeout_s", timeout_s)
+    reconnects = check_non_negative_int("reconnects", reconnects)
     kind = source_kind(spec)
     if kind == "iterator":
         return _IteratorSource(spec, float(fps), float(timeout_s))  # type: ignore[arg-type]

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..validators import check_positive_int
 from ..video_models.base import EncodedFrames
 from .decode import DecodedClip, FramePlan, FrameSampling, SampledFrames, VideoReader
 from .stages import DecodeStage
@@ -97,8 +97,7 @@ def plan_frames(stage: DecodeStage, video: Any) -> FramePlan:
 
 def split_segments(num_frames: int, segment_frames: int) -> list[range]:
     """Positions ``0 .. num_frames - 1`` cut into consecutive segments of ``segment_frames`` (the last may be shorter)."""
-    if isinstance(segment_frames, bool) or not isinstance(segment_frames, int) or segment_frames < 1:
-        raise ConfigError(f"segment_frames must be a positive integer, got {segment_frames!r}")
+    segment_frames = check_positive_int("segment_frames", segment_frames)
     return [range(s, min(s + segment_frames, num_frames)) for s in range(0, num_frames, segment_frames)]
 
 

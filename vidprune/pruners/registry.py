@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-import numbers
 from typing import Callable, Protocol, TypeVar, runtime_checkable
 
 import torch

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vidprune.errors import ConfigError
+from vidprune.validators import check_positive_int
 
 from .frames import DecodedClip, Frame, FramePlan
 from .messages import decode_error
@@ -29,12 +30,6 @@ __all__ = ["FrameSampling", "SampledFrames", "read_video"]
 
 # read_video redoes a pass whose frame table was corrected at most this many times.
 _MAX_PASSES = 3
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ConfigError(f"{name} must be an integer > 0, got {value!r}")
-    return int(value)
 
 
 def _seconds(name: str, value: object) -> float:
@@ -73,7 +68,7 @@ class FrameSampling:
         if not given:
             raise ConfigError("give num_frames (uniform sampling) or fps (rate sampling)")
         if self.num_frames is not None:
-            object.__setattr__(self, "num_frames", _positive_int("num_frames", self.num_frames))
+            object.__setattr__(self, "num_frames", check_positive_int("num_frames", self.num_frames))
             if self.max_frames is not None:
                 raise ConfigError("max_frames only applies with fps; with num_frames it is already the count")
         elif self.fps is not None:
@@ -83,7 +78,7 @@ class FrameSampling:
             if not math.isfinite(float(fps)) or float(fps) <= 0:
                 raise ConfigError(f"fps must be a finite number > 0, got {fps!r}")
             if self.max_frames is not None:
-                object.__setattr__(self, "max_frames", _positive_int("max_frames", self.max_frames))
+                object.__setattr__(self, "max_frames", check_positive_int("max_frames", self.max_frames))
         else:
             if self.max_frames is not None or self.start_s is not None or self.end_s is not None:
                 raise ConfigError("explicit indices take no max_frames, start_s or end_s; pass the indices you want")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from vidprune.errors import ConfigError
+from vidprune.validators import check_non_negative_int, check_positive_int
 
 from . import decord_backend
 from .frame_table import FrameTable, header_duration_note, table_by_decoding, table_by_demuxing, table_from_index
@@ -78,12 +79,9 @@ class VideoReader:
     ) -> None:
         if backend not in BACKENDS:
             raise ConfigError(f"unknown video backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-            raise ConfigError(f"threads must be an int >= 0 (0 = auto), got {threads!r}")
-        if seek_threshold is not None and (
-            isinstance(seek_threshold, bool) or not isinstance(seek_threshold, int) or seek_threshold < 1
-        ):
-            raise ConfigError(f"seek_threshold must be an int >= 1 or None (never seek), got {seek_threshold!r}")
+        threads = check_non_negative_int("threads", threads)  # 0 = FFmpeg's choice
+        if seek_threshold is not None:  # None: never seek
+            seek_threshold = check_positive_int("seek_threshold", seek_threshold)
         if not isinstance(use_index, bool):
             raise ConfigError(f"use_index must be True or False, got {use_index!r}")
         self.path = os.fsdecode(path)  # str, bytes or PathLike -> str

@@ -19,19 +19,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from vidprune.errors import ConfigError
+from vidprune.validators import check_int_at_least
 
 __all__ = ["choose_indices", "fps_indices", "uniform_indices"]
 
 # Two times closer than this (seconds) count as a tie; ties go to the earlier frame.
 _TIE_EPS = 1e-9
-
-
-def _check_count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{name} must be an integer, got {value!r}; pass a whole number")
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}; pass a larger value")
-    return int(value)
 
 
 def uniform_indices(num_total: int, num_frames: int) -> list[int]:
@@ -42,8 +35,8 @@ def uniform_indices(num_total: int, num_frames: int) -> list[int]:
     frames) when ``num_total < num_frames``; ``[]`` when ``num_total == 0``.
     Raises ``ConfigError`` when ``num_frames <= 0`` or ``num_total < 0``.
     """
-    num_total = _check_count("num_total", num_total, 0)
-    num_frames = _check_count("num_frames", num_frames, 1)
+    num_total = check_int_at_least("num_total", num_total, 0)
+    num_frames = check_int_at_least("num_frames", num_frames, 1)
     if num_total <= num_frames:
         return list(range(num_total))
     return np.linspace(0, num_total - 1, num_frames, dtype=int).tolist()
@@ -70,7 +63,7 @@ def fps_indices(times_s: Sequence[float], fps: float, max_frames: int | None = N
     if not math.isfinite(fps) or fps <= 0:
         raise ConfigError(f"fps must be a finite number > 0, got {fps}; pass e.g. fps=1.0")
     if max_frames is not None:
-        max_frames = _check_count("max_frames", max_frames, 1)
+        max_frames = check_int_at_least("max_frames", max_frames, 1)
     times = np.asarray(times_s, dtype=np.float64).reshape(-1)
     n = times.size
     if n == 0:

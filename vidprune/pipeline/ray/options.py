@@ -13,6 +13,7 @@ from typing import Any
 
 from ...config import VidpruneConfig
 from ...errors import ConfigError
+from ...validators import problem_int_at_least
 from .layout import (ANSWER_GPU_SHARE, ENCODE_GPU_SHARE, MAX_CPUS_PER_ACTOR, MAX_DEFAULT_DECODERS, ClusterShape, fits, refuse,
                      slot_share)
 
@@ -156,8 +157,8 @@ class RayPipelineOptions:
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                p.append(f"{name} must be an integer >= {minimum}, got {value!r}")
+            if (problem := problem_int_at_least(name, value, minimum)) is not None:
+                p.append(problem)
         for stage in STAGES:
             res = getattr(self, stage)
             if res is not None:
