@@ -10,7 +10,6 @@ validated (and the checkpoint's family checked from its config) before any weigh
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -63,14 +62,13 @@ class VideoQA:
     """
 
     def __init__(self, llm: VideoLLM, config: VidpruneConfig, checkpoint_info: CheckpointInfo | None = None):
-        self.llm, self.config = llm, config
+        self.llm = llm
         if checkpoint_info is None:
             checkpoint_info = CheckpointInfo(type(llm), llm.config, llm.geometry)
-        if config.frames is None and config.fps is None:  # a config that did not come from resolve_config
-            config = self.config = dataclasses.replace(config, frames=llm.default_num_frames)
         self.checkpoint_info = checkpoint_info
-        self.ivtp_schedule = config.ivtp()
         stages = build_stages(config, checkpoint_info, llm)
+        self.config = stages.config  # the family's frame count filled in where neither frames nor fps was set
+        self.ivtp_schedule = self.config.ivtp()
         self.decode_stage, self.encode_stage = stages.decode, stages.encode
         self.select_stage, self.answer_stage = stages.select, stages.answer
 

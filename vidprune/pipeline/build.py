@@ -27,8 +27,12 @@ __all__ = ["Stages", "build_stages"]
 
 @dataclass
 class Stages:
-    """The stages of one configured pipeline; ``encode`` and ``answer`` need the model (None without it)."""
+    """The stages of one configured pipeline; ``encode`` and ``answer`` need the model (None without it).
 
+    ``config`` is the config they were built from, with the family's frame count filled in.
+    """
+
+    config: "VidpruneConfig"
     decode: DecodeStage
     select: SelectStage
     encode: EncodeStage | None = None
@@ -57,6 +61,6 @@ def build_stages(config: "VidpruneConfig", checkpoint_info: "CheckpointInfo", ll
     decode = DecodeStage(**config.section("decode"))
     select = SelectStage(geometry, **config.section("select"))
     if llm is None:
-        return Stages(decode=decode, select=select)
-    return Stages(decode=decode, select=select, encode=EncodeStage(llm, **config.section("encode")),
+        return Stages(config=config, decode=decode, select=select)
+    return Stages(config=config, decode=decode, select=select, encode=EncodeStage(llm, **config.section("encode")),
                   answer=AnswerStage(llm, **config.section("generate"), ivtp=config.ivtp(), **answer_options))
