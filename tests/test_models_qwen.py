@@ -65,6 +65,22 @@ def test_odd_frame_count_is_refused_before_loading(qwen_ckpt, monkeypatch):
         VideoQA.from_pretrained(qwen_ckpt, frames=7)
 
 
+def test_a_pruner_that_needs_a_fixed_grid_is_refused_before_loading(qwen_ckpt, sample_video, monkeypatch, capsys):
+    """'uniform' takes the grid in advance; Qwen2.5-VL's grid comes from each video."""
+    from vidprune.cli import main
+    from vidprune.config import resolve_config
+    from vidprune.video_models.base import VideoLLM
+
+    monkeypatch.setattr(VideoLLM, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("model loaded")))
+    with pytest.raises(ConfigError, match="'uniform' pruner spreads tokens over a grid fixed in advance.*use random or vispruner"):
+        resolve_config(qwen_ckpt, pruner="uniform", budget=64)
+    assert main(["ask", sample_video, "What?", "--model", qwen_ckpt, "--pruner", "uniform", "--budget", "64"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("vidprune: error: ") and "dynamic resolution" in err
+    for pruner in ("vispruner", "random"):  # the grid-free pruners pass the same check
+        assert resolve_config(qwen_ckpt, pruner=pruner, budget=64)[0].pruner == pruner
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_pruning_off_generates_exactly_the_stock_model(qwen_ckpt, random_frames, seed):
     qa = VideoQA.from_pretrained(qwen_ckpt, budget=None, dedup=False, frames=4)

@@ -367,7 +367,10 @@ def resolve_config(model: str | None = None, config: str | os.PathLike | dict | 
     if cfg.model is None:
         raise ConfigError("no model given; pass a hub id or a checkpoint directory (--model)")
     cfg.validate()
+    from .pruners import check_pruner_grid
+
     info = inspect_checkpoint(cfg.model, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)  # no weights
+    check_pruner_grid(cfg.pruner, info.geometry.dynamic)
     per_unit = info.geometry.frames_per_unit  # Qwen2.5-VL pairs frames into temporal patches
     if cfg.frames is not None and cfg.frames % per_unit:
         raise ConfigError(

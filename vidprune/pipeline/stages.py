@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, VideoDecodeError
-from ..pruners import CrossFrameDedup, VideoBudget, pruner_from_options
+from ..pruners import CrossFrameDedup, VideoBudget, check_pruner_grid, pruner_from_options
 from ..plan import TokenPlan, plan_tokens
 from ..video_models.base import EncodedFrames, VideoLLM, VisualGeometry
 from .decode import DecodedClip, read_video
@@ -123,9 +123,7 @@ class SelectStage:
                  important_ratio: float = 0.5, seed: int = 0, dedup: bool = True, dedup_threshold: float = 0.9,
                  dedup_reference: str = "kept", dedup_window: int | None = None):
         self.geometry, self.budget = geometry, budget
-        if geometry.dynamic and pruner == "uniform":
-            raise ConfigError("the 'uniform' pruner spreads tokens over a fixed grid, but this model's grid comes from "
-                              "each video (dynamic resolution); use vispruner or random")
+        check_pruner_grid(pruner, geometry.dynamic)
         # without a budget every token is a candidate: no pruner runs, and the report says "none"
         self.pruner = pruner_from_options(pruner if budget is not None else "none", important_ratio=important_ratio,
                                           seed=seed, grid=geometry.prune_grid)

@@ -27,7 +27,7 @@ import torch
 from vidprune.errors import ConfigError
 from vidprune.validators import check_positive_int
 
-__all__ = ["Pruner", "register_pruner", "create_pruner", "list_pruners", "pruner_from_options"]
+__all__ = ["Pruner", "register_pruner", "create_pruner", "list_pruners", "pruner_from_options", "check_pruner_grid"]
 
 
 @runtime_checkable
@@ -126,6 +126,15 @@ def pruner_from_options(name: str, **options) -> Pruner:
     """
     taken = set(pruner_options(name))
     return create_pruner(name, **{k: v for k, v in options.items() if k in taken})
+
+
+def check_pruner_grid(name: str, dynamic_grid: bool) -> None:
+    """Refuse a pruner that needs the token grid in advance (it takes the ``grid`` option) for a
+    model whose grid comes from each video (dynamic resolution: Qwen2.5-VL)."""
+    if dynamic_grid and "grid" in pruner_options(name):
+        others = [n for n in list_pruners() if n != "none" and "grid" not in pruner_options(n)]
+        raise ConfigError(f"the {name!r} pruner spreads tokens over a grid fixed in advance, but this model's grid "
+                          f"comes from each video (dynamic resolution); use {' or '.join(others)}")
 
 
 def check_budget(budget: object) -> int:
