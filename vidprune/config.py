@@ -177,6 +177,9 @@ class VidpruneConfig:
     do_sample: bool = _option(False, "generate", true_flag="--sample", help="sample instead of greedy")
     temperature: float = _option(1.0, "generate", parse=float, help="sampling temperature (with --sample)")
     top_p: float = _option(1.0, "generate", parse=float, help="nucleus sampling mass (with --sample)")
+    reuse_prefix: bool = _option(True, "generate", true_flag="--prefix-reuse", false_flag="--no-prefix-reuse",
+                                 help="several questions about one video: prefill the video once and reuse its KV "
+                                      "cache (the same ids; greedy, without IVTP); default on")
 
     # ------------------------------------------------------------------ build
     @classmethod

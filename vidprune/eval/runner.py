@@ -57,7 +57,7 @@ PREFLIGHT_QUESTION = "Is this judge endpoint reachable? (a vidprune preflight ch
 # Options that differ between arms by design; everything else must match on a resume.
 _PER_ARM_OPTIONS = ("budget", "pruner", "dedup") + IVTP_KEYS
 # Options that say where and in what chunks the work runs, not what is computed: a resume may change them.
-_PLACEMENT_OPTIONS = ("device", "encoder_batch_size")
+_PLACEMENT_OPTIONS = ("device", "encoder_batch_size", "reuse_prefix")  # change where/how, not what is computed
 
 
 def record_key(benchmark: str, arm_label: str, sample_id: str) -> str:
@@ -353,18 +353,26 @@ class SweepRunner:
                 encoded = encode.process(clip.frames, clip.times_s)
                 t2 = time.perf_counter()
                 shared = {"decode": t1 - t0, "encode": t2 - t1}
-                for data, sample, arms in items:
-                    bar.set_description(f"{data.spec.title}")
-                    max_new = explicit_len or data.spec.max_new_tokens
-                    for arm in arms:
-                        cfg, arm_stages = self.arm_configs[arm.label], stages[arm.label]
-                        t3 = time.perf_counter()
-                        pruned = arm_stages.select.process(encoded, clip)
-                        pruned.timings_s = {**shared, "select": time.perf_counter() - t3}
-                        out = arm_stages.answer.process_batch([(pruned, sample.prompt)], max_new_tokens=max_new)[0]
-                        report = answer_report(cfg, llm, arm_stages.select, cfg.ivtp(), pruned, sample.prompt, out)
-                        self.keep(self.make_record(data, sample, arm, out["text"], report, out["token_ids"]))
-                        bar.update(1)
+                for arm in self.arms:  # per arm: select the clip once, answer its questions together
+                    asked = [(data, sample) for data, sample, arms in items if arm in arms]
+                    if not asked:
+                        continue
+                    cfg, arm_stages = self.arm_configs[arm.label], stages[arm.label]
+                    t3 = time.perf_counter()
+                    pruned = arm_stages.select.process(encoded, clip)
+                    pruned.timings_s = {**shared, "select": time.perf_counter() - t3}
+                    by_length: dict[int, list[tuple[BenchmarkData, Sample]]] = {}
+                    for data, sample in asked:  # one generate call per answer length (benchmarks differ)
+                        by_length.setdefault(explicit_len or data.spec.max_new_tokens, []).append((data, sample))
+                    for max_new, batch in by_length.items():
+                        bar.set_description(f"{batch[0][0].spec.title}")
+                        # several questions about the clip: its prefix is prefilled once (reuse_prefix)
+                        outs = arm_stages.answer.process_batch([(pruned, sample.prompt) for _, sample in batch],
+                                                               max_new_tokens=max_new)
+                        for (data, sample), out in zip(batch, outs):
+                            report = answer_report(cfg, llm, arm_stages.select, cfg.ivtp(), pruned, sample.prompt, out)
+                            self.keep(self.make_record(data, sample, arm, out["text"], report, out["token_ids"]))
+                        bar.update(len(batch))
         finally:
             bar.close()
 

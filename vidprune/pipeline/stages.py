@@ -243,8 +243,8 @@ class AnswerStage:
 
     def __init__(self, llm: VideoLLM, *, max_new_tokens: int = 64, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, ivtp: Any = None,
-                 **extra_generate_kwargs: Any):
-        self.llm, self.seed, self.ivtp = llm, seed, ivtp
+                 reuse_prefix: bool = True, **extra_generate_kwargs: Any):
+        self.llm, self.seed, self.ivtp, self.reuse_prefix = llm, seed, ivtp, reuse_prefix
         self.generate_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
                                                 **extra_generate_kwargs}
         if do_sample:
@@ -257,7 +257,11 @@ class AnswerStage:
         ``layouts``: per item, where the kept tokens sit in the stock grid (``PrunedVideo.layout``;
         needed by families with multimodal rotary positions); ``streamer``: a transformers streamer that receives the generated tokens (batch of 1);
         ``stopping_criteria``: passed to ``generate``; ``overrides``: ``generate`` keywords.
-        Returns per item ``{"text", "token_ids", "prompt_tokens", "visual_tokens", "generate_s", "ivtp"}``.
+        Items that hold the same tokens tensor (several questions about one video) have the video
+        prefilled once (:meth:`VideoLLM.generate_about_one_video`) where ``reuse_prefix`` is on and
+        the call allows it (greedy, no IVTP); the ids are the same either way.
+        Returns per item ``{"text", "token_ids", "prompt_tokens", "visual_tokens", "generate_s", "ivtp",
+        "prefix_tokens"}`` (``prefix_tokens``: tokens prefilled once for the item's video, or None).
         """
         kwargs = {**self.generate_kwargs, **overrides}
         if streamer is not None:
@@ -266,16 +270,40 @@ class AnswerStage:
             kwargs["stopping_criteria"] = stopping_criteria
         if kwargs.get("do_sample"):
             torch.manual_seed(self.seed)
-        prompts = [self.llm.build_prompt(q) for _, q in items]
+        by_video: dict[int, list[int]] = {}  # the items of each video (same tokens tensor), in order
+        for n, (tokens, _) in enumerate(items):
+            by_video.setdefault(id(tokens), []).append(n)
+        shared = [group for group in by_video.values() if len(group) > 1]
+        if not (self.reuse_prefix and shared and self.llm.reuses_prefix(2, self.ivtp, kwargs)):
+            return self._generate(items, list(range(len(items))), layouts, kwargs)
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        alone = [n for group in by_video.values() if len(group) == 1 for n in group]
+        for group in shared + ([alone] if alone else []):
+            for n, out in zip(group, self._generate(items, group, layouts, kwargs, one_video=group is not alone)):
+                results[n] = out
+        return results  # type: ignore[return-value]
+
+    def _generate(self, items: list[tuple[torch.Tensor, str]], which: list[int], layouts: list | None,
+                  kwargs: dict[str, Any], one_video: bool = False) -> list[dict[str, Any]]:
+        """Answer ``items[n]`` for n in ``which``: one batch, or one video's questions sharing its prefill."""
+        prompts = [self.llm.build_prompt(items[n][1]) for n in which]
         dtype = self.llm.dtype
-        visual = [self.llm.project(t.to(self.llm.device, dtype)) for t, _ in items]  # (K_i, D) each
+        picked = None if layouts is None else [layouts[n] for n in which]
         start = time.perf_counter()
-        out = self.llm.generate(prompts, visual, layouts=layouts, ivtp=self.ivtp, **kwargs)
+        if one_video:
+            visual = self.llm.project(items[which[0]][0].to(self.llm.device, dtype))  # (K, D), once
+            out = self.llm.generate_about_one_video(prompts, visual, None if picked is None else picked[0],
+                                                    ivtp=self.ivtp, **kwargs)
+            visual_rows = [visual] * len(which)
+        else:
+            visual_rows = [self.llm.project(items[n][0].to(self.llm.device, dtype)) for n in which]  # (K_i, D) each
+            out = self.llm.generate(prompts, visual_rows, layouts=picked, ivtp=self.ivtp, **kwargs)
         elapsed = time.perf_counter() - start
-        ivtp = out.ivtp or [None] * len(items)
+        ivtp = out.ivtp or [None] * len(which)
         return [{"text": self.llm.decode_text(ids), "token_ids": ids, "prompt_tokens": n,
-                 "visual_tokens": int(v.shape[0]), "generate_s": elapsed, "ivtp": info}
-                for ids, n, info, v in zip(out.sequences, out.prompt_tokens, ivtp, visual)]
+                 "visual_tokens": int(v.shape[0]), "generate_s": elapsed, "ivtp": info,
+                 "prefix_tokens": out.prefix_tokens}
+                for ids, n, info, v in zip(out.sequences, out.prompt_tokens, ivtp, visual_rows)]
 
     def process_batch(self, items: list[tuple[PrunedVideo, str]], **overrides: Any) -> list[dict[str, Any]]:
         """Answer several (video, question) pairs in one left-padded batch; kept counts may differ."""

@@ -140,11 +140,14 @@ class GenerationOutput:
         prompt_tokens: per sample, the prompt's length in tokens (visual tokens included, padding not).
         ivtp: per sample ``{"kept": sorted visual-stream indices that survive IVTP,
             "tokens_per_layer": tokens each decoder layer ran on in prefill}``, or None without IVTP.
+        prefix_tokens: the tokens prefilled once for every prompt (:meth:`VideoLLM.generate_about_one_video`),
+            or None where each prompt was prefilled whole.
     """
 
     sequences: list[list[int]]
     prompt_tokens: list[int]
     ivtp: list[dict[str, Any]] | None = None
+    prefix_tokens: int | None = None
 
 
 @dataclass
@@ -604,7 +607,12 @@ class VideoLLM:
                 mm_encoder_outputs={"video": encoded},
                 **generate_kwargs,
             )
-        new_tokens = out[:, inputs["input_ids"].shape[1]:]
+        result = self._answer_ids(out[:, inputs["input_ids"].shape[1]:])
+        ivtp = [ivtp_state.summary(b) for b in range(len(result))] if ivtp_state is not None else None
+        return GenerationOutput(sequences=result, prompt_tokens=inputs["attention_mask"].sum(dim=1).tolist(), ivtp=ivtp)
+
+    def _answer_ids(self, new_tokens: torch.Tensor) -> list[list[int]]:
+        """Generated ids (B, T) → per row the answer: stopped before EOS, trailing padding removed."""
         pad = self.processor.tokenizer.pad_token_id
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
@@ -618,8 +626,78 @@ class VideoLLM:
             while ids and ids[-1] == pad and pad not in eos_ids:
                 ids.pop()
             result.append(ids)
-        ivtp = [ivtp_state.summary(b) for b in range(len(result))] if ivtp_state is not None else None
-        return GenerationOutput(sequences=result, prompt_tokens=inputs["attention_mask"].sum(dim=1).tolist(), ivtp=ivtp)
+        return result
+
+    @staticmethod
+    def reuses_prefix(num_prompts: int, ivtp: Any, generate_kwargs: dict[str, Any]) -> bool:
+        """Whether :meth:`generate_about_one_video` prefills the shared prefix once for this call.
+
+        It does for several prompts under greedy decoding without IVTP (IVTP prunes inside the
+        prefix by each question's attention) and without a streamer (one prompt at a time anyway).
+        """
+        return (num_prompts > 1 and ivtp is None and not generate_kwargs.get("do_sample")
+                and generate_kwargs.get("num_beams", 1) == 1 and generate_kwargs.get("streamer") is None)
+
+    @torch.no_grad()
+    def generate_about_one_video(self, prompts: list[str], visual_tokens: torch.Tensor, layout: Any = None, *,
+                                 ivtp: Any = _DEFAULT, **generate_kwargs) -> GenerationOutput:
+        """Answer several prompts about one video, prefilling what they share once.
+
+        The prompts' token ids agree up to the end of the video's tokens (the chat template's
+        opening, the K visual tokens) and often a little beyond; that shared prefix of P tokens is
+        prefilled once, its KV cache repeated for every prompt, and ``generate`` runs on the whole
+        prompts with the cache holding the first P. Each prompt's rest is padded *between* the
+        prefix and itself (masked out, so positions, which follow the attention mask, are those of
+        the prompt alone). The ids equal :meth:`generate`'s on the same prompts (tested per family).
+
+        Falls back to :meth:`generate` where :meth:`reuses_prefix` says no.
+
+        Args:
+            prompts: chat-formatted prompts, each with one ``<video>``.
+            visual_tokens: (K, D) the video's projected tokens, shared by every prompt.
+            layout: the video's ``PrunedVideo.layout`` (Qwen2.5-VL's positions), or None.
+        """
+        from transformers.cache_utils import DynamicCache
+
+        from .hf_internals import check_prefix_cache_internals, model_cache_keyword
+
+        schedule = self.default_ivtp if ivtp is _DEFAULT else ivtp
+        if not self.reuses_prefix(len(prompts), schedule, generate_kwargs):
+            return self.generate(prompts, [visual_tokens] * len(prompts), None if layout is None else [layout] * len(prompts),
+                                 ivtp=schedule, **generate_kwargs)
+        check_prefix_cache_internals(self.model)
+        count = int(visual_tokens.shape[0])
+        ids = [self.tokenize([p], [count])["input_ids"][0] for p in prompts]  # (L_i,) each, unpadded
+        shortest = min(len(i) for i in ids)
+        shared = 0
+        while shared < shortest and all(int(i[shared]) == int(ids[0][shared]) for i in ids):
+            shared += 1
+        last_video = int((ids[0] == self.video_token_id).nonzero().max())
+        prefix = min(shared, shortest - 1)  # every prompt keeps at least one token of its own to prefill
+        if prefix <= last_video:  # the prompts differ before the video ends: nothing worth sharing
+            return self.generate(prompts, [visual_tokens] * len(prompts), None if layout is None else [layout] * len(prompts),
+                                 ivtp=None, **generate_kwargs)
+        rest = max(len(i) for i in ids) - prefix
+        pad = self.processor.tokenizer.pad_token_id
+        pad = 0 if pad is None else pad
+        rows, masks = [], []
+        for i in ids:
+            gap = rest - (len(i) - prefix)
+            rows.append(torch.cat([i[:prefix], i.new_full((gap,), pad), i[prefix:]]))
+            masks.append(torch.cat([torch.ones(prefix, dtype=torch.long), torch.zeros(gap, dtype=torch.long),
+                                    torch.ones(len(i) - prefix, dtype=torch.long)]))
+        inputs = {"input_ids": torch.stack(rows).to(self.device), "attention_mask": torch.stack(masks).to(self.device)}
+        positions = self.position_inputs(inputs, None if layout is None else [layout] * len(prompts))  # (..., B, L)
+        keyword = model_cache_keyword(self.model)
+        cache = DynamicCache(config=self.model.config)
+        self.model(input_ids=inputs["input_ids"][:1, :prefix], attention_mask=inputs["attention_mask"][:1, :prefix],
+                   mm_encoder_outputs={"video": self.video_encoder_output([visual_tokens])},
+                   use_cache=True, **{keyword: cache},
+                   **{k: v[..., :1, :prefix] for k, v in positions.items()})
+        cache.batch_repeat_interleave(len(prompts))  # (1, ...) → (B, ...) rows of the one prefilled prefix
+        out = self.model.generate(**inputs, **positions, **{keyword: cache}, **generate_kwargs)
+        return GenerationOutput(sequences=self._answer_ids(out[:, inputs["input_ids"].shape[1]:]),
+                                prompt_tokens=[len(i) for i in ids], ivtp=None, prefix_tokens=prefix)
 
     def decode_text(self, ids: list[int]) -> str:
         return self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()

@@ -17,6 +17,11 @@ follow internals instead, and this module is the only place that knows their nam
   head_dim,scale}``.
 * The pruned tokens enter the LLM through ``forward(mm_encoder_outputs=...)`` of the
   conditional-generation classes (5.18 on); :func:`check_mm_encoder_outputs` runs at load.
+* **Prefix reuse** (``VideoLLM.generate_about_one_video``) prefills a video's prompt prefix
+  once into a ``cache_utils.DynamicCache``, repeats its rows with
+  ``DynamicCache.batch_repeat_interleave`` and hands it to ``generate`` under the model
+  forward's cache keyword (:func:`model_cache_keyword`: ``cache`` from 5.24, ``past_key_values``
+  before); :func:`check_prefix_cache_internals` checks all three.
 * **Qwen2.5-VL** (``qwen2_5_vl.py``): the tower's window permutation
   (:func:`qwen_vision_window_index`: ``vision_utils.get_vision_window_index`` in 5.24,
   ``visual.get_window_index`` before), the vision block's ``norm1`` / ``attn.qkv`` /
@@ -50,6 +55,8 @@ __all__ = [
     "check_cls_attention_internals",
     "qwen_vision_window_index",
     "qwen_apply_rotary",
+    "model_cache_keyword",
+    "check_prefix_cache_internals",
 ]
 
 # The transformers releases the suite runs on (CI tests both ends). Equal to pyproject's range
@@ -120,6 +127,26 @@ def causal_mask(*, config, inputs_embeds, attention_mask, cache, position_ids, l
 
     return create_causal_mask(config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                               position_ids=position_ids, layer_idx=layer_idx, **{_mask_cache_keyword(): cache})
+
+
+def model_cache_keyword(model) -> str:
+    """The keyword under which ``model.forward`` (and so ``generate``) takes a KV cache."""
+    params = inspect.signature(model.forward).parameters
+    for name in _CACHE_KEYWORDS:
+        if name in params:
+            return name
+    raise _refuse(f"{type(model).__name__}.forward", "it takes the KV cache as neither 'cache' nor 'past_key_values'")
+
+
+def check_prefix_cache_internals(model) -> None:
+    """Raise :class:`IncompatibleTransformersError` (one line) unless a prefilled prefix can be reused here."""
+    from transformers.cache_utils import DynamicCache
+
+    if not callable(getattr(DynamicCache, "batch_repeat_interleave", None)):
+        raise _refuse("cache_utils.DynamicCache.batch_repeat_interleave", "it is gone")
+    if "config" not in inspect.signature(DynamicCache.__init__).parameters:
+        raise _refuse("cache_utils.DynamicCache.__init__", "it no longer takes config")
+    model_cache_keyword(model)
 
 
 _LAYER_KEYWORDS = ("hidden_states", "attention_mask", "position_ids", "position_embeddings")
