@@ -1,0 +1,148 @@
+"""Benchmark: questions per second with one and several questions per video, with and without prefix reuse.
+
+    python benchmarks/bench_prefix_reuse.py                               # print the table
+    python benchmarks/bench_prefix_reuse.py --write docs/performance.md   # and put it into the docs
+    python benchmarks/bench_prefix_reuse.py --device cuda --layers 32     # the same on a GPU
+
+A Video-LLaVA checkpoint is built with Vicuna-7B's LLM shapes (d=4096, MLP 11008, 32 heads),
+``--layers`` decoder layers and random bf16 weights (speed does not depend on the values), the
+tiny CLIP tower (the tower is not what is measured here) and the project's tiny tokenizer; it
+is saved and loaded through ``VideoQA.from_pretrained`` like any checkpoint. One video is
+pruned to ``--budget`` tokens once; then, interleaved over ``--rounds`` rounds:
+
+* ``1 question``: ``answer(pruned, [q])`` (nothing to share);
+* ``N questions, each prefilled whole``: ``answer(pruned, questions)`` with ``reuse_prefix=False``
+  (one left-padded batch, the video prefilled N times);
+* ``N questions, prefix reused``: the same call with reuse on (the video prefilled once).
+
+The generated ids of the two N-question variants are checked equal. Figures are the fastest
+round of each variant, as questions per second and as ratios to the 1-question rate in the same
+run (the machines here are shared; absolute seconds are only worth quoting from a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidprune import VideoQA
+from vidprune.video_models.tiny import ensure_tiny_checkpoint
+
+MARK_BEGIN = "<!-- bench_prefix_reuse:begin -->"
+MARK_END = "<!-- bench_prefix_reuse:end -->"
+QUESTIONS = ["What is the man holding in his left hand?", "What colour is the car that drives past?",
+             "How many people are in the room at the end?", "Is it raining outside the window?",
+             "What does the woman do after she opens the door?", "Where does the dog run to?",
+             "What is written on the sign?", "Which hand holds the cup?"]
+
+
+def build_checkpoint(out: Path, num_layers: int) -> Path:
+    """The tiny Video-LLaVA checkpoint with its LLM widened to Vicuna-7B shapes (random bf16 weights)."""
+    from transformers import AutoProcessor, VideoLlavaConfig, VideoLlavaForConditionalGeneration
+
+    tiny = ensure_tiny_checkpoint("video_llava")
+    config = VideoLlavaConfig.from_pretrained(tiny)
+    config.text_config.update(dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=num_layers,
+                                   num_attention_heads=32, num_key_value_heads=32, head_dim=128))
+    with torch.device("meta"):
+        model = VideoLlavaForConditionalGeneration(config)
+    model = model.to_empty(device="cpu").to(torch.bfloat16)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():  # cheap, finite values (uninitialised memory may hold denormals / NaN)
+            p.uniform_(-0.02, 0.02, generator=gen)
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    model.save_pretrained(out)
+    AutoProcessor.from_pretrained(tiny).save_pretrained(out)
+    (out / "vidprune_tiny.json").write_text((Path(tiny) / "vidprune_tiny.json").read_text())
+    return out
+
+
+def run(num_layers: int, budget: int, num_questions: int, max_new_tokens: int, rounds: int, device: str) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = build_checkpoint(Path(tmp), num_layers)
+        qa = VideoQA.from_pretrained(str(ckpt), budget=budget, dtype="bfloat16", device=device,
+                                     max_new_tokens=max_new_tokens)
+        frames = np.random.default_rng(0).integers(0, 256, (qa.config.frames, 240, 320, 3), dtype=np.uint8)
+        pruned = qa.prepare(frames)
+        no_reuse = VideoQA(qa.llm, qa.config.replace(reuse_prefix=False), qa.checkpoint_info)
+        questions = QUESTIONS[:num_questions]
+        variants = {
+            "1 question": (qa, questions[:1]),
+            f"{num_questions} questions, each prefilled whole": (no_reuse, questions),
+            f"{num_questions} questions, prefix reused": (qa, questions),
+        }
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        ids: dict[str, list[list[int]]] = {}
+        for name, (runner, qs) in variants.items():  # warm-up
+            ids[name] = [a.token_ids for a in runner.answer(pruned, qs)]
+        names = list(variants)
+        if ids[names[1]] != ids[names[2]]:
+            raise SystemExit("prefix reuse changed the generated ids")
+        for _ in range(rounds):
+            for name, (runner, qs) in variants.items():  # interleaved: load changes hit every variant alike
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                runner.answer(pruned, qs)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                times[name].append(time.perf_counter() - t0)
+        prompt = qa.answer_stage.process_batch([(pruned, q) for q in questions])
+        prefix = prompt[0]["prefix_tokens"]
+        lengths = [o["prompt_tokens"] for o in prompt]
+
+    base_rate = 1 / min(times[names[0]])
+    where = "CPU (2 cores), absolute rates not comparable across runs" if device == "cpu" else device
+    lines = [
+        f"Setup: Video-LLaVA with Vicuna-7B LLM shapes (d=4096, MLP 11008, 32 heads), {num_layers} decoder layers, "
+        f"bf16 on {where}; budget {budget} ({pruned.tokens_count['to_llm']} visual tokens), prompts of "
+        f"{min(lengths)}-{max(lengths)} tokens of which {prefix} are shared, {max_new_tokens} new tokens per answer; "
+        f"fastest of {rounds} interleaved rounds per variant. The two {num_questions}-question variants generate "
+        "identical ids.",
+        "",
+        "| variant | questions / s (ratio to 1 question) |",
+        "|---|---|",
+    ]
+    for name in names:
+        n = len(variants[name][1])
+        rate = n / min(times[name])
+        shown = f"{rate:.3g} ({rate / base_rate:.2f})" if device != "cpu" else f"ratio {rate / base_rate:.2f}"
+        lines.append(f"| {name} | {shown} |")
+    return "\n".join(lines)
+
+
+def write_into(doc: Path, table: str) -> None:
+    text = doc.read_text() if doc.exists() else ""
+    block = f"{MARK_BEGIN}\n{table}\n{MARK_END}"
+    if MARK_BEGIN in text:
+        head, rest = text.split(MARK_BEGIN, 1)
+        text = head + block + rest.split(MARK_END, 1)[1]
+    else:
+        text = text + ("\n" if text else "") + block + "\n"
+    doc.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=2, help="decoder layers (the real model has 32)")
+    parser.add_argument("--budget", type=int, default=227)
+    parser.add_argument("--questions", type=int, default=5, choices=range(2, len(QUESTIONS) + 1))
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--write", type=Path, help="markdown file to write the table into (between markers)")
+    args = parser.parse_args()
+    table = run(args.layers, args.budget, args.questions, args.max_new_tokens, args.rounds, args.device)
+    print(table)
+    if args.write:
+        write_into(args.write, table)
+
+
+if __name__ == "__main__":
+    main()
