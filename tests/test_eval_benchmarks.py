@@ -148,10 +148,12 @@ def test_msvd_qa_release_with_youtube_mapping(tmp_path):
 
 def test_msrvtt_qa_release_and_tgif_frameqa_tsv(tmp_path):
     write_clip(tmp_path / "video" / "video7010.mp4")
-    write_json(tmp_path / "test_qa.json", [{"answer": "man", "category_id": 0, "id": 158581,
-                                            "question": "who is talking?", "video_id": 7010}])
+    # the release's first test row (tests/data/benchmarks/msrvtt_qa names its source)
+    write_json(tmp_path / "test_qa.json", [{"answer": "regard", "category_id": 10, "id": 170859,
+                                            "question": "what is the video doing?", "video_id": 7010}])
     s = load_benchmark("msrvtt_qa", tmp_path / "test_qa.json", tmp_path / "video").samples[0]
-    assert s.video.endswith("video7010.mp4") and s.category == "0"
+    assert s.video.endswith("video7010.mp4") and s.category == "10" and s.sample_id == "170859"
+    assert s.answer == "regard"
     write_clip(tmp_path / "gifs" / "tumblr_nk172bbdPI1u1lr18o1_250.gif")
     write_csv(tmp_path / "Test_frameqa_question.csv", [
         {"gif_name": "tumblr_nk172bbdPI1u1lr18o1_250", "question": "what does a man hold?", "answer": "gun",

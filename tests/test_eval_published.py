@@ -340,7 +340,10 @@ def test_activitynet_both_forms_and_msrvtt_release_rows(tmp_path, form):
         assert s.answer == answers[s.sample_id]["answer"] and s.category == "3"
     path = _msrvtt_release(tmp_path / "msrvtt")
     data = load_benchmark("msrvtt_qa", path, tmp_path / "msrvtt" / "video")
-    assert not data.missing and [s.sample_id for s in data.samples] == ["158581", "158582", "158600"]
+    assert not data.missing and [s.sample_id for s in data.samples] == ["170859"]  # the release's first test row
+    s = data.samples[0]
+    assert s.answer == "regard" and s.category == "10" and s.prompt == s.question == "what is the video doing?"
+    assert s.video.endswith("msrvtt/video/video7010.mp4")
 
 
 def test_video_llava_prompt_style_is_the_named_paper_option(tmp_path):
