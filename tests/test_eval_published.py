@@ -346,6 +346,20 @@ def test_activitynet_both_forms_and_msrvtt_release_rows(tmp_path, form):
     assert s.video.endswith("msrvtt/video/video7010.mp4")
 
 
+def test_tgif_qa_in_video_llavas_test_q_and_test_a_form(tmp_path):
+    """Video-LLaVA's GPT_Zero_Shot_QA/TGIF_Zero_Shot_QA: test_q.json + test_a.json, clips mp4/<video_name>.mp4."""
+    root = tmp_path / "TGIF_Zero_Shot_QA"
+    shutil.copytree(DATA / "tgif_qa" / "video_llava", root)
+    write_clip(root / "mp4" / "tumblr_nk172bbdPI1u1lr18o1_250.mp4")
+    for given in ("test_q.json", "test_a.json"):  # either file of the pair
+        data = load_benchmark("tgif_qa", root / given, root / "mp4")
+        assert not data.missing and len(data.samples) == 1
+        s = data.samples[0]
+        assert s.sample_id == "v_tumblr_nk172bbdPI1u1lr18o1_250_0" and s.answer == "flap wings" and s.category == "3"
+        assert s.prompt == s.question == "What does the butterfly do 10 or more than 10 times ?"
+        assert s.video.endswith("TGIF_Zero_Shot_QA/mp4/tumblr_nk172bbdPI1u1lr18o1_250.mp4")
+
+
 def test_video_llava_prompt_style_is_the_named_paper_option(tmp_path):
     path = _videomme_release(tmp_path, "parquet")
     s = load_benchmark("videomme", path, tmp_path, prompt_style="video_llava").samples[0]
