@@ -316,12 +316,14 @@ def test_msvd_qa_release_with_renamed_clips_and_with_youtube_names(tmp_path):
     data = load_benchmark("msvd_qa", path, tmp_path / "video")
     assert not data.missing and [s.sample_id for s in data.samples] == ["30933", "30934"]
     assert all(s.video.endswith("video/vid1201.avi") for s in data.samples) and data.samples[1].answer == "man"
-    # the YouTube clip names of MSVD's YouTubeClips, through youtube_mapping.txt (a constructed row of video 1)
-    write_clip(tmp_path / "YouTubeClips" / "-4wsuPCjDBc_5_15.avi")
-    (tmp_path / "test_qa.json").write_text(json.dumps([{"answer": "a", "id": 1, "question": "q?", "video_id": 1}]))
-    s = load_benchmark("msvd_qa", tmp_path / "test_qa.json", tmp_path / "YouTubeClips").samples[0]
-    assert s.video.endswith("-4wsuPCjDBc_5_15.avi")
+    # the same rows over the YouTube clip names of MSVD's YouTubeClips, through the mapping's line
+    # "bQJQGoJF7_k_162_169 vid1201"
+    write_clip(tmp_path / "YouTubeClips" / "bQJQGoJF7_k_162_169.avi")
+    data = load_benchmark("msvd_qa", path, tmp_path / "YouTubeClips")
+    assert not data.missing and [s.answer for s in data.samples] == ["someone", "man"]
+    assert all(s.video.endswith("YouTubeClips/bQJQGoJF7_k_162_169.avi") for s in data.samples)
     # Video-LLaVA's test_q.json names the YouTube clip; renamed clips are found through the mapping too
+    # (a constructed pair in that form: no quoted row of Video-LLaVA's MSVD copy was found)
     (tmp_path / "test_q.json").write_text(json.dumps([{"video_name": "-4wsuPCjDBc_5_15", "question": "q?",
                                                        "question_id": "v1_0"}]))
     (tmp_path / "test_a.json").write_text(json.dumps([{"answer": "a", "question_id": "v1_0"}]))
