@@ -138,20 +138,24 @@ def test_open_ended_question_answer_pairs(tmp_path, name, ext):
 
 
 def test_msvd_qa_release_with_youtube_mapping(tmp_path):
-    write_clip(tmp_path / "YouTubeClips" / "-4wsuPCjDBc_5_15.avi")
-    (tmp_path / "youtube_mapping.txt").write_text("-4wsuPCjDBc_5_15 vid1\nother_1_2 vid2\n")
-    write_json(tmp_path / "test_qa.json", [{"answer": "cat", "id": 30933, "question": "what is eating?",
-                                            "video_id": 1}])
-    s = load_benchmark("msvd_qa", tmp_path / "test_qa.json", tmp_path / "YouTubeClips").samples[0]
-    assert s.sample_id == "30933" and s.video.endswith("-4wsuPCjDBc_5_15.avi") and s.answer == "cat"
+    # a released val_qa.json row and its youtube_mapping.txt line (tests/data/benchmarks/msvd_qa names the sources)
+    write_clip(tmp_path / "YouTubeClips" / "bQJQGoJF7_k_162_169.avi")
+    (tmp_path / "youtube_mapping.txt").write_text("-4wsuPCjDBc_5_15 vid1\r\nbQJQGoJF7_k_162_169 vid1201\r\n")
+    write_json(tmp_path / "val_qa.json", [{"answer": "someone", "id": 30933, "question": "who pours liquid from a "
+                                           "plastic container into a ziploc bag containing meat pieces?",
+                                           "video_id": 1201}])
+    s = load_benchmark("msvd_qa", tmp_path / "val_qa.json", tmp_path / "YouTubeClips").samples[0]
+    assert s.sample_id == "30933" and s.video.endswith("bQJQGoJF7_k_162_169.avi") and s.answer == "someone"
 
 
 def test_msrvtt_qa_release_and_tgif_frameqa_tsv(tmp_path):
     write_clip(tmp_path / "video" / "video7010.mp4")
-    write_json(tmp_path / "test_qa.json", [{"answer": "man", "category_id": 0, "id": 158581,
-                                            "question": "who is talking?", "video_id": 7010}])
+    # the release's first test row (tests/data/benchmarks/msrvtt_qa names its source)
+    write_json(tmp_path / "test_qa.json", [{"answer": "regard", "category_id": 10, "id": 170859,
+                                            "question": "what is the video doing?", "video_id": 7010}])
     s = load_benchmark("msrvtt_qa", tmp_path / "test_qa.json", tmp_path / "video").samples[0]
-    assert s.video.endswith("video7010.mp4") and s.category == "0"
+    assert s.video.endswith("video7010.mp4") and s.category == "10" and s.sample_id == "170859"
+    assert s.answer == "regard"
     write_clip(tmp_path / "gifs" / "tumblr_nk172bbdPI1u1lr18o1_250.gif")
     write_csv(tmp_path / "Test_frameqa_question.csv", [
         {"gif_name": "tumblr_nk172bbdPI1u1lr18o1_250", "question": "what does a man hold?", "answer": "gun",

@@ -316,12 +316,14 @@ def test_msvd_qa_release_with_renamed_clips_and_with_youtube_names(tmp_path):
     data = load_benchmark("msvd_qa", path, tmp_path / "video")
     assert not data.missing and [s.sample_id for s in data.samples] == ["30933", "30934"]
     assert all(s.video.endswith("video/vid1201.avi") for s in data.samples) and data.samples[1].answer == "man"
-    # the YouTube clip names of MSVD's YouTubeClips, through youtube_mapping.txt (a constructed row of video 1)
-    write_clip(tmp_path / "YouTubeClips" / "-4wsuPCjDBc_5_15.avi")
-    (tmp_path / "test_qa.json").write_text(json.dumps([{"answer": "a", "id": 1, "question": "q?", "video_id": 1}]))
-    s = load_benchmark("msvd_qa", tmp_path / "test_qa.json", tmp_path / "YouTubeClips").samples[0]
-    assert s.video.endswith("-4wsuPCjDBc_5_15.avi")
+    # the same rows over the YouTube clip names of MSVD's YouTubeClips, through the mapping's line
+    # "bQJQGoJF7_k_162_169 vid1201"
+    write_clip(tmp_path / "YouTubeClips" / "bQJQGoJF7_k_162_169.avi")
+    data = load_benchmark("msvd_qa", path, tmp_path / "YouTubeClips")
+    assert not data.missing and [s.answer for s in data.samples] == ["someone", "man"]
+    assert all(s.video.endswith("YouTubeClips/bQJQGoJF7_k_162_169.avi") for s in data.samples)
     # Video-LLaVA's test_q.json names the YouTube clip; renamed clips are found through the mapping too
+    # (a constructed pair in that form: no quoted row of Video-LLaVA's MSVD copy was found)
     (tmp_path / "test_q.json").write_text(json.dumps([{"video_name": "-4wsuPCjDBc_5_15", "question": "q?",
                                                        "question_id": "v1_0"}]))
     (tmp_path / "test_a.json").write_text(json.dumps([{"answer": "a", "question_id": "v1_0"}]))
@@ -340,7 +342,24 @@ def test_activitynet_both_forms_and_msrvtt_release_rows(tmp_path, form):
         assert s.answer == answers[s.sample_id]["answer"] and s.category == "3"
     path = _msrvtt_release(tmp_path / "msrvtt")
     data = load_benchmark("msrvtt_qa", path, tmp_path / "msrvtt" / "video")
-    assert not data.missing and [s.sample_id for s in data.samples] == ["158581", "158582", "158600"]
+    assert not data.missing and [s.sample_id for s in data.samples] == ["170859"]  # the release's first test row
+    s = data.samples[0]
+    assert s.answer == "regard" and s.category == "10" and s.prompt == s.question == "what is the video doing?"
+    assert s.video.endswith("msrvtt/video/video7010.mp4")
+
+
+def test_tgif_qa_in_video_llavas_test_q_and_test_a_form(tmp_path):
+    """Video-LLaVA's GPT_Zero_Shot_QA/TGIF_Zero_Shot_QA: test_q.json + test_a.json, clips mp4/<video_name>.mp4."""
+    root = tmp_path / "TGIF_Zero_Shot_QA"
+    shutil.copytree(DATA / "tgif_qa" / "video_llava", root)
+    write_clip(root / "mp4" / "tumblr_nk172bbdPI1u1lr18o1_250.mp4")
+    for given in ("test_q.json", "test_a.json"):  # either file of the pair
+        data = load_benchmark("tgif_qa", root / given, root / "mp4")
+        assert not data.missing and len(data.samples) == 1
+        s = data.samples[0]
+        assert s.sample_id == "v_tumblr_nk172bbdPI1u1lr18o1_250_0" and s.answer == "flap wings" and s.category == "3"
+        assert s.prompt == s.question == "What does the butterfly do 10 or more than 10 times ?"
+        assert s.video.endswith("TGIF_Zero_Shot_QA/mp4/tumblr_nk172bbdPI1u1lr18o1_250.mp4")
 
 
 def test_video_llava_prompt_style_is_the_named_paper_option(tmp_path):
