@@ -29,35 +29,9 @@ import numpy as np
 import torch
 
 from vidprune import VideoQA
-from vidprune.video_models.tiny import ensure_tiny_checkpoint
+from seven_b import build_checkpoint, write_into  # benchmarks/seven_b.py
 
-MARK_BEGIN = "<!-- bench_ask:begin -->"
-MARK_END = "<!-- bench_ask:end -->"
 QUESTION = "What is the man holding in his left hand?"
-
-
-def build_checkpoint(out: Path, num_layers: int) -> Path:
-    """The tiny Video-LLaVA checkpoint at 7B shapes: ViT-L/14 tower, ``num_layers`` Vicuna-7B layers."""
-    from transformers import AutoProcessor, VideoLlavaConfig, VideoLlavaForConditionalGeneration
-
-    tiny = ensure_tiny_checkpoint("video_llava")
-    config = VideoLlavaConfig.from_pretrained(tiny)
-    config.text_config.update(dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=num_layers,
-                                   num_attention_heads=32, num_key_value_heads=32, head_dim=128))
-    config.vision_config.update(dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                     num_attention_heads=16, image_size=224, patch_size=14, projection_dim=768))
-    with torch.device("meta"):
-        model = VideoLlavaForConditionalGeneration(config)
-    model = model.to_empty(device="cpu").to(torch.bfloat16)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():  # cheap, finite values (uninitialised memory may hold denormals / NaN)
-            p.uniform_(-0.02, 0.02, generator=gen)
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
-    model.save_pretrained(out)
-    AutoProcessor.from_pretrained(tiny).save_pretrained(out)
-    (out / "vidprune_tiny.json").write_text((Path(tiny) / "vidprune_tiny.json").read_text())
-    return out
 
 
 def _timed_ask(qa: VideoQA, frames: np.ndarray, device: str) -> tuple[float, dict[str, float], dict]:
@@ -73,7 +47,7 @@ def _timed_ask(qa: VideoQA, frames: np.ndarray, device: str) -> tuple[float, dic
 
 def run(num_layers: int, budgets: list[int], max_new_tokens: int, rounds: int, device: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = build_checkpoint(Path(tmp), num_layers)
+        ckpt = build_checkpoint("video_llava", Path(tmp), num_layers, vit_l=True)
         common = dict(dtype="bfloat16", device=device, max_new_tokens=max_new_tokens)
         full = VideoQA.from_pretrained(str(ckpt), budget=None, dedup=False, **common)
         variants = {"unpruned": full}
@@ -117,17 +91,6 @@ def run(num_layers: int, budgets: list[int], max_new_tokens: int, rounds: int, d
     return "\n".join(lines)
 
 
-def write_into(doc: Path, table: str) -> None:
-    text = doc.read_text() if doc.exists() else ""
-    block = f"{MARK_BEGIN}\n{table}\n{MARK_END}"
-    if MARK_BEGIN in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text + ("\n" if text else "") + block + "\n"
-    doc.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=4, help="decoder layers (the real model has 32)")
@@ -140,7 +103,7 @@ def main() -> None:
     table = run(args.layers, [int(b) for b in args.budgets.split(",")], args.max_new_tokens, args.rounds, args.device)
     print(table)
     if args.write:
-        write_into(args.write, table)
+        write_into(args.write, "bench_ask", table)
 
 
 if __name__ == "__main__":

@@ -31,41 +31,17 @@ import numpy as np
 import torch
 
 from vidprune import VideoQA
-from vidprune.video_models.tiny import ensure_tiny_checkpoint
+from seven_b import build_checkpoint, write_into  # benchmarks/seven_b.py
 
-MARK_BEGIN = "<!-- bench_prefix_reuse:begin -->"
-MARK_END = "<!-- bench_prefix_reuse:end -->"
 QUESTIONS = ["What is the man holding in his left hand?", "What colour is the car that drives past?",
              "How many people are in the room at the end?", "Is it raining outside the window?",
              "What does the woman do after she opens the door?", "Where does the dog run to?",
              "What is written on the sign?", "Which hand holds the cup?"]
 
 
-def build_checkpoint(out: Path, num_layers: int) -> Path:
-    """The tiny Video-LLaVA checkpoint with its LLM widened to Vicuna-7B shapes (random bf16 weights)."""
-    from transformers import AutoProcessor, VideoLlavaConfig, VideoLlavaForConditionalGeneration
-
-    tiny = ensure_tiny_checkpoint("video_llava")
-    config = VideoLlavaConfig.from_pretrained(tiny)
-    config.text_config.update(dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=num_layers,
-                                   num_attention_heads=32, num_key_value_heads=32, head_dim=128))
-    with torch.device("meta"):
-        model = VideoLlavaForConditionalGeneration(config)
-    model = model.to_empty(device="cpu").to(torch.bfloat16)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():  # cheap, finite values (uninitialised memory may hold denormals / NaN)
-            p.uniform_(-0.02, 0.02, generator=gen)
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
-    model.save_pretrained(out)
-    AutoProcessor.from_pretrained(tiny).save_pretrained(out)
-    (out / "vidprune_tiny.json").write_text((Path(tiny) / "vidprune_tiny.json").read_text())
-    return out
-
-
 def run(num_layers: int, budget: int, num_questions: int, max_new_tokens: int, rounds: int, device: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = build_checkpoint(Path(tmp), num_layers)
+        ckpt = build_checkpoint("video_llava", Path(tmp), num_layers)
         qa = VideoQA.from_pretrained(str(ckpt), budget=budget, dtype="bfloat16", device=device,
                                      max_new_tokens=max_new_tokens)
         frames = np.random.default_rng(0).integers(0, 256, (qa.config.frames, 240, 320, 3), dtype=np.uint8)
@@ -117,17 +93,6 @@ def run(num_layers: int, budget: int, num_questions: int, max_new_tokens: int, r
     return "\n".join(lines)
 
 
-def write_into(doc: Path, table: str) -> None:
-    text = doc.read_text() if doc.exists() else ""
-    block = f"{MARK_BEGIN}\n{table}\n{MARK_END}"
-    if MARK_BEGIN in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text + ("\n" if text else "") + block + "\n"
-    doc.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=2, help="decoder layers (the real model has 32)")
@@ -141,7 +106,7 @@ def main() -> None:
     table = run(args.layers, args.budget, args.questions, args.max_new_tokens, args.rounds, args.device)
     print(table)
     if args.write:
-        write_into(args.write, table)
+        write_into(args.write, "bench_prefix_reuse", table)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,70 @@
+"""Run the benchmarks that fill docs/performance.md, one after another, with one command.
+
+    python benchmarks/run_all.py                    # CPU: small layer counts, writes docs/performance.md
+    python benchmarks/run_all.py --device cuda      # a GPU: the full 32 layers, absolute times too
+    python benchmarks/run_all.py --only prefill,ask # a subset
+
+Each benchmark runs in its own process (its variants interleaved inside it, ratios from that
+one run) and writes its table between its markers in ``--write``. The Ray pipeline
+(``bench_pipeline.py``, needs a local Ray) and the demo (``bench_demo.py``, needs a browser)
+are run on their own; docs/performance.md links their figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def commands(device: str, layers: int | None, write: Path) -> dict[str, list[str]]:
+    """name → argv of each benchmark; ``layers`` None: each one's default for the device."""
+    gpu = device != "cpu"
+
+    def n(cpu_default: int) -> list[str]:
+        return ["--layers", str(layers if layers is not None else (32 if gpu else cpu_default))]
+
+    dev = ["--device", device]
+    out = ["--write", str(write)]
+    return {
+        "prefill": ["bench_prefill.py", *n(1), *dev, *out],
+        "ask": ["bench_ask.py", *n(4), *dev, *out],
+        "prefix_reuse": ["bench_prefix_reuse.py", *n(2), *dev, *out],
+        "ivtp": ["bench_ivtp.py", *n(2), "--rounds", "3", *out],  # CPU only: it builds the model on the CPU
+        "decode": ["bench_decode.py", "--only", "long", "--no-decord", *out],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--layers", type=int, help="decoder layers for every LLM benchmark (default: 32 on a GPU, "
+                                                   "a few on the CPU)")
+    parser.add_argument("--only", help="comma-separated subset of: prefill, ask, prefix_reuse, ivtp, decode")
+    parser.add_argument("--write", type=Path, default=HERE.parent / "docs" / "performance.md")
+    args = parser.parse_args()
+    todo = commands(args.device, args.layers, args.write)
+    if args.only:
+        names = args.only.split(",")
+        unknown = sorted(set(names) - set(todo))
+        if unknown:
+            parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(todo)}")
+        todo = {k: v for k, v in todo.items() if k in names}
+    for i, (name, argv) in enumerate(todo.items(), 1):
+        print(f"[{i}/{len(todo)}] {name}: python benchmarks/{' '.join(argv)}", flush=True)
+        t0 = time.perf_counter()
+        done = subprocess.run([sys.executable, str(HERE / argv[0]), *argv[1:]])
+        if done.returncode != 0:
+            print(f"run_all: {name} failed (exit {done.returncode}); the tables written so far stay in {args.write}",
+                  file=sys.stderr)
+            return 1
+        print(f"[{i}/{len(todo)}] {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Checkpoints at the real 7B shapes with random weights, and the docs writer, shared by the benchmarks.
+
+Speed does not depend on the weights' values, so the benchmarks widen the project's tiny
+checkpoints (``vidprune.video_models.tiny``: its tokenizer, processor and chat template) to the
+shapes of the released models, fill the weights with cheap finite values, save the result and
+load it with ``VideoQA.from_pretrained`` like any checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vidprune.video_models.tiny import ensure_tiny_checkpoint
+
+# Vicuna-7B, the LLM of Video-LLaVA-7B and LLaVA-NeXT-Video-7B
+VICUNA_7B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32, head_dim=128)
+# CLIP ViT-L/14, the tower of both (224 px for Video-LLaVA, 336 px for LLaVA-NeXT-Video)
+VIT_L_14 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=14,
+                projection_dim=768)
+
+
+def build_checkpoint(family: str, out: Path, num_layers: int, *, vit_l: bool = False) -> Path:
+    """The tiny ``family`` checkpoint with ``num_layers`` Vicuna-7B decoder layers (and the ViT-L/14 tower
+    with ``vit_l``), random bf16 weights, saved in ``out``."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    tiny = ensure_tiny_checkpoint(family)
+    config = AutoConfig.from_pretrained(tiny)
+    config.text_config.update({**VICUNA_7B, "num_hidden_layers": num_layers})
+    if vit_l:
+        config.vision_config.update(VIT_L_14)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    model = model.to_empty(device="cpu").to(torch.bfloat16)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():  # cheap, finite values (uninitialised memory may hold denormals / NaN)
+            p.uniform_(-0.02, 0.02, generator=gen)
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    model.save_pretrained(out)
+    AutoProcessor.from_pretrained(tiny).save_pretrained(out)
+    (out / "vidprune_tiny.json").write_text((Path(tiny) / "vidprune_tiny.json").read_text())
+    return out
+
+
+def write_into(doc: Path, name: str, table: str) -> None:
+    """Put ``table`` between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in ``doc`` (appended if absent)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = doc.read_text() if doc.exists() else ""
+    block = f"{begin}\n{table}\n{end}"
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text + ("\n" if text else "") + block + "\n"
+    doc.write_text(text)
