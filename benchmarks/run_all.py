@@ -34,7 +34,8 @@ def commands(device: str, layers: int | None, write: Path) -> dict[str, list[str
         "prefill": ["bench_prefill.py", *n(1), *dev, *out],
         "ask": ["bench_ask.py", *n(4), *dev, *out],
         "prefix_reuse": ["bench_prefix_reuse.py", *n(2), *dev, *out],
-        "ivtp": ["bench_ivtp.py", *n(2), "--rounds", "3", *out],  # CPU only: it builds the model on the CPU
+        # CPU only (it builds the model on the CPU); k must be below the layer count
+        "ivtp": ["bench_ivtp.py", *n(2), "--rounds", "3", *([] if gpu else ["--settings", "1:0.5,1:0.25"]), *out],
         "decode": ["bench_decode.py", "--only", "long", "--no-decord", *out],
     }
 
