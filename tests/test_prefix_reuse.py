@@ -104,3 +104,20 @@ def test_the_cli_flag_turns_reuse_off():
     add_option_flags(parser)
     assert options_from_args(parser.parse_args(["--no-prefix-reuse"]))["reuse_prefix"] is False
     assert "reuse_prefix" not in options_from_args(parser.parse_args([]))
+
+
+def test_reuse_over_a_model_that_also_serves_an_ivtp_arm(tiny_checkpoints, random_frames):
+    """As in an eval sweep: the model was loaded with IVTP (its layers wrapped), another arm answers without."""
+    import dataclasses
+
+    ivtp = VideoQA.from_pretrained(tiny_checkpoints["video_llava"], budget=60, ivtp_layer=1, ivtp_keep=0.5,
+                                   max_new_tokens=8)
+    plain_cfg = dataclasses.replace(ivtp.config, ivtp_layer=None, ivtp_keep=None)
+    plain = VideoQA(ivtp.llm, plain_cfg, ivtp.checkpoint_info)
+    whole = VideoQA(ivtp.llm, dataclasses.replace(plain_cfg, reuse_prefix=False), ivtp.checkpoint_info)
+    pruned = plain.prepare(random_frames(8, seed=8))
+    questions = QUESTIONS[:3]
+    outs = plain.answer_stage.process_batch([(pruned, q) for q in questions])
+    assert all(o["prefix_tokens"] is not None and o["ivtp"] is None for o in outs)
+    assert [o["token_ids"] for o in outs] == _ids(whole.answer(pruned, questions)) \
+        == [plain.answer(pruned, [q])[0].token_ids for q in questions]
