@@ -692,7 +692,7 @@ class VideoLLM:
         cache = DynamicCache(config=self.model.config)
         self.model(input_ids=inputs["input_ids"][:1, :prefix], attention_mask=inputs["attention_mask"][:1, :prefix],
                    mm_encoder_outputs={"video": self.video_encoder_output([visual_tokens])},
-                   use_cache=True, **{keyword: cache},
+                   use_cache=True, logits_to_keep=1, **{keyword: cache},  # logits of the prefix are not needed
                    **{k: v[..., :1, :prefix] for k, v in positions.items()})
         cache.batch_repeat_interleave(len(prompts))  # (1, ...) → (B, ...) rows of the one prefilled prefix
         out = self.model.generate(**inputs, **positions, **{keyword: cache}, **generate_kwargs)
