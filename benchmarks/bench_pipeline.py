@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vision-layers", type=int, default=6)
     p.add_argument("--work-dir", help="where checkpoints and videos go (default: a temp dir)")
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--write", type=Path, help="markdown file to write the tables into (between markers)")
     args = p.parse_args(argv)
 
     import ray
@@ -282,9 +283,20 @@ def main(argv: list[str] | None = None) -> int:
     ray.shutdown()
 
     print(json.dumps(results, indent=2))
-    print(_markdown(results))
+    tables = _markdown(results)
+    print(tables)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+    if args.write:
+        from seven_b import write_into  # benchmarks/seven_b.py
+
+        machine = results["machine"]
+        setup = (f"Setup: {machine['cores']} CPU cores (1-minute load {machine['load_avg_1m_at_start']:.1f} at the start, "
+                 f"{machine['load_avg_1m_at_end']:.1f} at the end), local Ray, a CLIP tower {args.vision_width} wide and "
+                 f"{args.vision_layers} deep in fp32 with random weights, segments of {SEGMENT_FRAMES} frames, budget "
+                 f"{BUDGET}, medians of {args.repeats} interleaved rounds; the long video is {args.long_factor}x the short "
+                 "one, every frame sampled.")
+        write_into(args.write, "bench_pipeline", setup + "\n\n" + tables)
     return 0
 
 

@@ -5,16 +5,18 @@
     python benchmarks/run_all.py --only prefill,ask # a subset
 
 Each benchmark runs in its own process (its variants interleaved inside it, ratios from that
-one run) and writes its table between its markers in ``--write``. The Ray pipeline
-(``bench_pipeline.py``, needs a local Ray) and the demo (``bench_demo.py``, needs a browser)
-are run on their own; docs/performance.md links their figures.
+one run) and writes its table between its markers in ``--write``. The Ray pipeline runs on a
+local Ray it starts on 127.0.0.2. The demo (``bench_demo.py``, a real server driven over
+WebSockets) is run on its own; docs/performance.md links its figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +39,8 @@ def commands(device: str, layers: int | None, write: Path) -> dict[str, list[str
         # CPU only (it builds the model on the CPU); k must be below the layer count
         "ivtp": ["bench_ivtp.py", *n(2), "--rounds", "3", *([] if gpu else ["--settings", "1:0.5,1:0.25"]), *out],
         "decode": ["bench_decode.py", "--only", "long", "--no-decord", *out],
+        # a local Ray on 127.0.0.2 (HOME: a folder whose bootstrap config says "local", so Ray probes no cloud)
+        "pipeline": ["bench_pipeline.py", "--node-ip-address", "127.0.0.2", *out],
     }
 
 
@@ -45,7 +49,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--layers", type=int, help="decoder layers for every LLM benchmark (default: 32 on a GPU, "
                                                    "a few on the CPU)")
-    parser.add_argument("--only", help="comma-separated subset of: prefill, ask, prefix_reuse, ivtp, decode")
+    parser.add_argument("--only", help="comma-separated subset of: prefill, ask, prefix_reuse, ivtp, decode, pipeline")
     parser.add_argument("--write", type=Path, default=HERE.parent / "docs" / "performance.md")
     args = parser.parse_args()
     todo = commands(args.device, args.layers, args.write)
@@ -58,7 +62,12 @@ def main() -> int:
     for i, (name, argv) in enumerate(todo.items(), 1):
         print(f"[{i}/{len(todo)}] {name}: python benchmarks/{' '.join(argv)}", flush=True)
         t0 = time.perf_counter()
-        done = subprocess.run([sys.executable, str(HERE / argv[0]), *argv[1:]])
+        env = None
+        if name == "pipeline":
+            home = Path(tempfile.mkdtemp(prefix="vidprune-bench-home-"))
+            (home / "ray_bootstrap_config.yaml").write_text("provider: {type: local}\n")
+            env = {**os.environ, "HOME": str(home)}
+        done = subprocess.run([sys.executable, str(HERE / argv[0]), *argv[1:]], env=env)
         if done.returncode != 0:
             print(f"run_all: {name} failed (exit {done.returncode}); the tables written so far stay in {args.write}",
                   file=sys.stderr)
