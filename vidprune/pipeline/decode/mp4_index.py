@@ -116,6 +116,13 @@ def _full_box(data: bytes, body: int) -> tuple[int, int]:
     return data[body], body + 4
 
 
+def _table(data: bytes, found: dict, name: bytes) -> tuple[int, int, int, int]:
+    """(version, offset of the first entry, entry count, box end) of a sample-table full box."""
+    body, stop = found[name]
+    version, at = _full_box(data, body)
+    return version, at + 4, struct.unpack_from(">I", data, at)[0], stop
+
+
 def _u32_array(data: bytes, at: int, count: int, stop: int, per: int = 1) -> np.ndarray:
     n = count * per
     if at + 4 * n > stop:
@@ -168,22 +175,18 @@ def _track_table(data: bytes, trak: tuple[int, int], movie_timescale: int, moov_
         raise IndexUnusable("the video track lists no samples")
 
     # decoding times
-    body, stop = found[b"stts"]
-    _, at = _full_box(data, body)
-    entries = struct.unpack_from(">I", data, at)[0]
-    runs = _u32_array(data, at + 4, entries, stop, per=2).reshape(-1, 2)
+    _, at, entries, stop = _table(data, found, b"stts")
+    runs = _u32_array(data, at, entries, stop, per=2).reshape(-1, 2)
     deltas = _expand_runs(runs[:, 0], runs[:, 1], n, "stts")
     dts = np.concatenate([[0], np.cumsum(deltas[:-1])]).astype(np.int64)
 
     # composition offsets (version 1: signed)
     pts = dts.copy()
     if b"ctts" in found:
-        body, stop = found[b"ctts"]
-        version, at = _full_box(data, body)
-        entries = struct.unpack_from(">I", data, at)[0]
-        if at + 4 + 8 * entries > stop:
+        version, at, entries, stop = _table(data, found, b"ctts")
+        if at + 8 * entries > stop:
             raise IndexUnusable("'ctts' is shorter than its entry count")
-        raw = np.frombuffer(data, dtype=">u4" if version == 0 else ">i4", count=2 * entries, offset=at + 4)
+        raw = np.frombuffer(data, dtype=">u4" if version == 0 else ">i4", count=2 * entries, offset=at)
         runs = raw.astype(np.int64).reshape(-1, 2)
         if version == 0:  # many muxers write negative offsets in version 0: read them as signed
             runs[:, 1] = np.where(runs[:, 1] >= 2**31, runs[:, 1] - 2**32, runs[:, 1])
@@ -192,10 +195,8 @@ def _track_table(data: bytes, trak: tuple[int, int], movie_timescale: int, moov_
     # keyframes
     keyframe = np.ones(n, dtype=bool)
     if b"stss" in found:
-        body, stop = found[b"stss"]
-        _, at = _full_box(data, body)
-        entries = struct.unpack_from(">I", data, at)[0]
-        sync = _u32_array(data, at + 4, entries, stop) - 1
+        _, at, entries, stop = _table(data, found, b"stss")
+        sync = _u32_array(data, at, entries, stop) - 1
         if sync.size and (sync.min() < 0 or sync.max() >= n):
             raise IndexUnusable("'stss' names a sample the track does not have")
         keyframe[:] = False
@@ -203,23 +204,17 @@ def _track_table(data: bytes, trak: tuple[int, int], movie_timescale: int, moov_
 
     # byte offsets: chunks (stco / co64), samples per chunk (stsc)
     if b"stco" in found:
-        body, stop = found[b"stco"]
-        _, at = _full_box(data, body)
-        entries = struct.unpack_from(">I", data, at)[0]
-        chunk_offsets = _u32_array(data, at + 4, entries, stop)
+        _, at, entries, stop = _table(data, found, b"stco")
+        chunk_offsets = _u32_array(data, at, entries, stop)
     elif b"co64" in found:
-        body, stop = found[b"co64"]
-        _, at = _full_box(data, body)
-        entries = struct.unpack_from(">I", data, at)[0]
-        if at + 4 + 8 * entries > stop:
+        _, at, entries, stop = _table(data, found, b"co64")
+        if at + 8 * entries > stop:
             raise IndexUnusable("'co64' is shorter than its entry count")
-        chunk_offsets = np.frombuffer(data, dtype=">u8", count=entries, offset=at + 4).astype(np.int64)
+        chunk_offsets = np.frombuffer(data, dtype=">u8", count=entries, offset=at).astype(np.int64)
     else:
         raise IndexUnusable("the video track has no chunk offsets")
-    body, stop = found[b"stsc"]
-    _, at = _full_box(data, body)
-    entries = struct.unpack_from(">I", data, at)[0]
-    stsc = _u32_array(data, at + 4, entries, stop, per=3).reshape(-1, 3)  # first chunk (1-based), samples, desc
+    _, at, entries, stop = _table(data, found, b"stsc")
+    stsc = _u32_array(data, at, entries, stop, per=3).reshape(-1, 3)  # first chunk (1-based), samples, desc
     num_chunks = int(chunk_offsets.size)
     if entries == 0 or stsc[0, 0] != 1 or np.any(np.diff(stsc[:, 0]) <= 0) or stsc[:, 1].min() <= 0:
         raise IndexUnusable("'stsc' is inconsistent")
@@ -238,10 +233,7 @@ def _track_table(data: bytes, trak: tuple[int, int], movie_timescale: int, moov_
 
     edits: list[tuple[int, int, float]] = []
     if b"elst" in found:
-        body, stop = found[b"elst"]
-        version, at = _full_box(data, body)
-        entries = struct.unpack_from(">I", data, at)[0]
-        at += 4
+        version, at, entries, stop = _table(data, found, b"elst")
         for _ in range(entries):
             if version == 1:
                 if at + 20 > stop:
