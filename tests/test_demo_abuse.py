@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import socket
-import subprocess
-import sys
 import time
 
 import aiohttp
 import pytest
 
+from demo_process import running_demo
 from test_demo_server import FRAMES, HOSTILE_QUESTIONS, HOSTILE_TEXTS, hostile_frames, is_type, read_for, receive
 from vidprune.demo.limits import MAX_MESSAGE_BYTES
 from vidprune.qa import MAX_QUESTION_CHARS
@@ -37,29 +35,10 @@ TABS = 3  # --max-sessions: the load phase fills every place
 def demo(video_llava_ckpt, tmp_path_factory):
     """`vidprune demo --token` on 127.0.0.1 (a free port): (page URL with token, base URL, log path, process)."""
     log = tmp_path_factory.mktemp("demo_abuse") / "server.log"
-    cmd = [sys.executable, "-m", "vidprune.cli", "demo", "--model", video_llava_ckpt, "--port", "0", "--token",
-           "--fps", "10", "--window", "10", "--budget", "1600", "--max-new-tokens", "6",
-           "--max-sessions", str(TABS), "--client-timeout", str(CLIENT_TIMEOUT_S)]
-    with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
-        url = None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and proc.poll() is None:
-            match = re.search(r"open (http://127\.0\.0\.1:\d+/\?token=[\w-]+)", proc.stdout.readline())
-            if match:
-                url = match.group(1)
-                break
-        if url is None:
-            proc.kill()
-            pytest.fail(f"`vidprune demo --token` did not print a URL with its token; log:\n{log.read_text()}")
-        try:
-            yield url, url.split("?")[0], log, proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    flags = ["--fps", "10", "--window", "10", "--budget", "1600", "--max-new-tokens", "6",
+             "--max-sessions", str(TABS), "--client-timeout", str(CLIENT_TIMEOUT_S)]
+    with running_demo(video_llava_ckpt, log, *flags, start_timeout_s=START_TIMEOUT_S) as (url, proc):
+        yield url, url.split("?")[0], log, proc
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 

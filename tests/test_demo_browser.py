@@ -11,12 +11,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
+
+from demo_process import running_demo
 
 CHROMIUM = os.environ.get("VIDPRUNE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -47,29 +47,9 @@ def _wait_status(url: str, predicate, timeout: float = 30.0) -> dict:
 def demo_url(video_llava_ckpt, tmp_path_factory):
     """`vidprune demo` serving the tiny checkpoint on 127.0.0.1 (a free port), as a user starts it."""
     log = tmp_path_factory.mktemp("demo") / "server.log"
-    cmd = [sys.executable, "-m", "vidprune.cli", "demo", "--model", video_llava_ckpt, "--port", "0", "--token",
-           "--fps", "4", "--window", "10", "--budget", "1600", "--max-new-tokens", "12", "--max-sessions", "2"]
-    with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
-        url = None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and proc.poll() is None:
-            line = proc.stdout.readline()
-            match = re.search(r"open (http://127\.0\.0\.1:\d+/\?token=[\w-]+)", line)
-            if match:
-                url = match.group(1)
-                break
-        if url is None:
-            proc.kill()
-            pytest.fail(f"`vidprune demo` did not print its URL; log:\n{log.read_text()}")
-        try:
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    flags = ["--fps", "4", "--window", "10", "--budget", "1600", "--max-new-tokens", "12", "--max-sessions", "2"]
+    with running_demo(video_llava_ckpt, log, *flags, start_timeout_s=START_TIMEOUT_S) as (url, _proc):
+        yield url
 
 
 @pytest.fixture(scope="module")
