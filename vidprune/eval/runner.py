@@ -370,7 +370,8 @@ class SweepRunner:
                         outs = arm_stages.answer.process_batch([(pruned, sample.prompt) for _, sample in batch],
                                                                max_new_tokens=max_new)
                         for (data, sample), out in zip(batch, outs):
-                            report = answer_report(cfg, llm, arm_stages.select, cfg.ivtp(), pruned, sample.prompt, out)
+                            report = answer_report(cfg, llm, arm_stages.select, arm_stages.answer.ivtp, pruned,
+                                                   sample.prompt, out)
                             self.keep(self.make_record(data, sample, arm, out["text"], report, out["token_ids"]))
                         bar.update(len(batch))
         finally:

@@ -662,9 +662,9 @@ class VideoLLM:
         from .hf_internals import check_prefix_cache_internals, model_cache_keyword
 
         schedule = self.default_ivtp if ivtp is _DEFAULT else ivtp
+        layouts = None if layout is None else [layout] * len(prompts)
         if not self.reuses_prefix(len(prompts), schedule, generate_kwargs):
-            return self.generate(prompts, [visual_tokens] * len(prompts), None if layout is None else [layout] * len(prompts),
-                                 ivtp=schedule, **generate_kwargs)
+            return self.generate(prompts, [visual_tokens] * len(prompts), layouts, ivtp=schedule, **generate_kwargs)
         check_prefix_cache_internals(self.model)
         count = int(visual_tokens.shape[0])
         ids = [self.tokenize([p], [count])["input_ids"][0] for p in prompts]  # (L_i,) each, unpadded
@@ -675,8 +675,7 @@ class VideoLLM:
         last_video = int((ids[0] == self.video_token_id).nonzero().max())
         prefix = min(shared, shortest - 1)  # every prompt keeps at least one token of its own to prefill
         if prefix <= last_video:  # the prompts differ before the video ends: nothing worth sharing
-            return self.generate(prompts, [visual_tokens] * len(prompts), None if layout is None else [layout] * len(prompts),
-                                 ivtp=None, **generate_kwargs)
+            return self.generate(prompts, [visual_tokens] * len(prompts), layouts, ivtp=None, **generate_kwargs)
         rest = max(len(i) for i in ids) - prefix
         pad = self.processor.tokenizer.pad_token_id
         pad = 0 if pad is None else pad
@@ -687,7 +686,7 @@ class VideoLLM:
             masks.append(torch.cat([torch.ones(prefix, dtype=torch.long), torch.zeros(gap, dtype=torch.long),
                                     torch.ones(len(i) - prefix, dtype=torch.long)]))
         inputs = {"input_ids": torch.stack(rows).to(self.device), "attention_mask": torch.stack(masks).to(self.device)}
-        positions = self.position_inputs(inputs, None if layout is None else [layout] * len(prompts))  # (..., B, L)
+        positions = self.position_inputs(inputs, layouts)  # (..., B, L)
         keyword = model_cache_keyword(self.model)
         cache = DynamicCache(config=self.model.config)
         self.model(input_ids=inputs["input_ids"][:1, :prefix], attention_mask=inputs["attention_mask"][:1, :prefix],

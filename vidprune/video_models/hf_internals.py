@@ -130,23 +130,33 @@ def causal_mask(*, config, inputs_embeds, attention_mask, cache, position_ids, l
 
 
 def model_cache_keyword(model) -> str:
-    """The keyword under which ``model.forward`` (and so ``generate``) takes a KV cache."""
-    params = inspect.signature(model.forward).parameters
+    """The keyword under which ``model.forward`` (and so ``generate``) takes a KV cache (a model or its class)."""
+    return _cache_keyword_of(model if isinstance(model, type) else type(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword_of(model_class: type) -> str:
+    params = inspect.signature(model_class.forward).parameters
     for name in _CACHE_KEYWORDS:
         if name in params:
             return name
-    raise _refuse(f"{type(model).__name__}.forward", "it takes the KV cache as neither 'cache' nor 'past_key_values'")
+    raise _refuse(f"{model_class.__name__}.forward", "it takes the KV cache as neither 'cache' nor 'past_key_values'")
 
 
 def check_prefix_cache_internals(model) -> None:
     """Raise :class:`IncompatibleTransformersError` (one line) unless a prefilled prefix can be reused here."""
+    _check_dynamic_cache()
+    model_cache_keyword(model)
+
+
+@functools.lru_cache(maxsize=None)
+def _check_dynamic_cache() -> None:
     from transformers.cache_utils import DynamicCache
 
     if not callable(getattr(DynamicCache, "batch_repeat_interleave", None)):
         raise _refuse("cache_utils.DynamicCache.batch_repeat_interleave", "it is gone")
     if "config" not in inspect.signature(DynamicCache.__init__).parameters:
         raise _refuse("cache_utils.DynamicCache.__init__", "it no longer takes config")
-    model_cache_keyword(model)
 
 
 _LAYER_KEYWORDS = ("hidden_states", "attention_mask", "position_ids", "position_embeddings")
