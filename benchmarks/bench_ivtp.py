@@ -23,12 +23,11 @@ from pathlib import Path
 
 import torch
 
+from seven_b import write_into  # benchmarks/seven_b.py
 from vidprune.flops import llm_flops, layer_flops
 from vidprune.pruners.ivtp import IVTPSchedule
 from vidprune.video_models.ivtp_decoder import IVTPDecoder, layer_instruction_scores
 
-MARK_BEGIN = "<!-- bench_ivtp:begin -->"
-MARK_END = "<!-- bench_ivtp:end -->"
 
 
 def build_model(num_layers: int, dtype: torch.dtype):
@@ -144,17 +143,6 @@ def run(num_layers: int, num_visual: int, num_text: int, settings: list[tuple[in
     return "\n".join(lines)
 
 
-def write_into(doc: Path, table: str) -> None:
-    text = doc.read_text() if doc.exists() else ""
-    block = f"{MARK_BEGIN}\n{table}\n{MARK_END}"
-    if MARK_BEGIN in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text + ("\n" if text else "") + block + "\n"
-    doc.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=8, help="decoder layers (the real model has 32)")
@@ -168,7 +156,7 @@ def main() -> None:
     table = run(args.layers, args.visual, args.text, settings, args.rounds)
     print(table)
     if args.write:
-        write_into(args.write, table)
+        write_into(args.write, "bench_ivtp", table)
 
 
 if __name__ == "__main__":
