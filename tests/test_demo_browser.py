@@ -176,3 +176,28 @@ def test_each_tab_gets_its_own_memory_and_a_closed_tab_frees_it(demo_url, browse
     assert st["sessions"] == 1 and len(st["feeds"]) == 1, "closing the tab freed its memory"
     assert errors == []
     context.close()
+
+
+def test_qwen_pages_frames_are_paired_drawn_on_its_own_grid_and_answered(tiny_checkpoints, browser, tmp_path):
+    """Qwen2.5-VL behind the same page: frames paired into temporal patches, the overlay on the grid of
+    the camera's 640x480 frames (from the frame message; the hello has none), an answer from the memory."""
+    flags = ["--fps", "4", "--window", "10", "--max-new-tokens", "6", "--max-sessions", "1"]
+    with running_demo(tiny_checkpoints["qwen2_5_vl"], tmp_path / "qwen.log", *flags,
+                      start_timeout_s=START_TIMEOUT_S) as (url, _proc):
+        context = browser.new_context()
+        page, errors, tokens, _ = _open_page(context, url)
+        page.wait_for_function("Number(document.getElementById('overlay').dataset.seq || -1) >= 3", timeout=WAIT_MS)
+        seq = int(page.evaluate("document.getElementById('overlay').dataset.seq"))
+        assert seq % 2 == 1, "a temporal patch is drawn on its second frame"
+        feed = _status(url)["feeds"][0]
+        assert feed["memory"]["frames"] >= 2 and feed["load"]["pairing"] in (0, 1)
+        kept, dups, pruned = map(int, re.search(r"(\d+) kept, (\d+) duplicates, (\d+) pruned",
+                                                page.inner_text("#overlay-seq")).groups())
+        per_unit = feed["memory"]["tokens_seen"] // feed["memory"]["frames"]  # the unit's grid, as the processor made it
+        assert kept + dups + pruned == per_unit and kept >= 1
+        page.fill("#question", "What moves?")
+        page.press("#question", "Enter")
+        page.wait_for_selector(".answer[data-done='1']", timeout=WAIT_MS)
+        assert "the stock model" in page.locator(".answer").first.locator(".meta").inner_text()
+        assert errors == []
+        context.close()

@@ -37,13 +37,16 @@ def jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
 
 
 FRAMES = [jpeg(f) for f in moving_square_frames(num_frames=24)]
+FRAME_SIZE = moving_square_frames(num_frames=1)[0].shape[:2]  # (H, W)
 
 
 class ServerThread:
     """A DemoServer on its own event loop thread, bound to 127.0.0.1 on a free port."""
 
     def __init__(self, llm, **overrides):
-        plan = plan_memory(llm.geometry, budget=BUDGET, window_s=overrides.pop("window_s", 10.0),
+        height, width = FRAME_SIZE  # Qwen2.5-VL's grid comes from the frame size: plan for the frames sent
+        geometry = llm.frame_geometry(llm.geometry, llm.processor.video_processor, height, width)
+        plan = plan_memory(geometry, budget=BUDGET, window_s=overrides.pop("window_s", 10.0),
                            frame_rate=overrides.pop("frame_rate", 4.0), frame_tokens=overrides.pop("frame_tokens", None))
         settings = DemoSettings(plan=plan, generate_kwargs={"max_new_tokens": 12, "do_sample": False}, port=0,
                                 model_name="tiny", tiny=True, **overrides)
@@ -155,6 +158,38 @@ def test_frames_go_into_memory_and_answers_stream_token_by_token(server):
                 "a question is answered from the memory, without encoding anything"
 
     run(scenario())
+
+
+def test_qwen_pairs_the_pages_frames_into_temporal_patches_and_answers_from_them(tiny_checkpoints):
+    from vidprune.video_models import load_video_llm
+
+    llm = load_video_llm(tiny_checkpoints["qwen2_5_vl"])
+    with ServerThread(llm, max_sessions=1, frame_rate=20.0) as server:
+        async def scenario():
+            async with aiohttp.ClientSession() as http, http.ws_connect(server.ws_url) as ws:
+                hello = (await receive(ws, is_type("hello")))[-1]
+                assert hello["family"] == "qwen2_5_vl" and hello["grid"] is None
+                assert hello["plan"]["frames_per_unit"] == 2 and hello["plan"]["dynamic"]
+                sent = 0
+                for data in FRAMES[:8]:  # one at a time: each pair is encoded before the next frame comes
+                    await ws.send_bytes(data)
+                    sent += 1
+                    await asyncio.sleep(0.1)  # within the 20 fps the server takes
+                    if sent % 2 == 0:
+                        await receive(ws, is_type("frame", seq=sent - 1))
+                load = (await status(http, server.url))["feeds"][0]["load"]
+                assert load["encoded"] == 8 and load["pairing"] == 0 and load["dropped"] == 0
+                answer = await ask(ws, "What is moving?")
+                start, end = next(m for m in answer if is_type("answer_start")(m)), answer[-1]
+                assert end["type"] == "answer_end", end
+                assert start["stats"]["frames"] == 4, "four temporal patches of two frames"
+                assert end["visual_tokens"] == start["stats"]["tokens"] <= BUDGET and end["new_tokens"] >= 1
+                await ws.send_bytes(FRAMES[8])  # the first of a pair waits for the next frame: no message yet
+                await asyncio.sleep(0.5)
+                load = (await status(http, server.url))["feeds"][0]["load"]
+                assert load["pairing"] == 1 and load["received"] == 9
+
+        run(scenario())
 
 
 def jpeg_claiming(width: int, height: int) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from transformers.video_utils import VideoMetadata
@@ -297,12 +298,100 @@ def test_cli_demo_runs_the_new_families_offline(family, capsys):
     assert report["family"] == family and report["tokens"]["to_llm"] <= report["tokens"]["budget"]
 
 
-def test_live_memory_refuses_qwen_in_one_line(qwen_ckpt):
-    from vidprune.pipeline.memory import plan_memory
-    from vidprune.video_models.base import inspect_checkpoint
+# --------------------------------------------------------------------------- the live memory (demo)
 
-    with pytest.raises(ConfigError, match="pairs frames into temporal patches"):
-        plan_memory(inspect_checkpoint(qwen_ckpt).geometry, budget=200, window_s=2.0, frame_rate=4.0)
+
+def _live_memory(llm, frames, *, budget, dedup, frame_rate=1.0, sizes=None):
+    """The demo's path for ``frames``: a Feed pairs them, the model's EncodeStage encodes each pair, the
+    rolling memory (planned for the first frame's size, a window that holds them all) stores the units."""
+    from vidprune.demo.feed import Feed, PendingFrame
+    from vidprune.pipeline.memory import build_memory, plan_memory
+    from vidprune.pipeline.stages import EncodeStage
+
+    height, width = frames[0].shape[:2]
+    geometry = llm.frame_geometry(llm.geometry, llm.processor.video_processor, height, width)
+    plan = plan_memory(geometry, budget=budget, window_s=len(frames) / frame_rate, frame_rate=frame_rate)
+    assert plan.frames_per_unit == 2 and plan.max_frames == len(frames) // 2
+    feed = Feed(build_memory(plan, dedup=dedup), frame_rate=frame_rate)
+    encoder = EncodeStage(llm, batch_size=1)
+    messages = []
+    for i, rgb in enumerate(frames):
+        feed.offer(PendingFrame(seq=i, time_s=i / frame_rate, rgb=rgb))
+        out, _ = feed.encode_next(encoder)
+        messages.append(out)
+        assert feed.load()["pairing"] == (i + 1) % 2
+    return feed, plan, messages
+
+
+def test_live_memory_with_pruning_off_answers_exactly_the_stock_model(qwen_ckpt, random_frames):
+    qa = VideoQA.from_pretrained(qwen_ckpt, budget=None, dedup=False)
+    frames = random_frames(6, seed=21)
+    feed, plan, messages = _live_memory(qa.llm, frames, budget=None, dedup=False)
+    assert [bool(m) for m in messages] == [False, True] * 3  # one frame message per temporal patch, for its 2nd frame
+    assert [m[-1]["seq"] for m in messages if m] == [1, 3, 5]
+    snap = feed.memory.snapshot()
+    grid = tuple(messages[-1][-1]["grid"])
+    assert snap.layout["units"] == 3 and snap.layout["grid"] == grid and snap.layout["seconds_per_unit"] == 2.0
+    assert snap.tokens.shape[0] == 3 * math.prod(grid) == snap.stats.tokens == snap.stats.stock_tokens
+    answer = qa.answer_stage.answer_tokens([(snap.tokens, QUESTIONS[0])], layouts=[snap.layout], max_new_tokens=12)[0]
+    assert len(answer["token_ids"]) > 0
+    assert answer["token_ids"] == _stock_generate(qa.llm, frames, QUESTIONS[0], 12, fps=1.0)
+
+
+def test_live_memory_under_a_budget_holds_what_the_offline_pipeline_selects(qwen_ckpt, random_frames):
+    frames = random_frames(6, seed=22)
+    qa = VideoQA.from_pretrained(qwen_ckpt, budget=None, dedup=False)
+    per_unit = math.prod(qa.llm.frame_geometry(qa.llm.geometry, qa.llm.processor.video_processor,
+                                               *frames.shape[1:3]).prune_grid) // 3
+    budget = 3 * per_unit  # the same allowance per temporal patch on both paths
+    feed, plan, _ = _live_memory(qa.llm, frames, budget=budget, dedup=False)
+    assert plan.frame_allowance == per_unit
+    snap = feed.memory.snapshot()
+    offline = VideoQA.from_pretrained(qwen_ckpt, budget=budget, dedup=False, frames=6)
+    pruned = offline.prepare(frames)
+    assert snap.layout == pruned.layout and snap.tokens.shape[0] == budget
+    torch.testing.assert_close(snap.tokens, pruned.tokens)
+    live = qa.answer_stage.answer_tokens([(snap.tokens, QUESTIONS[1])], layouts=[snap.layout], max_new_tokens=10)[0]
+    assert live["token_ids"] == offline.answer(pruned, [QUESTIONS[1]], max_new_tokens=10)[0].token_ids
+
+
+def test_live_memory_keeps_one_grid_by_resizing_frames_of_another_size(qwen_ckpt, random_frames):
+    from vidprune.demo.feed import PendingFrame
+
+    qa = VideoQA.from_pretrained(qwen_ckpt, budget=None, dedup=False)
+    small = random_frames(2, seed=23, height=200, width=360)
+    frames = list(random_frames(4, seed=24)) + list(small)  # the last temporal patch comes at another size
+    feed, _, messages = _live_memory(qa.llm, frames, budget=None, dedup=True)
+    grids = [tuple(m[-1]["grid"]) for m in messages if m]
+    assert len(set(grids)) == 1 and [m[-1]["size"] for m in messages if m][-1] == [320, 240]
+    assert len(feed.memory) == 3 and feed.memory.snapshot().layout["units"] == 3
+    feed.reset()  # an empty memory takes the next frame's size
+    feed.offer(PendingFrame(seq=9, time_s=9.0, rgb=small[0]))
+    assert feed.encode_next(qa.encode_stage)[0] == [] and feed.load()["pairing"] == 1
+    feed.offer(PendingFrame(seq=10, time_s=10.0, rgb=small[1]))
+    message = feed.encode_next(qa.encode_stage)[0][-1]
+    assert message["size"] == [360, 200] and tuple(message["grid"]) != grids[0]
+
+
+def test_demo_plans_qwen_for_the_pages_frame_size_before_loading(qwen_ckpt, monkeypatch):
+    from vidprune.cli import build_parser
+    from vidprune.demo.command import settings_from_args
+    from vidprune.demo.limits import PLANNED_FRAME_SIZE
+    from vidprune.video_models import base
+
+    monkeypatch.setattr(base.VideoLLM, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("weights loaded")))
+    settings, _ = settings_from_args(build_parser().parse_args(["demo", "--model", qwen_ckpt, "--window", "8",
+                                                                "--fps", "2"]))
+    plan = settings.plan
+    processor = base.VideoLLM.video_processor_from_pretrained(qwen_ckpt)
+    blank = np.zeros((2, *PLANNED_FRAME_SIZE, 3), np.uint8)
+    h, w = (int(v) for v in processor(videos=[blank], return_tensors="pt")["video_grid_thw"][0][1:])
+    assert plan.dynamic and plan.frames_per_unit == 2 and plan.max_frames == 8  # 8 s at 2 fps = 8 temporal patches
+    assert plan.tokens_per_frame == (h // 2) * (w // 2)
+    assert plan.budget == 8 * plan.tokens_per_frame  # the default: one stock 16-frame clip
+    with pytest.raises(ConfigError, match="grid fixed in advance"):
+        settings_from_args(build_parser().parse_args(["demo", "--model", qwen_ckpt, "--pruner", "uniform",
+                                                      "--budget", "100"]))
 
 
 def test_make_tiny_checkpoint_lists_every_registered_family():

@@ -89,10 +89,12 @@ class StopWhenSet(StoppingCriteria):
 
 @torch.inference_mode()
 def answer_streaming(llm: VideoLLM, question: str, tokens: torch.Tensor, streamer: TokenStreamer,
-                     cancel: threading.Event | None = None, **generate_kwargs: Any) -> dict[str, Any]:
+                     cancel: threading.Event | None = None, layout: dict[str, Any] | None = None,
+                     **generate_kwargs: Any) -> dict[str, Any]:
     """Answer ``question`` about the pre-projector ``tokens`` (K, Dv), streaming into ``streamer``.
 
     The pipeline's one answer step (:meth:`AnswerStage.answer_tokens`) with a streamer.
+    ``layout``: where the tokens sit in the stock grid (``MemorySnapshot.layout``; Qwen2.5-VL).
     ``cancel``: generation stops at the next token once it is set. Returns ``{"text",
     "token_ids", "visual_tokens", "generate_s"}``. The streamer always ends (also when
     generation fails), so a reader never waits forever.
@@ -102,8 +104,8 @@ def answer_streaming(llm: VideoLLM, question: str, tokens: torch.Tensor, streame
     start = time.perf_counter()
     stopping = StoppingCriteriaList([StopWhenSet(cancel)]) if cancel is not None else None
     try:
-        out = AnswerStage(llm, **generate_kwargs).answer_tokens([(tokens, question)], streamer=streamer,
-                                                                 stopping_criteria=stopping)[0]
+        out = AnswerStage(llm, **generate_kwargs).answer_tokens([(tokens, question)], layouts=[layout],
+                                                                 streamer=streamer, stopping_criteria=stopping)[0]
     except BaseException:
         streamer.end()
         raise

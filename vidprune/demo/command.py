@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import ConfigError
 from .access import is_loopback
 from .limits import (DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_FRAME_RATE, DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_SESSIONS,
-                     DEFAULT_PORT, DEFAULT_WINDOW_S)
+                     DEFAULT_PORT, DEFAULT_WINDOW_S, PLANNED_FRAME_SIZE)
 
 __all__ = ["add_command", "run", "settings_from_args"]
 
@@ -143,9 +143,12 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     # vidprune's random-weight test checkpoints carry this marker file (video_models/tiny.py).
     tiny = tiny or os.path.isfile(os.path.join(cfg.model, _TINY_MARKER))
     family, geometry = info.family, info.geometry
+    if geometry.dynamic:  # the grid comes from the frame size (Qwen2.5-VL): plan for the frames the page sends
+        processor = family.video_processor_from_pretrained(cfg.model)
+        geometry = family.frame_geometry(geometry, processor, *PLANNED_FRAME_SIZE)
     budget = cfg.budget
     if not budget_given:  # what a stock clip costs the LLM: the memory holds one clip's worth of tokens
-        budget = family.default_num_frames * geometry.stock_per_frame
+        budget = geometry.units(family.default_num_frames) * geometry.stock_per_frame
     plan = plan_memory(geometry, budget=budget, window_s=args.window, frame_rate=cfg.fps,
                        frame_tokens=args.frame_tokens)
     # "none" is only valid without a budget; the memory then allows all N patches per frame, which VisPruner keeps.
@@ -181,9 +184,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"demo: listening on {settings.host} without a token (--no-token): anyone who can reach this machine "
               "can use the page", file=sys.stderr)
     plan = settings.plan
-    print(f"demo: memory of {plan.window_s:g} s at {plan.frame_rate:g} fps: at most {plan.max_frames} frames, "
-          f"{plan.budget} tokens ({plan.frame_allowance} patches per frame before dedup; the stock model would "
-          f"use {plan.stock_tokens})", file=sys.stderr)
+    unit = "frame" if plan.frames_per_unit == 1 else f"temporal patch of {plan.frames_per_unit} frames"
+    sized = f" for {PLANNED_FRAME_SIZE[1]}x{PLANNED_FRAME_SIZE[0]} frames" if plan.dynamic else ""
+    print(f"demo: memory of {plan.window_s:g} s at {plan.frame_rate:g} fps: at most {plan.max_frames} "
+          f"{'frames' if plan.frames_per_unit == 1 else 'temporal patches'}, {plan.budget} tokens "
+          f"({plan.frame_allowance} patches per {unit} before dedup; the stock model would use "
+          f"{plan.stock_tokens}{sized})", file=sys.stderr)
     qa = VideoQA.from_pretrained(config=cfg.to_dict())
     server = DemoServer(qa.llm, settings)
 

@@ -9,6 +9,13 @@ RGB arrays (from a server-side source). Every frame is checked for what it will 
 before it is decoded or preprocessed (:func:`check_frame_size`: pixels, short side, aspect
 ratio; JPEG bytes also for their size, format and decompression bombs, from the header
 only), with the limits in :mod:`.limits`.
+
+A model that pairs frames into temporal patches (Qwen2.5-VL, ``frames_per_unit = 2``) gets
+them in pairs: the first frame of a pair waits in the feed (``load()["pairing"]``) until the
+next one arrives, then both are encoded as one unit at the feed's frame rate. Its token
+grid comes from the frame size, and every frame the memory holds must have the same grid,
+so the feed keeps the size of the first frame it stored and resizes frames of another
+size to it (until the memory is empty again).
 """
 
 from __future__ import annotations
@@ -185,6 +192,9 @@ class Feed:
         self.encoded = 0
         self.last_messages: list[Any] = []  # what the last encoded frame told the subscribers (for late tabs)
         self.closed = False
+        self.frame_rate = frame_rate
+        self._pairing: list[tuple[PendingFrame, np.ndarray]] = []  # frames waiting for the rest of their unit
+        self._frame_size: tuple[int, int] | None = None  # (H, W) the memory's frames have (grid from the frame size)
 
     def admit(self, now_s: float) -> bool:
         """Whether a frame arriving now fits the feed's frame rate (counted as ``over_rate`` if not)."""
@@ -206,24 +216,33 @@ class Feed:
     def close(self) -> None:
         self.closed = True
         self.slot.close()
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty the memory (and drop a frame waiting for its pair)."""
         self.memory.clear()
+        self._pairing.clear()
+        self._frame_size = None
 
     def load(self) -> dict[str, int]:
-        """Frame counters: ``received == encoded + dropped + refused + over_rate + pending``.
+        """Frame counters: ``received == encoded + dropped + refused + over_rate + pending + pairing``.
 
         dropped: the encoder was busy and a newer frame replaced it; over_rate: it came sooner
-        than the frame rate allows; refused: too large, not a JPEG, unreadable.
+        than the frame rate allows; refused: too large, not a JPEG, unreadable; pairing:
+        waiting for the next frame to make a temporal patch with (Qwen2.5-VL).
         """
         counts = self.slot.counts()
         return {"received": counts.received + self._refused_at_door + self.over_rate, "encoded": self.encoded,
                 "dropped": counts.dropped, "refused": self.refused, "over_rate": self.over_rate,
-                "pending": counts.pending}
+                "pending": counts.pending, "pairing": len(self._pairing)}
 
     def encode_next(self, encoder: EncodeStage) -> tuple[list[Any], PendingFrame] | None:
         """Encode the newest pending frame into the memory (model thread). None if nothing is pending.
 
         Returns the messages for the subscribers (a JPEG preview as bytes, if enabled, then
-        the ``frame`` message) and the frame. Raises :class:`FrameRefused` for an unreadable JPEG.
+        the ``frame`` message) and the frame; no messages for a frame that waits for its pair
+        (the ``frame`` message of a temporal patch names its last frame). Raises
+        :class:`FrameRefused` for an unreadable JPEG.
         """
         pending = self.slot.take()
         if pending is None or self.closed:
@@ -237,17 +256,27 @@ class Feed:
         except FrameRefused:
             self.refused += 1
             raise
-        encoded = encoder.process(rgb[None])  # (1, H, W, 3) -> EncodedFrames of one frame
-        stored = self.memory.add(encoded, pending.time_s, seq=pending.seq)
-        self.encoded += 1
-        height, width = rgb.shape[:2]
         geometry = encoder.llm.geometry
+        per_unit = geometry.frames_per_unit
+        if geometry.dynamic:
+            rgb = self._to_frame_size(rgb)
+        self._pairing.append((pending, rgb))
+        if len(self._pairing) < per_unit:
+            return [], pending  # the first frame of a temporal patch: it waits for the next one
+        first, frames = self._pairing[0][0], np.stack([f for _, f in self._pairing])  # (U, H, W, 3)
+        self._pairing.clear()
+        # a unit spans frames_per_unit frames at the feed's rate (what Qwen2.5-VL's temporal positions assume)
+        step = 1.0 / self.frame_rate if self.frame_rate else 1.0
+        encoded = encoder.process(frames, [first.time_s + i * step for i in range(per_unit)])  # one unit
+        stored = self.memory.add(encoded, first.time_s, seq=pending.seq)
+        self.encoded += per_unit
+        height, width = rgb.shape[:2]
         message = {
             "type": "frame",
             "feed": self.id,
             "seq": stored.seq,
             "size": [width, height],
-            "grid": list(geometry.prune_grid),
+            "grid": list(encoded.grid or geometry.prune_grid),
             "region": patch_region(encoder.llm.processor.video_processor, width, height),
             "kept": stored.kept.tolist(),
             "duplicates": stored.duplicates.tolist(),
@@ -261,3 +290,12 @@ class Feed:
         out.append(message)
         self.last_messages = out
         return out, pending
+
+    def _to_frame_size(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) at the size of the frames the memory holds (set by the first frame into an empty memory)."""
+        if self._frame_size is None or (len(self.memory) == 0 and not self._pairing):
+            self._frame_size = rgb.shape[:2]
+        height, width = self._frame_size
+        if rgb.shape[:2] == (height, width):
+            return rgb
+        return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))

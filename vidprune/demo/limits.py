@@ -6,6 +6,7 @@ is bounded by a constant here; docs/demo.md lists them.
 
 __all__ = [
     "DEFAULT_PORT", "DEFAULT_MAX_SESSIONS", "DEFAULT_WINDOW_S", "DEFAULT_FRAME_RATE", "CAPTURE_MAX_SIDE",
+    "PLANNED_FRAME_SIZE",
     "CAPTURE_JPEG_QUALITY", "PREVIEW_JPEG_QUALITY", "MAX_FRAME_BYTES", "MAX_FRAME_PIXELS", "MIN_FRAME_SIDE",
     "MAX_FRAME_ASPECT", "MAX_MESSAGE_BYTES", "MAX_ESCAPED_CHARS_PER_CHAR", "MAX_TEXT_MESSAGE_CHARS", "OUTBOX_LIMIT",
     "STATS_INTERVAL_S", "DEFAULT_CLIENT_TIMEOUT_S", "DEFAULT_IDLE_TIMEOUT_S", "CLOSE_TIMEOUT_S",
@@ -22,6 +23,9 @@ DEFAULT_FRAME_RATE = 1.0
 # The page scales frames to at most this many pixels on the longer side before sending
 # (the towers see 224–336 px; 640 px keeps the overlay legible).
 CAPTURE_MAX_SIDE = 640
+# (H, W) the page asks the camera for (app.js: getUserMedia 640x480). A model whose token grid
+# comes from the frame size (Qwen2.5-VL) has its memory planned for it; other sizes still work.
+PLANNED_FRAME_SIZE = (480, 640)
 CAPTURE_JPEG_QUALITY = 0.8  # canvas.toBlob quality: ~40 kB per 640x480 frame
 PREVIEW_JPEG_QUALITY = 80  # server-source frames sent back to the pages as previews
 

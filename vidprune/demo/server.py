@@ -14,11 +14,14 @@ page → server
     {"type": "reset"}       empty this tab's memory.
 
 server → page
-    {"type": "hello", ...}  settings: model, memory plan, capture rate and size, limits.
+    {"type": "hello", ...}  settings: model, memory plan, capture rate and size, limits; ``grid``
+                            is null where it comes from each frame's size (Qwen2.5-VL).
     binary                  (``--source`` only) a JPEG preview of the frame in the next message.
     {"type": "frame", "seq", "size", "grid", "region", "kept", "duplicates", "stats", "load"}
                             a frame was stored: which of its patches were kept / dropped as
                             duplicates, ``region`` = the part of the frame the patch grid covers.
+                            A model that pairs frames (Qwen2.5-VL) stores two at a time: the
+                            message comes for the second (``seq``), its patches cover both.
     {"type": "stats", "stats", "load", "sessions"}   once a second (memory ageing shows).
     {"type": "answer_start", "id", "question", "visual_tokens", "stats"}
     {"type": "token", "id", "text"}                   the answer, token by token.
@@ -30,7 +33,8 @@ replaced, server stopping, a message too big).
 
 ``stats`` is :meth:`~vidprune.pipeline.memory.MemoryStats.to_dict`; ``load`` counts the
 frames received, encoded, dropped (the encoder was busy and a newer frame replaced it),
-over_rate (sooner than ``--fps`` allows) and refused. ``GET /api/status`` returns the
+over_rate (sooner than ``--fps`` allows), refused, pending and pairing (waiting for the
+frame that completes its temporal patch, Qwen2.5-VL). ``GET /api/status`` returns the
 sessions, their memories and load as JSON.
 
 Every route (the page, its files, ``/ws``, ``/api/status``) first checks the ``Host``
@@ -58,7 +62,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import ConfigError
-from ..pipeline.memory import MemoryPlan, MemoryStats, RollingTokenMemory, build_memory
+from ..pipeline.memory import MemoryPlan, MemorySnapshot, RollingTokenMemory, build_memory
 from ..pipeline.stages import EncodeStage
 from ..qa import MAX_QUESTION_CHARS, check_question
 from ..video_models.base import VideoLLM
@@ -290,7 +294,7 @@ class DemoServer:
             "tiny": s.tiny,
             "source": "browser" if self.shared_feed is None else "server",
             "source_name": None if self.source is None else self.source.describe(),
-            "grid": list(geometry.prune_grid),
+            "grid": None if geometry.dynamic else list(geometry.prune_grid),  # dynamic: each frame message has its own
             "plan": s.plan.to_dict(),
             "capture": {"frame_rate": s.plan.frame_rate, "max_side": CAPTURE_MAX_SIDE,
                         "quality": CAPTURE_JPEG_QUALITY},
@@ -498,7 +502,7 @@ class DemoServer:
             if client.feed.shared:
                 client.error("bad_message", "the memory is shared by every tab (--source); it cannot be reset")
             else:
-                client.feed.memory.clear()
+                client.feed.reset()
                 client.post(self._stats_message(client.feed))
         else:
             client.error("bad_message", f"unknown message type {str(kind)[:40]!r}; send 'ask' or 'reset'")
@@ -518,21 +522,22 @@ class DemoServer:
         if client.answer_task is not None and not client.answer_task.done():
             client.error("busy", "the previous question is still being answered; wait for it to finish")
             return
-        tokens, stats = client.feed.memory.snapshot(now_s=time.monotonic())  # (K, Dv): this moment, a copy
-        if tokens.shape[0] == 0:
+        snapshot = client.feed.memory.snapshot(now_s=time.monotonic())  # this moment, a copy
+        if snapshot.tokens.shape[0] == 0:
             client.error("memory_empty", "the memory holds no frames yet; wait until the camera has sent a few")
             return
-        client.answer_task = asyncio.create_task(self._answer(client, question, tokens, stats, received))
+        client.answer_task = asyncio.create_task(self._answer(client, question, snapshot, received))
 
-    async def _answer(self, client: _Client, question: str, tokens: torch.Tensor, stats: MemoryStats,
-                      received: float) -> None:
+    async def _answer(self, client: _Client, question: str, snapshot: MemorySnapshot, received: float) -> None:
+        tokens, stats = snapshot.tokens, snapshot.stats  # (K, Dc), MemoryStats
         answer_id = next(self._answer_ids)
         client.post({"type": "answer_start", "id": answer_id, "question": question,
                      "visual_tokens": int(tokens.shape[0]), "stats": stats.to_dict()})
         streamer = TokenStreamer(self.llm.processor.tokenizer)
         gen = dict(self.settings.generate_kwargs)
         future = self.worker.submit(
-            lambda: answer_streaming(self.llm, question, tokens, streamer, cancel=client.cancel, **gen))
+            lambda: answer_streaming(self.llm, question, tokens, streamer, layout=snapshot.layout,
+                                     cancel=client.cancel, **gen))
         try:
             async for text in streamer:
                 if text:

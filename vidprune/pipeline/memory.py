@@ -1,6 +1,8 @@
 """A rolling token memory for a live stream: the last seconds of video as pruned, deduplicated tokens.
 
-Frames arrive one at a time, already encoded (:class:`EncodedFrames` with T = 1). For each:
+Frames arrive one at a time, already encoded (:class:`EncodedFrames` with T = 1). A "frame"
+here is the pruner's unit: one sampled frame, or one temporal patch of two (Qwen2.5-VL; the
+caller pairs the frames, see ``vidprune.demo.feed``). For each:
 
 1. **Age out** frames older than ``window_s`` (relative to the new frame's time).
 2. **Make room** for one full frame: while the memory would exceed ``max_frames`` frames or
@@ -17,7 +19,10 @@ The dedup reference must be ``"kept"`` or ``"kept_any"`` (the memory holds kept 
 
 :meth:`RollingTokenMemory.tokens` gives the (K, Dv) stream in temporal order (per frame:
 extra tokens first, then kept patches in raster order, the layout of
-:class:`~vidprune.pipeline.stages.SelectStage`), ready for ``VideoLLM.project``.
+:class:`~vidprune.pipeline.stages.SelectStage`), ready for ``VideoLLM.project``;
+:meth:`RollingTokenMemory.snapshot` adds, for families with multimodal positions (frames that
+come with a ``grid``), where the kept tokens sit in the stock grid of the frames held (the
+``PrunedVideo.layout`` of a video made of those frames).
 
 The class is plain (no Ray, no event loop) and thread-safe: one lock guards every method.
 """
@@ -34,13 +39,14 @@ import torch
 
 from ..errors import ConfigError
 from ..validators import check_positive_int, check_positive_number
-from ..pruners import CrossFrameDedup, Pruner, prune_frame, pruner_from_options
+from ..pruners import CrossFrameDedup, Pruner, check_pruner_grid, prune_frame, pruner_from_options
 from ..video_models.base import EncodedFrames, VisualGeometry
 
 __all__ = [
     "MEMORY_DEDUP_REFERENCES",
     "MemoryPlan",
     "MemoryFrame",
+    "MemorySnapshot",
     "MemoryStats",
     "RollingTokenMemory",
     "plan_memory",
@@ -59,13 +65,16 @@ class MemoryPlan:
         budget: tokens the memory may hold (hard limit; extra tokens included).
         window_s: seconds of stream the memory covers at most.
         frame_rate: frames per second the stream is sampled at (what ``max_frames`` assumes).
-        max_frames: frames held at most, ``ceil(window_s * frame_rate)``.
+        max_frames: frames (pruning units) held at most, ``ceil(window_s * frame_rate / frames_per_unit)``.
         frame_allowance: patch tokens the pruner proposes per frame (before dedup).
         reserved_per_frame: extra tokens held per frame outside the pruner ([CLS]: 1).
         tokens_per_frame: prunable tokens per frame (N).
         stock_per_frame: tokens per frame the stock model would feed its LLM.
         reserved_per_video: rows held once for the whole memory, after the newest frame,
             outside the pruner (LLaVA-OneVision's image newline: 1); they count against the budget.
+        frames_per_unit: sampled frames per pruning unit (Qwen2.5-VL's temporal patch: 2).
+        dynamic: the token grid comes from each frame's size (Qwen2.5-VL); the per-frame counts
+            above are those of the frame size planned for.
     """
 
     budget: int
@@ -77,6 +86,8 @@ class MemoryPlan:
     tokens_per_frame: int
     stock_per_frame: int
     reserved_per_video: int = 0
+    frames_per_unit: int = 1
+    dynamic: bool = False
 
     @property
     def stock_tokens(self) -> int:
@@ -97,18 +108,22 @@ def plan_memory(geometry: VisualGeometry, *, budget: int | None, window_s: float
         frame_tokens: patch tokens per frame the pruner proposes; None splits the budget
             evenly over a full window (``budget // max_frames - reserved``, at least 1, at most N).
 
+    A geometry whose grid comes from each video (Qwen2.5-VL) is planned for one frame size:
+    pass ``VideoLLM.frame_geometry(...)`` of the size the stream is expected to have; frames of
+    another size still work (the pruner is asked for at most the tokens a frame has).
+
     Raises:
         ConfigError: non-positive values, or a budget that cannot hold even one frame.
     """
-    if geometry.dynamic or geometry.frames_per_unit != 1:
+    if geometry.prunable_per_frame == 0:
         raise ConfigError(
-            "the rolling memory takes one frame at a time with a grid known in advance; this model pairs frames "
-            "into temporal patches with a grid from each video (Qwen2.5-VL), which the live memory does not "
-            "support yet: use a LLaVA family for the live demo"
+            "this model's token grid comes from each video's frame size (Qwen2.5-VL): plan the memory for the "
+            "frame size the stream is expected to have (VideoLLM.frame_geometry)"
         )
     window_s = check_positive_number("window_s", window_s)
     frame_rate = check_positive_number("frame_rate", frame_rate)
-    max_frames = max(1, math.ceil(window_s * frame_rate - 1e-9))
+    per_unit = geometry.frames_per_unit
+    max_frames = max(1, math.ceil(window_s * frame_rate / per_unit - 1e-9))
     reserved, per_frame = geometry.extra_per_frame, geometry.prunable_per_frame
     per_video = geometry.extra_per_video
     if budget is None:
@@ -132,7 +147,8 @@ def plan_memory(geometry: VisualGeometry, *, budget: int | None, window_s: float
         )
     return MemoryPlan(budget=budget, window_s=window_s, frame_rate=frame_rate, max_frames=max_frames,
                       frame_allowance=frame_tokens, reserved_per_frame=reserved, tokens_per_frame=per_frame,
-                      stock_per_frame=geometry.stock_per_frame, reserved_per_video=per_video)
+                      stock_per_frame=geometry.stock_per_frame, reserved_per_video=per_video,
+                      frames_per_unit=per_unit, dynamic=geometry.dynamic)
 
 
 @dataclass
@@ -148,6 +164,9 @@ class MemoryFrame:
         duplicates: (C - K,) long, CPU: candidates dropped as repeats of the memory.
         candidates: C, patches the pruner proposed.
         seen: N + E, tokens the encoder produced for the frame.
+        features: (K, Dv) what dedup compares, when the rows are not the features; else None.
+        grid: (h, w) of the frame's N tokens where its geometry is dynamic (Qwen2.5-VL), else None.
+        seconds_per_unit: seconds the frame spans, for families whose positions depend on time.
     """
 
     seq: int
@@ -157,11 +176,30 @@ class MemoryFrame:
     duplicates: torch.Tensor
     candidates: int
     seen: int
-    features: torch.Tensor | None = None  # (K, Dv) what dedup compares, when the rows are not the features
+    features: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
+    seconds_per_unit: float | None = None
 
     @property
     def num_extra(self) -> int:
         return self.tokens.shape[0] - self.kept.shape[0]
+
+
+@dataclass(frozen=True)
+class MemorySnapshot:
+    """What the memory holds at one moment (taken under one lock: no frame comes in between).
+
+    Attributes:
+        tokens: (K, Dc) the tokens held, in temporal order; a copy. (0, Dv) when empty.
+        layout: where they sit in the stock grid of the frames held, for families with
+            multimodal positions (``{"units", "grid", "seconds_per_unit", "kept"}``, the form of
+            ``PrunedVideo.layout``: the frames held make one video); None for the others.
+        stats: the memory's :class:`MemoryStats` at that moment.
+    """
+
+    tokens: torch.Tensor
+    layout: dict[str, Any] | None
+    stats: "MemoryStats"
 
 
 @dataclass
@@ -249,7 +287,7 @@ class RollingTokenMemory:
         self._lock = threading.Lock()
         self._frames: deque[MemoryFrame] = deque()
         self._held = 0  # tokens held
-        self._shape: tuple[int, int, int] | None = None  # (N, E, Dv) of this stream
+        self._shape: tuple | None = None  # (N, E, Dv, grid) of this stream
         self._dedup_stale = False  # frames left since the dedup last saw the memory
         self._next_seq = 0
         self._counters = {"frames_added": 0, "frames_aged_out": 0, "frames_evicted": 0, "tokens_seen_total": 0,
@@ -267,6 +305,7 @@ class RollingTokenMemory:
             seq: a label kept with the frame (default: a running count).
         """
         features, cls_attn, extra, all_rows = self._check_frame(encoded)
+        grid = None if encoded.grid is None else (int(encoded.grid[0]), int(encoded.grid[1]))
         with self._lock:
             newest = self._frames[-1].time_s if self._frames else -math.inf
             if time_s < newest:
@@ -274,7 +313,7 @@ class RollingTokenMemory:
                                   "frames must arrive in time order")
             self._expire(time_s)
             self._make_room(extra_tokens=0 if extra is None else extra.shape[0])
-            self._check_shape(features, extra)
+            self._check_shape(features, extra, grid)
             if self._dedup_stale and self.dedup is not None:
                 self._replay_dedup()
             num_tokens = features.shape[0]
@@ -294,6 +333,8 @@ class RollingTokenMemory:
                 candidates=int(candidates.shape[0]),
                 seen=num_tokens + (0 if extra is None else extra.shape[0]),
                 features=kept_features,
+                grid=grid,
+                seconds_per_unit=encoded.seconds_per_unit,
             )
             self._next_seq = frame.seq + 1
             self._frames.append(frame)
@@ -329,21 +370,27 @@ class RollingTokenMemory:
 
         A copy: later ``add`` calls do not change it. (0, Dv) when empty ((0, 0) before any frame).
         """
-        return self.snapshot(now_s)[0]
+        return self.snapshot(now_s).tokens
 
-    def snapshot(self, now_s: float | None = None) -> tuple[torch.Tensor, MemoryStats]:
-        """``tokens(now_s)`` and ``stats()`` of the same moment (one lock, no frame in between)."""
+    def snapshot(self, now_s: float | None = None) -> MemorySnapshot:
+        """``tokens(now_s)``, their layout and ``stats()`` of the same moment (one lock, no frame in between)."""
         with self._lock:
             if now_s is not None:
                 self._expire(now_s)
+            layout = None
             if self._frames:
                 rows = [f.tokens for f in self._frames]
                 if self._video_extra is not None:
                     rows.append(self._video_extra)  # after the newest frame, as the stock model places it
                 tokens = torch.cat(rows)  # (K, Dc)
+                first = self._frames[0]
+                if first.grid is not None:  # every frame held has this grid (_check_shape)
+                    layout = {"units": len(self._frames), "grid": first.grid,
+                              "seconds_per_unit": first.seconds_per_unit,
+                              "kept": [f.kept.tolist() for f in self._frames]}
             else:
                 tokens = torch.zeros(0, 0 if self._shape is None else self._shape[2])
-            return tokens, self._stats()
+            return MemorySnapshot(tokens=tokens, layout=layout, stats=self._stats())
 
     def frames(self) -> list[MemoryFrame]:
         """The frames held, oldest first (the list is a copy; the frames are shared, do not modify)."""
@@ -411,7 +458,7 @@ class RollingTokenMemory:
     def _replay_dedup(self) -> None:
         """Rebuild the dedup state from the frames held (a suffix of the stream), oldest first."""
         self.dedup.reset()
-        num_tokens, _, dim = self._shape
+        num_tokens, _, dim, _ = self._shape
         for frame in self._frames:
             patches = frame.tokens[frame.num_extra:] if frame.features is None else frame.features  # (K, Dv)
             full = patches.new_zeros(num_tokens, dim)  # (N, Dv): only the kept rows are compared or stored
@@ -420,11 +467,12 @@ class RollingTokenMemory:
             self.dedup.step(full, index)
         self._dedup_stale = False
 
-    def _check_shape(self, features: torch.Tensor, extra: torch.Tensor | None) -> None:
-        shape = (features.shape[0], 0 if extra is None else extra.shape[0], features.shape[1])
+    def _check_shape(self, features: torch.Tensor, extra: torch.Tensor | None,
+                     grid: tuple[int, int] | None) -> None:
+        shape = (features.shape[0], 0 if extra is None else extra.shape[0], features.shape[1], grid)
         if self._shape is not None and shape != self._shape and self._frames:
-            raise ConfigError(f"frame has (N, E, Dv) = {shape} but the memory holds frames with {self._shape}; "
-                              "clear() the memory before switching models")
+            raise ConfigError(f"frame has (N, E, Dv, grid) = {shape} but the memory holds frames with {self._shape}; "
+                              "clear() the memory before switching models or frame sizes")
         if self._shape != shape and self.dedup is not None:
             self.dedup.reset()
         self._shape = shape
@@ -451,6 +499,7 @@ def build_memory(plan: MemoryPlan, *, pruner: str = "vispruner", important_ratio
 
     ``dedup_window`` (frames) defaults to the whole memory (``"kept_any"`` looks back ``max_frames``).
     """
+    check_pruner_grid(pruner, plan.dynamic)
     dedup_state = None
     if dedup:
         if dedup_reference not in MEMORY_DEDUP_REFERENCES:
@@ -465,5 +514,5 @@ def build_memory(plan: MemoryPlan, *, pruner: str = "vispruner", important_ratio
     return RollingTokenMemory(budget=plan.budget, window_s=plan.window_s, max_frames=plan.max_frames,
                               frame_allowance=plan.frame_allowance, pruner=pruner_from_options(pruner, important_ratio=important_ratio,
                                                                         seed=seed, grid=prune_grid),
-                              dedup=dedup_state, stock_per_frame=plan.stock_per_frame,
+                              dedup=dedup_state, stock_per_frame=None if plan.dynamic else plan.stock_per_frame,
                               reserved_per_video=plan.reserved_per_video)

@@ -93,7 +93,8 @@ class VisualGeometry:
             pruner (LLaVA-OneVision's image newline: 1). The stock model feeds them too.
         frames_per_unit: sampled frames per pruning unit (Qwen2.5-VL's temporal patch: 2).
         dynamic: the grid depends on the video (Qwen2.5-VL's dynamic resolution); the grids
-            and per-frame counts here are then 0 and the real ones come with the encoded frames
+            and per-frame counts here are then 0 (or those of one frame size,
+            :meth:`VideoLLM.frame_geometry`) and the real ones come with the encoded frames
             (``EncodedFrames.grid``).
     """
 
@@ -449,6 +450,27 @@ class VideoLLM:
     @classmethod
     def geometry_from_config(cls, config, *, keep_cls: bool, prune_pooled: bool) -> VisualGeometry:
         raise NotImplementedError
+
+    @staticmethod
+    def video_processor_from_pretrained(name_or_path: str) -> Any:
+        """The checkpoint's own video processor alone (its config files; no weights), e.g. for :meth:`frame_geometry`."""
+        from transformers import AutoVideoProcessor
+
+        try:
+            with _image_processor_backend_notice_silenced():
+                return AutoVideoProcessor.from_pretrained(name_or_path)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot load the video processor of {name_or_path!r}: {str(exc).splitlines()[0]}") from None
+
+    @classmethod
+    def frame_geometry(cls, geometry: VisualGeometry, video_processor: Any, height: int, width: int) -> VisualGeometry:
+        """The geometry of frames of ``height`` x ``width`` px, for planning before any weights load.
+
+        ``geometry`` itself where the grid comes from the config (every frame is resized to the
+        tower's size); families whose grid comes from the video (``geometry.dynamic``) fill in
+        the counts of that frame size from the checkpoint's own ``video_processor``.
+        """
+        return geometry
 
     def _check_vision_feature_layer(self) -> None:
         if not isinstance(self.config.vision_feature_layer, int):

@@ -27,6 +27,7 @@ frames): its ``(h/2)·(w/2)`` merged tokens in raster order.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +75,21 @@ class Qwen2_5_VLAdapter(VideoLLM):
         """The grid depends on the video (dynamic resolution): known after preprocessing, not from the config."""
         return VisualGeometry(patch_grid=(0, 0), prune_grid=(0, 0), extra_per_frame=0, stock_per_frame=0,
                               frames_per_unit=config.vision_config.temporal_patch_size, dynamic=True)
+
+    @classmethod
+    def frame_geometry(cls, geometry: VisualGeometry, video_processor, height: int, width: int) -> VisualGeometry:
+        """The merged grid the stock ``video_processor`` gives one temporal patch of ``height`` x ``width`` frames.
+
+        Runs the processor itself on a blank temporal patch of that size (its resize rule, pixel
+        limits and merge size are the checkpoint's; no weights needed). Still ``dynamic``: frames
+        of another size get another grid.
+        """
+        blank = np.zeros((geometry.frames_per_unit, int(height), int(width), 3), dtype=np.uint8)
+        out = video_processor(videos=[blank], return_tensors="pt")
+        _, h, w = (int(v) for v in out["video_grid_thw"][0])
+        merge = video_processor.merge_size
+        grid = (h // merge, w // merge)
+        return dataclasses.replace(geometry, patch_grid=(h, w), prune_grid=grid, stock_per_frame=grid[0] * grid[1])
 
     def _check_vision_feature_layer(self) -> None:
         """Qwen2.5-VL feeds the merger's output; there is no ``vision_feature_layer`` to check."""
