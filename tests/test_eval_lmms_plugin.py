@@ -124,6 +124,33 @@ def test_lmms_eval_cli_runs_its_own_task_with_vidprune_pruning(tmp_path, video_l
     assert results["accuracy,none"] == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_lmms_eval_cli_runs_the_new_families(tmp_path, tiny_checkpoints, family):
+    ckpt = tiny_checkpoints[family]
+    videos = [str(write_clip(tmp_path / "videos" / f"clip{i}.mp4", seed=i)) for i in range(2)]
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"id": i, "video": v, "question": QUESTION, "options": OPTIONS, "answer": "A"})
+                            + "\n" for i, v in enumerate(videos)))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "tiny.yaml").write_text(TASK_YAML.format(task=TASK, docs=docs))
+    (tasks / "utils.py").write_text(TASK_UTILS)
+    out, report_file = tmp_path / "out", tmp_path / "answers.jsonl"
+    (tmp_path / "hf").mkdir()
+    result = _run_lmms_eval(["--model_args", f"pretrained={ckpt},budget=40,frames=4,report_file={report_file}",
+                             "--tasks", TASK, "--include_path", str(tasks), "--output_path", str(out)],
+                            tmp_path, tmp_path / "hf")
+    summary = next(line for line in result.stderr.splitlines() if line.startswith("vidprune: 2 answers"))
+    assert "(pruner vispruner, dedup off, budget 40)" in summary, summary  # budget=N names eval's vispruner arm
+    from vidprune.qa import VideoQA
+
+    qa = VideoQA.from_pretrained(ckpt, budget=40, frames=4, dedup=False)
+    direct = [qa.ask(v, _prompt(), max_new_tokens=4, do_sample=False) for v in videos]
+    answers = sorted(_reports(report_file), key=lambda r: r["doc_id"])
+    assert [a["token_ids"] for a in answers] == [d.token_ids for d in direct]
+    assert all(0 < a["report"]["tokens"]["to_llm"] <= 40 for a in answers)
+
+
 def test_model_args_are_checked_in_one_line(video_llava_ckpt):
     from vidprune.errors import ConfigError
     from vidprune.eval.lmms_plugin import VidpruneLMM

@@ -139,6 +139,32 @@ def test_multiple_choice_benchmarks_in_one_sweep(tmp_path, video_llava_ckpt, cap
     assert "| Video-MME Acc | MVBench Acc | EgoSchema Acc | NExT-QA Acc |" in (tmp_path / "out" / "table.md").read_text()
 
 
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_the_new_families_run_a_sweep_with_pruning_and_ivtp(tmp_path, tiny_checkpoints, family, capsys):
+    from vidprune import VideoQA
+
+    ckpt, d, out = tiny_checkpoints[family], tmp_path / "data", tmp_path / "out"
+    write_clip(d / "videomme" / "data" / "vm1.mp4", num_frames=24)
+    write_json(d / "videomme" / "videomme.json", [{"videoID": "vm1", "question_id": "001-1", "question": "What moves?",
+                                                   "options": ["A. a square", "B. a dog", "C. a car", "D. a cat"],
+                                                   "answer": "A", "duration": "short", "task_type": "Counting"}])
+    common = ["--model", ckpt, "--frames", "4", "--max-new-tokens", "3", "--data-root", str(d), "--no-progress",
+              "--benchmark", "videomme", "--annotations", "videomme/videomme.json", "--videos", "videomme"]
+    assert main(["eval", *common, "--budgets", "40", "--methods", "vispruner", "--ivtp", "2:0.5", "--out", str(out)]) == 0, \
+        capsys.readouterr().err
+    recs = {r["arm"]: r for r in _records(out)}
+    assert "vispruner@40" in recs
+    pruned = recs["vispruner@40"]
+    assert pruned["num_frames"] == 4 and 0 < pruned["tokens"]["to_llm"] <= 40
+    assert pruned["tokens"]["after_ivtp"] == math.ceil(0.5 * pruned["tokens"]["to_llm"]) == pruned["visual_tokens"]
+    # the sweep's arm is vidprune's own pipeline: the same options through VideoQA give the same tokens
+    qa = VideoQA.from_pretrained(ckpt, budget=40, frames=4, dedup=False)
+    assert qa.prepare(str(d / "videomme" / "data" / "vm1.mp4")).tokens_count["to_llm"] == pruned["tokens"]["to_llm"]
+    if family == "qwen2_5_vl":  # FastV's share of the stock stream is only known per video there: refused up front
+        assert main(["eval", *common, "--budgets", "40", "--methods", "fastv", "--out", str(tmp_path / "o2")]) == 2
+        assert "fastv keeps a share of the stock stream" in capsys.readouterr().err
+
+
 def test_an_interrupted_sweep_resumes_without_redoing_answers(tmp_path, video_llava_ckpt, capsys):
     q_path, videos = qa_pair_benchmark(tmp_path / "msvd", n_videos=4, per_video=2)
     out = tmp_path / "out"

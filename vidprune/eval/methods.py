@@ -60,10 +60,13 @@ class TokenCounts:
             against (2048 for Video-LLaVA's 8 frames, as the papers count).
         stream: tokens the stock model feeds its LLM (full plus per-frame extras such as
             Video-LLaVA's [CLS]: 2056).
+
+    Both are None where the grid comes from each video (Qwen2.5-VL's dynamic resolution):
+    then no budget collapses into the full arm (a video with fewer tokens keeps them all).
     """
 
-    full: int
-    stream: int
+    full: int | None
+    stream: int | None
 
 
 _METHODS: dict[str, Method] = {}
@@ -95,6 +98,10 @@ def _fastv_options(budget: int, counts: TokenCounts) -> dict[str, Any]:
     below ``budget / n`` so that the ceiling lands on ``budget`` exactly, not one above
     through float rounding. A video with fewer frames keeps the same share.
     """
+    if counts.stream is None:
+        raise ConfigError("fastv keeps a share of the stock stream (budget / its tokens), which this model's "
+                          "dynamic grid (Qwen2.5-VL) gives only per video; compare with vispruner, random or "
+                          "--ivtp instead")
     return {"budget": None, "dedup": False, "ivtp_layer": FASTV_LAYER,
             "ivtp_keep": min(1.0, (budget - 0.5) / counts.stream)}
 
@@ -152,7 +159,7 @@ def plan_arms(methods: Sequence[str], budgets: Sequence[int | None], counts: Tok
     for budget in budgets:
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0):
             raise ConfigError(f"budgets must be positive integers (or 'full'), got {budget!r}")
-        if budget is None or budget >= counts.full:
+        if budget is None or (counts.full is not None and budget >= counts.full):
             continue  # the full arm
         for m in methods:
             if m == FULL:

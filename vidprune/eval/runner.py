@@ -140,6 +140,8 @@ def token_counts(config: VidpruneConfig) -> TokenCounts:
     from ..video_models.base import inspect_checkpoint
 
     info = inspect_checkpoint(config.model, keep_cls=config.keep_cls, prune_pooled=config.prune_pooled)
+    if info.geometry.dynamic:  # the grid comes from each video (Qwen2.5-VL): no count before decoding
+        return TokenCounts(full=None, stream=None)
     frames = config.frames or info.family.default_num_frames
     return TokenCounts(full=info.geometry.prunable_per_frame * frames, stream=info.geometry.full_tokens(frames))
 
@@ -399,7 +401,7 @@ class SweepRunner:
             "flops": report["flops"],
             "latency_s": {**{k: round(float(v), 4) for k, v in timings.items()},
                           "total": round(float(sum(timings.values())), 4)},
-            "num_frames": len(report["frames"]),
+            "num_frames": report.get("sampled_frames", len(report["frames"])),
             "warnings": report["warnings"],
         }
         rec.update(self._score(sample, text))

@@ -50,6 +50,7 @@ def answer_report(cfg: "VidpruneConfig", llm: "VideoLLM", select_stage: "SelectS
         "model": llm.name_or_path,
         "family": llm.model_type,
         "frames": video.frames,
+        "sampled_frames": video.sampled_frames or len(video.frames),
         "tokens": {**video.tokens_count, "budget": cfg.budget, "text": text_tokens},
         "flops": {
             "llm_prefill_full": flops_full,

@@ -53,6 +53,8 @@ class PrunedVideo:
         layout: where the kept tokens sit in the stock grid, for families with multimodal
             positions (Qwen2.5-VL): {"units", "grid": (h, w), "seconds_per_unit", "kept": per unit}.
             None for the others.
+        sampled_frames: frames sampled from the video (``frames`` has one record per pruning
+            unit: a temporal patch of two frames for Qwen2.5-VL).
     """
 
     tokens: torch.Tensor
@@ -62,6 +64,7 @@ class PrunedVideo:
     timings_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     layout: dict[str, Any] | None = None
+    sampled_frames: int | None = None
 
 
 def clip_from_array(frames: np.ndarray, fps: float | None = None) -> DecodedClip:
@@ -228,7 +231,7 @@ class VideoSelection:
         counts = {"full": self.plan.full, "after_vispruner": self.after_pruner + extra, "after_dedup": kept + extra,
                   "to_llm": kept + extra}
         return PrunedVideo(tokens=tokens, frames=self.frames, tokens_count=counts, decode=dict(decode or {}),
-                           warnings=list(warnings or []), layout=self.layout)
+                           warnings=list(warnings or []), layout=self.layout, sampled_frames=self.num_frames)
 
 
 class AnswerStage:
