@@ -187,10 +187,10 @@ def test_qwen_pages_frames_are_paired_drawn_on_its_own_grid_and_answered(tiny_ch
         context = browser.new_context()
         page, errors, tokens, _ = _open_page(context, url)
         page.wait_for_function("Number(document.getElementById('overlay').dataset.seq || -1) >= 3", timeout=WAIT_MS)
-        seq = int(page.evaluate("document.getElementById('overlay').dataset.seq"))
-        assert seq % 2 == 1, "a temporal patch is drawn on its second frame"
         feed = _status(url)["feeds"][0]
         assert feed["memory"]["frames"] >= 2 and feed["load"]["pairing"] in (0, 1)
+        added = feed["memory"]["frames_added"]  # read apart from "load": a unit may be stored in between
+        assert feed["load"]["encoded"] in (2 * added - 2, 2 * added, 2 * added + 2), "two frames per temporal patch"
         kept, dups, pruned = map(int, re.search(r"(\d+) kept, (\d+) duplicates, (\d+) pruned",
                                                 page.inner_text("#overlay-seq")).groups())
         per_unit = feed["memory"]["tokens_seen"] // feed["memory"]["frames"]  # the unit's grid, as the processor made it
