@@ -26,6 +26,16 @@ __all__ = ["MediaFile", "mp4_index_cut_off"]
 # FFmpeg's read buffer for the file (PyAV's default is 32 KiB). Every seek refills it, so it is
 # read-ahead paid per seek; reads larger than it (most packets of HD video) bypass it.
 _IO_BUFFER_BYTES = 8192
+# The first bytes of an EBML file (Matroska, WebM): the EBML header's element ID.
+_EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+
+
+def _is_ebml(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == _EBML_MAGIC
+    except OSError:
+        return False
 
 
 def codec_name(stream: Any) -> str:
@@ -129,8 +139,24 @@ class MediaFile:
         self.extradata = b""
         self.time_base: Fraction | None = None
         self.rate: Fraction | None = None
+        self.rate_from_header = False
         self.header_duration_s: float | None = None
+        self._open_options: dict[str, str] = {}
         self._check_file()
+        if _is_ebml(path):
+            # FFmpeg's stream probing (avformat_find_stream_info) reads ~40 frames of a Matroska
+            # file (fps_analyze_framecount, doubled for a 1 ms time base) only to estimate the
+            # frame rate, which the track's DefaultDuration already gives (FFmpeg's avg_frame_rate):
+            # ``fpsprobesize=0`` skips that, so an open reads the header and a few packets
+            # (measured on 128x96 H.264: 41 KB instead of 221 KB). Without a DefaultDuration, the
+            # rate is estimated as usual.
+            self._open_options = {"fpsprobesize": "0"}
+        self._read_stream_info()
+        if self._open_options and not self.rate_from_header:
+            self._open_options = {}
+            self._read_stream_info()
+
+    def _read_stream_info(self) -> None:
         with self.open() as container:
             self.format = container.format.name
             stream = self._pick_stream(container)
@@ -139,6 +165,7 @@ class MediaFile:
             self.codec = codec_name(stream)
             self.extradata = bytes(stream.codec_context.extradata or b"")  # e.g. H.264's avcC record
             self.time_base = stream.time_base
+            self.rate_from_header = bool(stream.average_rate)
             self.rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             # Header claims, kept only to warn about a cut file: the stream's duration (the
             # container's if it has none, e.g. Matroska), and its frame count over its rate
@@ -183,7 +210,9 @@ class MediaFile:
         try:
             source = CountingFile(self.path, self.stats, seekable=not self.unindexed)
             try:
-                return av.open(source, mode="r", metadata_errors="replace", buffer_size=_IO_BUFFER_BYTES)
+                return av.open(
+                    source, mode="r", metadata_errors="replace", buffer_size=_IO_BUFFER_BYTES, options=self._open_options
+                )
             except BaseException:
                 source.close()
                 raise
