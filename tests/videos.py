@@ -479,16 +479,20 @@ def scale_mp4_durations(path: str | Path, factor: float) -> None:
     Path(path).write_bytes(bytes(data))
 
 
-def set_mkv_default_duration(path: str | Path, nanoseconds: int) -> None:
+def set_mkv_default_duration(path: str | Path, nanoseconds: int | None) -> None:
     """Overwrite the ``DefaultDuration`` (element 0x23E383) of a Matroska file's tracks (frames untouched).
 
-    The value keeps its width, so nothing else moves."""
+    The value keeps its width, so nothing else moves. ``None`` removes it: its ID becomes
+    0x23E3FF, an element no reader knows (and so skips), as if the muxer had not written it."""
     data = bytearray(Path(path).read_bytes())
     at, changed = data.find(b"\x23\xe3\x83"), 0
     while at >= 0:
         size_byte = data[at + 3]
         width = size_byte & 0x7F if size_byte & 0x80 else 0  # a 1-byte EBML size (what muxers write here)
-        if 1 <= width <= 8 and nanoseconds < 1 << (8 * width):
+        if nanoseconds is None and 1 <= width <= 8:
+            data[at + 2] = 0xFF
+            changed += 1
+        elif 1 <= width <= 8 and nanoseconds < 1 << (8 * width):
             data[at + 4 : at + 4 + width] = nanoseconds.to_bytes(width, "big")
             changed += 1
         at = data.find(b"\x23\xe3\x83", at + 1)

@@ -146,10 +146,10 @@ class MediaFile:
         if _is_ebml(path):
             # FFmpeg's stream probing (avformat_find_stream_info) reads ~40 frames of a Matroska
             # file (fps_analyze_framecount, doubled for a 1 ms time base) only to estimate the
-            # frame rate, which the track's DefaultDuration already gives (FFmpeg's avg_frame_rate):
-            # ``fpsprobesize=0`` skips that, so an open reads the header and a few packets
-            # (measured on 128x96 H.264: 41 KB instead of 221 KB). Without a DefaultDuration, the
-            # rate is estimated as usual.
+            # frame rate (r_frame_rate, which vidprune does not use): ``fpsprobesize=0`` skips that,
+            # so an open reads the header and a few packets (measured on 128x96 H.264: 41 KB
+            # instead of 221 KB). The average rate still comes from the track's DefaultDuration or
+            # the packets probed; a file left without one is probed as usual.
             self._open_options = {"fpsprobesize": "0"}
         self._read_stream_info()
         if self._open_options and not self.rate_from_header:

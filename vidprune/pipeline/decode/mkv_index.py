@@ -43,6 +43,7 @@ _CUES, _CUE_POINT, _CUE_TIME, _CUE_TRACK_POSITIONS = 0x1C53BB6B, 0xBB, 0xB3, 0xB
 _CUE_TRACK, _CUE_CLUSTER_POSITION, _CUE_RELATIVE_POSITION = 0xF7, 0xF1, 0xF0
 _CLUSTER = 0x1F43B675
 _VIDEO_TRACK = 1  # TrackType of a video track
+_NAMES = {_INFO: "'Info'", _TRACKS: "'Tracks'", _CUES: "the Cues"}
 
 # Header elements larger than this are not read (Cues of a 10-hour file with a cue per second: ~1 MB).
 _MAX_ELEMENT_BYTES = 64 * 1024 * 1024
@@ -232,16 +233,20 @@ def _read(file: _File) -> CueIndex:
                     target = _uint(seekhead, *fields[_SEEK_ID])
                     seek_positions.setdefault(target, segment + _uint(seekhead, *fields[_SEEK_POSITION]))
         elif element in wanted and element not in found:
-            found[element] = file.body(at, size, f"0x{element:X}")
+            found[element] = file.body(at, size, _NAMES.get(element, f"0x{element:X}"))
         if size is None:
             raise IndexUnusable(f"top-level element 0x{element:X} has an unknown size")
         pos = at + size
     # The rest through the SeekHead (the Cues are normally at the end).
     for element in wanted:
         if element not in found and element in seek_positions:
+            if seek_positions[element] >= file.size:
+                raise IndexUnusable(
+                    f"the SeekHead lists {_NAMES[element]} past the end of the file (the file is cut)"
+                )
             el, at, size = file.header(seek_positions[element])
             if el == element:
-                found[element] = file.body(at, size, f"0x{element:X}")
+                found[element] = file.body(at, size, _NAMES.get(element, f"0x{element:X}"))
     if _CUES not in found and first_cluster is not None:
         # No SeekHead entry: step over the clusters by their headers alone.
         pos, steps = first_cluster, 0
