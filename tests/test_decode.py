@@ -30,6 +30,7 @@ from videos import (  # tests/videos.py (tests/ is on sys.path under pytest)
 
 from vidprune.errors import ConfigError, VideoDecodeError
 from vidprune.pipeline.decode import decord_guard
+from vidprune.pipeline.decode.mkv_index import read_cluster_blocks, read_cue_index
 from vidprune.pipeline.decode import (
     DecodedClip,
     Frame,
@@ -803,6 +804,23 @@ def _same_as_the_demux_pass(clip, path) -> None:
         assert full.table_source == "demux" and clip.num_stream_frames == len(full)
     assert [f.index for f in frames] == clip.indices and clip.times_s == [f.time_s for f in frames]
     assert all(np.array_equal(f.rgb, got) for f, got in zip(frames, clip.frames))
+
+
+@pytest.mark.parametrize("name, codec, bframes", [("h264.mkv", "libx264", 2), ("vp8.webm", "libvpx", 0)])
+def test_matroska_with_audio_reads_block_headers_as_ffmpeg_demuxes_them(tmp_path, name, codec, bframes):
+    # With an audio track that outlasts the video by 2 s (the segment's Duration is the audio's).
+    path = make_noise_video(tmp_path / name, 500, 25, gop=50, codec=codec, bframes=bframes, audio_s=22.0)
+    cues = read_cue_index(str(path))
+    blocks = read_cluster_blocks(str(path), int(cues.cue_clusters[0]), cues.segment_end, cues.track_number, 10**6)
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        packets = [(p.pts, bool(p.is_keyframe)) for p in c.demux(s) if p.size]
+    assert list(zip(blocks.times, blocks.keyframes)) == packets and len(packets) == 500
+    assert blocks.bytes_read < 0.1 * path.stat().st_size  # headers only: 12 + 12 bytes a block (frames: ~1.5 KB)
+    clip = read_video(path, num_frames=16)
+    assert clip.stats["frame_table"] == "index" and clip.warnings == []
+    assert stamps(clip.frames) == clip.indices == uniform_indices(500, 16)
+    _same_as_the_demux_pass(clip, path)
 
 
 def test_matroska_without_a_trustworthy_index_takes_the_demux_pass(tmp_path):

@@ -611,10 +611,27 @@ def make_moving_square_video(
     return MovingSquareVideo(path=path, positions=positions, square=square, size=(w, h), fps=fps, background=bg)
 
 
+def _audio_packets(container, seconds: float, opus: bool) -> list:
+    """The packets of a ``seconds``-long 440 Hz mono tone, encoded for a new audio stream of ``container``."""
+    rate = 48000
+    stream = container.add_stream("libopus" if opus else "aac", rate=rate)
+    stream.layout = "mono"
+    t = np.arange(int(seconds * rate)) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    packets, chunk = [], 960
+    for start in range(0, tone.size, chunk):
+        fmt = "flt" if opus else "fltp"
+        frame = av.AudioFrame.from_ndarray(tone[None, start : start + chunk].copy(), format=fmt, layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
+        packets += stream.encode(frame)
+    return packets + list(stream.encode())
+
+
 def make_noise_video(
     path: str | Path, num_frames: int, fps: float, size: tuple[int, int] = (64, 48), *, gop: int = 50,
     bframes: int = 2, seed: int = 0, container_options: dict[str, str] | None = None, codec: str = "libx264",
     skip_frames: Sequence[int] = (),
+    audio_s: float | None = None,
 ) -> Path:
     """A file of ``num_frames`` stamped frames of fresh random noise, a keyframe every ``gop`` frames.
 
@@ -625,6 +642,8 @@ def make_noise_video(
     ``container_options``: muxer options, e.g. ``{"movflags": "+faststart"}``.
     ``skip_frames``: frame numbers never encoded, leaving a gap in the timestamps where they
     would be (a capture that dropped frames); the frames keep stamping their own number.
+    ``audio_s``: also an audio track (a 440 Hz tone, AAC; Opus in .webm) lasting that many
+    seconds, interleaved with the video as a recorder writes it.
     """
     path = Path(path)
     w, h = size
@@ -640,7 +659,10 @@ def make_noise_video(
         stream = container.add_stream(codec, rate=rate, options=opts)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.codec_context.time_base = 1 / rate
+        audio_packets = _audio_packets(container, audio_s, path.suffix == ".webm") if audio_s else []
         for i in range(num_frames):
+            while audio_packets and audio_packets[0].pts * audio_packets[0].time_base <= i / rate:
+                container.mux(audio_packets.pop(0))
             img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
             if i in skipped:
                 continue
@@ -649,6 +671,8 @@ def make_noise_video(
             frame.pts, frame.time_base = i, 1 / rate
             for packet in stream.encode(frame):
                 container.mux(packet)
+        for packet in audio_packets:
+            container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
     return path

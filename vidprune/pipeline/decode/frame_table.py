@@ -371,7 +371,7 @@ def table_from_sample_table(media: MediaFile) -> tuple[FrameTable | None, str]:
 # Packets read at the start of a Matroska file without DefaultDuration to find its frame duration:
 # up to the second keyframe, at most this many (with one: _HEAD_PACKETS).
 _MAX_HEAD_GOP_PACKETS = 1000
-# Packets from the last cue point to the end that are read, at most (a longer last GOP: not trusted).
+# Blocks from the last cue point to the end whose headers are read, at most (a longer last GOP: not trusted).
 _MAX_TAIL_PACKETS = 5000
 
 
@@ -412,15 +412,18 @@ def table_from_cues(media: MediaFile) -> tuple[FrameTable | None, str]:
     frame k at ``first + k * duration``. Trusted only when: the file has Cues for its one
     video track (:mod:`.mkv_index`), its ticks are the stream's time base, the track has a
     ``DefaultDuration`` (else the first GOP's packets must show one constant duration), FFmpeg's
-    first packets are grid frames, its packets from the last cue point to the end are exactly
-    the grid's frames there (so the last pts, and the count, are exact), every
-    cue time is a grid frame, and the header's ``Duration`` ends with the grid (within one
-    frame, or the slack of :func:`header_duration_note`). Reads the header, the Cues and
-    those two ends. A frame missing in between changes the grid of every later frame: decoding
-    checks each frame's pts against it, and on a disagreement the reader falls back to a demux
-    pass (``VideoReader.distrust_index``).
+    first packets are grid frames starting at the first cue, the blocks from the last cue
+    point's cluster to the end (their headers: :func:`~.mkv_index.read_cluster_blocks`) are
+    exactly the grid's frames there with a keyframe at the cue (so the last pts, and the count,
+    are exact), every cue time is a grid frame, and the header's ``Duration`` ends with the
+    grid (within one frame, or the slack of :func:`header_duration_note`). Reads the header,
+    the Cues, the first packets and the last clusters' block headers. A frame missing in
+    between shifts every later frame's index against the grid: decoding checks each frame's
+    pts against it, and on a disagreement the reader falls back to a demux pass
+    (``VideoReader.distrust_index``); a gap in a stretch nothing is decoded from is not seen
+    (``docs/decoding.md``, "Limits").
     """
-    from .mkv_index import read_cue_index
+    from .mkv_index import read_cluster_blocks, read_cue_index
     from .mp4_index import IndexUnusable
 
     try:
@@ -478,34 +481,39 @@ def table_from_cues(media: MediaFile) -> tuple[FrameTable | None, str]:
         head_k = grid.indices(head_pts)
         if head_k is None or (not cues.default_duration_ns and keyframes_seen == 2 and not _contiguous(head_k, 0)):
             return None, "FFmpeg's first packets are not on a constant frame-rate grid (variable frame rate)"
-        if whole_file:
-            if not _contiguous(head_k, 0):
-                return None, "the frames are not on a constant frame-rate grid"
-            n = len(head_k)
-        else:
-            last_cue = int(cues.cue_times[-1])
-            try:
-                container.seek(last_cue, stream=stream, backward=True, any_frame=False)
-            except av.FFmpegError as e:
-                return None, f"seeking to the last cue failed ({one_line(e)})"
-            tail = _packets(container, stream, media, limit=_MAX_TAIL_PACKETS + 1)
-            if len(tail) > _MAX_TAIL_PACKETS:
-                return None, "the last cue point is too far from the end"
-            if not tail or tail[0][0] != last_cue or not tail[0][4] or any(p[0] is None or p[5] for p in tail):
-                return None, "FFmpeg's packets from the last cue point do not start with its keyframe"
-            tail_k = grid.indices([p[0] for p in tail])
-            if tail_k is None or not _contiguous(tail_k, tail_k[0]):
-                return None, "FFmpeg's last packets are not on the constant frame-rate grid"
-            n = tail_k[0] + len(tail_k)
+    if whole_file:
+        if not _contiguous(head_k, 0):
+            return None, "the frames are not on a constant frame-rate grid"
+        n = len(head_k)
+    else:
+        # The end: the block headers of the clusters from the last cue point on (not their frames).
+        last_cue = int(cues.cue_times[-1])
+        try:
+            tail = read_cluster_blocks(
+                media.path, int(cues.cue_clusters[-1]), cues.segment_end, cues.track_number, _MAX_TAIL_PACKETS
+            )
+        except IndexUnusable as e:
+            return None, str(e)
+        media.stats["bytes_read"] += tail.bytes_read
+        if not tail.times or last_cue not in tail.times or not tail.keyframes[tail.times.index(last_cue)]:
+            return None, "the last cue point's cluster has no keyframe at the cue time"
+        tail_k = grid.indices(tail.times)
+        if tail_k is None or not _contiguous(tail_k, min(tail_k)):
+            return None, "the frames after the last cue point are not on the constant frame-rate grid"
+        n = max(tail_k) + 1
     cue_k = grid.indices(cues.cue_times.tolist())
     if cue_k is None or cue_k[-1] >= n:
         return None, "a cue time is not a frame of the constant frame-rate grid"
+    # The length the header claims: the video track's DURATION tag, else the segment's (which
+    # includes a longer audio track).
     ends = int(grid.pts(n))  # where the last frame ends, in ticks
+    claimed = media.track_duration_s * 1e9 / scale if media.track_duration_s is not None else cues.duration
     frame_ticks = step_ns / scale
-    slack = max(frame_ticks, _DURATION_SLACK_S * 1e9 / scale, _DURATION_SLACK_FRACTION * cues.duration)
-    if not ends - frame_ticks - 1 <= cues.duration <= ends + slack:
+    slack = max(frame_ticks, _DURATION_SLACK_S * 1e9 / scale, _DURATION_SLACK_FRACTION * claimed)
+    if not ends - frame_ticks - 1 <= claimed <= ends + slack:
+        what = "video track's DURATION tag" if media.track_duration_s is not None else "header Duration"
         return None, (
-            f"the header Duration ({cues.duration * scale / 1e9:.3f} s) does not match the {n} frames of the "
+            f"the {what} ({claimed * scale / 1e9:.3f} s) does not match the {n} frames of the "
             f"constant frame-rate grid (ending at {ends * scale / 1e9:.3f} s)"
         )
     spts = grid.pts(np.arange(n)).tolist()

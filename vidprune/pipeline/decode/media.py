@@ -9,6 +9,7 @@ cross-checked, see ``docs/decoding.md``).
 from __future__ import annotations
 
 import io
+import math
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -110,6 +111,16 @@ class CountingFile(io.RawIOBase):
         super().close()
 
 
+def _duration_tag(stream: Any) -> float | None:
+    """A Matroska track's ``DURATION`` tag in seconds (``"00:00:24.000000000"``; FFmpeg and mkvmerge write it), or None."""
+    try:
+        hours, minutes, seconds = str(stream.metadata.get("DURATION", "")).split(":")
+        value = 3600 * int(hours) + 60 * int(minutes) + float(seconds)
+    except (ValueError, AttributeError):
+        return None
+    return value if value > 0 and math.isfinite(value) else None
+
+
 class MediaFile:
     """A checked video file and its video stream, opened with PyAV once per pass.
 
@@ -120,7 +131,9 @@ class MediaFile:
     (``bytes_read``, ``packets_demuxed`` and ``bad_packets`` are counted here).
 
     Attributes: ``path``, ``format`` (FFmpeg's demuxer name, e.g. ``"avi"``),
-    ``stream_index``, ``time_base``, ``rate``, ``header_duration_s`` (what the
+    ``stream_index``, ``time_base``, ``rate``, ``rate_from_header`` (FFmpeg had an average
+    rate without estimating one), ``track_duration_s`` (a Matroska video track's ``DURATION``
+    tag, or None), ``header_duration_s`` (what the
     container claims; only cross-checked), ``unindexed`` (read as a byte stream, so
     FFmpeg cannot use a damaged index; set by the AVI index check).
     """
@@ -140,6 +153,7 @@ class MediaFile:
         self.time_base: Fraction | None = None
         self.rate: Fraction | None = None
         self.rate_from_header = False
+        self.track_duration_s: float | None = None
         self.header_duration_s: float | None = None
         self._open_options: dict[str, str] = {}
         self._check_file()
@@ -171,8 +185,11 @@ class MediaFile:
             # container's if it has none, e.g. Matroska), and its frame count over its rate
             # (FFmpeg recomputes a cut AVI's duration but keeps its header frame count).
             claims = []
+            self.track_duration_s = _duration_tag(stream)
             if stream.duration is not None and stream.duration > 0:
                 claims.append(float(stream.duration * stream.time_base))
+            elif self.track_duration_s is not None:  # the video track's own length, not the audio's
+                claims.append(self.track_duration_s)
             elif container.duration is not None and container.duration > 0:
                 claims.append(container.duration / av.time_base)
             if stream.frames and stream.average_rate:

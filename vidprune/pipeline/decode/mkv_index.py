@@ -29,7 +29,7 @@ import numpy as np
 
 from .mp4_index import IndexUnusable
 
-__all__ = ["CueIndex", "read_cue_index"]
+__all__ = ["ClusterBlocks", "CueIndex", "read_cluster_blocks", "read_cue_index"]
 
 # Element IDs (RFC 9559, with their marker bits, as written).
 _EBML = 0x1A45DFA3
@@ -41,7 +41,9 @@ _TRACKS, _TRACK_ENTRY = 0x1654AE6B, 0xAE
 _TRACK_NUMBER, _TRACK_TYPE, _CODEC_ID, _DEFAULT_DURATION = 0xD7, 0x83, 0x86, 0x23E383
 _CUES, _CUE_POINT, _CUE_TIME, _CUE_TRACK_POSITIONS = 0x1C53BB6B, 0xBB, 0xB3, 0xB7
 _CUE_TRACK, _CUE_CLUSTER_POSITION, _CUE_RELATIVE_POSITION = 0xF7, 0xF1, 0xF0
-_CLUSTER = 0x1F43B675
+_CLUSTER, _CLUSTER_TIMESTAMP = 0x1F43B675, 0xE7
+_SIMPLE_BLOCK, _BLOCK_GROUP, _BLOCK, _REFERENCE_BLOCK = 0xA3, 0xA0, 0xA1, 0xFB
+_SIMPLE_BLOCK_KEYFRAME, _BLOCK_LACING = 0x80, 0x06  # flag bits in a (Simple)Block header
 _VIDEO_TRACK = 1  # TrackType of a video track
 _NAMES = {_INFO: "'Info'", _TRACKS: "'Tracks'", _CUES: "the Cues"}
 
@@ -61,7 +63,8 @@ class CueIndex:
     ``default_duration_ns`` (None if absent). ``cue_times``: int64 ticks of the track's cue
     points, in file order; ``cue_clusters``: int64 absolute byte offset of each one's cluster;
     ``cue_relative``: int64 offset of its block inside the cluster (-1 if not written).
-    ``header_bytes``: bytes read to get all this.
+    ``segment_end``: absolute end of the Segment (or of the file). ``header_bytes``: bytes
+    read to get all this.
     """
 
     timestamp_scale: int
@@ -72,7 +75,21 @@ class CueIndex:
     cue_times: np.ndarray
     cue_clusters: np.ndarray
     cue_relative: np.ndarray
+    segment_end: int
     header_bytes: int
+
+
+@dataclass
+class ClusterBlocks:
+    """The video track's blocks of the clusters from one position to the end, in file (decoding) order.
+
+    ``times``: each block's timestamp in ticks (cluster Timestamp + the block's relative
+    one); ``keyframes``: its keyframe flag. ``bytes_read``: only element and block headers.
+    """
+
+    times: list[int]
+    keyframes: list[bool]
+    bytes_read: int
 
 
 def _vint(data: bytes | memoryview, pos: int, keep_marker: bool) -> tuple[int, int, bool]:
@@ -277,5 +294,79 @@ def _read(file: _File) -> CueIndex:
     return CueIndex(
         timestamp_scale=scale, duration=duration, track_number=track_number, codec_id=codec,
         default_duration_ns=default_duration, cue_times=times, cue_clusters=clusters, cue_relative=relative,
-        header_bytes=file.read_bytes,
+        segment_end=segment_end, header_bytes=file.read_bytes,
     )
+
+
+def read_cluster_blocks(path: str, start: int, end: int, track_number: int, max_blocks: int) -> ClusterBlocks:
+    """The timestamps and keyframe flags of ``track_number``'s blocks in the clusters from byte ``start`` to ``end``.
+
+    Reads only the headers of the elements and of each block (track, relative timestamp,
+    flags: RFC 9559 10.1), not the frames: what FFmpeg's demuxer makes its packets' pts and
+    keyframe flags from. Top-level elements other than clusters (Cues, Tags) are skipped.
+    Raises IndexUnusable for a cluster of unknown size, laced blocks (several frames in
+    one block) or more than ``max_blocks`` blocks.
+    """
+    with open(path, "rb", buffering=0) as f:
+        file = _File(f, min(end, os.fstat(f.fileno()).st_size))
+        try:
+            return _cluster_blocks(file, start, track_number, max_blocks)
+        except (struct.error, ValueError, IndexError) as e:
+            raise IndexUnusable(f"a Cluster is damaged ({e})") from None
+
+
+def _block_header(file: _File, pos: int, size: int) -> tuple[int, int, int]:
+    """(track number, relative timestamp, flags) of the (Simple)Block whose body is at ``pos``."""
+    head = file.read(pos, min(size, 12))
+    track, at, _ = _vint(head, 0, keep_marker=False)
+    if at + 3 > len(head):
+        raise IndexUnusable("a block header is cut")
+    relative = struct.unpack_from(">h", head, at)[0]
+    return track, relative, head[at + 2]
+
+
+def _cluster_blocks(file: _File, pos: int, track_number: int, max_blocks: int) -> ClusterBlocks:
+    times: list[int] = []
+    keys: list[bool] = []
+    while pos < file.size:
+        element, at, size = file.header(pos)
+        if size is None:
+            raise IndexUnusable(f"element 0x{element:X} has an unknown size (a live recording)")
+        if at + size > file.size:
+            raise IndexUnusable("the last Cluster is cut (the file ends inside it)")
+        if element == _CLUSTER:
+            cluster_time, child, end = None, at, at + size
+            while child < end:
+                kind, body, length = file.header(child)
+                if length is None or body + length > end:
+                    raise IndexUnusable("a Cluster's element runs past it")
+                block = None  # (track, relative timestamp, flags, keyframe)
+                if kind == _CLUSTER_TIMESTAMP:
+                    cluster_time = _uint(file.read(body, length), 0, length)
+                elif kind == _SIMPLE_BLOCK:
+                    track, relative, flags = _block_header(file, body, length)
+                    block = (track, relative, flags, bool(flags & _SIMPLE_BLOCK_KEYFRAME))
+                elif kind == _BLOCK_GROUP:  # a Block, and a ReferenceBlock unless it is a keyframe
+                    inner, referenced = body, False
+                    while inner < body + length:
+                        k, b, n = file.header(inner)
+                        if n is None or b + n > body + length:
+                            raise IndexUnusable("a BlockGroup's element runs past it")
+                        if k == _BLOCK:
+                            block = _block_header(file, b, n) + (False,)
+                        referenced |= k == _REFERENCE_BLOCK
+                        inner = b + n
+                    if block is not None:
+                        block = block[:3] + (not referenced,)
+                if block is not None and block[0] == track_number:
+                    if cluster_time is None:
+                        raise IndexUnusable("a block comes before its Cluster's Timestamp")
+                    if block[2] & _BLOCK_LACING:
+                        raise IndexUnusable("the track's blocks are laced (several frames per block)")
+                    times.append(cluster_time + block[1])
+                    keys.append(block[3])
+                    if len(times) > max_blocks:
+                        raise IndexUnusable(f"more than {max_blocks} blocks after the last cue point")
+                child = body + length
+        pos = at + size
+    return ClusterBlocks(times=times, keyframes=keys, bytes_read=file.read_bytes)
