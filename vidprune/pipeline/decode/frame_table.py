@@ -1,7 +1,8 @@
 """The frame table: every frame's presentation time and the keyframes, from the stream itself.
 
 Built from the container's index where it can be trusted (:func:`table_from_index`: an
-MP4 / MOV sample table, read without touching the media data), else by demuxing the
+MP4 / MOV sample table, or a Matroska / WebM file's cues and constant frame duration, read
+without touching the media data), else by demuxing the
 video stream's packets without decoding (:func:`table_by_demuxing`), or, where packets
 cannot define it (no pts, repeated pts), by decoding every frame (:func:`table_by_decoding`). Headers are never used for counts or times; see
 ``docs/decoding.md`` ("Frame counts and times come from decoded frames").
