@@ -5,8 +5,9 @@
 
 Two tables. **Long files** (``--minutes 1,10,20``): H.264 files of 1, 10 and 20 minutes
 with a keyframe every 10 s (``--long-size``, default 512x288: 720p takes too long to
-encode on the 2 shared cores here), read with ``read_video`` (the frame table from the
-MP4 sample table, decoding from the keyframe before each wanted frame) and with the
+encode on the 2 shared cores here), as MP4 and as MKV (``--long-containers``),
+read with ``read_video`` (the frame table from the MP4 sample table, or from the MKV's
+cues and constant frame duration; decoding from the keyframe before each wanted frame) and with the
 reader that builds its table from a demux pass over every packet (``VideoReader``
 without ``use_index``, what ``read_video`` did before): time, bytes read from the file
 (counted by the reader's file wrapper) and packets demuxed. Files are in the page cache
@@ -59,7 +60,8 @@ NUM_FRAMES = 32
 
 def make_video(path: Path, seconds: int, size: tuple[int, int] = SIZE, gop: int = GOP, grain: int = 0,
                bframes: int = 0) -> Path:
-    """A ``seconds``-long H.264 mp4 of a scrolling random texture (cached by path).
+    """A ``seconds``-long H.264 file of a scrolling random texture (cached by path; the container follows
+    its suffix, ``.mp4`` or ``.mkv``).
 
     ``grain``: amplitude of fresh noise added to every frame (like a camera's sensor noise), so
     that P-frames carry as many bytes, relative to keyframes, as in camera footage. ``bframes``:
@@ -75,7 +77,7 @@ def make_video(path: Path, seconds: int, size: tuple[int, int] = SIZE, gop: int 
     options = {"preset": "ultrafast", "g": str(gop), "keyint_min": str(gop)}
     if bframes:
         options["x264-params"] = f"bframes={bframes}"
-    with av.open(str(tmp), "w", format="mp4") as container:
+    with av.open(str(tmp), "w", format={".mkv": "matroska"}.get(path.suffix, "mp4")) as container:
         stream = container.add_stream("libx264", rate=Fraction(FPS), options=options)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         for i in range(seconds * FPS):
@@ -170,12 +172,16 @@ def table(rows: list[dict], rounds: int, with_decord: bool) -> str:
     return "\n".join(lines)
 
 
-def run_long(minutes: list[int], rounds: int, cache: Path, size: tuple[int, int], bframes: int = 0) -> list[dict]:
-    """32 frames from long files: read_video (index) vs a demux-pass table, time / bytes / packets."""
+def run_long(minutes: list[int], rounds: int, cache: Path, size: tuple[int, int], bframes: int = 0,
+             container: str = "mp4") -> list[dict]:
+    """32 frames from long files: read_video (index) vs a demux-pass table, time / bytes / packets.
+
+    ``container``: ``"mp4"`` or ``"mkv"`` (the same frames and encoder settings; PyAV cannot remux into an
+    MKV with a DefaultDuration, as ``ffmpeg -c copy`` would, so the MKV is encoded too)."""
     rows = []
     for m in minutes:
         name = f"long_{m}min_{size[0]}x{size[1]}_gop{LONG_GOP_S}s_grain{LONG_GRAIN}" + (f"_bf{bframes}" if bframes else "")
-        path = make_video(cache / f"{name}.mp4", 60 * m, size, LONG_GOP_S * FPS, LONG_GRAIN, bframes)
+        path = make_video(cache / f"{name}.{container}", 60 * m, size, LONG_GOP_S * FPS, LONG_GRAIN, bframes)
         times: dict[str, list[float]] = {"index": [], "full": [], "index_cpu": [], "full_cpu": []}
         for _ in range(rounds):
             start, cpu = time.perf_counter(), time.process_time()
@@ -198,9 +204,9 @@ def run_long(minutes: list[int], rounds: int, cache: Path, size: tuple[int, int]
     return rows
 
 
-def long_table(rows: list[dict], rounds: int, size: tuple[int, int], bframes: int = 0) -> str:
+def long_table(rows: list[dict], rounds: int, size: tuple[int, int], bframes: int = 0, container: str = "mp4") -> str:
     lines = [
-        f"**{'No B-frames' if not bframes else f'{bframes} B-frames (B-pyramid)'}**",
+        f"**{container.upper()}, {'no B-frames' if not bframes else f'{bframes} B-frames (B-pyramid)'}**",
         "",
         "| video | frames | file | read_video: time (CPU) | bytes read | packets demuxed | frames decoded "
         "| demux-pass table: time (CPU) | bytes read | packets demuxed | read_video vs the 1st file: time (CPU) |",
@@ -220,7 +226,8 @@ def long_table(rows: list[dict], rounds: int, size: tuple[int, int], bframes: in
     last = rows[-1]
     lines += ["", (
         f"{NUM_FRAMES} uniformly spaced frames, H.264 {size[0]}x{size[1]} at {FPS} fps (x264 ultrafast"
-        + (f" with {bframes} B-frames" if bframes else ": no B-frames") + f", grain {LONG_GRAIN}), "
+        + (f" with {bframes} B-frames" if bframes else ": no B-frames") + f", grain {LONG_GRAIN}"
+        + ("" if container == "mp4" else f"; in {container.upper()}") + "), "
         f"a keyframe every {LONG_GOP_S} s, median of {rounds} rounds, files in the page cache; time is wall-clock, "
         "(CPU) the process's CPU time over all its threads (steadier than wall-clock on a loaded machine). The "
         f"{last['minutes']}-minute file: read_video reads {100 * last['index']['bytes_read'] / last['file_bytes']:.1f} % "
@@ -247,6 +254,8 @@ def main() -> None:
     parser.add_argument("--minutes", default="1,10,20", help="long-file lengths in minutes, comma-separated")
     parser.add_argument("--long-size", default="512x288", help="long files' frame size, WxH")
     parser.add_argument("--long-bframes", default="0,3", help="B-frame settings of the long files, comma-separated")
+    parser.add_argument("--long-containers", default="mp4,mkv",
+                        help="containers of the long files, comma-separated (mp4, mkv)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "vidprune-bench-decode")
     parser.add_argument("--no-decord", action="store_true", help="skip the decord column")
@@ -264,10 +273,12 @@ def main() -> None:
     if args.only != "seek":
         w, h = (int(x) for x in args.long_size.lower().split("x"))
         parts = []
-        for bframes in (int(x) for x in args.long_bframes.split(",")):
-            rows = run_long([int(x) for x in args.minutes.split(",")], args.rounds, args.cache, (w, h), bframes)
-            parts.append(long_table(rows, args.rounds, (w, h), bframes))
-            print(parts[-1], flush=True)
+        for container in args.long_containers.split(","):
+            for bframes in (int(x) for x in args.long_bframes.split(",")):
+                rows = run_long([int(x) for x in args.minutes.split(",")], args.rounds, args.cache, (w, h), bframes,
+                                container)
+                parts.append(long_table(rows, args.rounds, (w, h), bframes, container))
+                print(parts[-1], flush=True)
         text = "\n\n".join(parts)
         if args.write:
             write_into(args.write, text, LONG_BEGIN, LONG_END)

@@ -24,11 +24,13 @@ from videos import (  # tests/videos.py (tests/ is on sys.path under pytest)
     scale_mp4_durations,
     scramble_avi_index,
     set_avi_frame_counts,
+    set_mkv_default_duration,
     texture,
 )
 
 from vidprune.errors import ConfigError, VideoDecodeError
 from vidprune.pipeline.decode import decord_guard
+from vidprune.pipeline.decode.mkv_index import read_cluster_blocks, read_cue_index
 from vidprune.pipeline.decode import (
     DecodedClip,
     Frame,
@@ -704,20 +706,31 @@ LONG_FPS, LONG_GOP = 5, 50  # a keyframe every 10 s
 LONG_FRAMES = 20 * 60 * LONG_FPS  # 20 minutes
 
 
-@pytest.fixture(scope="module")
-def long_video(tmp_path_factory):
-    return make_noise_video(tmp_path_factory.mktemp("long") / "long.mp4", LONG_FRAMES, LONG_FPS, gop=LONG_GOP)
+# (codec, B-frames, size) per container: H.264 with B-frames in MP4 and MKV, VP8 in WebM. Frames of
+# noise at 128x96 are ~8 KB, so FFmpeg's fixed costs (its 8 KiB read buffer refilled at every seek,
+# probing at every open) are a few % of the bytes, as with real video; VP8 stays at 64x48 (~1 KB
+# frames, fixed costs ~4 %), encoding it is 8x slower.
+LONG_CODECS = {"mp4": ("libx264", 2, (128, 96)), "mkv": ("libx264", 2, (128, 96)), "webm": ("libvpx", 0, (64, 48))}
 
 
-def test_long_mp4_reads_only_from_the_keyframe_before_each_wanted_frame(long_video):
+@pytest.fixture(scope="module", params=sorted(LONG_CODECS))
+def long_video(request, tmp_path_factory):
+    codec, bframes, size = LONG_CODECS[request.param]
+    path = tmp_path_factory.mktemp("long") / f"long.{request.param}"
+    return make_noise_video(path, LONG_FRAMES, LONG_FPS, size, gop=LONG_GOP, codec=codec, bframes=bframes)
+
+
+def test_long_file_reads_only_from_the_keyframe_before_each_wanted_frame(long_video):
+    # MP4: the sample table; MKV / WebM: the cues and the constant frame duration.
     clip = read_video(long_video, num_frames=32)
-    assert clip.stats["frame_table"] == "index"
+    assert clip.stats["frame_table"] == "index" and clip.warnings == []
     assert clip.indices == uniform_indices(LONG_FRAMES, 32)
     assert stamps(clip.frames) == clip.indices
     # 32 frames ~194 apart, a keyframe every 50: about 25 frames decoded per wanted frame
     assert clip.stats["packets_demuxed"] <= 0.2 * LONG_FRAMES
     assert clip.stats["decoded_frames"] <= 32 * LONG_GOP
-    assert clip.stats["packets_skipped"] > 0  # unwanted B-frames no frame refers to: not decoded
+    if LONG_CODECS[long_video.suffix[1:]][:2] == ("libx264", 2):
+        assert clip.stats["packets_skipped"] > 0  # unwanted B-frames no frame refers to: not decoded
     assert clip.stats["bytes_read"] <= 0.2 * clip.stats["file_bytes"]
     # The same frames as the reader that builds its table from every packet (which reads it all).
     with VideoReader(long_video) as full:
@@ -725,6 +738,7 @@ def test_long_mp4_reads_only_from_the_keyframe_before_each_wanted_frame(long_vid
         assert full.table_source == "demux" and full.stats["packets_demuxed"] >= LONG_FRAMES
         assert full.stats["bytes_read"] >= clip.stats["file_bytes"]
         assert clip.times_s == [f.time_s for f in frames] and clip.num_stream_frames == len(full)
+        assert full.frame_times == VideoReader(long_video, use_index=True).frame_times
     assert [f.index for f in frames] == clip.indices
     assert all(np.array_equal(f.rgb, got) for f, got in zip(frames, clip.frames))
     by_rate = read_video(long_video, fps=0.02, max_frames=10)  # one frame every 50 s
@@ -781,3 +795,98 @@ def test_index_is_not_trusted_for_cut_or_fragmented_mp4(tmp_path):
         assert r.table_source == "demux" and "fragmented" in r.index_unused
     clip = read_video(frag, num_frames=5)
     assert stamps(clip.frames) == clip.indices == uniform_indices(N, 5)
+
+
+def _same_as_the_demux_pass(clip, path) -> None:
+    """``clip`` has exactly the frames, indices and times the reader building its table from every packet gives."""
+    with VideoReader(path) as full:
+        frames = list(full.iter_frames(clip.indices))
+        assert full.table_source == "demux" and clip.num_stream_frames == len(full)
+    assert [f.index for f in frames] == clip.indices and clip.times_s == [f.time_s for f in frames]
+    assert all(np.array_equal(f.rgb, got) for f, got in zip(frames, clip.frames))
+
+
+@pytest.mark.parametrize("name, codec, bframes", [("h264.mkv", "libx264", 2), ("vp8.webm", "libvpx", 0)])
+def test_matroska_with_audio_reads_block_headers_as_ffmpeg_demuxes_them(tmp_path, name, codec, bframes):
+    # With an audio track that outlasts the video by 2 s (the segment's Duration is the audio's).
+    path = make_noise_video(tmp_path / name, 500, 25, gop=50, codec=codec, bframes=bframes, audio_s=22.0)
+    cues = read_cue_index(str(path))
+    blocks = read_cluster_blocks(str(path), int(cues.cue_clusters[0]), cues.segment_end, cues.track_number, 10**6)
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        packets = [(p.pts, bool(p.is_keyframe)) for p in c.demux(s) if p.size]
+    assert list(zip(blocks.times, blocks.keyframes)) == packets and len(packets) == 500
+    assert blocks.bytes_read < 0.1 * path.stat().st_size  # headers only: 12 + 12 bytes a block (frames: ~1.5 KB)
+    clip = read_video(path, num_frames=16)
+    assert clip.stats["frame_table"] == "index" and clip.warnings == []
+    assert stamps(clip.frames) == clip.indices == uniform_indices(500, 16)
+    _same_as_the_demux_pass(clip, path)
+
+
+def test_matroska_without_a_trustworthy_index_takes_the_demux_pass(tmp_path):
+    # Variable frame rate (ms timestamps, FFmpeg still writes a DefaultDuration of 1/30 s).
+    vfr = make_vfr_video(tmp_path / "vfr.mkv", [0.0, 0.1, 0.15, 0.4, 0.41, 0.9, 1.0, 1.7, 1.8, 1.85, 2.5])
+    with VideoReader(vfr, use_index=True) as r:
+        assert r.table_source == "demux" and "variable frame rate" in r.index_unused
+    clip = read_video(vfr, num_frames=5)
+    assert stamps(clip.frames) == clip.indices == uniform_indices(11, 5)
+    _same_as_the_demux_pass(clip, vfr)
+    # No Cues: a live recording (FFmpeg's "live" mode, as browsers' MediaRecorder writes WebM).
+    live = make_noise_video(tmp_path / "live.webm", 300, 25, codec="libvpx", container_options={"live": "1"})
+    with VideoReader(live, use_index=True) as r:
+        assert r.table_source == "demux" and r.index_unused == "the file has no Cues"
+    clip = read_video(live, num_frames=6)
+    assert stamps(clip.frames) == clip.indices == uniform_indices(300, 6)
+    _same_as_the_demux_pass(clip, live)
+    # A cut file: the Cues at the end are gone.
+    whole = make_noise_video(tmp_path / "whole.mkv", 300, 25, gop=25)
+    assert read_video(whole, num_frames=4).stats["frame_table"] == "index"
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.7)])
+    with VideoReader(cut, use_index=True) as r:
+        assert r.table_source == "demux" and "cut" in r.index_unused
+    clip = read_video(cut, num_frames=4)
+    assert clip.num_stream_frames < 300 and stamps(clip.frames[:-1]) == clip.indices[:-1]
+    _same_as_the_demux_pass(clip, cut)
+
+
+@pytest.mark.parametrize("nanoseconds", [80_000_000, 41_000_000])  # the real frame duration is 40 ms
+def test_matroska_default_duration_that_lies_is_not_trusted(tmp_path, nanoseconds):
+    path = make_noise_video(tmp_path / "lie.mkv", 1000, 25, gop=50)
+    assert read_video(path, num_frames=4).stats["frame_table"] == "index"
+    set_mkv_default_duration(path, nanoseconds)
+    with VideoReader(path, use_index=True) as r:
+        assert r.table_source == "demux" and "constant frame-rate grid" in r.index_unused
+    clip = read_video(path, num_frames=32)
+    assert clip.stats["frame_table"] == "demux" and clip.warnings == []
+    assert stamps(clip.frames) == clip.indices == uniform_indices(1000, 32)
+    _same_as_the_demux_pass(clip, path)
+
+
+@pytest.mark.parametrize("name, codec, bframes", [("h264.mkv", "libx264", 2), ("vp9.webm", "libvpx-vp9", 0)])
+def test_matroska_without_default_duration_is_trusted_when_its_first_gop_shows_one(tmp_path, name, codec, bframes):
+    path = make_noise_video(tmp_path / name, 600, 25, gop=50, codec=codec, bframes=bframes)
+    set_mkv_default_duration(path, None)
+    with VideoReader(path, use_index=True) as r:
+        assert r.table_source == "index" and len(r) == 600 and r.index_unused == ""
+    clip = read_video(path, num_frames=8)
+    assert clip.stats["frame_table"] == "index" and stamps(clip.frames) == clip.indices == uniform_indices(600, 8)
+    _same_as_the_demux_pass(clip, path)
+
+
+def test_matroska_frame_missing_in_the_middle_falls_back_to_the_demux_pass(tmp_path):
+    # A capture that dropped one frame: its timestamp is missing, the ends of the file and the
+    # header are those of a constant rate, so the index is trusted until decoding meets the gap.
+    n, gop = 2000, 50
+    wanted = uniform_indices(n, 32)
+    gap = wanted[10] - 1
+    assert gap % gop and (gap - 1) % gop  # precondition: decoding wanted[10] runs from its keyframe over the gap
+    path = make_noise_video(tmp_path / "dropped.mkv", n, 25, gop=gop, skip_frames=(gap,))
+    with VideoReader(path, use_index=True) as r:
+        assert r.table_source == "index" and len(r) == n  # the grid counts the missing frame
+    clip = read_video(path, num_frames=32)
+    assert any("container's index does not match the decoded frames" in w for w in clip.warnings)
+    assert clip.stats["frame_table"] == "demux" and clip.num_stream_frames == n - 1
+    assert clip.indices == uniform_indices(n - 1, 32)
+    assert stamps(clip.frames) == [i if i < gap else i + 1 for i in clip.indices]  # frames stamp their number
+    _same_as_the_demux_pass(clip, path)

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from videos import (  # tests/videos.py
     BACKENDS_HERE,
+    make_noise_video,
     make_video,
     needs_decord,
     read_stamp,
@@ -54,7 +55,7 @@ import json, sys, traceback
 import numpy as np
 from videos import read_stamp
 from vidprune.errors import VideoDecodeError
-from vidprune.pipeline.decode import read_video
+from vidprune.pipeline.decode import VideoReader, read_video
 
 def stamp(frame):
     try:
@@ -73,7 +74,15 @@ for line in sys.stdin:
             "warnings": clip.warnings, "backend": clip.backend, "stamps": [stamp(x) for x in f],
             "well_formed": bool(f.dtype == np.uint8 and f.ndim == 4 and f.shape[0] == len(clip.indices) >= 1
                                 and f.shape[3] == 3 and len(clip.times_s) == len(clip.indices)),
+            "frame_table": clip.stats["frame_table"],
         }
+        if req.get("compare_demux"):  # the reader that builds its table from every packet, same indices
+            with VideoReader(req["path"]) as full:
+                fr = list(full.iter_frames([i for i in clip.indices if i < len(full)]))
+                out["same_as_demux"] = bool(
+                    len(full) == clip.num_stream_frames and [x.index for x in fr] == clip.indices
+                    and [x.time_s for x in fr] == clip.times_s
+                    and all(np.array_equal(x.rgb, y) for x, y in zip(fr, clip.frames)))
     except VideoDecodeError as e:
         out = {"outcome": "VideoDecodeError", "message": str(e)}
     except BaseException as e:
@@ -241,6 +250,40 @@ def test_fuzzed_files_end_in_frames_or_video_decode_error(base_files, tmp_path):
     # The mutations must exercise both outcomes (else the test proves little).
     assert outcomes["frames"] >= len(cases) // 4 and outcomes["VideoDecodeError"] >= len(cases) // 10, outcomes
     assert child.starts == 1
+
+
+def test_damaged_matroska_header_or_cues_give_the_demux_pass_frames(tmp_path):
+    # Bits flipped where the Matroska index lives: the header (EBML, SeekHead, Info, Tracks) and
+    # the end (last cluster, Cues, Tags). The index is then refused, or it gives exactly the frames
+    # of the reader that builds its table from every packet; never other frames, a crash or a hang.
+    rng = np.random.default_rng(16)
+    bases = [make_noise_video(tmp_path / "base.mkv", 300, 25, gop=25, audio_s=12.0),
+             make_noise_video(tmp_path / "base.webm", 300, 25, gop=25, codec="libvpx")]
+    child = ReaderChild()
+    failures, tables = [], {"index": 0, "demux": 0, "decode": 0, "VideoDecodeError": 0}
+    try:
+        for base in bases:
+            data = base.read_bytes()
+            for m in range(30):
+                b = bytearray(data)
+                lo, hi = (0, 700) if m % 2 == 0 else (len(b) - 1500, len(b))
+                for _ in range(int(rng.integers(1, 4))):
+                    b[int(rng.integers(lo, hi))] ^= 1 << int(rng.integers(0, 8))
+                path = tmp_path / f"{base.stem}_{m:02d}{base.suffix}"
+                path.write_bytes(bytes(b))
+                r = child.read({"path": str(path), "backend": "pyav", "num_frames": 12, "compare_demux": True})
+                if r["outcome"] == "VideoDecodeError":
+                    tables["VideoDecodeError"] += 1
+                elif r["outcome"] != "frames":
+                    failures.append(f"{path.name}: {r['outcome']}: {r.get('message', '')}\n{r.get('traceback', '')}")
+                else:
+                    tables[r["frame_table"]] += 1
+                    if not r["same_as_demux"]:
+                        failures.append(f"{path.name}: frames differ from the demux pass ({r['frame_table']} table)")
+    finally:
+        child.stop()
+    assert not failures, "\n".join(failures)
+    assert tables["index"] >= 10 and tables["demux"] >= 5, tables  # both ways were exercised
 
 
 # ----------------------------------------------------------------------------- cut files

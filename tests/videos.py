@@ -22,7 +22,8 @@ Damaged containers, made by editing the bytes of a written file:
 :func:`set_avi_frame_counts` (header frame counts that lie), :func:`remove_avi_index`
 (an AVI without its ``idx1`` index, like a recording that was cut before it was
 finalized), :func:`scramble_avi_index` (an index whose offsets point anywhere),
-:func:`scale_mp4_durations` (mp4 headers that report a wrong duration).
+:func:`scale_mp4_durations` (mp4 headers that report a wrong duration),
+:func:`set_mkv_default_duration` (a Matroska frame duration that lies).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ __all__ = [
     "scale_mp4_durations",
     "scramble_avi_index",
     "set_avi_frame_counts",
+    "set_mkv_default_duration",
     "set_mp4_rotation",
     "stamp_capacity",
     "texture",
@@ -477,6 +479,28 @@ def scale_mp4_durations(path: str | Path, factor: float) -> None:
     Path(path).write_bytes(bytes(data))
 
 
+def set_mkv_default_duration(path: str | Path, nanoseconds: int | None) -> None:
+    """Overwrite the ``DefaultDuration`` (element 0x23E383) of a Matroska file's tracks (frames untouched).
+
+    The value keeps its width, so nothing else moves. ``None`` removes it: its ID becomes
+    0x23E3FF, an element no reader knows (and so skips), as if the muxer had not written it."""
+    data = bytearray(Path(path).read_bytes())
+    at, changed = data.find(b"\x23\xe3\x83"), 0
+    while at >= 0:
+        size_byte = data[at + 3]
+        width = size_byte & 0x7F if size_byte & 0x80 else 0  # a 1-byte EBML size (what muxers write here)
+        if nanoseconds is None and 1 <= width <= 8:
+            data[at + 2] = 0xFF
+            changed += 1
+        elif 1 <= width <= 8 and nanoseconds < 1 << (8 * width):
+            data[at + 4 : at + 4 + width] = nanoseconds.to_bytes(width, "big")
+            changed += 1
+        at = data.find(b"\x23\xe3\x83", at + 1)
+    if not changed:
+        raise ValueError(f"{path}: no DefaultDuration element found")
+    Path(path).write_bytes(bytes(data))
+
+
 def make_audio_file(path: str | Path, seconds: float = 0.5, codec: str | None = None, cover: bool = False) -> Path:
     """An audio-only file; the codec follows the extension unless given.
 
@@ -587,30 +611,68 @@ def make_moving_square_video(
     return MovingSquareVideo(path=path, positions=positions, square=square, size=(w, h), fps=fps, background=bg)
 
 
+def _audio_packets(container, seconds: float, opus: bool) -> list:
+    """The packets of a ``seconds``-long 440 Hz mono tone, encoded for a new audio stream of ``container``."""
+    rate = 48000
+    stream = container.add_stream("libopus" if opus else "aac", rate=rate)
+    stream.layout = "mono"
+    t = np.arange(int(seconds * rate)) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    packets, chunk = [], 960
+    for start in range(0, tone.size, chunk):
+        fmt = "flt" if opus else "fltp"
+        frame = av.AudioFrame.from_ndarray(tone[None, start : start + chunk].copy(), format=fmt, layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
+        packets += stream.encode(frame)
+    return packets + list(stream.encode())
+
+
 def make_noise_video(
     path: str | Path, num_frames: int, fps: float, size: tuple[int, int] = (64, 48), *, gop: int = 50,
-    bframes: int = 2, seed: int = 0, container_options: dict[str, str] | None = None,
+    bframes: int = 2, seed: int = 0, container_options: dict[str, str] | None = None, codec: str = "libx264",
+    skip_frames: Sequence[int] = (),
+    audio_s: float | None = None,
 ) -> Path:
-    """An H.264 file of ``num_frames`` stamped frames of fresh random noise, a keyframe every ``gop`` frames.
+    """A file of ``num_frames`` stamped frames of fresh random noise, a keyframe every ``gop`` frames.
 
     Noise does not compress, so every frame has about the same size (~2.3 KB at 64x48) and
-    the bytes a reader reads follow the frames it touches. Encoded with x264's
-    ``ultrafast`` preset plus ``bframes`` B-frames: ~2,500 frames per second here.
+    the bytes a reader reads follow the frames it touches. ``codec="libx264"``: x264's
+    ``ultrafast`` preset plus ``bframes`` B-frames, ~2,500 frames per second here;
+    ``"libvpx"`` (VP8) / ``"libvpx-vp9"``: libvpx's realtime mode, no B-frames.
     ``container_options``: muxer options, e.g. ``{"movflags": "+faststart"}``.
+    ``skip_frames``: frame numbers never encoded, leaving a gap in the timestamps where they
+    would be (a capture that dropped frames); the frames keep stamping their own number.
+    ``audio_s``: also an audio track (a 440 Hz tone, AAC; Opus in .webm) lasting that many
+    seconds, interleaved with the video as a recorder writes it.
     """
     path = Path(path)
     w, h = size
     rng = np.random.default_rng(seed)
-    opts = {"g": str(gop), "bf": str(bframes), "preset": "ultrafast",
-            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}"}
+    if codec == "libx264":
+        opts = {"g": str(gop), "bf": str(bframes), "preset": "ultrafast",
+                "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}"}
+    else:
+        opts = {"g": str(gop), "keyint_min": str(gop), "deadline": "realtime", "cpu-used": "8"}
+    skipped = set(skip_frames)
+    rate = Fraction(fps).limit_denominator(100000)
     with av.open(str(path), "w", options=dict(container_options or {})) as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(100000), options=opts)
+        stream = container.add_stream(codec, rate=rate, options=opts)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.time_base = 1 / rate
+        audio_packets = _audio_packets(container, audio_s, path.suffix == ".webm") if audio_s else []
         for i in range(num_frames):
+            while audio_packets and audio_packets[0].pts * audio_packets[0].time_base <= i / rate:
+                container.mux(audio_packets.pop(0))
             img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            if i in skipped:
+                continue
             draw_stamp(img, i)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = i, 1 / rate
+            for packet in stream.encode(frame):
                 container.mux(packet)
+        for packet in audio_packets:
+            container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
     return path

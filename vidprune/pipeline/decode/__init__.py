@@ -12,7 +12,8 @@ indices), :mod:`.clip` (the one frame reader: :class:`FrameSampling`,
 :class:`SampledFrames`, :func:`read_video`), :mod:`.reader` (:class:`VideoReader`),
 :mod:`.media` (the file opened with PyAV, bytes read counted), :mod:`.frame_table` (times
 and keyframes: from the container's index where it can be trusted, else from the stream),
-:mod:`.mp4_index` (the MP4 / MOV sample table), :mod:`.pyav_backend` (decoding with seeks), :mod:`.decord_backend` +
+:mod:`.mp4_index` (the MP4 / MOV sample table), :mod:`.mkv_index` (Matroska / WebM header and
+cues), :mod:`.pyav_backend` (decoding with seeks), :mod:`.decord_backend` +
 :mod:`.decord_guard` (decord in a guarded child process), :mod:`.pixels` (colour
 matrices, rotation, RGB). Design, guarantees and measurements: ``docs/decoding.md``.
 

@@ -180,7 +180,8 @@ def read_video(
     ``ConfigError`` for bad arguments and ``VideoDecodeError`` for unusable files.
 
     The frame table comes from the container's index where it can be trusted (MP4 /
-    MOV), so only the packets from the keyframe before each wanted frame are read;
+    MOV; MKV / WebM at a constant frame rate), so only the packets from the keyframe
+    before each wanted frame are read;
     ``clip.stats`` says what was read.
     """
     if backend not in BACKENDS:

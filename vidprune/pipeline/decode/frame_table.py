@@ -1,7 +1,8 @@
 """The frame table: every frame's presentation time and the keyframes, from the stream itself.
 
 Built from the container's index where it can be trusted (:func:`table_from_index`: an
-MP4 / MOV sample table, read without touching the media data), else by demuxing the
+MP4 / MOV sample table, or a Matroska / WebM file's cues and constant frame duration, read
+without touching the media data), else by demuxing the
 video stream's packets without decoding (:func:`table_by_demuxing`), or, where packets
 cannot define it (no pts, repeated pts), by decoding every frame (:func:`table_by_decoding`). Headers are never used for counts or times; see
 ``docs/decoding.md`` ("Frame counts and times come from decoded frames").
@@ -230,6 +231,8 @@ def table_by_decoding(media: MediaFile) -> FrameTable:
 
 # FFmpeg's demuxer names whose files carry an ISO-BMFF sample table.
 _ISOBMFF_FORMATS = ("mov", "mp4")
+# FFmpeg's demuxer names for Matroska / WebM files.
+_MATROSKA_FORMATS = ("matroska", "webm")
 # Packets compared with the sample table at the start and at the end of the file (in decoding order).
 _HEAD_PACKETS = 8
 _TAIL_PACKETS = 8
@@ -270,6 +273,22 @@ def _sample_at(samples, pts: int) -> int | None:
 
 
 def table_from_index(media: MediaFile) -> tuple[FrameTable | None, str]:
+    """Frame table from the container's index, where it can be trusted; else (None, why not).
+
+    MP4 / MOV: the sample table (:func:`table_from_sample_table`); Matroska / WebM: the cues
+    and a constant frame duration (:func:`table_from_cues`). Other containers: (None, ...).
+    """
+    formats = media.format.split(",")
+    if media.unindexed:
+        return None, "the file is read without its index"
+    if any(name in formats for name in _ISOBMFF_FORMATS):
+        return table_from_sample_table(media)
+    if any(name in formats for name in _MATROSKA_FORMATS):
+        return table_from_cues(media)
+    return None, f"the index of a '{media.format}' file is not read (only MP4/MOV and Matroska/WebM)"
+
+
+def table_from_sample_table(media: MediaFile) -> tuple[FrameTable | None, str]:
     """Frame table from an MP4 / MOV sample table, where it can be trusted; else (None, why not).
 
     Trusted when: FFmpeg reads the file as ISO-BMFF through its index; the video track's
@@ -285,8 +304,6 @@ def table_from_index(media: MediaFile) -> tuple[FrameTable | None, str]:
     """
     from .mp4_index import IndexUnusable, read_sample_table
 
-    if not any(name in media.format.split(",") for name in _ISOBMFF_FORMATS) or media.unindexed:
-        return None, "not an MP4/MOV file"
     try:
         samples = read_sample_table(media.path, media.stream_id)
     except IndexUnusable as e:
@@ -340,6 +357,168 @@ def table_from_index(media: MediaFile) -> tuple[FrameTable | None, str]:
     spts = (sorted_pts + shift).tolist()
     key_rank = np.flatnonzero(samples.keyframe[order]).tolist()
     keyframes = key_rank if key_rank and key_rank[0] == 0 else [0] + key_rank
+    assert media.time_base is not None
+    return FrameTable(
+        pts=spts,
+        times=times_from_pts(spts, media.time_base, media.rate),
+        keyframes=keyframes,
+        pts_to_index=dict(zip(spts, range(n))),
+        source="index",
+    ), ""
+
+
+# ---------------------------------------------------------------------- from Matroska cues
+
+# Packets read at the start of a Matroska file without DefaultDuration to find its frame duration:
+# up to the second keyframe, at most this many (with one: _HEAD_PACKETS).
+_MAX_HEAD_GOP_PACKETS = 1000
+# Blocks from the last cue point to the end whose headers are read, at most (a longer last GOP: not trusted).
+_MAX_TAIL_PACKETS = 5000
+
+
+class _Grid:
+    """Presentation times of a constant-rate track: frame k at ``first + round(k * step_ns / scale_ns)`` ticks.
+
+    This is how FFmpeg's muxers write a constant frame rate into millisecond ticks (each pts
+    rescaled with rounding to nearest: 0, 33, 67, 100 for 30 fps).
+    """
+
+    def __init__(self, first: int, step_ns: int, scale_ns: int) -> None:
+        self.first, self.step_ns, self.scale_ns = first, step_ns, scale_ns
+
+    def pts(self, k: np.ndarray | int) -> np.ndarray | int:
+        return self.first + (2 * np.asarray(k, dtype=np.int64) * self.step_ns + self.scale_ns) // (2 * self.scale_ns)
+
+    def index(self, pts: int) -> int | None:
+        """The frame whose grid pts is ``pts``, or None when ``pts`` is not on the grid."""
+        k = round((pts - self.first) * self.scale_ns / self.step_ns)
+        return k if k >= 0 and int(self.pts(k)) == pts else None
+
+    def indices(self, pts: list[int]) -> list[int] | None:
+        """Grid indices of ``pts`` (each on the grid, all different), or None."""
+        out = [self.index(p) for p in pts]
+        if None in out or len(set(out)) != len(out):
+            return None
+        return out  # type: ignore[return-value]
+
+
+def _contiguous(indices: list[int], start: int) -> bool:
+    return sorted(indices) == list(range(start, start + len(indices)))
+
+
+def table_from_cues(media: MediaFile) -> tuple[FrameTable | None, str]:
+    """Frame table of a Matroska / WebM file from its cues and a constant frame duration; else (None, why not).
+
+    Cues list the keyframes, not every frame, so the frames between them come from a grid:
+    frame k at ``first + k * duration``. Trusted only when: the file has Cues for its one
+    video track (:mod:`.mkv_index`), its ticks are the stream's time base, the track has a
+    ``DefaultDuration`` (else the first GOP's packets must show one constant duration), FFmpeg's
+    first packets are grid frames starting at the first cue, the blocks from the last cue
+    point's cluster to the end (their headers: :func:`~.mkv_index.read_cluster_blocks`) are
+    exactly the grid's frames there with a keyframe at the cue (so the last pts, and the count,
+    are exact), every cue time is a grid frame, and the header's ``Duration`` ends with the
+    grid (within one frame, or the slack of :func:`header_duration_note`). Reads the header,
+    the Cues, the first packets and the last clusters' block headers. A frame missing in
+    between shifts every later frame's index against the grid: decoding checks each frame's
+    pts against it, and on a disagreement the reader falls back to a demux pass
+    (``VideoReader.distrust_index``); a gap in a stretch nothing is decoded from is not seen
+    (``docs/decoding.md``, "Limits").
+    """
+    from .mkv_index import read_cluster_blocks, read_cue_index
+    from .mp4_index import IndexUnusable
+
+    try:
+        cues = read_cue_index(media.path)
+    except IndexUnusable as e:
+        return None, str(e)
+    except Exception as e:  # noqa: BLE001 - a damaged header must never stop decoding: the stream decides
+        return None, f"the index cannot be read ({type(e).__name__}: {one_line(e)})"
+    media.stats["bytes_read"] += cues.header_bytes
+    scale = cues.timestamp_scale
+    if media.time_base != Fraction(scale, 10**9):
+        return None, f"the TimestampScale {scale} ns is not the stream's time base {media.time_base}"
+    if not cues.cue_times.size:
+        return None, "the Cues list no point for the video track"
+    if cues.cue_times.size > 1 and not np.all(np.diff(cues.cue_times) > 0):
+        return None, "the cue times do not increase"
+    if cues.cue_clusters.min() < 0 or cues.cue_clusters.max() >= os.path.getsize(media.path):
+        return None, "a cue points past the end of the file"
+    if cues.duration is None or not math.isfinite(cues.duration) or cues.duration <= 0:
+        return None, "the header has no Duration"
+
+    with media.open() as container:
+        stream = container.streams[media.stream_index]
+        head: list[tuple] = []
+        keyframes_seen = 0
+        iter_head = (p for p in container.demux(stream) if p.size)
+        for av_packet in iter_head:
+            media.stats["packets_demuxed"] += 1
+            packet = (av_packet.pts, av_packet.dts, av_packet.pos, av_packet.size, bool(av_packet.is_keyframe),
+                      bool(av_packet.is_discard))
+            keyframes_seen += packet[4]
+            if keyframes_seen == 2:  # the second keyframe: the first GOP is complete
+                break
+            head.append(packet)
+            # With a DefaultDuration the first packets are checked against it, as for MP4; without
+            # one, the whole first GOP must show one constant duration.
+            if len(head) >= (_HEAD_PACKETS if cues.default_duration_ns else _MAX_HEAD_GOP_PACKETS + 1):
+                break
+        whole_file = keyframes_seen < 2 and next(iter_head, None) is None  # the file ends within the head
+        media.stats["packets_demuxed"] += not whole_file and keyframes_seen < 2  # the packet that showed it
+        if not head or head[0][0] is None or not head[0][4] or any(p[0] is None or p[5] for p in head):
+            return None, "FFmpeg's first packets are not a keyframe and frames with timestamps"
+        head_pts = [p[0] for p in head]
+        first = head_pts[0]
+        if min(head_pts) != first or int(cues.cue_times[0]) != first:
+            return None, "the first keyframe is not the first frame, or is not the first cue"
+        if cues.default_duration_ns:
+            step_ns = cues.default_duration_ns
+        else:  # no DefaultDuration: the first frames must show one
+            steps = set(np.diff(sorted(head_pts)).tolist())
+            if len(head_pts) < 3 or len(steps) != 1:
+                return None, "the track has no DefaultDuration and its first frames do not have one constant duration"
+            step_ns = steps.pop() * scale
+        grid = _Grid(first, step_ns, scale)
+        head_k = grid.indices(head_pts)
+        if head_k is None or (not cues.default_duration_ns and keyframes_seen == 2 and not _contiguous(head_k, 0)):
+            return None, "FFmpeg's first packets are not on a constant frame-rate grid (variable frame rate)"
+    if whole_file:
+        if not _contiguous(head_k, 0):
+            return None, "the frames are not on a constant frame-rate grid"
+        n = len(head_k)
+    else:
+        # The end: the block headers of the clusters from the last cue point on (not their frames).
+        last_cue = int(cues.cue_times[-1])
+        try:
+            tail = read_cluster_blocks(
+                media.path, int(cues.cue_clusters[-1]), cues.segment_end, cues.track_number, _MAX_TAIL_PACKETS
+            )
+        except IndexUnusable as e:
+            return None, str(e)
+        media.stats["bytes_read"] += tail.bytes_read
+        if not tail.times or last_cue not in tail.times or not tail.keyframes[tail.times.index(last_cue)]:
+            return None, "the last cue point's cluster has no keyframe at the cue time"
+        tail_k = grid.indices(tail.times)
+        if tail_k is None or not _contiguous(tail_k, min(tail_k)):
+            return None, "the frames after the last cue point are not on the constant frame-rate grid"
+        n = max(tail_k) + 1
+    cue_k = grid.indices(cues.cue_times.tolist())
+    if cue_k is None or cue_k[-1] >= n:
+        return None, "a cue time is not a frame of the constant frame-rate grid"
+    # The length the header claims: the video track's DURATION tag, else the segment's (which
+    # includes a longer audio track).
+    ends = int(grid.pts(n))  # where the last frame ends, in ticks
+    claimed = media.track_duration_s * 1e9 / scale if media.track_duration_s is not None else cues.duration
+    frame_ticks = step_ns / scale
+    slack = max(frame_ticks, _DURATION_SLACK_S * 1e9 / scale, _DURATION_SLACK_FRACTION * claimed)
+    if not ends - frame_ticks - 1 <= claimed <= ends + slack:
+        what = "video track's DURATION tag" if media.track_duration_s is not None else "header Duration"
+        return None, (
+            f"the {what} ({claimed * scale / 1e9:.3f} s) does not match the {n} frames of the "
+            f"constant frame-rate grid (ending at {ends * scale / 1e9:.3f} s)"
+        )
+    spts = grid.pts(np.arange(n)).tolist()
+    keyframes = sorted(set([0] + cue_k))
     assert media.time_base is not None
     return FrameTable(
         pts=spts,

@@ -9,6 +9,7 @@ cross-checked, see ``docs/decoding.md``).
 from __future__ import annotations
 
 import io
+import math
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -26,6 +27,16 @@ __all__ = ["MediaFile", "mp4_index_cut_off"]
 # FFmpeg's read buffer for the file (PyAV's default is 32 KiB). Every seek refills it, so it is
 # read-ahead paid per seek; reads larger than it (most packets of HD video) bypass it.
 _IO_BUFFER_BYTES = 8192
+# The first bytes of an EBML file (Matroska, WebM): the EBML header's element ID.
+_EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+
+
+def _is_ebml(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == _EBML_MAGIC
+    except OSError:
+        return False
 
 
 def codec_name(stream: Any) -> str:
@@ -100,6 +111,16 @@ class CountingFile(io.RawIOBase):
         super().close()
 
 
+def _duration_tag(stream: Any) -> float | None:
+    """A Matroska track's ``DURATION`` tag in seconds (``"00:00:24.000000000"``; FFmpeg and mkvmerge write it), or None."""
+    try:
+        hours, minutes, seconds = str(stream.metadata.get("DURATION", "")).split(":")
+        value = 3600 * int(hours) + 60 * int(minutes) + float(seconds)
+    except (ValueError, AttributeError):
+        return None
+    return value if value > 0 and math.isfinite(value) else None
+
+
 class MediaFile:
     """A checked video file and its video stream, opened with PyAV once per pass.
 
@@ -110,7 +131,9 @@ class MediaFile:
     (``bytes_read``, ``packets_demuxed`` and ``bad_packets`` are counted here).
 
     Attributes: ``path``, ``format`` (FFmpeg's demuxer name, e.g. ``"avi"``),
-    ``stream_index``, ``time_base``, ``rate``, ``header_duration_s`` (what the
+    ``stream_index``, ``time_base``, ``rate``, ``rate_from_header`` (FFmpeg had an average
+    rate without estimating one), ``track_duration_s`` (a Matroska video track's ``DURATION``
+    tag, or None), ``header_duration_s`` (what the
     container claims; only cross-checked), ``unindexed`` (read as a byte stream, so
     FFmpeg cannot use a damaged index; set by the AVI index check).
     """
@@ -129,8 +152,25 @@ class MediaFile:
         self.extradata = b""
         self.time_base: Fraction | None = None
         self.rate: Fraction | None = None
+        self.rate_from_header = False
+        self.track_duration_s: float | None = None
         self.header_duration_s: float | None = None
+        self._open_options: dict[str, str] = {}
         self._check_file()
+        if _is_ebml(path):
+            # FFmpeg's stream probing (avformat_find_stream_info) reads ~40 frames of a Matroska
+            # file (fps_analyze_framecount, doubled for a 1 ms time base) only to estimate the
+            # frame rate (r_frame_rate, which vidprune does not use): ``fpsprobesize=0`` skips that,
+            # so an open reads the header and a few packets (measured on 128x96 H.264: 41 KB
+            # instead of 221 KB). The average rate still comes from the track's DefaultDuration or
+            # the packets probed; a file left without one is probed as usual.
+            self._open_options = {"fpsprobesize": "0"}
+        self._read_stream_info()
+        if self._open_options and not self.rate_from_header:
+            self._open_options = {}
+            self._read_stream_info()
+
+    def _read_stream_info(self) -> None:
         with self.open() as container:
             self.format = container.format.name
             stream = self._pick_stream(container)
@@ -139,13 +179,17 @@ class MediaFile:
             self.codec = codec_name(stream)
             self.extradata = bytes(stream.codec_context.extradata or b"")  # e.g. H.264's avcC record
             self.time_base = stream.time_base
+            self.rate_from_header = bool(stream.average_rate)
             self.rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             # Header claims, kept only to warn about a cut file: the stream's duration (the
             # container's if it has none, e.g. Matroska), and its frame count over its rate
             # (FFmpeg recomputes a cut AVI's duration but keeps its header frame count).
             claims = []
+            self.track_duration_s = _duration_tag(stream)
             if stream.duration is not None and stream.duration > 0:
                 claims.append(float(stream.duration * stream.time_base))
+            elif self.track_duration_s is not None:  # the video track's own length, not the audio's
+                claims.append(self.track_duration_s)
             elif container.duration is not None and container.duration > 0:
                 claims.append(container.duration / av.time_base)
             if stream.frames and stream.average_rate:
@@ -183,7 +227,9 @@ class MediaFile:
         try:
             source = CountingFile(self.path, self.stats, seekable=not self.unindexed)
             try:
-                return av.open(source, mode="r", metadata_errors="replace", buffer_size=_IO_BUFFER_BYTES)
+                return av.open(
+                    source, mode="r", metadata_errors="replace", buffer_size=_IO_BUFFER_BYTES, options=self._open_options
+                )
             except BaseException:
                 source.close()
                 raise

@@ -43,8 +43,9 @@ class VideoReader:
     FFmpeg's choice (``thread_type="AUTO"`` is always set). ``seek_threshold``:
     seek to a keyframe when that skips at least this many frames; ``None`` never seeks.
     ``use_index``: build the frame table from the container's index where it can be
-    trusted (an MP4 / MOV sample table, checked against FFmpeg's packets at both ends
-    of the file and against every decoded frame; :func:`~.frame_table.table_from_index`)
+    trusted (an MP4 / MOV sample table, or a Matroska / WebM file's cues and constant frame
+    duration; checked against the packets at both ends of the file and against every
+    decoded frame; :func:`~.frame_table.table_from_index`)
     instead of a demux pass over every packet. ``read_video`` and the frame reader
     (:class:`~.clip.SampledFrames` users) ask for it; ``index_unused`` says why it was
     not used. Without it (the default) the table is always built from the stream.
