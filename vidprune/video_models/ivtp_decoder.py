@@ -52,7 +52,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repea
 from ..pruners.ivtp import IVTPSchedule, instruction_attention_scores, instruction_rows, select_visual_tokens
 from .hf_internals import causal_mask, check_ivtp_internals, layer_cache
 
-__all__ = ["IVTPDecoder", "IVTPSession", "IVTPPrefix"]
+__all__ = ["IVTPDecoder", "IVTPPrefix", "IVTPSession"]
 
 
 @dataclass
