@@ -139,7 +139,8 @@ class GenerationOutput:
         sequences: per sample, the generated token ids (prompt removed, stopped before EOS).
         prompt_tokens: per sample, the prompt's length in tokens (visual tokens included, padding not).
         ivtp: per sample ``{"kept": sorted visual-stream indices that survive IVTP,
-            "tokens_per_layer": tokens each decoder layer ran on in prefill}``, or None without IVTP.
+            "tokens_per_layer": tokens each decoder layer ran on in prefill, as for the prompt alone}``,
+            or None without IVTP.
         prefix_tokens: the tokens prefilled once for every prompt (:meth:`VideoLLM.generate_about_one_video`),
             or None where each prompt was prefilled whole.
     """

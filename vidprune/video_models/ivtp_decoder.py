@@ -126,7 +126,9 @@ class IVTPSession:
         stage_scores: per pruning layer, the fused scores over the visual tokens still
             present, per sample (list of (n,) float tensors), in visual-stream order.
         kept: per sample, the visual-stream indices that survive the last stage (sorted).
-        tokens_per_layer: per sample, the number of tokens each decoder layer ran on in prefill.
+        tokens_per_layer: per sample, the number of tokens each decoder layer ran on in prefill
+            (the prompt's own layout: with a prefilled prefix, layers < k1 count its P tokens,
+            which ran once for every prompt, so the counts and FLOPs are those of the prompt alone).
     """
 
     schedule: IVTPSchedule
