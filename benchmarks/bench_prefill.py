@@ -23,13 +23,11 @@ from pathlib import Path
 
 import torch
 
-from seven_b import build_checkpoint, write_into  # benchmarks/seven_b.py
+from seven_b import PRESETS, build_checkpoint, write_into  # benchmarks/seven_b.py
 from vidprune import VideoQA
 from vidprune.config import load_preset
 from vidprune.flops import llm_flops
 
-PRESETS = {"video_llava": ("video_llava_455", "video_llava_227", "video_llava_114"),
-           "llava_next_video": ("llava_next_video_1024", "llava_next_video_512", "llava_next_video_256")}
 QUESTION = "What is the man holding in his left hand?"
 
 

@@ -13,9 +13,12 @@ pruned to ``--budget`` tokens once; then, interleaved over ``--rounds`` rounds:
 * ``1 question``: ``answer(pruned, [q])`` (nothing to share);
 * ``N questions, each prefilled whole``: ``answer(pruned, questions)`` with ``reuse_prefix=False``
   (one left-padded batch, the video prefilled N times);
-* ``N questions, prefix reused``: the same call with reuse on (the video prefilled once).
+* ``N questions, prefix reused``: the same call with reuse on (the video prefilled once);
+* the same two with IVTP at ``--ivtp-layer`` k keeping ``--ivtp-keep``: each question prefilled
+  whole, and the prefix run once through the layers below k (layers ≥ k run per question on its
+  kept tokens). ``--ivtp-layer 0`` leaves these rows out.
 
-The generated ids of the two N-question variants are checked equal. Figures are the fastest
+The generated ids of each pair of N-question variants are checked equal. Figures are the fastest
 round of each variant, as questions per second and as ratios to the 1-question rate in the same
 run (the machines here are shared; absolute seconds are only worth quoting from a GPU).
 """
@@ -23,6 +26,7 @@ run (the machines here are shared; absolute seconds are only worth quoting from 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +43,8 @@ QUESTIONS = ["What is the man holding in his left hand?", "What colour is the ca
              "What is written on the sign?", "Which hand holds the cup?"]
 
 
-def run(num_layers: int, budget: int, num_questions: int, max_new_tokens: int, rounds: int, device: str) -> str:
+def run(num_layers: int, budget: int, num_questions: int, max_new_tokens: int, rounds: int, device: str,
+        ivtp_layer: int = 1, ivtp_keep: float = 0.5) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = build_checkpoint("video_llava", Path(tmp), num_layers)
         qa = VideoQA.from_pretrained(str(ckpt), budget=budget, dtype="bfloat16", device=device,
@@ -53,13 +58,23 @@ def run(num_layers: int, budget: int, num_questions: int, max_new_tokens: int, r
             f"{num_questions} questions, each prefilled whole": (no_reuse, questions),
             f"{num_questions} questions, prefix reused": (qa, questions),
         }
+        pairs = [(f"{num_questions} questions, each prefilled whole", f"{num_questions} questions, prefix reused")]
+        if ivtp_layer:
+            ivtp = dataclasses.replace(qa.config, ivtp_layer=ivtp_layer, ivtp_keep=ivtp_keep)
+            arm = f"IVTP k={ivtp_layer} keep {ivtp_keep:g}"
+            variants[f"{num_questions} questions, {arm}, each prefilled whole"] = (
+                VideoQA(qa.llm, dataclasses.replace(ivtp, reuse_prefix=False), qa.checkpoint_info), questions)
+            variants[f"{num_questions} questions, {arm}, prefix reused below k"] = (
+                VideoQA(qa.llm, ivtp, qa.checkpoint_info), questions)
+            pairs.append(tuple(list(variants)[-2:]))
         times: dict[str, list[float]] = {name: [] for name in variants}
         ids: dict[str, list[list[int]]] = {}
         for name, (runner, qs) in variants.items():  # warm-up
             ids[name] = [a.token_ids for a in runner.answer(pruned, qs)]
         names = list(variants)
-        if ids[names[1]] != ids[names[2]]:
-            raise SystemExit("prefix reuse changed the generated ids")
+        for whole, reused in pairs:
+            if ids[whole] != ids[reused]:
+                raise SystemExit(f"prefix reuse changed the generated ids ({reused})")
         for _ in range(rounds):
             for name, (runner, qs) in variants.items():  # interleaved: load changes hit every variant alike
                 if device.startswith("cuda"):
@@ -79,8 +94,10 @@ def run(num_layers: int, budget: int, num_questions: int, max_new_tokens: int, r
         f"Setup: Video-LLaVA with Vicuna-7B LLM shapes (d=4096, MLP 11008, 32 heads), {num_layers} decoder layers, "
         f"bf16 on {where}; budget {budget} ({pruned.tokens_count['to_llm']} visual tokens), prompts of "
         f"{min(lengths)}-{max(lengths)} tokens of which {prefix} are shared, {max_new_tokens} new tokens per answer; "
-        f"fastest of {rounds} interleaved rounds per variant. The two {num_questions}-question variants generate "
-        "identical ids.",
+        f"fastest of {rounds} interleaved rounds per variant. Each pair of {num_questions}-question variants "
+        "(prefilled whole / reused) generates identical ids"
+        + (f"; with IVTP the prefix is run once through the {ivtp_layer} of {num_layers} layers below k."
+           if ivtp_layer else "."),
         "",
         "| variant | questions / s (ratio to 1 question) |",
         "|---|---|",
@@ -101,9 +118,14 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ivtp-layer", type=int, default=1, help="k of the IVTP rows (0: no IVTP rows)")
+    parser.add_argument("--ivtp-keep", type=float, default=0.5, help="visual tokens IVTP keeps at k")
     parser.add_argument("--write", type=Path, help="markdown file to write the table into (between markers)")
     args = parser.parse_args()
-    table = run(args.layers, args.budget, args.questions, args.max_new_tokens, args.rounds, args.device)
+    if args.ivtp_layer and not 0 < args.ivtp_layer < args.layers:
+        parser.error(f"--ivtp-layer must be in 1..{args.layers - 1} for {args.layers} layers (0: no IVTP rows)")
+    table = run(args.layers, args.budget, args.questions, args.max_new_tokens, args.rounds, args.device,
+                args.ivtp_layer, args.ivtp_keep)
     print(table)
     if args.write:
         write_into(args.write, "bench_prefix_reuse", table)

@@ -16,6 +16,9 @@ from vidprune.video_models.tiny import ensure_tiny_checkpoint
 
 # Vicuna-7B, the LLM of Video-LLaVA-7B and LLaVA-NeXT-Video-7B
 VICUNA_7B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32, head_dim=128)
+# the shipped presets of each family, largest budget first (their budgets are the benchmarks' variants)
+PRESETS = {"video_llava": ("video_llava_455", "video_llava_227", "video_llava_114"),
+           "llava_next_video": ("llava_next_video_1024", "llava_next_video_512", "llava_next_video_256")}
 # CLIP ViT-L/14, the tower of both (224 px for Video-LLaVA, 336 px for LLaVA-NeXT-Video)
 VIT_L_14 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=14,
                 projection_dim=768)
@@ -38,11 +41,22 @@ def build_checkpoint(family: str, out: Path, num_layers: int, *, vit_l: bool = F
     with torch.no_grad():
         for p in model.parameters():  # cheap, finite values (uninitialised memory may hold denormals / NaN)
             p.uniform_(-0.02, 0.02, generator=gen)
+        for module in model.modules():  # norms as initialised: scales of ±0.02 make every frame's tower
+            if _is_norm(module):        # features alike, and dedup would then drop whole frames
+                module.weight.fill_(1.0)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     model.save_pretrained(out)
     AutoProcessor.from_pretrained(tiny).save_pretrained(out)
     (out / "vidprune_tiny.json").write_text((Path(tiny) / "vidprune_tiny.json").read_text())
     return out
+
+
+def _is_norm(module: torch.nn.Module) -> bool:
+    """LayerNorm (CLIP, the projectors) or an RMSNorm (Llama's ``LlamaRMSNorm`` and its kin)."""
+    return isinstance(module, torch.nn.LayerNorm) or (type(module).__name__.endswith("RMSNorm")
+                                                       and isinstance(getattr(module, "weight", None), torch.Tensor))
 
 
 def write_into(doc: Path, name: str, table: str) -> None:

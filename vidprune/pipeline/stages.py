@@ -262,7 +262,7 @@ class AnswerStage:
         ``stopping_criteria``: passed to ``generate``; ``overrides``: ``generate`` keywords.
         Items that hold the same tokens tensor (several questions about one video) have the video
         prefilled once (:meth:`VideoLLM.generate_about_one_video`) where ``reuse_prefix`` is on and
-        the call allows it (greedy, no IVTP); the ids are the same either way.
+        the call allows it (greedy, no beams); the ids are the same either way.
         Returns per item ``{"text", "token_ids", "prompt_tokens", "visual_tokens", "generate_s", "ivtp",
         "prefix_tokens"}`` (``prefix_tokens``: tokens prefilled once for the item's video, or None).
         """
@@ -277,7 +277,7 @@ class AnswerStage:
         for n, (tokens, _) in enumerate(items):
             by_video.setdefault(id(tokens), []).append(n)
         shared = [group for group in by_video.values() if len(group) > 1]
-        if not (self.reuse_prefix and shared and self.llm.reuses_prefix(2, self.ivtp, kwargs)):
+        if not (self.reuse_prefix and shared and self.llm.reuses_prefix(2, kwargs)):
             return self._generate(items, list(range(len(items))), layouts, kwargs)
         results: list[dict[str, Any] | None] = [None] * len(items)
         alone = [n for group in by_video.values() if len(group) == 1 for n in group]

@@ -140,7 +140,8 @@ class GenerationOutput:
         sequences: per sample, the generated token ids (prompt removed, stopped before EOS).
         prompt_tokens: per sample, the prompt's length in tokens (visual tokens included, padding not).
         ivtp: per sample ``{"kept": sorted visual-stream indices that survive IVTP,
-            "tokens_per_layer": tokens each decoder layer ran on in prefill}``, or None without IVTP.
+            "tokens_per_layer": tokens each decoder layer ran on in prefill, as for the prompt alone}``,
+            or None without IVTP.
         prefix_tokens: the tokens prefilled once for every prompt (:meth:`VideoLLM.generate_about_one_video`),
             or None where each prompt was prefilled whole.
     """
@@ -651,13 +652,13 @@ class VideoLLM:
         return result
 
     @staticmethod
-    def reuses_prefix(num_prompts: int, ivtp: Any, generate_kwargs: dict[str, Any]) -> bool:
+    def reuses_prefix(num_prompts: int, generate_kwargs: dict[str, Any]) -> bool:
         """Whether :meth:`generate_about_one_video` prefills the shared prefix once for this call.
 
-        It does for several prompts under greedy decoding without IVTP (IVTP prunes inside the
-        prefix by each question's attention) and without a streamer (one prompt at a time anyway).
+        It does for several prompts under greedy decoding without a streamer (one prompt at a
+        time anyway), with or without IVTP; sampling and beams prefill every prompt whole.
         """
-        return (num_prompts > 1 and ivtp is None and not generate_kwargs.get("do_sample")
+        return (num_prompts > 1 and not generate_kwargs.get("do_sample")
                 and generate_kwargs.get("num_beams", 1) == 1 and generate_kwargs.get("streamer") is None)
 
     @torch.no_grad()
@@ -672,12 +673,18 @@ class VideoLLM:
         prefix and itself (masked out, so positions, which follow the attention mask, are those of
         the prompt alone). The ids equal :meth:`generate`'s on the same prompts (tested per family).
 
+        With IVTP the prefix is prefilled once through the layers below the first pruning layer
+        k1 only (causal, so the same for every question; :meth:`IVTPDecoder.prefill_prefix`);
+        IVTP scores and prunes each prompt as a whole from there on (its instruction rows depend
+        on the question), and layers ≥ k1 cache only each prompt's kept tokens.
+
         Falls back to :meth:`generate` where :meth:`reuses_prefix` says no.
 
         Args:
             prompts: chat-formatted prompts, each with one ``<video>``.
             visual_tokens: (K, D) the video's projected tokens, shared by every prompt.
             layout: the video's ``PrunedVideo.layout`` (Qwen2.5-VL's positions), or None.
+            ivtp: the call's IVTP schedule, None for none (default: the model's).
         """
         from transformers.cache_utils import DynamicCache
 
@@ -685,7 +692,7 @@ class VideoLLM:
 
         schedule = self.default_ivtp if ivtp is _DEFAULT else ivtp
         layouts = None if layout is None else [layout] * len(prompts)
-        if not self.reuses_prefix(len(prompts), schedule, generate_kwargs):
+        if not self.reuses_prefix(len(prompts), generate_kwargs):
             return self.generate(prompts, [visual_tokens] * len(prompts), layouts, ivtp=schedule, **generate_kwargs)
         check_prefix_cache_internals(self.model)
         count = int(visual_tokens.shape[0])
@@ -697,7 +704,7 @@ class VideoLLM:
         last_video = int((ids[0] == self.video_token_id).nonzero().max())
         prefix = min(shared, shortest - 1)  # every prompt keeps at least one token of its own to prefill
         if prefix <= last_video:  # the prompts differ before the video ends: nothing worth sharing
-            return self.generate(prompts, [visual_tokens] * len(prompts), layouts, ivtp=None, **generate_kwargs)
+            return self.generate(prompts, [visual_tokens] * len(prompts), layouts, ivtp=schedule, **generate_kwargs)
         rest = max(len(i) for i in ids) - prefix
         pad = self.processor.tokenizer.pad_token_id
         pad = 0 if pad is None else pad
@@ -711,14 +718,28 @@ class VideoLLM:
         positions = self.position_inputs(inputs, layouts)  # (..., B, L)
         keyword = model_cache_keyword(self.model)
         cache = DynamicCache(config=self.model.config)
-        self.model(input_ids=inputs["input_ids"][:1, :prefix], attention_mask=inputs["attention_mask"][:1, :prefix],
-                   mm_encoder_outputs={"video": self.video_encoder_output([visual_tokens])},
-                   use_cache=True, logits_to_keep=1, **{keyword: cache},  # logits of the prefix are not needed
-                   **{k: v[..., :1, :prefix] for k, v in positions.items()})
+
+        def prefill_prefix():  # the prefix alone (batch 1, P tokens) into the cache; its logits are not needed
+            self.model(input_ids=inputs["input_ids"][:1, :prefix], attention_mask=inputs["attention_mask"][:1, :prefix],
+                       mm_encoder_outputs={"video": self.video_encoder_output([visual_tokens])},
+                       use_cache=True, logits_to_keep=1, **{keyword: cache},
+                       **{k: v[..., :1, :prefix] for k, v in positions.items()})
+
+        if schedule is None:
+            prefill_prefix()
+            session = contextlib.nullcontext()
+        else:  # layers < k1 only; the session puts the prefix's rows back in front where IVTP needs them
+            decoder = self.ivtp_decoder()
+            shared_prefix = decoder.prefill_prefix(prefill_prefix, prefix, schedule=schedule)
+            session = decoder.session(inputs["input_ids"], inputs["attention_mask"], self.video_token_id,
+                                      schedule=schedule, prefix=shared_prefix)
         cache.batch_repeat_interleave(len(prompts))  # (1, ...) → (B, ...) rows of the one prefilled prefix
-        out = self.model.generate(**inputs, **positions, **{keyword: cache}, **generate_kwargs)
-        return GenerationOutput(sequences=self._answer_ids(out[:, inputs["input_ids"].shape[1]:]),
-                                prompt_tokens=[len(i) for i in ids], ivtp=None, prefix_tokens=prefix)
+        with session as ivtp_state:
+            out = self.model.generate(**inputs, **positions, **{keyword: cache}, **generate_kwargs)
+        sequences = self._answer_ids(out[:, inputs["input_ids"].shape[1]:])
+        ivtp = [ivtp_state.summary(b) for b in range(len(sequences))] if ivtp_state is not None else None
+        return GenerationOutput(sequences=sequences, prompt_tokens=[len(i) for i in ids], ivtp=ivtp,
+                                prefix_tokens=prefix)
 
     def decode_text(self, ids: list[int]) -> str:
         return self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()

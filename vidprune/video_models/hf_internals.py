@@ -21,7 +21,10 @@ follow internals instead, and this module is the only place that knows their nam
   once into a ``cache_utils.DynamicCache``, repeats its rows with
   ``DynamicCache.batch_repeat_interleave`` and hands it to ``generate`` under the model
   forward's cache keyword (:func:`model_cache_keyword`: ``cache`` from 5.24, ``past_key_values``
-  before); :func:`check_prefix_cache_internals` checks all three.
+  before); :func:`check_prefix_cache_internals` checks all three. Under IVTP the prefix forward
+  is stopped at the first pruning layer (an exception from that layer's wrapper), so only the
+  layers below it hold the prefix; the session tells prefill from decode by each layer's
+  ``Cache.get_seq_length(layer_idx)``.
 * **Qwen2.5-VL** (``qwen2_5_vl.py``): the tower's window permutation
   (:func:`qwen_vision_window_index`: ``vision_utils.get_vision_window_index`` in 5.24,
   ``visual.get_window_index`` before), the vision block's ``norm1`` / ``attn.qkv`` /

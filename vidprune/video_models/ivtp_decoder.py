@@ -20,6 +20,17 @@ Inside a session, in the prefill forward:
 In decode steps, layers < k see the stock mask; each pruned segment gets a mask built from
 its own prompt layout plus the generated tokens, sized from its own cache layer.
 
+**A prefix shared by every prompt of a batch** (several questions about one video) runs the
+layers below the first pruning layer k1 once: they are causal, so the prefix's keys, values
+and hidden states there do not depend on what follows it. :meth:`IVTPDecoder.prefill_prefix`
+runs the prefix through layers < k1 into the cache and keeps its hidden states entering k1
+(and entering every scoring layer ≤ k1) with its positions and rotary tables, then stops the
+forward: no layer ≥ k1 runs or caches the prefix. A :meth:`IVTPDecoder.session` given that
+:class:`IVTPPrefix` takes prompts whose first P tokens are the prefix (its cache rows repeated
+per prompt): layers < k1 run only the prompts' own tokens against the cached prefix, and where
+IVTP needs the whole prompt (scoring layers ≤ k1, the pruning at k1) the prefix's rows are put
+back in front of them, so everything from the first score on runs exactly as for the whole prompt.
+
 Mirrors ``LlamaModel.forward`` / ``LlamaDecoderLayer.forward`` of transformers 5.0–5.24: the
 model computes one mask, ``position_ids`` and ``position_embeddings`` per forward and hands
 them to every layer as keyword arguments, which is what the wrapper replaces. The names of
@@ -30,6 +41,7 @@ checks them when a wrapper is installed.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +52,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repea
 from ..pruners.ivtp import IVTPSchedule, instruction_attention_scores, instruction_rows, select_visual_tokens
 from .hf_internals import causal_mask, check_ivtp_internals, layer_cache
 
-__all__ = ["IVTPDecoder", "IVTPSession"]
+__all__ = ["IVTPDecoder", "IVTPPrefix", "IVTPSession"]
 
 
 @dataclass
@@ -58,6 +70,54 @@ class _Layout:
 
 
 @dataclass
+class IVTPPrefix:
+    """A prompt prefix run once through the layers below the first pruning layer (:meth:`IVTPDecoder.prefill_prefix`).
+
+    Its keys and values for those layers are in the cache the prefill was given; this holds what
+    IVTP needs of it at the layers that see the whole prompt.
+
+    Attributes:
+        length: P, the prefix's tokens (the first P of every prompt of the session that uses it).
+        first_prune_layer: k1; the cache holds the prefix in layers 0..k1-1 only.
+        layers: the layers ≤ k1 that score or prune, i.e. that see the whole prompt.
+        hidden: {layer: (1, P, D)} the prefix's hidden states entering each of ``layers``.
+        position_ids: (1, P) the position ids the layers received (None where the model hands none).
+        position_embeddings: the rotary (cos, sin) the layers received, each (1, P, hd)
+            (or (3, 1, P, hd) for multimodal rotary).
+    """
+
+    length: int
+    first_prune_layer: int
+    layers: frozenset[int]
+    hidden: dict[int, torch.Tensor] = field(default_factory=dict)
+    position_ids: torch.Tensor | None = None
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def cached_tokens(self, layer: int) -> int:
+        """Tokens of the prefix in ``layer``'s cache before the session's prefill (P below k1, else 0)."""
+        return self.length if layer < self.first_prune_layer else 0
+
+    def in_front_of(self, layer: int, hidden: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, dict]:
+        """The prompts' rows entering ``layer`` (B, L-P, D) with the prefix's rows put in front: (B, L, D).
+
+        Returns the whole prompts' hidden states and a copy of the layer's keyword arguments
+        whose ``position_ids`` and ``position_embeddings`` cover the whole prompts too.
+        """
+        batch = hidden.shape[0]
+        whole = torch.cat([self.hidden[layer].expand(batch, -1, -1), hidden], dim=1)
+        rotary = tuple(torch.cat([_batched(p, batch), _batched(q, batch)], dim=-2)
+                       for p, q in zip(self.position_embeddings, kwargs["position_embeddings"]))
+        own_ids = kwargs.get("position_ids")
+        ids = (None if own_ids is None or self.position_ids is None
+               else torch.cat([self.position_ids.expand(batch, -1), own_ids.expand(batch, -1)], dim=-1))
+        return whole, {**kwargs, "position_ids": ids, "position_embeddings": rotary}
+
+
+class _PrefixDone(Exception):
+    """Raised at the first pruning layer while a prefix is prefilled: the layers from there on need the question."""
+
+
+@dataclass
 class IVTPSession:
     """State of one ``generate`` (or forward) call with IVTP. Read the results after the call.
 
@@ -66,13 +126,16 @@ class IVTPSession:
         stage_scores: per pruning layer, the fused scores over the visual tokens still
             present, per sample (list of (n,) float tensors), in visual-stream order.
         kept: per sample, the visual-stream indices that survive the last stage (sorted).
-        tokens_per_layer: per sample, the number of tokens each decoder layer ran on in prefill.
+        tokens_per_layer: per sample, the number of tokens each decoder layer ran on in prefill
+            (the prompt's own layout: with a prefilled prefix, layers < k1 count its P tokens,
+            which ran once for every prompt, so the counts and FLOPs are those of the prompt alone).
     """
 
     schedule: IVTPSchedule
     visual: torch.Tensor  # (B, L0) bool, prompt layout
     valid: torch.Tensor  # (B, L0) bool
     forced_keep: list[list[int]] | None = None
+    prefix: IVTPPrefix | None = None
     layouts: list[_Layout] = field(default_factory=list)
     score_sum: torch.Tensor | None = None
     weight_sum: float = 0.0
@@ -86,6 +149,10 @@ class IVTPSession:
 
     def summary(self, sample: int) -> dict[str, Any]:
         return {"kept": self.kept[sample], "tokens_per_layer": self.tokens_per_layer[sample]}
+
+    def cached_tokens(self, layer: int) -> int:
+        """Tokens in ``layer``'s cache when the prefill forward reaches it (the shared prefix's, or 0)."""
+        return 0 if self.prefix is None else self.prefix.cached_tokens(layer)
 
 
 class IVTPDecoder:
@@ -108,6 +175,7 @@ class IVTPDecoder:
         self.config = language_model.config
         self.schedule = schedule.validate(self.config.num_hidden_layers) if schedule is not None else None
         self._session: IVTPSession | None = None
+        self._recording: IVTPPrefix | None = None
         self._originals: dict[int, Any] = {}
         for i in range(self.config.num_hidden_layers):
             layer = language_model.layers[i]
@@ -122,7 +190,8 @@ class IVTPDecoder:
 
     @contextmanager
     def session(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, visual_token_id: int,
-                forced_keep: list[list[int]] | None = None, schedule: IVTPSchedule | None = None):
+                forced_keep: list[list[int]] | None = None, schedule: IVTPSchedule | None = None,
+                prefix: IVTPPrefix | None = None):
         """Enable IVTP for the calls inside the ``with`` block (one generate or forward).
 
         Args:
@@ -131,30 +200,73 @@ class IVTPDecoder:
             forced_keep: instead of scoring, keep these visual-stream indices per sample
                 (single-stage schedules; used to check the cache against a cache-free run).
             schedule: the schedule of this call (default: the one given at construction).
+            prefix: the first ``prefix.length`` tokens of every prompt, already run through the
+                layers below the first pruning layer (:meth:`prefill_prefix`, same schedule); the
+                forward's cache holds them there, and the forward runs on the rest of the prompts.
         """
-        schedule = schedule if schedule is not None else self.schedule
-        if schedule is None:
-            raise ValueError("an IVTP session needs a schedule")
-        schedule = schedule.validate(self.config.num_hidden_layers)
+        schedule = self._schedule(schedule)
+        if prefix is not None and prefix.first_prune_layer != schedule.prune_layers[0]:
+            raise ValueError(f"the prefix was prefilled up to layer {prefix.first_prune_layer}, "
+                             f"the schedule prunes first at {schedule.prune_layers[0]}")
         if forced_keep is not None and len(schedule.prune_layers) != 1:
             raise ValueError("forced_keep needs a single-stage IVTP schedule")
         if self._session is not None:
             raise RuntimeError("an IVTP session is already running on this model (one generate at a time)")
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         self._session = IVTPSession(schedule=schedule, visual=input_ids == visual_token_id, valid=valid,
-                                    forced_keep=forced_keep)
+                                    forced_keep=forced_keep, prefix=prefix)
         try:
             yield self._session
         finally:
             self._session = None
 
+    def _schedule(self, schedule: IVTPSchedule | None) -> IVTPSchedule:
+        schedule = schedule if schedule is not None else self.schedule
+        if schedule is None:
+            raise ValueError("an IVTP session needs a schedule")
+        return schedule.validate(self.config.num_hidden_layers)
+
+    def prefill_prefix(self, forward: Callable[[], Any], length: int, schedule: IVTPSchedule | None = None) -> IVTPPrefix:
+        """Run a prompt prefix through the layers below the schedule's first pruning layer k1, once.
+
+        Args:
+            forward: ``forward()`` runs the model on the prefix alone (batch 1, P tokens, no
+                padding) with a KV cache; it is stopped when it reaches layer k1, so only layers
+                < k1 run (and cache the prefix), and nothing after them (no final norm, no logits).
+            length: P, the prefix's tokens.
+            schedule: the schedule of the sessions that will use the prefix (default: the one
+                given at construction).
+
+        Returns:
+            The :class:`IVTPPrefix` to hand to :meth:`session` (its cache rows repeated per prompt).
+        """
+        schedule = self._schedule(schedule)
+        first = schedule.prune_layers[0]
+        if self._session is not None or self._recording is not None:
+            raise RuntimeError("an IVTP session is already running on this model (one generate at a time)")
+        self._recording = IVTPPrefix(length=length, first_prune_layer=first,
+                                     layers=frozenset(j for j in schedule.scoring_layers() | {first} if j <= first))
+        try:
+            forward()
+        except _PrefixDone:
+            pass
+        finally:
+            prefix, self._recording = self._recording, None
+        if first not in prefix.hidden:
+            raise RuntimeError(f"the prefix forward never reached decoder layer {first}")
+        return prefix
+
     # ----------------------------------------------------------------- wrapper
     def _layer_forward(self, layer_idx: int, original, hidden_states: torch.Tensor, *args, **kwargs):
+        if self._recording is not None:
+            return self._record_prefix_layer(self._recording, layer_idx, original, hidden_states, args, kwargs)
         session = self._session
         if session is None:
             return original(hidden_states, *args, **kwargs)
         cache = layer_cache(kwargs)
-        prefill = cache is None or cache.get_seq_length(layer_idx) == 0
+        if cache is None and session.prefix is not None:
+            raise RuntimeError("an IVTP session with a prefilled prefix needs the forward's KV cache")
+        prefill = cache is None or cache.get_seq_length(layer_idx) == session.cached_tokens(layer_idx)
         if prefill:
             return self._prefill_layer(session, layer_idx, original, hidden_states, args, kwargs)
         return self._decode_layer(session, layer_idx, original, hidden_states, args, kwargs)
@@ -164,17 +276,33 @@ class IVTPDecoder:
             self._begin_prefill(s, hidden, first_wrapped=i)
         if len(s.layouts) > 1:  # every layout after the prompt's is a pruned one
             _hand_layout(kwargs, s.layouts[-1])
+        # IVTP sees whole prompts: below k1 a prefilled prefix ran apart from the prompts' own rows, so
+        # scoring layers ≤ k1 and the pruning at k1 get its rows put back in front (above k1 the
+        # pruned layout already holds the prefix's kept rows)
+        whole, whole_kwargs = hidden, kwargs
+        if s.prefix is not None and i <= s.prefix.first_prune_layer and (i in s.scoring_layers or i in s.prune_layers):
+            whole, whole_kwargs = s.prefix.in_front_of(i, hidden, kwargs)
         if i in s.scoring_layers:
-            self._accumulate_scores(s, i, hidden, kwargs["position_embeddings"], s.layouts[-1])
+            self._accumulate_scores(s, i, whole, whole_kwargs["position_embeddings"], s.layouts[-1])
         if i in s.prune_layers:
-            hidden = self._prune(s, i, hidden, kwargs)
+            hidden = self._prune(s, i, whole, whole_kwargs)
             _hand_layout(kwargs, s.layouts[-1])
         for b, n in enumerate(s.layouts[-1].valid.sum(dim=1).tolist()):
             s.tokens_per_layer[b].append(int(n))
         return original(hidden, *args, **kwargs)
 
+    def _record_prefix_layer(self, p: IVTPPrefix, i: int, original, hidden: torch.Tensor, args, kwargs):
+        if i == min(self._originals):  # the positions and rotary tables every layer of this forward receives
+            p.position_ids, p.position_embeddings = kwargs.get("position_ids"), kwargs["position_embeddings"]
+        if i in p.layers:
+            p.hidden[i] = hidden  # (1, P, D)
+        if i == p.first_prune_layer:
+            raise _PrefixDone
+        return original(hidden, *args, **kwargs)
+
     def _begin_prefill(self, s: IVTPSession, hidden: torch.Tensor, first_wrapped: int) -> None:
-        batch, length = hidden.shape[:2]
+        batch = hidden.shape[0]
+        length = hidden.shape[1] + s.cached_tokens(first_wrapped)  # a prefilled prefix's tokens come first
         visual, valid = s.visual.to(hidden.device), s.valid.to(hidden.device)
         if batch != visual.shape[0]:  # generate() repeat-interleaves prompts for num_return_sequences / beams
             if batch % visual.shape[0]:
@@ -278,10 +406,14 @@ class IVTPDecoder:
 
 def _gather_rotary(table: torch.Tensor, gather: torch.Tensor, batch: int) -> torch.Tensor:
     """Rotary cos or sin ((B or 1, L, hd), or (3, B or 1, L, hd) for multimodal rotary) at ``gather`` (B, L')."""
-    lead = table.shape[:-3]  # () or (3,)
-    table = table.expand(*lead, batch, -1, -1)
-    index = gather[..., None].expand(*lead, -1, -1, table.shape[-1])
+    table = _batched(table, batch)
+    index = gather[..., None].expand(*table.shape[:-3], -1, -1, table.shape[-1])
     return torch.gather(table, -2, index)
+
+
+def _batched(table: torch.Tensor, batch: int) -> torch.Tensor:
+    """Rotary cos or sin ((B or 1, L, hd), or (3, B or 1, L, hd)) with its batch dimension expanded to ``batch``."""
+    return table.expand(*table.shape[:-3], batch, -1, -1)
 
 
 def _hand_layout(kwargs: dict, layout: _Layout) -> None:
