@@ -301,7 +301,7 @@ def test_cli_demo_runs_the_new_families_offline(family, capsys):
 # --------------------------------------------------------------------------- the live memory (demo)
 
 
-def _live_memory(llm, frames, *, budget, dedup, frame_rate=1.0, sizes=None):
+def _live_memory(llm, frames, *, budget, dedup, frame_rate=1.0, hold_to_rate=True):
     """The demo's path for ``frames``: a Feed pairs them, the model's EncodeStage encodes each pair, the
     rolling memory (planned for the first frame's size, a window that holds them all) stores the units."""
     from vidprune.demo.feed import Feed, PendingFrame
@@ -312,7 +312,7 @@ def _live_memory(llm, frames, *, budget, dedup, frame_rate=1.0, sizes=None):
     geometry = llm.frame_geometry(llm.geometry, llm.processor.video_processor, height, width)
     plan = plan_memory(geometry, budget=budget, window_s=len(frames) / frame_rate, frame_rate=frame_rate)
     assert plan.frames_per_unit == 2 and plan.max_frames == len(frames) // 2
-    feed = Feed(build_memory(plan, dedup=dedup), frame_rate=frame_rate)
+    feed = Feed(build_memory(plan, dedup=dedup), frame_rate=frame_rate, hold_to_rate=hold_to_rate)
     encoder = EncodeStage(llm, batch_size=1)
     messages = []
     for i, rgb in enumerate(frames):
@@ -323,19 +323,24 @@ def _live_memory(llm, frames, *, budget, dedup, frame_rate=1.0, sizes=None):
     return feed, plan, messages
 
 
-def test_live_memory_with_pruning_off_answers_exactly_the_stock_model(qwen_ckpt, random_frames):
+@pytest.mark.parametrize("frame_rate, hold_to_rate", [(1.0, True), (4.0, False)])  # a browser tab; a --source
+def test_live_memory_with_pruning_off_answers_exactly_the_stock_model(qwen_ckpt, random_frames, frame_rate,
+                                                                      hold_to_rate):
     qa = VideoQA.from_pretrained(qwen_ckpt, budget=None, dedup=False)
     frames = random_frames(6, seed=21)
-    feed, plan, messages = _live_memory(qa.llm, frames, budget=None, dedup=False)
+    feed, plan, messages = _live_memory(qa.llm, frames, budget=None, dedup=False, frame_rate=frame_rate,
+                                        hold_to_rate=hold_to_rate)
+    assert (feed.gate is None) == (not hold_to_rate)
     assert [bool(m) for m in messages] == [False, True] * 3  # one frame message per temporal patch, for its 2nd frame
     assert [m[-1]["seq"] for m in messages if m] == [1, 3, 5]
     snap = feed.memory.snapshot()
     grid = tuple(messages[-1][-1]["grid"])
-    assert snap.layout["units"] == 3 and snap.layout["grid"] == grid and snap.layout["seconds_per_unit"] == 2.0
+    assert snap.layout["units"] == 3 and snap.layout["grid"] == grid
+    assert snap.layout["seconds_per_unit"] == 2 / frame_rate  # a temporal patch spans two frames of the stream
     assert snap.tokens.shape[0] == 3 * math.prod(grid) == snap.stats.tokens == snap.stats.stock_tokens
     answer = qa.answer_stage.answer_tokens([(snap.tokens, QUESTIONS[0])], layouts=[snap.layout], max_new_tokens=12)[0]
     assert len(answer["token_ids"]) > 0
-    assert answer["token_ids"] == _stock_generate(qa.llm, frames, QUESTIONS[0], 12, fps=1.0)
+    assert answer["token_ids"] == _stock_generate(qa.llm, frames, QUESTIONS[0], 12, fps=frame_rate)
 
 
 def test_live_memory_under_a_budget_holds_what_the_offline_pipeline_selects(qwen_ckpt, random_frames):

@@ -173,19 +173,22 @@ class Feed:
         preview: (max_side, quality) to send each encoded frame back as a JPEG preview
             (server-side sources, whose frames the page has not seen); None for browser tabs.
         shared: True if several tabs read this feed (it outlives them).
-        frame_rate: hold the frames offered to this rate (:class:`RateGate`; frames beyond it
-            are counted as ``over_rate``); None takes every frame (a source that samples itself).
+        frame_rate: frames per second the stream is sampled at: a temporal patch (Qwen2.5-VL)
+            spans ``frames_per_unit / frame_rate`` seconds in the rotary positions. None: the
+            frames' own arrival times.
+        hold_to_rate: hold the frames offered to ``frame_rate`` (:class:`RateGate`; frames beyond
+            it are counted as ``over_rate``); False for a source that samples itself.
     """
 
     def __init__(self, memory: RollingTokenMemory, *, preview: tuple[int, int] | None = None, shared: bool = False,
-                 frame_rate: float | None = None):
+                 frame_rate: float | None = None, hold_to_rate: bool = True):
         self.id = next(_feed_ids)
         self.memory = memory
         self.slot: LatestFrameSlot[PendingFrame] = LatestFrameSlot(capacity=1)
         self.preview = preview
         self.shared = shared
         self.subscribers: set[Any] = set()  # the tabs that read this feed (touched on the event loop only)
-        self.gate = RateGate(frame_rate) if frame_rate is not None else None
+        self.gate = RateGate(frame_rate) if frame_rate is not None and hold_to_rate else None
         self.refused = 0  # frames refused (too large, not JPEG, unreadable), before or after the slot
         self._refused_at_door = 0  # of those, refused before they entered the slot
         self.over_rate = 0  # frames that came sooner than the frame rate allows
@@ -264,10 +267,11 @@ class Feed:
         if len(self._pairing) < per_unit:
             return [], pending  # the first frame of a temporal patch: it waits for the next one
         first, frames = self._pairing[0][0], np.stack([f for _, f in self._pairing])  # (U, H, W, 3)
+        # a unit spans frames_per_unit frames at the stream's rate (what Qwen2.5-VL's temporal positions assume)
+        times = ([first.time_s + i / self.frame_rate for i in range(per_unit)] if self.frame_rate
+                 else [p.time_s for p, _ in self._pairing])
         self._pairing.clear()
-        # a unit spans frames_per_unit frames at the feed's rate (what Qwen2.5-VL's temporal positions assume)
-        step = 1.0 / self.frame_rate if self.frame_rate else 1.0
-        encoded = encoder.process(frames, [first.time_s + i * step for i in range(per_unit)])  # one unit
+        encoded = encoder.process(frames, times)  # one unit
         stored = self.memory.add(encoded, first.time_s, seq=pending.seq)
         self.encoded += per_unit
         height, width = rgb.shape[:2]

@@ -229,7 +229,8 @@ class DemoServer:
         self.worker.start()
         s = self.settings
         if s.source is not None:
-            self.shared_feed = Feed(self.new_memory(), preview=(CAPTURE_MAX_SIDE, PREVIEW_JPEG_QUALITY), shared=True)
+            self.shared_feed = Feed(self.new_memory(), preview=(CAPTURE_MAX_SIDE, PREVIEW_JPEG_QUALITY), shared=True,
+                                    frame_rate=s.plan.frame_rate, hold_to_rate=False)  # the source samples itself
             self.worker.add_feed(self.shared_feed)
             self.source = ServerSource(s.source, s.plan.frame_rate, self._source_frame, loop=s.loop_source)
             self.source.start()
