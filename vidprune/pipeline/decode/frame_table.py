@@ -171,17 +171,22 @@ def table_by_demuxing(media: MediaFile) -> FrameTable | None:
     if missing_pts or not pts or len(set(pts)) != len(pts):
         return None
     order = sorted(range(len(pts)), key=pts.__getitem__)
-    spts = [pts[i] for i in order]
-    keyframes = [rank for rank, i in enumerate(order) if keys[i]]
+    return _sorted_pts_table([pts[i] for i in order], [rank for rank, i in enumerate(order) if keys[i]], media,
+                             "demux")
+
+
+def _sorted_pts_table(spts: list[int], keyframes: list[int], media: MediaFile, source: str) -> FrameTable:
+    """The table of frames with the unique, sorted pts ``spts`` and keyframes at the sorted
+    indices ``keyframes`` (frame 0 counts as one: decoding can always start there)."""
     if not keyframes or keyframes[0] != 0:
         keyframes = [0] + keyframes
     assert media.time_base is not None  # checked when the stream was picked
     return FrameTable(
-        pts=list(spts),
-        times=times_from_pts(list(spts), media.time_base, media.rate),
+        pts=spts,
+        times=times_from_pts(spts, media.time_base, media.rate),
         keyframes=keyframes,
         pts_to_index={p: i for i, p in enumerate(spts)},
-        source="demux",
+        source=source,
     )
 
 
@@ -354,17 +359,8 @@ def table_from_sample_table(media: MediaFile) -> tuple[FrameTable | None, str]:
             if first is None or first + len(tail) != n or not _matches(tail, samples, first, shift):
                 return None, "FFmpeg's last packets differ from the table"
 
-    spts = (sorted_pts + shift).tolist()
     key_rank = np.flatnonzero(samples.keyframe[order]).tolist()
-    keyframes = key_rank if key_rank and key_rank[0] == 0 else [0] + key_rank
-    assert media.time_base is not None
-    return FrameTable(
-        pts=spts,
-        times=times_from_pts(spts, media.time_base, media.rate),
-        keyframes=keyframes,
-        pts_to_index=dict(zip(spts, range(n))),
-        source="index",
-    ), ""
+    return _sorted_pts_table((sorted_pts + shift).tolist(), key_rank, media, "index"), ""
 
 
 # ---------------------------------------------------------------------- from Matroska cues
@@ -517,13 +513,4 @@ def table_from_cues(media: MediaFile) -> tuple[FrameTable | None, str]:
             f"the {what} ({claimed * scale / 1e9:.3f} s) does not match the {n} frames of the "
             f"constant frame-rate grid (ending at {ends * scale / 1e9:.3f} s)"
         )
-    spts = grid.pts(np.arange(n)).tolist()
-    keyframes = sorted(set([0] + cue_k))
-    assert media.time_base is not None
-    return FrameTable(
-        pts=spts,
-        times=times_from_pts(spts, media.time_base, media.rate),
-        keyframes=keyframes,
-        pts_to_index=dict(zip(spts, range(n))),
-        source="index",
-    ), ""
+    return _sorted_pts_table(grid.pts(np.arange(n)).tolist(), sorted(cue_k), media, "index"), ""  # cue_k: unique
