@@ -85,8 +85,13 @@ def _reports(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_lmms_eval_cli_runs_its_own_task_with_vidprune_pruning(tmp_path, video_llava_ckpt):
-    videos = [str(write_clip(tmp_path / "videos" / f"clip{i}.mp4", seed=i)) for i in range(3)]
+def _run_tiny_task(tmp_path: Path, checkpoint: str, num_videos: int, model_args: str,
+                   *extra: str) -> tuple[list[str], subprocess.CompletedProcess, Path, Path]:
+    """The task above over ``num_videos`` generated clips, through the lmms-eval CLI with ``--model vidprune``.
+
+    Returns (the videos, the finished process, lmms-eval's output folder, vidprune's report file).
+    """
+    videos = [str(write_clip(tmp_path / "videos" / f"clip{i}.mp4", seed=i)) for i in range(num_videos)]
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(json.dumps({"id": i, "video": v, "question": QUESTION, "options": OPTIONS, "answer": "A"})
                             + "\n" for i, v in enumerate(videos)))
@@ -96,9 +101,15 @@ def test_lmms_eval_cli_runs_its_own_task_with_vidprune_pruning(tmp_path, video_l
     (tasks / "utils.py").write_text(TASK_UTILS)
     out, report_file = tmp_path / "out", tmp_path / "answers.jsonl"
     (tmp_path / "hf").mkdir()
-    result = _run_lmms_eval(["--model_args", f"pretrained={video_llava_ckpt},budget=64,frames=4,report_file={report_file}",
-                             "--tasks", TASK, "--include_path", str(tasks), "--output_path", str(out), "--log_samples"],
+    result = _run_lmms_eval(["--model_args", f"pretrained={checkpoint},{model_args},report_file={report_file}",
+                             "--tasks", TASK, "--include_path", str(tasks), "--output_path", str(out), *extra],
                             tmp_path, tmp_path / "hf")
+    return videos, result, out, report_file
+
+
+def test_lmms_eval_cli_runs_its_own_task_with_vidprune_pruning(tmp_path, video_llava_ckpt):
+    videos, result, out, report_file = _run_tiny_task(tmp_path, video_llava_ckpt, 3, "budget=64,frames=4",
+                                                      "--log_samples")
     # the summary line says what ran, and that every answer was pruned to the budget
     summary = next(line for line in result.stderr.splitlines() if line.startswith("vidprune: 3 answers"))
     assert "(pruner vispruner, dedup off, budget 64)" in summary and "of 1028;" in summary
@@ -127,19 +138,7 @@ def test_lmms_eval_cli_runs_its_own_task_with_vidprune_pruning(tmp_path, video_l
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
 def test_lmms_eval_cli_runs_the_new_families(tmp_path, tiny_checkpoints, family):
     ckpt = tiny_checkpoints[family]
-    videos = [str(write_clip(tmp_path / "videos" / f"clip{i}.mp4", seed=i)) for i in range(2)]
-    docs = tmp_path / "docs.jsonl"
-    docs.write_text("".join(json.dumps({"id": i, "video": v, "question": QUESTION, "options": OPTIONS, "answer": "A"})
-                            + "\n" for i, v in enumerate(videos)))
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "tiny.yaml").write_text(TASK_YAML.format(task=TASK, docs=docs))
-    (tasks / "utils.py").write_text(TASK_UTILS)
-    out, report_file = tmp_path / "out", tmp_path / "answers.jsonl"
-    (tmp_path / "hf").mkdir()
-    result = _run_lmms_eval(["--model_args", f"pretrained={ckpt},budget=40,frames=4,report_file={report_file}",
-                             "--tasks", TASK, "--include_path", str(tasks), "--output_path", str(out)],
-                            tmp_path, tmp_path / "hf")
+    videos, result, _, report_file = _run_tiny_task(tmp_path, ckpt, 2, "budget=40,frames=4")
     summary = next(line for line in result.stderr.splitlines() if line.startswith("vidprune: 2 answers"))
     assert "(pruner vispruner, dedup off, budget 40)" in summary, summary  # budget=N names eval's vispruner arm
     from vidprune.qa import VideoQA
