@@ -184,12 +184,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"demo: listening on {settings.host} without a token (--no-token): anyone who can reach this machine "
               "can use the page", file=sys.stderr)
     plan = settings.plan
-    unit = "frame" if plan.frames_per_unit == 1 else f"temporal patch of {plan.frames_per_unit} frames"
+    unit, units = (("frame", "frames") if plan.frames_per_unit == 1 else
+                   (f"temporal patch of {plan.frames_per_unit} frames", "temporal patches"))
     sized = f" for {PLANNED_FRAME_SIZE[1]}x{PLANNED_FRAME_SIZE[0]} frames" if plan.dynamic else ""
-    print(f"demo: memory of {plan.window_s:g} s at {plan.frame_rate:g} fps: at most {plan.max_frames} "
-          f"{'frames' if plan.frames_per_unit == 1 else 'temporal patches'}, {plan.budget} tokens "
-          f"({plan.frame_allowance} patches per {unit} before dedup; the stock model would use "
-          f"{plan.stock_tokens}{sized})", file=sys.stderr)
+    print(f"demo: memory of {plan.window_s:g} s at {plan.frame_rate:g} fps: at most {plan.max_frames} {units}, "
+          f"{plan.budget} tokens ({plan.frame_allowance} patches per {unit} before dedup; the stock model would "
+          f"use {plan.stock_tokens}{sized})", file=sys.stderr)
     qa = VideoQA.from_pretrained(config=cfg.to_dict())
     server = DemoServer(qa.llm, settings)
 

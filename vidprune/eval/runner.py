@@ -401,7 +401,7 @@ class SweepRunner:
             "flops": report["flops"],
             "latency_s": {**{k: round(float(v), 4) for k, v in timings.items()},
                           "total": round(float(sum(timings.values())), 4)},
-            "num_frames": report.get("sampled_frames", len(report["frames"])),
+            "num_frames": report["sampled_frames"],
             "warnings": report["warnings"],
         }
         rec.update(self._score(sample, text))
