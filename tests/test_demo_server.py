@@ -716,3 +716,18 @@ def test_questions_and_frames_take_turns_on_the_model_thread(tiny_llm):
     first, last = events.index("answer"), len(events) - 1 - events[::-1].index("answer")
     between = "".join("|" if e == "answer" else e[-1] for e in events[first:last + 1]).split("|")[1:-1]
     assert len(between) == 6 and all(sorted(chunk) == ["0", "1", "2"] for chunk in between), " ".join(events)
+
+
+def test_a_cut_jpeg_is_refused_even_where_pillow_is_told_to_pad_it(monkeypatch):
+    """lmms-eval sets PIL.ImageFile.LOAD_TRUNCATED_IMAGES on import (process-wide); the demo must not rely on it."""
+    from PIL import ImageFile
+
+    from vidprune.demo.feed import FrameRefused, decode_jpeg
+
+    whole = FRAMES[0]
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    assert decode_jpeg(whole).shape == (*FRAME_SIZE, 3)
+    assert decode_jpeg(whole + b"\0" * 16).shape == (*FRAME_SIZE, 3)  # zero padding after the end marker
+    with pytest.raises(FrameRefused, match="cut off before its end marker") as refused:
+        decode_jpeg(whole[: len(whole) // 2])
+    assert refused.value.code == "frame_unreadable"

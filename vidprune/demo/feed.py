@@ -85,9 +85,21 @@ def check_jpeg(data: bytes) -> tuple[int, int]:
     return width, height
 
 
+_JPEG_END = b"\xff\xd9"  # the EOI marker (ITU-T T.81, B.1.1.3)
+
+
 def decode_jpeg(data: bytes) -> np.ndarray:
-    """JPEG bytes → (H, W, 3) uint8 RGB (checked with :func:`check_jpeg` first)."""
+    """JPEG bytes → (H, W, 3) uint8 RGB (checked with :func:`check_jpeg` first).
+
+    A JPEG ends with its EOI marker (``FF D9``; only zero padding may follow). Data cut off
+    before it is refused here, not left to Pillow: Pillow pads a cut image silently whenever
+    ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is set, a process-wide flag that other libraries
+    set on import (lmms-eval's ``lmms_eval/api/task.py`` does).
+    """
     width, height = check_jpeg(data)
+    if not data.rstrip(b"\x00").endswith(_JPEG_END):
+        raise FrameRefused("frame_unreadable", "frame is a JPEG cut off before its end marker; "
+                                               "send complete JPEG frames")
     try:
         with Image.open(io.BytesIO(data)) as img:
             rgb = np.array(img.convert("RGB"))  # a writable copy
