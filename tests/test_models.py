@@ -14,7 +14,9 @@ import torch
 
 from vidprune import VideoQA
 from vidprune.errors import ConfigError, ModelLoadError
+from vidprune.flops import layer_flops
 from vidprune.video_models import load_video_llm
+from vidprune.video_models.base import inspect_checkpoint
 from vidprune.video_models.cls_attention import clip_cls_attention
 
 # (family, frames a test samples, tokens per frame the stock model feeds its LLM); every registered family
@@ -144,6 +146,17 @@ def test_budgeted_answer_report(tiny_checkpoints, sample_video, family, num_fram
     # the static background repeats: dedup drops duplicates after the first frame
     assert sum(len(f["duplicates"]) for f in r["frames"]) > 0
     assert r["frames"][0]["duplicates"] == []
+
+
+@pytest.mark.parametrize("family", ["video_llava", "llava_next_video"])
+def test_tower_flops_count_the_clip_layers_that_run(tiny_checkpoints, family):
+    # the tower stops at the feature layer (-2: the last encoder layer does not run), so its FLOPs leave that layer out
+    info = inspect_checkpoint(_ckpt(tiny_checkpoints, family))
+    vc = info.config.vision_config
+    assert info.config.vision_feature_layer == -2
+    side = vc.image_size // vc.patch_size
+    per_layer = layer_flops(side * side + 1, vc.hidden_size, vc.intermediate_size, 2)  # patches + [CLS]
+    assert info.family.tower_flops(info.config, 8) == 8 * (vc.num_hidden_layers - 1) * per_layer
 
 
 @pytest.mark.parametrize("family,num_frames,per_frame", FAMILIES)

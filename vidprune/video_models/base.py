@@ -531,15 +531,22 @@ class VideoLLM:
         """
         raise NotImplementedError
 
+    @staticmethod
+    def tower_layers_run(config) -> int:
+        """Encoder layers the tower runs: those up to the feature layer (:meth:`_tower_hidden_states` stops there)."""
+        return config.vision_feature_layer % (config.vision_config.num_hidden_layers + 1)
+
     @classmethod
     def tower_flops(cls, config, num_frames: int, grid: tuple[int, int] | None = None) -> int:
-        """FLOPs of the vision tower for ``num_frames`` units (method.md §5): CLIP, patches + [CLS], every layer.
+        """FLOPs of the vision tower for ``num_frames`` units (method.md §5): CLIP, patches + [CLS], the layers run.
 
-        ``grid``: the prunable grid of a dynamic-resolution video (Qwen2.5-VL); fixed-size towers ignore it.
+        Only the layers up to the feature layer run (23 of ViT-L's 24 with the stock ``-2``), so
+        only those are counted. ``grid``: the prunable grid of a dynamic-resolution video
+        (Qwen2.5-VL); fixed-size towers ignore it.
         """
         from ..flops import vision_tower_flops
 
-        return vision_tower_flops(config.vision_config, num_frames)
+        return vision_tower_flops(config.vision_config, num_frames, layers_run=cls.tower_layers_run(config))
 
     # ---------------------------------------------------------------- language
     def build_prompt(self, question: str) -> str:

@@ -91,6 +91,4 @@ class LlavaOnevisionAdapter(VideoLLM):
         """SigLIP: 729 patches, no [CLS]; the layers up to the feature layer run (the tower stops there)."""
         from ..flops import vision_tower_flops
 
-        layers = config.vision_config.num_hidden_layers
-        layers_run = config.vision_feature_layer % (layers + 1)
-        return vision_tower_flops(config.vision_config, num_frames, layers_run=layers_run, has_cls=False)
+        return vision_tower_flops(config.vision_config, num_frames, layers_run=cls.tower_layers_run(config), has_cls=False)
