@@ -35,6 +35,7 @@ import torch
 
 from vidprune import VideoQA
 from vidprune.config import load_preset
+from machine import describe  # benchmarks/machine.py
 from seven_b import PRESETS, build_checkpoint, write_into  # benchmarks/seven_b.py
 
 QUESTION = "What is the man holding in his left hand?"
@@ -97,13 +98,14 @@ def run(num_layers: int, families: list[str], budgets: list[int] | None, max_new
         rows += family_rows
         setups.append(setup)
         timings.append(timing)
-    where = "CPU (2 cores)" if device == "cpu" else device
+    where = describe(device)
     lines = [
         f"Setup: each family at 7B shapes where the time goes: ViT-L/14 tower (23 of 24 layers run; "
         f"{', '.join(setups)}), {num_layers} Vicuna-7B decoder layers (d=4096, MLP 11008), bf16 on {where}, one "
         f"question, {max_new_tokens} new tokens, frames given as an array (no decoding); fastest of {rounds} "
         "interleaved rounds per variant, ratios to the same family unpruned. "
-        "FLOPs-ideal: (tower + LLM prefill FLOPs, from the report) unpruned / pruned.",
+        "FLOPs-ideal: (tower + LLM prefill FLOPs, from the report; the tower's for the 23 layers that run) "
+        "unpruned / pruned.",
         "",
         "| family | variant | visual tokens | `ask` speedup | FLOPs-ideal speedup | speedup / ideal | encode · select · generate (share of `ask`) | select / encode |",
         "|---|---|---|---|---|---|---|---|",

@@ -44,6 +44,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from machine import describe  # benchmarks/machine.py
 from vidprune.pipeline.decode import VideoReader, read_video, uniform_indices
 
 MARK_BEGIN = "<!-- bench_decode:begin -->"
@@ -159,7 +160,7 @@ def table(rows: list[dict], rounds: int, with_decord: bool) -> str:
     first, last = rows[0], rows[-1]
     summary = (
         f"{NUM_FRAMES} uniformly spaced frames, H.264 {SIZE[0]}x{SIZE[1]} at {FPS} fps with a keyframe every "
-        f"{GOP // FPS} s, median of {rounds} rounds. From {first['seconds']} s to {last['seconds']} s of video "
+        f"{GOP // FPS} s, median of {rounds} rounds on {describe()}. From {first['seconds']} s to {last['seconds']} s of video "
         f"({last['seconds'] // first['seconds']}x longer), sequential decoding's time grows "
         f"{last['sequential'] / first['sequential']:.1f}x and the seek strategy's "
         f"{last['seek'] / first['seek']:.1f}x: once the wanted frames are more than a keyframe interval apart it "
@@ -228,7 +229,7 @@ def long_table(rows: list[dict], rounds: int, size: tuple[int, int], bframes: in
         f"{NUM_FRAMES} uniformly spaced frames, H.264 {size[0]}x{size[1]} at {FPS} fps (x264 ultrafast"
         + (f" with {bframes} B-frames" if bframes else ": no B-frames") + f", grain {LONG_GRAIN}"
         + ("" if container == "mp4" else f"; in {container.upper()}") + "), "
-        f"a keyframe every {LONG_GOP_S} s, median of {rounds} rounds, files in the page cache; time is wall-clock, "
+        f"a keyframe every {LONG_GOP_S} s, median of {rounds} rounds on {describe()}, files in the page cache; time is wall-clock, "
         "(CPU) the process's CPU time over all its threads (steadier than wall-clock on a loaded machine). The "
         f"{last['minutes']}-minute file: read_video reads {100 * last['index']['bytes_read'] / last['file_bytes']:.1f} % "
         f"of it and takes {last['index_s'] / rows[0]['index_s']:.2f}x the time "

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from machine import describe  # benchmarks/machine.py
 from seven_b import write_into  # benchmarks/seven_b.py
 from vidprune.flops import llm_flops, layer_flops
 from vidprune.pruners.ivtp import IVTPSchedule
@@ -116,7 +117,7 @@ def run(num_layers: int, num_visual: int, num_text: int, settings: list[tuple[in
             layer_t.append(t2 - t1)
 
     lines = [
-        f"Setup: Vicuna-7B layer shapes (d=4096, MLP 11008, 32 heads), {num_layers} decoder layers, bf16 on CPU, "
+        f"Setup: Vicuna-7B layer shapes (d=4096, MLP 11008, 32 heads), {num_layers} decoder layers, bf16 on {describe()}, "
         f"{num_visual} visual + {num_text} text tokens ({seq} in all"
         f"{'; 2056 = Video-LLaVA' + chr(39) + 's 8 frames x 257' if num_visual == 2056 else ''}), "
         f"fastest of {rounds} interleaved rounds per variant. Ratios are to the stock prefill in the same run.",

@@ -254,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     where = connect_ray(args.address, node_ip_address=args.node_ip_address,
                         num_cpus=max(args.cores, math.ceil(need)))
     address = ray.get_runtime_context().gcs_address
-    results: dict = {"machine": {"cores": os.cpu_count(), "load_avg_1m_at_start": os.getloadavg()[0], "ray": where},
+    from machine import describe  # benchmarks/machine.py (imports torch)
+
+    results: dict = {"machine": {"name": describe(), "cores": os.cpu_count(), "load_avg_1m_at_start": os.getloadavg()[0], "ray": where},
                      "vision": {"width": args.vision_width, "layers": args.vision_layers},
                      "frames": args.frames, "segment_frames": SEGMENT_FRAMES, "budget": BUDGET,
                      "repeats": args.repeats}
@@ -291,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         from seven_b import write_into  # benchmarks/seven_b.py
 
         machine = results["machine"]
-        setup = (f"Setup: {machine['cores']} CPU cores (1-minute load {machine['load_avg_1m_at_start']:.1f} at the start, "
+        setup = (f"Setup: {machine['name']} (1-minute load {machine['load_avg_1m_at_start']:.1f} at the start, "
                  f"{machine['load_avg_1m_at_end']:.1f} at the end), local Ray, a CLIP tower {args.vision_width} wide and "
                  f"{args.vision_layers} deep in fp32 with random weights, segments of {SEGMENT_FRAMES} frames, budget "
                  f"{BUDGET}, medians of {args.repeats} interleaved rounds; the long video is {args.long_factor}x the short "

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from machine import describe  # benchmarks/machine.py
 from seven_b import PRESETS, build_checkpoint, write_into  # benchmarks/seven_b.py
 from vidprune import VideoQA
 from vidprune.config import load_preset
@@ -70,7 +71,7 @@ def run_family(family: str, num_layers: int, rounds: int, device: str) -> list[s
 
 
 def run(num_layers: int, rounds: int, device: str, families: list[str]) -> str:
-    where = "CPU (2 cores)" if device == "cpu" else device
+    where = describe(device)
     lines = [
         f"Setup: {num_layers} Vicuna-7B decoder layers (d=4096, MLP 11008, 32 heads), bf16 on {where}, random "
         f"weights; prefill = `VideoLLM.generate(max_new_tokens=1)`; fastest of {rounds} interleaved rounds per "

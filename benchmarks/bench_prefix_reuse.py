@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from vidprune import VideoQA
+from machine import describe  # benchmarks/machine.py
 from seven_b import build_checkpoint, write_into  # benchmarks/seven_b.py
 
 QUESTIONS = ["What is the man holding in his left hand?", "What colour is the car that drives past?",
@@ -89,7 +90,7 @@ def run(num_layers: int, budget: int, num_questions: int, max_new_tokens: int, r
         lengths = [o["prompt_tokens"] for o in prompt]
 
     base_rate = 1 / min(times[names[0]])
-    where = "CPU (2 cores), absolute rates not comparable across runs" if device == "cpu" else device
+    where = f"{describe(device)}, absolute rates not comparable across runs" if device == "cpu" else describe(device)
     lines = [
         f"Setup: Video-LLaVA with Vicuna-7B LLM shapes (d=4096, MLP 11008, 32 heads), {num_layers} decoder layers, "
         f"bf16 on {where}; budget {budget} ({pruned.tokens_count['to_llm']} visual tokens), prompts of "
