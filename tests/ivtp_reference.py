@@ -196,8 +196,11 @@ class IVTPReference:
     # ----------------------------------------------------------------- decode
     @torch.no_grad()
     def greedy(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual_rows: torch.Tensor,
-               stages: list[tuple[int, float]], steps: int):
+               stages: list[tuple[int, float]], steps: int, suppress: tuple[int, ...] = ()):
         """Greedy decoding, every step recomputing the whole (pruned) sequence without a cache.
+
+        ``suppress``: token ids never chosen (as ``generate(suppress_tokens=...)``); the logits
+        returned are the raw ones.
 
         Returns (prefill run, per-step last-row logits [(B, V)] * steps, generated ids (B, steps)).
         """
@@ -207,7 +210,9 @@ class IVTPReference:
         ids, mask = input_ids, attention_mask
         generated = []
         for _ in range(steps):
-            nxt = step_logits[-1].argmax(dim=-1, keepdim=True)  # (B, 1)
+            scores = step_logits[-1].clone()
+            scores[:, list(suppress)] = float("-inf")
+            nxt = scores.argmax(dim=-1, keepdim=True)  # (B, 1)
             generated.append(nxt)
             if len(generated) == steps:
                 break
