@@ -133,7 +133,7 @@ def _never_generated(qa) -> tuple[int, ...]:
     return tuple(sorted(set(eos) | ({pad} if pad is not None else set())))
 
 
-def _vidprune_ivtp(qa, items, steps):
+def _vidprune_ivtp(qa, items, steps, never: tuple[int, ...]):
     """vidprune's IVTP: full prefill logits of one forward, then generate() with the pruned KV cache."""
     prompts = [qa.llm.build_prompt(q) for _, q in items]
     visual = [qa.llm.project(p.tokens.to(qa.llm.dtype)) for p, _ in items]
@@ -149,12 +149,12 @@ def _vidprune_ivtp(qa, items, steps):
     try:
         with ivtp.session(inputs["input_ids"], inputs["attention_mask"], qa.llm.video_token_id), torch.no_grad():
             sequences = qa.llm.model.generate(**inputs, mm_encoder_outputs=stream, max_new_tokens=steps,
-                                              do_sample=False, suppress_tokens=list(_never_generated(qa)))
+                                              do_sample=False, suppress_tokens=list(never))
     finally:
         hook.remove()
     generated = sequences[:, inputs["input_ids"].shape[1]:]
     public = qa.llm.generate(prompts, visual, max_new_tokens=steps, do_sample=False,
-                             suppress_tokens=list(_never_generated(qa))).sequences
+                             suppress_tokens=list(never)).sequences
     return inputs, prefill, step_logits, generated, public
 
 
@@ -176,12 +176,13 @@ def test_ivtp_equals_a_hand_written_loop_over_the_stock_layers(tiny_checkpoints,
     items = _items(qa, random_frames, num_frames, batch)
     qa.llm.model.to(torch.float64)  # both sides in float64: float32 rounding of eager vs SDPA would hide small bugs
     steps = 8
-    inputs, prefill, step_logits, generated, public = _vidprune_ivtp(qa, items, steps)
+    never = _never_generated(qa)
+    inputs, prefill, step_logits, generated, public = _vidprune_ivtp(qa, items, steps, never)
 
     ref = IVTPReference(ckpt, dtype=torch.float64)
     rows = ref.project(torch.cat([p.tokens for p, _ in items]).double())
     run, ref_steps, ref_ids = ref.greedy(inputs["input_ids"], inputs["attention_mask"], rows, stages, steps,
-                                         suppress=_never_generated(qa))
+                                         suppress=never)
 
     # the kept sets and the layout sizes of every layer
     assert prefill["kept"] == run.kept_stream
