@@ -20,7 +20,7 @@ LAYERS = [
     {"video_models"},
     {"plan", "presets", "config", "configs"},
     {"pipeline"},
-    {"qa"},
+    {"qa", "prompts", "results"},
     {"jobs", "eval", "demo", "ray_data"},
     {"cli", "__main__"},
 ]
@@ -59,6 +59,20 @@ def _imports(path: Path, module: str):
                 target = node.module or ""
             if target.startswith("vidprune"):
                 yield node.lineno, target, [a.name for a in node.names]
+
+
+APPLICATIONS = LAYERS[LAYER_OF["jobs"]]
+
+
+@pytest.mark.parametrize("path,module", list(_modules()), ids=lambda v: str(v) if isinstance(v, str) else "")
+def test_no_application_imports_another(path, module):
+    """jobs/, eval/, demo/ and ray_data.py share only what lies below them (e.g. ``prompts``)."""
+    own = _top(module)
+    if own not in APPLICATIONS:
+        return
+    bad = [f"{path.name}:{line} imports {target}" for line, target, _names in _imports(path, module)
+           if _top(target) in APPLICATIONS and _top(target) != own]
+    assert not bad, "; ".join(bad)
 
 
 def test_layers_are_known():

@@ -16,7 +16,7 @@ from vidprune.eval.benchmarks import (
     list_benchmarks,
     load_benchmark,
 )
-from vidprune.eval.prompts import VIDEOMME_PREAMBLE
+from vidprune.prompts import VIDEOMME_PREAMBLE
 from vidprune.eval.runner import load_clip
 
 

@@ -24,7 +24,7 @@ from vidprune.eval.benchmarks import (
     MVBENCH_VIDEO_FOLDERS,
     load_benchmark,
 )
-from vidprune.eval.prompts import multiple_choice_prompt
+from vidprune.prompts import multiple_choice_prompt
 
 DATA = Path(__file__).resolve().parent / "data" / "benchmarks"
 LETTERS = "ABCDEFGH"

@@ -18,7 +18,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from vidprune.video_models import hf_internals, load_video_llm
-from vidprune.video_models.base import run_tower_to_layer
+from vidprune.video_models.tower_hooks import run_tower_to_layer
 
 
 def _tiny_llama():

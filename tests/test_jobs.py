@@ -23,7 +23,7 @@ from ray_cluster import LoopbackCluster, make_ray_home, process_title, processes
 from vidprune.cli import main
 from vidprune.errors import ConfigError
 from vidprune.jobs.manifest import JobItem, format_question, read_manifest
-from vidprune.jobs.results import ResultsFile
+from vidprune.results import ResultsFile
 from vidprune.jobs.runner import check_results_match
 from vidprune.qa import VideoQA
 from vidprune.samples import moving_square_frames, write_video

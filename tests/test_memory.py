@@ -17,7 +17,7 @@ from vidprune.errors import ConfigError
 from vidprune.pipeline.latest_frame import LatestFrameSlot
 from vidprune.pipeline.memory import RollingTokenMemory, build_memory, plan_memory
 from vidprune.pruners import CrossFrameDedup, create_pruner
-from vidprune.video_models.base import EncodedFrames, VisualGeometry
+from vidprune.video_models.datatypes import EncodedFrames, VisualGeometry
 
 SIDE = 6
 N = SIDE * SIDE

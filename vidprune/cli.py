@@ -125,7 +125,7 @@ _DEMO_BUDGETS = {"video_llava": 114, "llava_next_video": 256}
 def _demo_budget(family: str, checkpoint: str) -> int:
     if family in _DEMO_BUDGETS:
         return _DEMO_BUDGETS[family]
-    from .video_models.base import inspect_checkpoint
+    from .video_models.checkpoint import inspect_checkpoint
 
     info = inspect_checkpoint(checkpoint)
     if info.geometry.dynamic:  # the count depends on the video's size: a quarter of the sample video's 1120

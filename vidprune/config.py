@@ -14,7 +14,7 @@ declaration:
   ``ivtp`` → :meth:`~vidprune.pruners.ivtp.IVTPSchedule.from_options`.
 
 :func:`resolve_config` turns a preset + overrides into a validated config plus the
-checkpoint's :class:`~vidprune.video_models.base.CheckpointInfo` (config alone, no weights):
+checkpoint's :class:`~vidprune.video_models.checkpoint.CheckpointInfo` (config alone, no weights):
 the one place the family's defaults (frames) and the budget-vs-geometry checks are applied.
 Validation collects every problem and raises one :class:`ConfigError` whose message is a
 single line, before anything heavy starts. Presets (``vidprune/configs/*.yaml``,
@@ -347,7 +347,7 @@ def resolve_config(model: str | None = None, config: str | os.PathLike | dict | 
                    **options: Any) -> tuple[VidpruneConfig, Any]:
     """Preset (file, preset name or dict) + keyword overrides → (validated config, checkpoint info).
 
-    The checkpoint's :class:`~vidprune.video_models.base.CheckpointInfo` (family, HF config,
+    The checkpoint's :class:`~vidprune.video_models.checkpoint.CheckpointInfo` (family, HF config,
     visual geometry) is read from its config alone: no weights load. The returned config has
     the family's frame count filled in (``frames``) unless ``fps`` sampling was asked for.
 
@@ -355,7 +355,7 @@ def resolve_config(model: str | None = None, config: str | os.PathLike | dict | 
         ConfigError / ModelLoadError: one line, before anything heavy starts.
     """
     from .plan import plan_tokens
-    from .video_models.base import inspect_checkpoint
+    from .video_models.checkpoint import inspect_checkpoint
     from .video_models.hf_internals import check_ivtp_internals
 
     preset = load_preset(config) if isinstance(config, (str, os.PathLike)) else dict(config or {})

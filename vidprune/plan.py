@@ -1,6 +1,6 @@
 """How many visual tokens each stage may hand on, known before any model runs.
 
-:func:`plan_tokens` needs only a checkpoint's :class:`~vidprune.video_models.base.VisualGeometry`
+:func:`plan_tokens` needs only a checkpoint's :class:`~vidprune.video_models.datatypes.VisualGeometry`
 (read from its config) and the frame count; options validation, the stages, the report and
 the tests all use it.
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
-from .video_models.base import VisualGeometry
+from .video_models.datatypes import VisualGeometry
 
 __all__ = ["TokenPlan", "plan_tokens"]
 

@@ -20,7 +20,8 @@ from .errors import ConfigError
 from .pipeline.build import build_stages
 from .pipeline.report import answer_report
 from .pipeline.stages import PrunedVideo
-from .video_models.base import CheckpointInfo, VideoLLM
+from .video_models.base import VideoLLM
+from .video_models.checkpoint import CheckpointInfo
 
 __all__ = ["VideoQA", "Answer", "check_question", "summarize"]
 

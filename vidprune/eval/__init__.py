@@ -2,8 +2,8 @@
 
     vidprune eval --benchmark msvd_qa --annotations test_q.json --videos videos/ --model M --budgets 2048,227
 
-Modules: ``benchmarks`` (one reader per published annotation layout), ``prompts`` (every
-multiple-choice prompt: lmms-eval's per benchmark, or Video-LLaVA's), ``scoring``
+Modules: ``benchmarks`` (one reader per published annotation layout; prompts come from
+``vidprune.prompts``, shared with ``vidprune job``), ``scoring``
 (option-letter extraction, exact match, the LLM judge), ``methods`` (methods as VideoQA
 options, arms of a sweep), ``settings`` (eval presets and flags, validated whole),
 ``runner`` (the resumable sweep), ``ray_sweep`` (its answers on a Ray cluster through the

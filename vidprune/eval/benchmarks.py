@@ -16,7 +16,7 @@ Two kinds of benchmark:
   the option texts and ``Sample.answer`` the correct letter (``"A"``...), derived the way
   the benchmark's own scoring derives it (MVBench: the first candidate whose text equals
   the answer; EgoSchema, NExT-QA: the answer index; Video-MME: the letter). The prompt is
-  built by :mod:`vidprune.eval.prompts` (lmms-eval's, byte for byte, unless another
+  built by :mod:`vidprune.prompts` (lmms-eval's, byte for byte, unless another
   style is asked for).
 * open-ended (MSVD-QA, MSRVTT-QA, TGIF-QA, ActivityNet-QA): ``Sample.answer`` is the
   reference text and the prompt is the question as published, the Video-LLaVA /
@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from . import prompts
-from .prompts import DEFAULT_PROMPT_STYLE, LETTER_INSTRUCTION, check_prompt_style, multiple_choice_prompt
+from .. import prompts
+from ..prompts import DEFAULT_PROMPT_STYLE, LETTER_INSTRUCTION, check_prompt_style, multiple_choice_prompt
 
 __all__ = [
     "Sample",
@@ -716,7 +716,7 @@ def load_benchmark(name: str, annotations: str | os.PathLike, videos: str | os.P
     """Read ``name``'s annotations and find each sample's video under ``videos``.
 
     ``limit`` keeps the first N samples (in annotation order). ``prompt_style`` names the
-    multiple-choice prompt (:data:`vidprune.eval.prompts.PROMPT_STYLES`; default lmms-eval's).
+    multiple-choice prompt (:data:`vidprune.prompts.PROMPT_STYLES`; default lmms-eval's).
     Raises :class:`ConfigError` for a missing path, an unknown name or prompt style, or a
     file that does not have the published layout.
     """

@@ -17,7 +17,7 @@ import argparse
 import sys
 
 from ..errors import ConfigError
-from .prompts import PROMPT_STYLES
+from ..prompts import PROMPT_STYLES
 
 __all__ = ["add_command", "run"]
 

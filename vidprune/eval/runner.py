@@ -12,7 +12,7 @@ are the only per-arm work, so a sweep over 4 budgets x 3 methods costs little mo
 
 Results: ``<out>/samples.jsonl`` gets one line per (benchmark, arm, question) as soon as
 it is answered and scored, written and fsync-ed at once (the jobs' results store,
-:class:`vidprune.jobs.results.ResultsFile`). A rerun of the same command reads the file,
+:class:`vidprune.results.ResultsFile`). A rerun of the same command reads the file,
 drops a partial last line left by an interruption, and skips every answer already there;
 ``<out>/run.json`` records the options, and a rerun with different pipeline options into
 the same folder is refused. Arms, benchmarks and a judge may be added on a rerun.
@@ -39,7 +39,7 @@ import numpy as np
 
 from ..config import VidpruneConfig
 from ..errors import ConfigError, VideoDecodeError
-from ..jobs.results import ResultsFile
+from ..results import ResultsFile
 from .benchmarks import BenchmarkData, Sample, load_benchmark, MULTIPLE_CHOICE
 from .methods import FULL, Arm, TokenCounts, plan_arms
 from .scoring import JudgeClient, JudgeError, Judgment, contains_answer, exact_match, extract_option_letter
@@ -69,7 +69,7 @@ class ResultStore:
     """``samples.jsonl`` (one JSON record per answer, append-only) and ``run.json`` in the output folder.
 
     The records are kept in the resumable results store of the jobs
-    (:class:`~vidprune.jobs.results.ResultsFile`: each line one ``write`` + ``fsync``, a torn
+    (:class:`~vidprune.results.ResultsFile`: each line one ``write`` + ``fsync``, a torn
     last line dropped on resume, the file locked while a sweep writes it), keyed by
     ``record["key"]`` (:func:`record_key`).
     """
@@ -137,7 +137,7 @@ def _record_key_of(record: dict[str, Any]) -> str:
 
 def token_counts(config: VidpruneConfig) -> TokenCounts:
     """The unpruned model's visual token counts for ``config.frames`` frames, from the checkpoint's config only."""
-    from ..video_models.base import inspect_checkpoint
+    from ..video_models.checkpoint import inspect_checkpoint
 
     info = inspect_checkpoint(config.model, keep_cls=config.keep_cls, prune_pooled=config.prune_pooled)
     if info.geometry.dynamic:  # the grid comes from each video (Qwen2.5-VL): no count before decoding

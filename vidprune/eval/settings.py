@@ -6,7 +6,7 @@ An eval preset holds two kinds of keys:
 * sweep keys: ``benchmarks`` (a list of ``{name, annotations, videos}``), ``budgets``,
   ``methods``, ``ivtp``, ``limit``, ``out``, ``judge`` (``{url, model, api_key_env,
   timeout_s}``), ``data_root``, ``skip_missing_videos``, ``prompt`` (the multiple-choice
-  prompt style, :data:`vidprune.eval.prompts.PROMPT_STYLES`: ``lmms_eval`` by default);
+  prompt style, :data:`vidprune.prompts.PROMPT_STYLES`: ``lmms_eval`` by default);
 * pipeline keys: any :class:`~vidprune.config.VidpruneConfig` field (``model``,
   ``frames``, ``device``, ``dtype``, ``dedup_threshold``, ...), the same as ``vidprune ask``
   presets, so a plain pipeline preset works as an eval preset too. ``budget``, ``pruner``
@@ -29,7 +29,7 @@ from typing import Any
 from ..config import VidpruneConfig, load_preset
 from ..errors import ConfigError
 from ..validators import problem_positive_int
-from .prompts import DEFAULT_PROMPT_STYLE, check_prompt_style
+from ..prompts import DEFAULT_PROMPT_STYLE, check_prompt_style
 
 __all__ = ["BenchmarkSource", "JudgeSettings", "EvalSettings", "resolve_settings", "parse_budgets", "parse_ivtp",
            "DEFAULT_OUT", "DEFAULT_METHODS", "SWEEP_KEYS", "IVTP_KEYS", "ARM_KEYS"]
@@ -86,7 +86,7 @@ class EvalSettings:
     judge: JudgeSettings | None = None
     skip_missing_videos: bool = False
     options: dict[str, Any] = field(default_factory=dict)
-    prompt: str = DEFAULT_PROMPT_STYLE  # multiple-choice prompt style (vidprune.eval.prompts)
+    prompt: str = DEFAULT_PROMPT_STYLE  # multiple-choice prompt style (vidprune.prompts)
     address: str | None = None  # a Ray cluster: answer through vidprune's job machinery there
     node_ip_address: str | None = None  # the address a local Ray binds to (with address "local")
 

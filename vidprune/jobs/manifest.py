@@ -55,7 +55,7 @@ def format_question(question: str, options: list[str] | tuple[str, ...] | None) 
     >>> format_question("What happens?", ["A dog runs", "A car stops"])
     "What happens?\\nA. A dog runs\\nB. A car stops\\nAnswer with the option's letter from the given choices directly."
     """
-    from ..eval.prompts import multiple_choice_prompt  # the one multiple-choice formatter (its video_llava style)
+    from ..prompts import multiple_choice_prompt  # the one multiple-choice formatter (its video_llava style)
 
     return multiple_choice_prompt(question, options, style="video_llava") if options else question
 

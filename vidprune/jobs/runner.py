@@ -6,7 +6,7 @@ Results (JSON Lines, one line per question, in the order they finish)::
     {"id": ..., "question_index": 0, "question": ..., "video": ..., "error": "cannot decode video ..."}
 
 An item is ``(id, question_index)``. Rerunning the same command skips every item already
-in the results (:class:`~vidprune.jobs.results.ResultsFile`), so each item ends up there
+in the results (:class:`~vidprune.results.ResultsFile`), so each item ends up there
 exactly once. An item whose video failed to decode gets an error line and counts as done
 (``retry_errors`` runs those again). A video's token stream is computed once for all its
 questions (lines that name the same file share it).
@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..pipeline.ray import RayPipelineOptions, RayVideoPipeline, VideoRequest, connect_ray
 from ..config import resolve_config
 from .manifest import JobItem, read_manifest
-from .results import ResultsFile
+from ..results import ResultsFile
 
 __all__ = ["JobSummary", "run_job", "check_results_match", "layout_path", "LAYOUT_SUFFIX"]
 

@@ -20,7 +20,8 @@ from .stages import AnswerStage, DecodeStage, EncodeStage, SelectStage
 
 if TYPE_CHECKING:
     from ..config import VidpruneConfig
-    from ..video_models.base import CheckpointInfo, VideoLLM
+    from ..video_models.base import VideoLLM
+    from ..video_models.checkpoint import CheckpointInfo
 
 __all__ = ["Stages", "build_stages"]
 

@@ -40,7 +40,7 @@ import torch
 from ..errors import ConfigError
 from ..validators import check_positive_int, check_positive_number
 from ..pruners import CrossFrameDedup, Pruner, check_pruner_grid, prune_frame, pruner_from_options
-from ..video_models.base import EncodedFrames, VisualGeometry
+from ..video_models.datatypes import EncodedFrames, VisualGeometry
 
 __all__ = [
     "MEMORY_DEDUP_REFERENCES",

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..validators import check_positive_int
-from ..video_models.base import EncodedFrames
+from ..video_models.datatypes import EncodedFrames
 from .decode import DecodedClip, FramePlan, FrameSampling, SampledFrames, VideoReader
 from .stages import DecodeStage
 

@@ -22,7 +22,8 @@ import torch
 from ..errors import ConfigError, VideoDecodeError
 from ..pruners import CrossFrameDedup, VideoBudget, check_pruner_grid, pruner_from_options
 from ..plan import TokenPlan, plan_tokens
-from ..video_models.base import EncodedFrames, VideoLLM, VisualGeometry
+from ..video_models.base import VideoLLM
+from ..video_models.datatypes import EncodedFrames, VisualGeometry
 from .decode import DecodedClip, read_video
 
 __all__ = [

@@ -1,8 +1,9 @@
 """Adapters over the Hugging Face Video-LLaVA, LLaVA-NeXT-Video and LLaVA-OneVision classes.
 
 ``load_video_llm(path)`` picks the family from the checkpoint's config. The shared
-logic (loading, prompts, the point where tokens enter the LLM) is in ``base.py``; each
-family file holds only its vision side.
+contract is ``base.py`` (:class:`VideoLLM`); loading, the tower hooks, generation (the point
+where tokens enter the LLM), the family registry, checkpoint inspection and the data types
+each have their own module; each family file holds only its vision side.
 
 Names are imported on first use (PEP 562), so that importing a light submodule
 (``vidprune.video_models.tiny`` for its family names, e.g. in CLI parsing) does not import torch.
@@ -27,8 +28,8 @@ __all__ = [
 ]
 
 _WHERE = {
-    "EncodedFrames": "base", "VideoLLM": "base", "VisualGeometry": "base", "family_of_checkpoint": "base",
-    "list_families": "base", "load_video_llm": "base",
+    "EncodedFrames": "datatypes", "VideoLLM": "base", "VisualGeometry": "datatypes",
+    "family_of_checkpoint": "registry", "list_families": "registry", "load_video_llm": "registry",
     "VideoLlavaAdapter": "video_llava", "LlavaNextVideoAdapter": "llava_next_video",
     "LlavaOnevisionAdapter": "llava_onevision",
     "build_tiny_checkpoint": "tiny", "ensure_tiny_checkpoint": "tiny",

@@ -37,7 +37,7 @@ DEFAULT_VARIANT = ""
 
 
 def _checkpoint_info(config: VidpruneConfig):
-    from ...video_models.base import inspect_checkpoint
+    from ...video_models.checkpoint import inspect_checkpoint
 
     return inspect_checkpoint(config.model, keep_cls=config.keep_cls, prune_pooled=config.prune_pooled)
 

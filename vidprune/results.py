@@ -21,7 +21,7 @@ from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 __all__ = ["ResultsFile", "job_record_key"]
 

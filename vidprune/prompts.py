@@ -1,6 +1,6 @@
 """Multiple-choice prompts: the one place a question and its options become the text a model reads.
 
-    from vidprune.eval.prompts import multiple_choice_prompt
+    from vidprune.prompts import multiple_choice_prompt
     multiple_choice_prompt("What moves?", ["a dog", "a car"], benchmark="mvbench")           # lmms-eval's
     multiple_choice_prompt("What moves?", ["a dog", "a car"], style="video_llava")           # the paper's
 
@@ -94,7 +94,7 @@ DEFAULT_PROMPT_STYLE = "lmms_eval"
 def check_prompt_style(style: str) -> str:
     """``style`` if it is a known prompt style, else :class:`~vidprune.errors.ConfigError` naming them."""
     if style not in PROMPT_STYLES:
-        from ..errors import ConfigError
+        from .errors import ConfigError
 
         raise ConfigError(f"unknown prompt style {style!r}; choose one of: {', '.join(PROMPT_STYLES)}")
     return style
@@ -110,7 +110,7 @@ def multiple_choice_prompt(question: str, options: Sequence[str], benchmark: str
     """
     check_prompt_style(style)
     if len(options) > len(OPTION_LETTERS):
-        from ..errors import ConfigError
+        from .errors import ConfigError
 
         raise ConfigError(f"a multiple-choice question takes at most {len(OPTION_LETTERS)} options, got {len(options)}")
     if style == "lmms_eval" and benchmark in _LMMS_EVAL:

@@ -1,0 +1,37 @@
+"""What a checkpoint's config alone says, before any weights load: :func:`inspect_checkpoint`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .datatypes import VisualGeometry
+from .registry import family_of_checkpoint
+
+if TYPE_CHECKING:
+    from .base import VideoLLM
+
+__all__ = ["CheckpointInfo", "inspect_checkpoint"]
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint's config alone says (no weights): its adapter, HF config and visual geometry."""
+
+    family: type["VideoLLM"]
+    config: Any
+    geometry: VisualGeometry
+
+
+def inspect_checkpoint(model: str, *, keep_cls: bool = True, prune_pooled: bool = True) -> CheckpointInfo:
+    """Family, config and :class:`VisualGeometry` of a checkpoint directory or hub id, without loading weights.
+
+    Raises:
+        ModelLoadError: no readable config, or not one of the supported families.
+    """
+    from transformers import AutoConfig
+
+    family = family_of_checkpoint(model)
+    config = AutoConfig.from_pretrained(model)
+    return CheckpointInfo(family, config,
+                          family.geometry_from_config(config, keep_cls=keep_cls, prune_pooled=prune_pooled))
