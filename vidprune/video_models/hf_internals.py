@@ -56,6 +56,7 @@ __all__ = [
     "check_ivtp_internals",
     "check_mm_encoder_outputs",
     "check_cls_attention_internals",
+    "check_rotary_helper",
     "qwen_vision_window_index",
     "qwen_apply_rotary",
     "model_cache_keyword",
@@ -65,7 +66,7 @@ __all__ = [
 # The transformers releases the suite runs on (CI tests both ends). Equal to pyproject's range
 # (tests/test_hf_internals.py checks it); 5.18 is the first release whose generate() takes
 # mm_encoder_outputs.
-SUPPORTED_TRANSFORMERS = (">=5.18", "<5.25")
+SUPPORTED_TRANSFORMERS = (">=5.18", "<5.26")
 
 # The keyword under which the KV cache reaches decoder layers and the mask builder, newest first.
 _CACHE_KEYWORDS = ("cache", "past_key_values")
@@ -173,7 +174,7 @@ def check_ivtp_internals() -> None:
     try:
         from transformers.masking_utils import create_causal_mask
         from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel  # noqa: F401
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv  # noqa: F401
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
     except ImportError as exc:
         raise _refuse("modeling_llama / masking_utils", f"import failed: {exc}") from None
     layer_params = inspect.signature(LlamaDecoderLayer.forward).parameters
@@ -187,13 +188,72 @@ def check_ivtp_internals() -> None:
     if missing:
         raise _refuse("masking_utils.create_causal_mask", f"no keyword {', '.join(missing)}")
     _mask_cache_keyword()
-    rotary_params = list(inspect.signature(apply_rotary_pos_emb).parameters)
-    if rotary_params[:4] != ["q", "k", "cos", "sin"]:
-        raise _refuse("modeling_llama.apply_rotary_pos_emb", f"arguments are now {rotary_params}")
+    check_rotary_helper("modeling_llama.apply_rotary_pos_emb", apply_rotary_pos_emb)
+    _check_repeat_kv(repeat_kv)
     from transformers.cache_utils import DynamicCache
 
     if "layer_idx" not in inspect.signature(DynamicCache.get_seq_length).parameters:
         raise _refuse("cache_utils.DynamicCache.get_seq_length", "it no longer takes layer_idx")
+
+
+def _rotate_half_reference(x, cos, sin):
+    """What IVTP relies on a rotary helper doing to ``x`` (B, H, L, d) with (B, L, d) ``cos``/``sin``.
+
+    Llama's rotate-half convention: ``x·cos + rotate_half(x)·sin``, the tables broadcast over heads,
+    where ``rotate_half`` swaps the two halves of the last dimension and negates the second one.
+    """
+    import torch
+
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+def _probe_rotary_inputs():
+    """Small fixed (q, k, cos, sin): 4 query heads, 2 key heads (as under GQA), 5 positions, head_dim 8."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 5, 8, generator=generator)
+    k = torch.randn(2, 2, 5, 8, generator=generator)
+    angles = torch.randn(2, 5, 4, generator=generator)
+    angles = torch.cat((angles, angles), dim=-1)  # (B, L, d): each frequency twice, as the rotary tables are built
+    return q, k, angles.cos(), angles.sin()
+
+
+@functools.lru_cache(maxsize=None)
+def check_rotary_helper(internal: str, apply_rotary) -> None:
+    """Raise, naming ``internal``, unless ``apply_rotary(q, k, cos, sin)`` rotates as IVTP's scores assume.
+
+    Checked by what it does, not by its signature: from transformers 5.25 (where ``kernels`` is a
+    dependency) ``@use_kernel_forward_from_hub("rotary_pos_emb")`` turns the function into a module
+    whose signature is ``(*args, **kwargs)``; called outside a kernelized attention it runs the
+    original function. IVTP calls it with positional ``(q, k, cos, sin)`` and reads both results.
+    """
+    import torch
+
+    q, k, cos, sin = _probe_rotary_inputs()
+    try:
+        got_q, got_k = apply_rotary(q, k, cos, sin)
+    except Exception as exc:  # noqa: BLE001 - any failure means the contract changed
+        raise _refuse(internal, f"calling it as (q, k, cos, sin) failed: {type(exc).__name__}: {exc}") from None
+    want_q, want_k = _rotate_half_reference(q, cos, sin), _rotate_half_reference(k, cos, sin)
+    for name, got, want in (("queries", got_q, want_q), ("keys", got_k, want_k)):
+        if not (isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got, want, atol=1e-6)):
+            raise _refuse(internal, f"its rotated {name} are no longer x*cos + rotate_half(x)*sin over (B, H, L, d)")
+
+
+def _check_repeat_kv(repeat_kv) -> None:
+    """Raise unless ``repeat_kv(hidden_states, n_rep)`` repeats each key/value head ``n_rep`` times in place."""
+    import torch
+
+    kv = torch.arange(2 * 2 * 3 * 4, dtype=torch.float32).view(2, 2, 3, 4)  # (B, KVH, L, d)
+    try:
+        got = repeat_kv(kv, 3)
+    except Exception as exc:  # noqa: BLE001
+        raise _refuse("modeling_llama.repeat_kv", f"calling it as (hidden_states, n_rep) failed: {exc}") from None
+    if not (isinstance(got, torch.Tensor) and torch.equal(got, kv.repeat_interleave(3, dim=1))):
+        raise _refuse("modeling_llama.repeat_kv", "it no longer repeats each key/value head n_rep times in place")
 
 
 def check_mm_encoder_outputs(model) -> None:
@@ -245,6 +305,8 @@ def qwen_apply_rotary(mrope_section):
     Returns ``fn(q, k, cos, sin) -> (q, k)`` choosing by the layout the layer received.
     """
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
+
+    check_rotary_helper("modeling_qwen2_5_vl.apply_rotary_pos_emb", qwen.apply_rotary_pos_emb)
 
     def apply(q, k, cos, sin):
         if cos.dim() == 4:
