@@ -250,3 +250,37 @@ def test_the_tower_stops_at_its_feature_layer(tiny_checkpoints, random_frames, f
     last = llm.config.vision_feature_layer % (len(layers) + 1) - 1
     assert ran == list(range(last + 1)), f"encoder layers that ran: {ran}; the feature layer is layer {last}"
 
+
+def test_vidprune_fetches_nothing_from_the_hub(tiny_checkpoints, tmp_path):
+    """No Hub call at import, load, IVTP or prefix reuse, and none for attention (tests/hub_calls.py).
+
+    transformers 5.25 installs ``kernels`` and kernelizes every ``from_pretrained`` by default (on a GPU:
+    rotary, RMSNorm and activation kernels downloaded from the Hub); a ``flash_attention_N`` without its
+    package, or an ``org/repo`` attention, is downloaded too. Run in a fresh interpreter with
+    ``HF_HUB_OFFLINE`` unset and every socket that leaves the machine refused and recorded.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "USE_HUB_KERNELS")}
+    env["HF_HOME"] = str(tmp_path / "hf-home")  # no cached token, no cached kernels
+    script = Path(__file__).with_name("hub_calls.py")
+    proc = subprocess.run([sys.executable, str(script), tiny_checkpoints["video_llava"]], env=env,
+                          capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("HUB_CALLS ")]
+    assert proc.returncode == 0 and lines, f"tests/hub_calls.py failed:\n{proc.stderr[-3000:]}"
+    report = json.loads(lines[-1].removeprefix("HUB_CALLS "))
+    assert report["answers"] == 2
+    assert report["vidprune"] == [], f"vidprune's load and answers called the Hub: {report['vidprune']}"
+    assert report["use_kernels"] is False, "vidprune's load left transformers' Hub kernels on (use_kernels)"
+    assert report["refusals"] == [], f"loading with a Hub attention called the Hub: {report['refusals']}"
+    assert all(msg and "\n" not in msg and "Hugging Face Hub" in msg for msg in report["refused"]), report["refused"]
+    if report["kernels_installed"]:  # the control: the same watch sees transformers go to the Hub
+        assert any("huggingface.co" in call for call in report["control"]), (
+            "the stock flash_attention_2 fallback made no Hub call the watch saw: the watch is blind, "
+            f"or transformers stopped downloading it ({report['control']})"
+        )

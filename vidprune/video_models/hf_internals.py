@@ -44,7 +44,7 @@ import functools
 import inspect
 from typing import Any
 
-from ..errors import ModelLoadError
+from ..errors import ConfigError, ModelLoadError
 
 __all__ = [
     "SUPPORTED_TRANSFORMERS",
@@ -57,6 +57,8 @@ __all__ = [
     "check_mm_encoder_outputs",
     "check_cls_attention_internals",
     "check_rotary_helper",
+    "FROM_PRETRAINED_NO_HUB_KERNELS",
+    "check_attn_implementation",
     "qwen_vision_window_index",
     "qwen_apply_rotary",
     "model_cache_keyword",
@@ -254,6 +256,41 @@ def _check_repeat_kv(repeat_kv) -> None:
         raise _refuse("modeling_llama.repeat_kv", f"calling it as (hidden_states, n_rep) failed: {exc}") from None
     if not (isinstance(got, torch.Tensor) and torch.equal(got, kv.repeat_interleave(3, dim=1))):
         raise _refuse("modeling_llama.repeat_kv", "it no longer repeats each key/value head n_rep times in place")
+
+
+# ------------------------------------------------------------------ Hub kernels
+# From transformers 5.25 ``kernels`` is a dependency and ``from_pretrained`` kernelizes by default
+# (``use_kernels=None`` means on unless ``USE_HUB_KERNELS`` says no): on CUDA/ROCm/XPU that downloads
+# kernels (rotary, RMSNorm, activations) from the Hub at load or at the next train()/eval() after a
+# move. vidprune's loads pass ``use_kernels=False`` (accepted from 5.18 on, where False is the default).
+FROM_PRETRAINED_NO_HUB_KERNELS = {"use_kernels": False}
+
+
+def check_attn_implementation(attn_implementation: str | None) -> None:
+    """Raise :class:`ConfigError` (one line) for an attention that transformers would fetch from the Hub.
+
+    ``"org/repo[@rev][:name]"`` is a Hub kernel repository, and ``"flash_attention_N"`` without its
+    package installed (``transformers.utils.is_flash_attn_N_available()`` false) makes transformers
+    with ``kernels`` installed (always from 5.25) download ``kernels-community/flash-attn*`` instead.
+    Refused before any weights load; ``sdpa``, ``eager``, ``flex_attention`` and an installed
+    flash-attn pass.
+    """
+    if not attn_implementation:
+        return
+    name = attn_implementation.split("|")[-1]  # "paged|flash_attention_2"
+    local = "use 'sdpa' (the default), 'eager', or flash_attention_N with its flash-attn package installed"
+    if "/" in name:
+        raise ConfigError(f"attn_implementation {attn_implementation!r} names a kernel on the Hugging Face Hub; "
+                          f"vidprune runs no code downloaded at run time: {local}")
+    if name.startswith("flash_attention_"):
+        import transformers.utils
+
+        available = getattr(transformers.utils, f"is_{name.replace('_attention_', '_attn_')}_available", None)
+        if available is not None and not available():
+            raise ConfigError(f"attn_implementation {attn_implementation!r} needs the flash-attn package of that "
+                              f"version and a GPU it supports; without them transformers (with `kernels`, a "
+                              f"dependency from 5.25) downloads a replacement kernel from the Hugging Face Hub, "
+                              f"which vidprune never does: {local}")
 
 
 def check_mm_encoder_outputs(model) -> None:

@@ -9,6 +9,7 @@ import torch
 
 from ..devices import check_device
 from ..errors import ConfigError, ModelLoadError
+from .hf_internals import FROM_PRETRAINED_NO_HUB_KERNELS, check_attn_implementation
 
 __all__ = ["image_processor_notice_silenced", "load_model_and_processor", "resolve_dtype"]
 
@@ -52,7 +53,9 @@ def load_model_and_processor(model_class_name: str, name_or_path: str, *, device
         device: where to run (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
         dtype: weights dtype (``"bfloat16"``, ``"float16"``, ``"float32"`` or a torch dtype);
             None keeps the checkpoint's dtype on GPU and uses float32 on CPU.
-        attn_implementation: passed to ``from_pretrained`` (default: transformers' choice, SDPA).
+        attn_implementation: passed to ``from_pretrained`` (default: transformers' choice, SDPA); one
+            that transformers would download from the Hugging Face Hub is refused
+            (:func:`.hf_internals.check_attn_implementation`). Hub kernels are off (``use_kernels=False``).
 
     Raises:
         ModelLoadError: the checkpoint cannot be read (one line).
@@ -64,8 +67,10 @@ def load_model_and_processor(model_class_name: str, name_or_path: str, *, device
     if torch_dtype is None and str(device).startswith("cpu"):
         torch_dtype = torch.float32
     check_device(device, torch_dtype)  # one line, before any weights load, on the machine that loads them
+    check_attn_implementation(attn_implementation)  # nothing fetched from the Hub for attention
     model_cls = getattr(transformers, model_class_name)
-    kwargs = {"dtype": torch_dtype if torch_dtype is not None else "auto"}
+    # No Hub kernels: transformers 5.25 kernelizes every load by default (docs/internals.md).
+    kwargs = {"dtype": torch_dtype if torch_dtype is not None else "auto", **FROM_PRETRAINED_NO_HUB_KERNELS}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
