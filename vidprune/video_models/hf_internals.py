@@ -11,7 +11,9 @@ follow internals instead, and this module is the only place that knows their nam
   ``past_key_values`` up to 5.23 and is ``cache`` from 5.24 on (the old name is
   deprecated until 5.40). It also calls ``masking_utils.create_causal_mask`` (whose cache
   keyword changed the same way), ``apply_rotary_pos_emb`` and ``repeat_kv`` of
-  ``modeling_llama``, and reads ``Cache.get_seq_length(layer_idx)``.
+  ``modeling_llama``, and reads ``Cache.get_seq_length(layer_idx)``. The two helpers are
+  checked by calling them on small tensors (:func:`check_rotary_helper`): with ``kernels``
+  installed (a dependency from 5.25) the rotary is a module whose signature says nothing.
 * **[CLS] attention** (``cls_attention.py``) recomputes one row of ``CLIPAttention``:
   it reads ``CLIPEncoderLayer.layer_norm1`` and ``self_attn.{q_proj,k_proj,num_heads,
   head_dim,scale}``.
@@ -31,6 +33,11 @@ follow internals instead, and this module is the only place that knows their nam
   ``attn.scaling`` / ``apply_rotary_pos_emb_vision`` and the ``cu_seqlens`` /
   ``position_embeddings`` keywords a block receives (importance), and the text attention's
   rotary application (:func:`qwen_apply_rotary`, for IVTP).
+
+* **Hub kernels**: from 5.25 ``from_pretrained`` kernelizes by default and a flash attention
+  without its package is downloaded from the Hub; vidprune's loads pass
+  :data:`FROM_PRETRAINED_NO_HUB_KERNELS` and refuse such an attention
+  (:func:`check_attn_implementation`), so nothing is fetched at run time.
 
 ``docs/internals.md`` lists each internal with the code that mirrors it and the test that
 fails, naming it, when a release changes it. :func:`check_ivtp_internals` runs when IVTP is
@@ -261,8 +268,9 @@ def _check_repeat_kv(repeat_kv) -> None:
 # ------------------------------------------------------------------ Hub kernels
 # From transformers 5.25 ``kernels`` is a dependency and ``from_pretrained`` kernelizes by default
 # (``use_kernels=None`` means on unless ``USE_HUB_KERNELS`` says no): on CUDA/ROCm/XPU that downloads
-# kernels (rotary, RMSNorm, activations) from the Hub at load or at the next train()/eval() after a
-# move. vidprune's loads pass ``use_kernels=False`` (accepted from 5.18 on, where False is the default).
+# kernels (rotary, RMSNorm, activations) from the Hub at a load onto a GPU (device_map) or at the first
+# train()/eval() that changes the mode after a move. vidprune's loads pass ``use_kernels=False``
+# (accepted from 5.18 on, where False is the default).
 FROM_PRETRAINED_NO_HUB_KERNELS = {"use_kernels": False}
 
 
