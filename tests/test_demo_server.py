@@ -43,13 +43,15 @@ FRAME_SIZE = moving_square_frames(num_frames=1)[0].shape[:2]  # (H, W)
 class ServerThread:
     """A DemoServer on its own event loop thread, bound to 127.0.0.1 on a free port."""
 
-    def __init__(self, llm, **overrides):
-        height, width = FRAME_SIZE  # Qwen2.5-VL's grid comes from the frame size: plan for the frames sent
-        geometry = llm.frame_geometry(llm.geometry, llm.processor.video_processor, height, width)
-        plan = plan_memory(geometry, budget=BUDGET, window_s=overrides.pop("window_s", 10.0),
-                           frame_rate=overrides.pop("frame_rate", 4.0), frame_tokens=overrides.pop("frame_tokens", None))
-        settings = DemoSettings(plan=plan, generate_kwargs={"max_new_tokens": 12, "do_sample": False}, port=0,
-                                model_name="tiny", tiny=True, **overrides)
+    def __init__(self, llm, settings: DemoSettings | None = None, **overrides):
+        if settings is None:
+            height, width = FRAME_SIZE  # Qwen2.5-VL's grid comes from the frame size: plan for the frames sent
+            geometry = llm.frame_geometry(llm.geometry, llm.processor.video_processor, height, width)
+            plan = plan_memory(geometry, budget=BUDGET, window_s=overrides.pop("window_s", 10.0),
+                               frame_rate=overrides.pop("frame_rate", 4.0),
+                               frame_tokens=overrides.pop("frame_tokens", None))
+            settings = DemoSettings(plan=plan, generate_kwargs={"max_new_tokens": 12, "do_sample": False}, port=0,
+                                    model_name="tiny", tiny=True, **overrides)
         self.server = DemoServer(llm, settings)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -438,6 +440,50 @@ def test_an_unusable_source_fails_in_one_line_before_the_model_loads(video_llava
     code = cli_main(["demo", "--model", video_llava_ckpt, *argv])
     err = capsys.readouterr().err.strip()
     assert code == 1 and words in err and len(err.splitlines()) == 1, err
+
+
+def test_the_command_lines_pruning_options_reach_the_llm(tiny_llm, video_llava_ckpt):
+    """`vidprune demo --ivtp-layer 2 --ivtp-keep 0.5 ...`: every answer runs IVTP (its token counts are in the
+    answer event), and the memory prunes with the pruner / dedup options given; nothing is dropped silently."""
+    import math
+
+    from vidprune.cli import build_parser
+    from vidprune.demo.command import settings_from_args
+
+    args = build_parser().parse_args([
+        "demo", "--model", video_llava_ckpt, "--port", "0", "--fps", "20", "--budget", "300", "--frame-tokens", "16",
+        "--pruner", "random", "--seed", "5", "--important-ratio", "0.25", "--dedup-threshold", "0.95",
+        "--ivtp-layer", "2", "--ivtp-keep", "0.5", "--max-new-tokens", "3"])
+    settings, _ = settings_from_args(args)
+    assert settings.ivtp is not None and [list(st) for st in settings.ivtp.stages] == [[2, 0.5]]
+    assert settings.generate_kwargs["max_new_tokens"] == 3 and settings.generate_kwargs["seed"] == 5
+    assert {k: settings.memory_options[k] for k in ("pruner", "seed", "important_ratio", "dedup_threshold")} == \
+        {"pruner": "random", "seed": 5, "important_ratio": 0.25, "dedup_threshold": 0.95}
+
+    async def scenario(url):
+        async with aiohttp.ClientSession() as http, http.ws_connect(url.replace("http://", "ws://") + "ws") as ws:
+            await receive(ws, is_type("hello"))
+            await send_frames(ws, FRAMES[:4], gap_s=0.1)
+            await receive(ws, is_type("frame", seq=3))
+            return await ask(ws, "What is moving?")
+
+    with ServerThread(tiny_llm, settings) as s:
+        answer = run(scenario(s.url))
+    end = answer[-1]
+    assert end["type"] == "answer_end", end
+    assert end["new_tokens"] <= 3
+    ivtp = end["ivtp"]
+    assert ivtp is not None and ivtp["schedule"] == [[2, 0.5]] and ivtp["visual_tokens_in"] == end["visual_tokens"]
+    assert ivtp["visual_tokens_kept"] == math.ceil(0.5 * end["visual_tokens"])
+    per_layer = ivtp["tokens_per_layer"]  # layers >= 2 run on the kept visual tokens only
+    assert per_layer[0] == per_layer[1] and per_layer[2] == per_layer[1] - (end["visual_tokens"] - ivtp["visual_tokens_kept"])
+
+
+@pytest.mark.parametrize("flag", ["--no-prefix-reuse", "--prefix-reuse"])
+def test_an_option_the_demo_cannot_use_is_refused(video_llava_ckpt, capsys, flag):
+    code = cli_main(["demo", "--model", video_llava_ckpt, flag])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "do not apply to the demo" in err and len(err.splitlines()) == 1, err
 
 
 def test_a_busy_port_is_reported(video_llava_ckpt, capsys):

@@ -50,9 +50,16 @@ def job_cmd(manifest: Path, out: Path, ckpt: str, *extra: str) -> list[str]:
             *FLAGS, "--no-progress", *extra]
 
 
-def expected_answers(ckpt: str, items: list[JobItem]) -> dict[tuple, list[int]]:
+# Every pruning option set to something other than its default (test_job_starts_ray_locally_...).
+PRUNING_FLAGS = ["--pruner", "random", "--seed", "3", "--dedup-threshold", "0.8", "--dedup-reference", "previous",
+                 "--ivtp-layer", "2", "--ivtp-keep", "0.5"]
+PRUNING_OPTIONS = dict(pruner="random", seed=3, dedup_threshold=0.8, dedup_reference="previous", ivtp_layer=2,
+                       ivtp_keep=0.5)
+
+
+def expected_answers(ckpt: str, items: list[JobItem], **options) -> dict[tuple, list[int]]:
     """In-process answers, grouped per video as the job groups them: {(id, index): token ids}."""
-    qa = VideoQA.from_pretrained(ckpt, **OPTIONS)
+    qa = VideoQA.from_pretrained(ckpt, **{**OPTIONS, **options})
     by_video: dict[str, list[JobItem]] = {}
     for it in items:
         by_video.setdefault(it.video, []).append(it)
@@ -285,7 +292,8 @@ def test_job_starts_ray_locally_without_an_address(job_videos, video_llava_ckpt,
     env = ray_env(make_ray_home(tmp_path), marker)
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="vprt")  # short socket paths, away from other Ray sessions' /tmp/ray
     try:
-        run = subprocess.run(job_cmd(m, out, video_llava_ckpt, "--node-ip-address", "127.0.0.2", "--decoders", "1"),
+        run = subprocess.run(job_cmd(m, out, video_llava_ckpt, "--node-ip-address", "127.0.0.2", "--decoders", "1",
+                                     *PRUNING_FLAGS),
                              env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
     finally:
         deadline = time.monotonic() + LOCAL_RAY_EXIT_S  # ray.shutdown() lets its helpers exit on their own
@@ -297,8 +305,13 @@ def test_job_starts_ray_locally_without_an_address(job_videos, video_llava_ckpt,
         shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     assert run.returncode == 0, run.stderr
     assert not leftovers, f"the local Ray was not shut down: {leftovers}"
-    want = expected_answers(video_llava_ckpt, read_manifest(m))
-    assert {(json.dumps(r["id"]), r["question_index"]): r["token_ids"] for r in read_results(out)} == want
+    # every pruning option reached the actors: the ids are VideoQA's with the same options, IVTP ran
+    want = expected_answers(video_llava_ckpt, read_manifest(m), **PRUNING_OPTIONS)
+    results = read_results(out)
+    assert {(json.dumps(r["id"]), r["question_index"]): r["token_ids"] for r in results} == want
+    for r in results:
+        assert r["report"]["options"]["pruner"] == "random" and r["report"]["options"]["dedup_reference"] == "previous"
+        assert r["report"]["ivtp"]["visual_tokens_kept"] < r["report"]["tokens"]["to_llm"]
 
 
 def test_job_with_no_layout_flags_fits_two_one_cpu_nodes_and_survives_a_killed_actor(job_videos, video_llava_ckpt,

@@ -235,19 +235,27 @@ class VideoSelection:
                            warnings=list(warnings or []), layout=self.layout, sampled_frames=self.num_frames)
 
 
+# ``AnswerStage(ivtp=...)`` not given: the schedule the model was loaded with.
+MODEL_SCHEDULE = object()
+
+
 class AnswerStage:
     """Token streams + questions → answers, with the LLM through ``generate()``.
 
     The one answer step of every path (in-process, Ray, eval, the demo's streamed answers).
     Built from the ``generate`` options (:meth:`VidpruneConfig.section`) and the IVTP schedule;
     the schedule is handed to each ``generate`` call, never set on the (possibly shared) model.
+    ``ivtp`` not given: the schedule the model was loaded with (``llm.default_ivtp``), so a stage
+    built without it never switches off a schedule the model carries; ``ivtp=None``: no IVTP.
     """
 
     name = "answer"
 
     def __init__(self, llm: VideoLLM, *, max_new_tokens: int = 64, do_sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, ivtp: Any = None,
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, ivtp: Any = MODEL_SCHEDULE,
                  reuse_prefix: bool = True, **extra_generate_kwargs: Any):
+        if ivtp is MODEL_SCHEDULE:
+            ivtp = getattr(llm, "default_ivtp", None)
         self.llm, self.seed, self.ivtp, self.reuse_prefix = llm, seed, ivtp, reuse_prefix
         self.generate_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
                                                 **extra_generate_kwargs}
