@@ -452,11 +452,11 @@ def test_the_command_lines_pruning_options_reach_the_llm(tiny_llm, video_llava_c
 
     args = build_parser().parse_args([
         "demo", "--model", video_llava_ckpt, "--port", "0", "--fps", "20", "--budget", "300", "--frame-tokens", "16",
-        "--pruner", "random", "--seed", "5", "--important-ratio", "0.25", "--dedup-threshold", "0.95",
+        "--pruner", "random", "--seed", "5", "--sample-seed", "6", "--important-ratio", "0.25", "--dedup-threshold", "0.95",
         "--ivtp-layer", "2", "--ivtp-keep", "0.5", "--max-new-tokens", "3"])
     settings, _ = settings_from_args(args)
     assert settings.ivtp is not None and [list(st) for st in settings.ivtp.stages] == [[2, 0.5]]
-    assert settings.generate_kwargs["max_new_tokens"] == 3 and settings.generate_kwargs["seed"] == 5
+    assert settings.generate_kwargs["max_new_tokens"] == 3 and settings.generate_kwargs["seed"] == 6
     assert {k: settings.memory_options[k] for k in ("pruner", "seed", "important_ratio", "dedup_threshold")} == \
         {"pruner": "random", "seed": 5, "important_ratio": 0.25, "dedup_threshold": 0.95}
 

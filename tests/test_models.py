@@ -268,7 +268,7 @@ def test_sampling_samples_and_the_seed_fixes_it(video_llava_ckpt, random_frames,
     greedy = qa.answer(pruned, [question], max_new_tokens=8)[0].token_ids
 
     def sample(seed: int, temperature: float) -> list[int]:
-        sampler = VideoQA(qa.llm, qa.config.replace(do_sample=True, temperature=temperature, seed=seed))
+        sampler = VideoQA(qa.llm, qa.config.replace(do_sample=True, temperature=temperature, sample_seed=seed))
         return sampler.answer(pruned, [question], max_new_tokens=8)[0].token_ids
 
     hot = {seed: sample(seed, 5.0) for seed in range(4)}

@@ -161,7 +161,8 @@ class VidpruneConfig:
                                    help="what a token is compared with: kept tokens of earlier frames (default), "
                                         "the previous frame, or any kept token at the same position")
     dedup_window: int | None = _option(None, "select", parse=int, help="frames back that dedup compares with (default: all)")
-    seed: int = _option(0, "select", "generate", parse=int, help="seed of the random pruner and of sampling")
+    seed: int = _option(0, "select", parse=int, help="seed of the random pruner (its draw per frame depends on the "
+                                                    "seed and the frame alone)")
     # --- IVTP: prune again inside the LLM, conditioned on the question (off by default)
     ivtp_layer: int | None = _option(None, "ivtp", arg="layer", parse=int,
                                      help="k: score after layer k-1, run layers >= k on the kept tokens")
@@ -177,6 +178,10 @@ class VidpruneConfig:
     do_sample: bool = _option(False, "generate", true_flag="--sample", help="sample instead of greedy")
     temperature: float = _option(1.0, "generate", parse=float, help="sampling temperature (with --sample)")
     top_p: float = _option(1.0, "generate", parse=float, help="nucleus sampling mass (with --sample)")
+    sample_seed: int = _option(0, "generate", arg="seed", parse=int,
+                               help="seed of the answer's own sampling stream (with --sample): the same seed and the "
+                                    "same questions in the same order give the same samples; successive answers "
+                                    "differ; the caller's global torch RNG is never touched")
     reuse_prefix: bool = _option(True, "generate", true_flag="--prefix-reuse", false_flag="--no-prefix-reuse",
                                  help="several questions about one video: prefill the video once and reuse its KV "
                                       "cache (the same ids; greedy, without IVTP); default on")
@@ -225,6 +230,10 @@ class VidpruneConfig:
             if getattr(self, name) is not None:
                 add(problem_positive_int(name, getattr(self, name)))
         add(problem_positive_int("max_new_tokens", self.max_new_tokens))
+        for name in ("seed", "sample_seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                p.append(f"{name} must be an integer, got {value!r}")
         if self.fps is not None:
             add(problem_positive_number("fps", self.fps))
         if self.frames is not None and self.fps is not None:

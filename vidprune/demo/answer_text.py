@@ -90,7 +90,8 @@ class StopWhenSet(StoppingCriteria):
 @torch.inference_mode()
 def answer_streaming(llm: VideoLLM, question: str, tokens: torch.Tensor, streamer: TokenStreamer,
                      cancel: threading.Event | None = None, layout: dict[str, Any] | None = None,
-                     ivtp: Any = MODEL_SCHEDULE, **generate_kwargs: Any) -> dict[str, Any]:
+                     ivtp: Any = MODEL_SCHEDULE, stage: AnswerStage | None = None,
+                     **generate_kwargs: Any) -> dict[str, Any]:
     """Answer ``question`` about the pre-projector ``tokens`` (K, Dv), streaming into ``streamer``.
 
     The pipeline's one answer step (:meth:`AnswerStage.answer_tokens`) with a streamer.
@@ -99,7 +100,9 @@ def answer_streaming(llm: VideoLLM, question: str, tokens: torch.Tensor, streame
     (None: off; not given: the model's); ``generate_kwargs``: the ``generate`` options section
     (:class:`AnswerStage`'s keywords: ``max_new_tokens``, ``do_sample``, ``seed``, ...). Returns
     ``{"text", "token_ids", "visual_tokens", "generate_s", "ivtp"}`` (``ivtp``: what IVTP kept and the
-    tokens each layer ran on, or None). The streamer always ends (also when
+    tokens each layer ran on, or None). ``stage``: the :class:`AnswerStage` to answer with (the server's one,
+    whose sampling stream goes on from answer to answer); without it one is built from ``ivtp`` and
+    ``generate_kwargs``. The streamer always ends (also when
     generation fails), so a reader never waits forever.
     """
     from transformers import StoppingCriteriaList
@@ -107,8 +110,10 @@ def answer_streaming(llm: VideoLLM, question: str, tokens: torch.Tensor, streame
     start = time.perf_counter()
     stopping = StoppingCriteriaList([StopWhenSet(cancel)]) if cancel is not None else None
     try:
-        out = AnswerStage(llm, ivtp=ivtp, **generate_kwargs).answer_tokens([(tokens, question)], layouts=[layout],
-                                                                 streamer=streamer, stopping_criteria=stopping)[0]
+        if stage is None:
+            stage = AnswerStage(llm, ivtp=ivtp, **generate_kwargs)
+        out = stage.answer_tokens([(tokens, question)], layouts=[layout], streamer=streamer,
+                                  stopping_criteria=stopping)[0]
     except BaseException:
         streamer.end()
         raise

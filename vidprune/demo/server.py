@@ -63,7 +63,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import ConfigError
 from ..pipeline.memory import MemoryPlan, MemorySnapshot, RollingTokenMemory, build_memory
-from ..pipeline.stages import EncodeStage
+from ..pipeline.stages import AnswerStage, EncodeStage
 from ..qa import MAX_QUESTION_CHARS, check_question
 from ..video_models.base import VideoLLM
 from .access import AccessPolicy, browser_urls
@@ -176,6 +176,8 @@ class DemoServer:
 
     def __init__(self, llm: VideoLLM, settings: DemoSettings):
         self.llm, self.settings = llm, settings
+        # the one answer stage of every tab: its sampling stream goes on from answer to answer
+        self.answer_stage = AnswerStage(llm, ivtp=settings.ivtp, **settings.generate_kwargs)
         self.encoder = EncodeStage(llm, batch_size=1)
         self.worker = ModelWorker(self.encoder, on_frame=self._frame_done, on_error=self._frame_error)
         self.clients: dict[int, _Client] = {}
@@ -536,10 +538,9 @@ class DemoServer:
         client.post({"type": "answer_start", "id": answer_id, "question": question,
                      "visual_tokens": int(tokens.shape[0]), "stats": stats.to_dict()})
         streamer = TokenStreamer(self.llm.processor.tokenizer)
-        gen = dict(self.settings.generate_kwargs)
         future = self.worker.submit(
             lambda: answer_streaming(self.llm, question, tokens, streamer, layout=snapshot.layout,
-                                     cancel=client.cancel, ivtp=self.settings.ivtp, **gen))
+                                     cancel=client.cancel, stage=self.answer_stage))
         try:
             async for text in streamer:
                 if text:

@@ -12,6 +12,7 @@ the family hands on stock LLM-input rows, see ``EncodedFrames``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from ..plan import TokenPlan, plan_tokens
 from ..video_models.base import VideoLLM
 from ..video_models.datatypes import EncodedFrames, VisualGeometry
 from .decode import DecodedClip, read_video
+from .random_stream import SamplingStream
 
 __all__ = [
     "PrunedVideo",
@@ -257,6 +259,8 @@ class AnswerStage:
         if ivtp is MODEL_SCHEDULE:
             ivtp = getattr(llm, "default_ivtp", None)
         self.llm, self.seed, self.ivtp, self.reuse_prefix = llm, seed, ivtp, reuse_prefix
+        # sampled calls draw from this stage's own stream (seeded once), never reseeding the caller's RNG
+        self.sampling = SamplingStream(seed, getattr(llm, "device", "cpu"))
         self.generate_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
                                                 **extra_generate_kwargs}
         if do_sample:
@@ -280,8 +284,11 @@ class AnswerStage:
             kwargs["streamer"] = streamer
         if stopping_criteria is not None:
             kwargs["stopping_criteria"] = stopping_criteria
-        if kwargs.get("do_sample"):
-            torch.manual_seed(self.seed)
+        with self.sampling.active() if kwargs.get("do_sample") else contextlib.nullcontext():
+            return self._answer(items, layouts, kwargs)
+
+    def _answer(self, items: list[tuple[torch.Tensor, str]], layouts: list | None,
+                kwargs: dict[str, Any]) -> list[dict[str, Any]]:
         by_video: dict[int, list[int]] = {}  # the items of each video (same tokens tensor), in order
         for n, (tokens, _) in enumerate(items):
             by_video.setdefault(id(tokens), []).append(n)
