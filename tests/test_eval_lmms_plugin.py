@@ -317,3 +317,14 @@ def test_the_plugins_pruning_options_reach_the_llm(tmp_path, video_llava_ckpt):
     assert got["report"]["ivtp"]["visual_tokens_kept"] == want.report["ivtp"]["visual_tokens_kept"] \
         < got["report"]["tokens"]["to_llm"]
     assert got["token_ids"] == want.token_ids
+
+
+def test_the_plugins_own_dedup_default_is_said_aloud(video_llava_ckpt, capsys):
+    from vidprune.eval.lmms_plugin import VidpruneLMM
+
+    lm = VidpruneLMM.create_from_arg_string(f"pretrained={video_llava_ckpt},frames=2,budget=100")
+    err = capsys.readouterr().err
+    assert lm.qa.config.dedup is False
+    assert "cross-frame dedup off (the lmms-eval plugin's default" in err and "dedup=true" in err
+    VidpruneLMM.create_from_arg_string(f"pretrained={video_llava_ckpt},frames=2,budget=100,dedup=false")
+    assert "cross-frame dedup" not in capsys.readouterr().err  # asked for: nothing to say

@@ -154,7 +154,7 @@ def _vidprune_ivtp(qa, items, steps, never: tuple[int, ...]):
         hook.remove()
     generated = sequences[:, inputs["input_ids"].shape[1]:]
     public = qa.llm.generate(prompts, visual, max_new_tokens=steps, do_sample=False,
-                             suppress_tokens=list(never)).sequences
+                             suppress_tokens=list(never)).answer_ids
     return inputs, prefill, step_logits, generated, public
 
 
@@ -294,11 +294,11 @@ def test_beam_search_works_with_the_pruned_cache(video_llava_ckpt, random_frames
     pruned = stock.prepare(frames)
     visual = stock.llm.project(pruned.tokens)
     prompt = stock.llm.build_prompt(QUESTIONS[0])
-    ref = stock.llm.generate([prompt], [visual], max_new_tokens=6, num_beams=2, do_sample=False).sequences
+    ref = stock.llm.generate([prompt], [visual], max_new_tokens=6, num_beams=2, do_sample=False).answer_ids
     same = _qa(video_llava_ckpt, 8, ivtp_layer=2, ivtp_keep=1.0)
     out = same.llm.generate([prompt], [visual], max_new_tokens=6, num_beams=2, do_sample=False)
-    assert out.sequences == ref
+    assert out.answer_ids == ref
     pruning = _qa(video_llava_ckpt, 8, ivtp_layer=2, ivtp_keep=0.3)
     out = pruning.llm.generate([prompt], [visual], max_new_tokens=6, num_beams=2, do_sample=False)
-    assert len(out.sequences) == 1 and len(out.sequences[0]) > 0
+    assert len(out.answer_ids) == 1 and len(out.answer_ids[0]) > 0
     assert len(out.ivtp[0]["kept"]) == math.ceil(0.3 * visual.shape[0])

@@ -322,7 +322,7 @@ class AnswerStage:
         return [{"text": self.llm.decode_text(ids), "token_ids": ids, "prompt_tokens": n,
                  "visual_tokens": int(v.shape[0]), "generate_s": elapsed, "ivtp": info,
                  "prefix_tokens": out.prefix_tokens}
-                for ids, n, info, v in zip(out.sequences, out.prompt_tokens, ivtp, visual_rows)]
+                for ids, n, info, v in zip(out.answer_ids, out.prompt_tokens, ivtp, visual_rows)]
 
     def process_batch(self, items: list[tuple[PrunedVideo, str]], **overrides: Any) -> list[dict[str, Any]]:
         """Answer several (video, question) pairs in one left-padded batch; kept counts may differ."""
