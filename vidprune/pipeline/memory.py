@@ -387,7 +387,9 @@ class RollingTokenMemory:
                 if first.grid is not None:  # every frame held has this grid (_check_shape)
                     layout = {"units": len(self._frames), "grid": first.grid,
                               "seconds_per_unit": first.seconds_per_unit,
-                              "kept": [f.kept.tolist() for f in self._frames]}
+                              "kept": [f.kept.tolist() for f in self._frames],
+                              # the frames held make one video: times from its oldest frame
+                              "times_s": [round(f.time_s - first.time_s, 6) for f in self._frames]}
             else:
                 tokens = torch.zeros(0, 0 if self._shape is None else self._shape[2])
             return MemorySnapshot(tokens=tokens, layout=layout, stats=self._stats())
