@@ -444,13 +444,14 @@ def _build_qwen3_vl(seed: int, moe: bool = False):
         model.lm_head.weight.mul_(_QWEN3_VL_VISUAL_GAIN)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    # The Qwen3VLVideoProcessor's own pixel limits (128..768 merged tokens of 32x32 px, over the whole
-    # video: a 4-frame 240x320 clip becomes 224x320 px, 7x10 merged tokens per temporal patch); frames come
+    # The hub video processor's limits (4096 .. 24576 x 32 x 32 pixels over the whole video: a 240x320 frame
+    # becomes 256x320 px, 8x10 merged tokens per temporal patch; 16 frames of 720p 22x40); frames come
     # pre-sampled (vidprune samples them), so the processor does not sample again.
     processor = Qwen3VLProcessor(
         image_processor=Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2,
                                               size={"shortest_edge": 64 * 64, "longest_edge": 32 * 32 * 1280}),
-        video_processor=Qwen3VLVideoProcessor(cap_pixels_per_frame=False, do_sample_frames=False),
+        video_processor=Qwen3VLVideoProcessor(size={"shortest_edge": 4096, "longest_edge": 24576 * 32 * 32},
+                                              cap_pixels_per_frame=False, do_sample_frames=False),
         tokenizer=tokenizer,
         chat_template=QWEN3_VL_TEMPLATE,
     )
