@@ -333,3 +333,41 @@ def test_load_video_llm_picks_the_moe_class_through_the_same_adapter(tiny_checkp
     llm = load_video_llm(tiny_checkpoints["qwen3_vl_moe"])
     assert type(llm) is Qwen3VLMoeAdapter and issubclass(Qwen3VLMoeAdapter, Qwen3VLAdapter)
     assert np.isclose(llm.geometry.frames_per_unit, 2)
+
+
+# --------------------------------------------------------------------------- the live memory (demo)
+@pytest.mark.parametrize("frame_rate, hold_to_rate", [(1.0, True), (4.0, False)])  # a browser tab; a --source
+def test_live_memory_with_pruning_off_answers_exactly_the_stock_model(tiny_checkpoints, random_frames, frame_rate,
+                                                                      hold_to_rate):
+    """The demo's pairs of frames with their times: each patch's timestamp is the mean of its two frames'
+    times from the oldest frame held, as the stock processor computes it for the same frames."""
+    from test_models_qwen import _live_memory  # tests/ is on sys.path under pytest
+
+    qa = VideoQA.from_pretrained(tiny_checkpoints["qwen3_vl"], budget=None, dedup=False)
+    frames = random_frames(6, seed=21)
+    feed, _, messages = _live_memory(qa.llm, frames, budget=None, dedup=False, frame_rate=frame_rate,
+                                     hold_to_rate=hold_to_rate)
+    snap = feed.memory.snapshot()
+    assert snap.layout["times_s"] == [(2 * u + 0.5) / frame_rate for u in range(3)]
+    answer = qa.answer_stage.answer_tokens([(snap.tokens, QUESTIONS[0])], layouts=[snap.layout], max_new_tokens=12)[0]
+    assert len(answer["token_ids"]) > 0
+    assert answer["token_ids"] == _stock_generate(qa.llm, frames, QUESTIONS[0], 12, fps=frame_rate)
+
+
+def test_live_memory_under_a_budget_holds_what_the_offline_pipeline_selects(tiny_checkpoints, random_frames):
+    from test_models_qwen import _live_memory
+
+    frames = random_frames(6, seed=22)
+    ckpt = tiny_checkpoints["qwen3_vl"]
+    qa = VideoQA.from_pretrained(ckpt, budget=None, dedup=False)
+    per_unit = math.prod(qa.llm.frame_geometry(qa.llm.geometry, qa.llm.processor.video_processor,
+                                               *frames.shape[1:3]).prune_grid) // 3
+    budget = 3 * per_unit
+    feed, plan, _ = _live_memory(qa.llm, frames, budget=budget, dedup=False)
+    snap = feed.memory.snapshot()
+    offline = VideoQA.from_pretrained(ckpt, budget=budget, dedup=False, frames=6)
+    pruned = offline.prepare(frames)
+    assert snap.layout == pruned.layout and snap.tokens.shape[0] == budget
+    torch.testing.assert_close(snap.tokens, pruned.tokens)
+    live = qa.answer_stage.answer_tokens([(snap.tokens, QUESTIONS[1])], layouts=[snap.layout], max_new_tokens=10)[0]
+    assert live["token_ids"] == offline.answer(pruned, [QUESTIONS[1]], max_new_tokens=10)[0].token_ids
