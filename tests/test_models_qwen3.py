@@ -371,3 +371,16 @@ def test_live_memory_under_a_budget_holds_what_the_offline_pipeline_selects(tiny
     torch.testing.assert_close(snap.tokens, pruned.tokens)
     live = qa.answer_stage.answer_tokens([(snap.tokens, QUESTIONS[1])], layouts=[snap.layout], max_new_tokens=10)[0]
     assert live["token_ids"] == offline.answer(pruned, [QUESTIONS[1]], max_new_tokens=10)[0].token_ids
+
+
+def test_a_segment_with_another_grid_is_refused(tiny_checkpoints, random_frames):
+    """One video, one grid: a segment encoded to another grid (Qwen3-VL's processor sizes frames from the
+    pixel total of what it is given) is refused rather than placed at wrong positions."""
+    from vidprune.pipeline.stages import VideoSelection
+
+    qa = VideoQA.from_pretrained(tiny_checkpoints["qwen3_vl"], budget=60, frames=4)
+    first, second = random_frames(2, seed=1), random_frames(2, seed=2, height=200, width=360)
+    stream = VideoSelection(qa.select_stage, 4)
+    stream.add(qa.encode_stage.process(first, [0.0, 1.0]), [0, 1], [0.0, 1.0])
+    with pytest.raises(RuntimeError, match="every unit of one video needs the same grid"):
+        stream.add(qa.encode_stage.process(second, [2.0, 3.0]), [2, 3], [2.0, 3.0])

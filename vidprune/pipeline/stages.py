@@ -199,6 +199,10 @@ class VideoSelection:
                                     tokens_per_frame=int(encoded.features.shape[1]))
             self.layout = {"units": self.num_units, "grid": tuple(encoded.grid),
                            "seconds_per_unit": encoded.seconds_per_unit, "kept": [], "times_s": []}
+        elif self.layout is not None and tuple(encoded.grid) != self.layout["grid"]:
+            # e.g. Qwen3-VL's processor sizes frames from the whole clip's pixel total: a segment alone can differ
+            raise RuntimeError(f"a segment encoded to a {tuple(encoded.grid)} grid, the video's first to "
+                               f"{self.layout['grid']}; every unit of one video needs the same grid")
         for t in range(len(encoded)):
             sel = self.video_budget.select(encoded.cls_attn[t], encoded.features[t])
             if encoded.extra is not None:
