@@ -132,7 +132,8 @@ class VidpruneConfig:
     model: str | None = _option(None, "model", arg="name_or_path",
                                 help="hub id or checkpoint directory (Video-LLaVA, LLaVA-NeXT-Video, LLaVA-OneVision, Qwen2.5-VL)")
     device: str = _option("cpu", "model", help="cpu, cuda, cuda:1, ... (default cpu)")
-    dtype: str | None = _option(None, "model", help="float32, float16 or bfloat16 (default: float32 on CPU)")
+    dtype: str | None = _option(None, "model", help="float32, float16 or bfloat16, or a torch dtype in Python (default: "
+                                                    "float32 on CPU)")
     keep_cls: bool = _option(True, "model", false_flag="--drop-cls",
                              help="Video-LLaVA: do not hand on each frame's [CLS] token")
     prune_pooled: bool = _option(True, "model", false_flag="--prune-unpooled",
@@ -161,7 +162,8 @@ class VidpruneConfig:
                                    help="what a token is compared with: kept tokens of earlier frames (default), "
                                         "the previous frame, or any kept token at the same position")
     dedup_window: int | None = _option(None, "select", parse=int, help="frames back that dedup compares with (default: all)")
-    seed: int = _option(0, "select", "generate", parse=int, help="seed of the random pruner and of sampling")
+    seed: int = _option(0, "select", parse=int, help="seed of the random pruner (its draw per frame depends on the "
+                                                    "seed and the frame alone)")
     # --- IVTP: prune again inside the LLM, conditioned on the question (off by default)
     ivtp_layer: int | None = _option(None, "ivtp", arg="layer", parse=int,
                                      help="k: score after layer k-1, run layers >= k on the kept tokens")
@@ -177,9 +179,18 @@ class VidpruneConfig:
     do_sample: bool = _option(False, "generate", true_flag="--sample", help="sample instead of greedy")
     temperature: float = _option(1.0, "generate", parse=float, help="sampling temperature (with --sample)")
     top_p: float = _option(1.0, "generate", parse=float, help="nucleus sampling mass (with --sample)")
+    sample_seed: int = _option(0, "generate", arg="seed", parse=int,
+                               help="seed of the answer's own sampling stream (with --sample): the same seed and the "
+                                    "same questions in the same order give the same samples; successive answers "
+                                    "differ; the caller's global torch RNG is never touched")
     reuse_prefix: bool = _option(True, "generate", true_flag="--prefix-reuse", false_flag="--no-prefix-reuse",
                                  help="several questions about one video: prefill the video once and reuse its KV "
                                       "cache (the same ids; greedy, without IVTP); default on")
+
+    def __post_init__(self) -> None:
+        # a torch dtype (torch.bfloat16) is held by its name, so a config stays plain data (YAML, JSON, Ray)
+        if type(self.dtype).__module__ == "torch" and str(self.dtype).startswith("torch."):
+            self.dtype = str(self.dtype)[len("torch."):]
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -225,6 +236,10 @@ class VidpruneConfig:
             if getattr(self, name) is not None:
                 add(problem_positive_int(name, getattr(self, name)))
         add(problem_positive_int("max_new_tokens", self.max_new_tokens))
+        for name in ("seed", "sample_seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                p.append(f"{name} must be an integer, got {value!r}")
         if self.fps is not None:
             add(problem_positive_number("fps", self.fps))
         if self.frames is not None and self.fps is not None:
@@ -343,12 +358,13 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 _NONE_IS_A_CHOICE = ("budget", "dedup", "frames", "fps")
 
 
-def resolve_config(model: str | None = None, config: str | os.PathLike | dict | None = None,
-                   **options: Any) -> tuple[VidpruneConfig, Any]:
+def resolve_config(model: str | None = None, config: str | os.PathLike | dict | None = None, *,
+                   hf_config: Any = None, **options: Any) -> tuple[VidpruneConfig, Any]:
     """Preset (file, preset name or dict) + keyword overrides → (validated config, checkpoint info).
 
     The checkpoint's :class:`~vidprune.video_models.checkpoint.CheckpointInfo` (family, HF config,
-    visual geometry) is read from its config alone: no weights load. The returned config has
+    visual geometry) is read from its config alone: no weights load. ``hf_config``: the config of a
+    model already loaded (``VideoQA.from_model``), used instead of reading the checkpoint's. The returned config has
     the family's frame count filled in (``frames``) unless ``fps`` sampling was asked for.
 
     Raises:
@@ -367,12 +383,16 @@ def resolve_config(model: str | None = None, config: str | os.PathLike | dict | 
         cfg = dataclasses.replace(cfg, fps=None)
     elif "fps" in options and "frames" not in options:
         cfg = dataclasses.replace(cfg, frames=None)
-    if cfg.model is None:
+    if cfg.model is None and hf_config is None:
         raise ConfigError("no model given; pass a hub id or a checkpoint directory (--model)")
     cfg.validate()
     from .pruners import check_pruner_grid
+    from .video_models.checkpoint import checkpoint_info_from_config
 
-    info = inspect_checkpoint(cfg.model, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)  # no weights
+    if hf_config is not None:
+        info = checkpoint_info_from_config(hf_config, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)
+    else:
+        info = inspect_checkpoint(cfg.model, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)  # no weights
     check_pruner_grid(cfg.pruner, info.geometry.dynamic)
     per_unit = info.geometry.frames_per_unit  # Qwen2.5-VL pairs frames into temporal patches
     if cfg.frames is not None and cfg.frames % per_unit:

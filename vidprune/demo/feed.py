@@ -119,8 +119,8 @@ class RateGate:
     up, so a frame delayed on the way and the one right behind it both pass); a frame is
     admitted when the credit is at least ``1 - FRAME_RATE_TOLERANCE`` and spends one. So a
     page that sends at ``frame_rate`` with a jittery timer loses no frames, a faster one is
-    thinned to ``frame_rate``, and over any ``T`` seconds at most ``frame_rate * T + 1 +
-    FRAME_RATE_TOLERANCE`` frames enter.
+    thinned to ``frame_rate``, and over any ``T`` seconds at most ``frame_rate * T + 2 +
+    FRAME_RATE_TOLERANCE`` frames enter (the two saved credits; tests/test_demo_server.py checks it).
     """
 
     _MAX_CREDIT = 2.0

@@ -12,6 +12,7 @@ the family hands on stock LLM-input rows, see ``EncodedFrames``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from ..plan import TokenPlan, plan_tokens
 from ..video_models.base import VideoLLM
 from ..video_models.datatypes import EncodedFrames, VisualGeometry
 from .decode import DecodedClip, read_video
+from .random_stream import SamplingStream
 
 __all__ = [
     "PrunedVideo",
@@ -243,20 +245,30 @@ class VideoSelection:
                            warnings=list(warnings or []), layout=self.layout, sampled_frames=self.num_frames)
 
 
+# ``AnswerStage(ivtp=...)`` not given: the schedule the model was loaded with.
+MODEL_SCHEDULE = object()
+
+
 class AnswerStage:
     """Token streams + questions → answers, with the LLM through ``generate()``.
 
     The one answer step of every path (in-process, Ray, eval, the demo's streamed answers).
     Built from the ``generate`` options (:meth:`VidpruneConfig.section`) and the IVTP schedule;
     the schedule is handed to each ``generate`` call, never set on the (possibly shared) model.
+    ``ivtp`` not given: the schedule the model was loaded with (``llm.default_ivtp``), so a stage
+    built without it never switches off a schedule the model carries; ``ivtp=None``: no IVTP.
     """
 
     name = "answer"
 
     def __init__(self, llm: VideoLLM, *, max_new_tokens: int = 64, do_sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, ivtp: Any = None,
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, ivtp: Any = MODEL_SCHEDULE,
                  reuse_prefix: bool = True, **extra_generate_kwargs: Any):
+        if ivtp is MODEL_SCHEDULE:
+            ivtp = getattr(llm, "default_ivtp", None)
         self.llm, self.seed, self.ivtp, self.reuse_prefix = llm, seed, ivtp, reuse_prefix
+        # sampled calls draw from this stage's own stream (seeded once), never reseeding the caller's RNG
+        self.sampling = SamplingStream(seed, getattr(llm, "device", "cpu"))
         self.generate_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
                                                 **extra_generate_kwargs}
         if do_sample:
@@ -280,8 +292,11 @@ class AnswerStage:
             kwargs["streamer"] = streamer
         if stopping_criteria is not None:
             kwargs["stopping_criteria"] = stopping_criteria
-        if kwargs.get("do_sample"):
-            torch.manual_seed(self.seed)
+        with self.sampling.active() if kwargs.get("do_sample") else contextlib.nullcontext():
+            return self._answer(items, layouts, kwargs)
+
+    def _answer(self, items: list[tuple[torch.Tensor, str]], layouts: list | None,
+                kwargs: dict[str, Any]) -> list[dict[str, Any]]:
         by_video: dict[int, list[int]] = {}  # the items of each video (same tokens tensor), in order
         for n, (tokens, _) in enumerate(items):
             by_video.setdefault(id(tokens), []).append(n)
@@ -315,7 +330,7 @@ class AnswerStage:
         return [{"text": self.llm.decode_text(ids), "token_ids": ids, "prompt_tokens": n,
                  "visual_tokens": int(v.shape[0]), "generate_s": elapsed, "ivtp": info,
                  "prefix_tokens": out.prefix_tokens}
-                for ids, n, info, v in zip(out.sequences, out.prompt_tokens, ivtp, visual_rows)]
+                for ids, n, info, v in zip(out.answer_ids, out.prompt_tokens, ivtp, visual_rows)]
 
     def process_batch(self, items: list[tuple[PrunedVideo, str]], **overrides: Any) -> list[dict[str, Any]]:
         """Answer several (video, question) pairs in one left-padded batch; kept counts may differ."""

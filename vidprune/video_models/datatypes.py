@@ -72,7 +72,9 @@ class GenerationOutput:
     """What :meth:`VideoLLM.generate` returns.
 
     Attributes:
-        sequences: per sample, the generated token ids (prompt removed, stopped before EOS).
+        answer_ids: per sample, the generated token ids only (prompt removed, stopped before EOS). Not
+            transformers' ``sequences``, which holds the prompt too; the deprecated ``sequences`` alias
+            returns these.
         prompt_tokens: per sample, the prompt's length in tokens (visual tokens included, padding not).
         ivtp: per sample ``{"kept": sorted visual-stream indices that survive IVTP,
             "tokens_per_layer": tokens each decoder layer ran on in prefill, as for the prompt alone}``,
@@ -81,10 +83,19 @@ class GenerationOutput:
             or None where each prompt was prefilled whole.
     """
 
-    sequences: list[list[int]]
+    answer_ids: list[list[int]]
     prompt_tokens: list[int]
     ivtp: list[dict[str, Any]] | None = None
     prefix_tokens: int | None = None
+
+    @property
+    def sequences(self) -> list[list[int]]:
+        """Deprecated: ``answer_ids`` (transformers' ``sequences`` holds the prompt too; these do not)."""
+        import warnings
+
+        warnings.warn("GenerationOutput.sequences was renamed answer_ids: it holds the generated ids only, not the "
+                      "prompt as transformers' sequences does", DeprecationWarning, stacklevel=2)
+        return self.answer_ids
 
 
 @dataclass

@@ -196,8 +196,9 @@ class Qwen2_5_VLAdapter(VideoLLM):
         Returns:
             ``{"position_ids": (4, B, L)}``: row 0 the pruned layout's text positions (what the
             stock generate() puts there: attention-mask cumsum), rows 1-3 the stock (t, h, w)
-            positions. Also sets ``model.model.rope_deltas`` (B, 1) for decode steps that come
-            without position ids.
+            positions. Also sets ``model.model.rope_deltas`` (B, 1) as the stock ``get_rope_index``
+            returns them for a left-padded batch with its attention mask (the next position minus the
+            sample's unpadded length) for decode steps that come without position ids.
         """
         if layouts is None or any(layout is None for layout in layouts):
             from ..errors import ConfigError
@@ -221,6 +222,9 @@ class Qwen2_5_VLAdapter(VideoLLM):
                 second_per_grid_ts=torch.tensor([layout["seconds_per_unit"]], device=ids.device))
             kept_positions = positions[:, 0, keep]  # (3, L_b)
             rope[:, b, valid] = kept_positions
+            # the stock convention (get_rope_index with an attention mask, transformers 5.24): next position minus
+            # the sample's UNPADDED length; compute_3d_position_ids adds it to cumsum(attention_mask) - 1 in decode
+            # steps without position ids (tests/test_models_qwen.py checks both against the stock model)
             deltas.append(int(positions.max()) + 1 - int(valid.sum()))
         text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # (B, L)
         self.model.model.rope_deltas = torch.tensor(deltas, device=ids.device).unsqueeze(1)
