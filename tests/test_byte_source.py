@@ -140,3 +140,45 @@ def test_s3_reads_the_same_frames_by_byte_ranges(long_videos):
         assert "\n" not in str(info.value)
     assert clip.indices == local.indices and all(np.array_equal(a, b) for a, b in zip(clip.frames, local.frames))
     assert fetched <= 0.2 * os.path.getsize(long_videos["mp4"])
+
+
+# ------------------------------------------------------------------------------ the applications
+
+
+@pytest.fixture(scope="module")
+def short_video_server(tmp_path_factory):
+    from vidprune.samples import moving_square_frames, write_video
+
+    root = tmp_path_factory.mktemp("served")
+    write_video(root / "moving.mp4", moving_square_frames(48, 112, 144))
+    with RangeHTTPServer(root) as server:
+        yield server, root / "moving.mp4"
+
+
+def test_ask_on_an_https_style_url_equals_the_local_file(video_llava_ckpt, short_video_server, capsys):
+    import json
+
+    from vidprune.cli import main
+
+    server, local = short_video_server
+    args = ["What is moving?", "--model", video_llava_ckpt, "--frames", "8", "--budget", "60",
+            "--max-new-tokens", "4", "--json"]
+    assert main(["ask", server.url("moving.mp4"), *args]) == 0
+    remote = json.loads(capsys.readouterr().out)
+    assert main(["ask", str(local), *args]) == 0
+    here = json.loads(capsys.readouterr().out)
+    assert remote["answer"] == here["answer"] and remote["frames"] == here["frames"]
+    code = main(["ask", server.url("missing.mp4"), *args])
+    err = capsys.readouterr().err
+    assert code != 0 and "does not exist or cannot be reached" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_manifest_keeps_urls_as_given(tmp_path):
+    from vidprune.jobs.manifest import read_manifest
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"id": 1, "video": "s3://bucket/a.mp4", "question": "What?"}\n'
+                        '{"id": 2, "video": "b.mp4", "question": "What?"}\n')
+    items = read_manifest(manifest)
+    assert items[0].video == "s3://bucket/a.mp4" and items[1].video == str(tmp_path / "b.mp4")

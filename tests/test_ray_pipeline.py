@@ -188,6 +188,14 @@ def test_repeated_frames_reuse_features_per_segment_with_the_in_process_result(p
     torch.testing.assert_close(got.tokens, want.tokens, rtol=1e-5, atol=1e-6)
 
 
+def test_a_video_over_http_equals_the_local_file(pipeline, reference, videos):
+    from range_server import RangeHTTPServer
+
+    with RangeHTTPServer(os.path.dirname(videos["short2"])) as server:  # on 127.0.0.1: the worker nodes reach it
+        got = pipeline.prepare(server.url(os.path.basename(videos["short2"])))
+    assert_same_pruned(got, reference.prepare(videos["short2"]))
+
+
 def _record_llm_inputs(answer_actor):
     """Test instrumentation, installed in the live actor: the token shapes handed to its answer stages."""
 
