@@ -15,7 +15,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-__all__ = ["RangeHTTPServer", "LocalS3"]
+__all__ = ["LocalS3", "RangeHTTPServer"]
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
@@ -95,7 +95,7 @@ class RangeHTTPServer:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/{name}"
 
-    def __enter__(self) -> "RangeHTTPServer":
+    def __enter__(self) -> RangeHTTPServer:
         self._thread.start()
         return self
 
@@ -118,7 +118,7 @@ class LocalS3:
         self.bucket = bucket
         self._old: dict[str, str | None] = {}
 
-    def __enter__(self) -> "LocalS3":
+    def __enter__(self) -> LocalS3:
         import logging
 
         from moto.server import ThreadedMotoServer

@@ -9,11 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_models import _stock_generate
 
 from vidprune import VideoQA
 from vidprune.pipeline.frame_reuse import CARRIED, FrameReuse, LastEncodedUnit
-
-from test_models import _stock_generate
 
 
 def _doubled(frames: np.ndarray, times: int = 2) -> np.ndarray:

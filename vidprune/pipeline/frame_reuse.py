@@ -30,7 +30,7 @@ import numpy as np
 from ..config import DEFAULT_SKIP_STATIC_THRESHOLD
 from ..video_models.datatypes import EncodedFrames
 
-__all__ = ["FrameReuse", "LastEncodedUnit", "CARRIED", "DEFAULT_SKIP_STATIC_THRESHOLD"]
+__all__ = ["CARRIED", "DEFAULT_SKIP_STATIC_THRESHOLD", "FrameReuse", "LastEncodedUnit"]
 
 # ``FrameReuse.sources`` marks a unit that reuses the carried unit of an earlier call with this.
 CARRIED = -1

@@ -28,8 +28,16 @@ from typing import Any
 
 from vidprune.errors import VideoDecodeError
 
-__all__ = ["REMOTE_SCHEMES", "is_remote", "open_bytes", "source_size", "check_source", "bytes_fetched", "RangeFile",
-           "Span"]
+__all__ = [
+    "REMOTE_SCHEMES",
+    "RangeFile",
+    "Span",
+    "bytes_fetched",
+    "check_source",
+    "is_remote",
+    "open_bytes",
+    "source_size",
+]
 
 # URL schemes read through fsspec (the ``remote`` extra).
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "http", "https")
@@ -124,7 +132,7 @@ def source_size(path: str) -> int:
     return check_source(path) if is_remote(path) else os.path.getsize(path)
 
 
-def open_bytes(path: str, stats: dict[str, int] | None = None) -> "RangeFile":
+def open_bytes(path: str, stats: dict[str, int] | None = None) -> RangeFile:
     """A raw, seekable file object over the video's bytes (local or remote); close it when done."""
     if is_remote(path):
         return _RemoteFile(path, stats)
