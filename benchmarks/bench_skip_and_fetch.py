@@ -240,7 +240,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--thresholds", default="0.5,1,2,4")
     parser.add_argument("--minutes", default="1,10,20")
-    parser.add_argument("--size", default="320x180", help="the long files' frame size, WxH")
+    parser.add_argument("--size", default="256x144", help="the long files' frame size, WxH")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "vidprune-bench-fetch")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
