@@ -290,7 +290,7 @@ class Feed:
                  else [p.time_s for p, _ in self._pairing])
         self._pairing.clear()
         encoded = encoder.process(frames, times, last=self.last_unit)  # one unit; a repeat skips the tower
-        stored = self.memory.add(encoded, first.time_s, seq=pending.seq)
+        stored = self.memory.add(encoded, first.time_s, seq=pending.seq, unit_time_s=(times[0] + times[-1]) / 2)
         self.encoded += per_unit
         self.reused += per_unit if encoded.reused and encoded.reused[0] else 0
         height, width = rgb.shape[:2]
