@@ -39,12 +39,18 @@ from .presets import load_preset
 from .validators import problem_in_range, problem_positive_int, problem_positive_number
 
 __all__ = ["VidpruneConfig", "Option", "OPTIONS", "SECTIONS", "load_preset", "resolve_config",
-           "add_option_flags", "options_from_args", "DEFAULT_DEDUP_THRESHOLD", "DTYPE_NAMES", "DECODE_BACKENDS"]
+           "add_option_flags", "options_from_args", "DEFAULT_DEDUP_THRESHOLD", "DEFAULT_SKIP_STATIC_THRESHOLD", "DTYPE_NAMES", "DECODE_BACKENDS"]
 
 # Cosine similarity (pre-projector CLIP features) above which a token repeats what an
 # earlier frame gave. CLIP layer -2 features of an unchanged patch in consecutive
 # frames of real video sit well above 0.9 (codec noise only); a changed patch drops below.
 DEFAULT_DEDUP_THRESHOLD = 0.9
+
+# Mean absolute pixel difference (0–255 levels) under which --skip-static reuses a frame's
+# features (vidprune.pipeline.frame_reuse): about H.264's noise on a still scene, while an
+# object moving over a tenth of the frame changes the mean by several levels.
+# Its agreement with full processing: docs/performance.md.
+DEFAULT_SKIP_STATIC_THRESHOLD = 1.0
 
 DECODE_BACKENDS = ("pyav", "decord")
 # vidprune.pruners.DEDUP_REFERENCES, spelled here so that declaring the flags imports no torch
@@ -148,6 +154,16 @@ class VidpruneConfig:
                                   help="pyav (default) or decord (falls back to PyAV when it cannot read a file)")
     encoder_batch_size: int | None = _option(None, "encode", arg="batch_size", parse=int,
                                              help="frames per vision-tower call (default: all)")
+    reuse_frames: bool = _option(True, "encode", true_flag="--reuse-frames", false_flag="--no-reuse-frames",
+                                 help="a frame (Qwen2.5-VL: temporal patch) whose pixels equal the last encoded one "
+                                      "reuses its features instead of running the vision tower (default on; the same ids)")
+    skip_static: bool = _option(False, "encode", true_flag="--skip-static",
+                                help="also reuse the last encoded frame's features when the mean absolute pixel "
+                                     "difference to it is at most --skip-static-threshold (default off; changes "
+                                     "results slightly, see docs/performance.md)")
+    skip_static_threshold: float = _option(DEFAULT_SKIP_STATIC_THRESHOLD, "encode", parse=float,
+                                           help=f"mean absolute pixel difference, in 0-255 levels, under which "
+                                                f"--skip-static reuses a frame ({DEFAULT_SKIP_STATIC_THRESHOLD})")
     # --- per-frame pruning, cross-frame dedup and the budget (SelectStage)
     budget: int | None = _option(None, "select", parse=_parse_budget,
                                  help="total visual tokens handed to the LLM per video, or 'none'")
@@ -246,6 +262,7 @@ class VidpruneConfig:
             p.append("give either frames (uniform sampling) or fps (rate sampling), not both")
         add(problem_in_range("important_ratio", self.important_ratio, 0.0, 1.0))
         add(problem_in_range("dedup_threshold", self.dedup_threshold, 0.0, 1.0, low_open=True))
+        add(problem_in_range("skip_static_threshold", self.skip_static_threshold, 0.0, 255.0))
         if self.dedup_reference not in DEDUP_REFERENCES:
             p.append(f"dedup_reference must be one of {', '.join(DEDUP_REFERENCES)}, got {self.dedup_reference!r}")
         elif self.dedup_reference == "previous" and self.dedup_window is not None:

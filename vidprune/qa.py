@@ -178,6 +178,10 @@ def summarize(report: dict[str, Any]) -> str:
         + (f" (budget {tok['budget']})" if tok["budget"] is not None else ""),
         f"LLM prefill: {fl['llm_prefill_pruned'] / 1e12:.3g} of {fl['llm_prefill_full'] / 1e12:.3g} TFLOPs "
         f"({100 * fl['llm_ratio']:.1f}%)",
+        f"vision tower: ran on {report['encoder']['encoded']} of {report['encoder']['units']} "
+        f"{'frames' if report['encoder']['frames_per_unit'] == 1 else 'temporal patches'}, "
+        f"{report['encoder']['reused']} reused the features of an identical"
+        + (" or near-identical" if report["options"].get("skip_static") else "") + " earlier one",
         "time: " + ", ".join(f"{k} {v:.2f}s" for k, v in report["timings_s"].items()),
     ]
     if report.get("ivtp"):

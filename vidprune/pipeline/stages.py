@@ -27,6 +27,7 @@ from ..video_models.base import VideoLLM
 from ..video_models.datatypes import EncodedFrames, VisualGeometry
 from .decode import DecodedClip, read_video
 from .random_stream import SamplingStream
+from .frame_reuse import CARRIED, DEFAULT_SKIP_STATIC_THRESHOLD, FrameReuse, LastEncodedUnit
 
 __all__ = [
     "PrunedVideo",
@@ -50,7 +51,8 @@ class PrunedVideo:
             tokens first (the stock layout puts [CLS] first) then its kept patches in raster
             order; then the per-video extra rows (OneVision's newline). Pre-projector rows, or
             already LLM embeddings for families that hand on ``EncodedFrames.tokens``.
-        frames: per sampled frame, a dict with index, time_s, kept, duplicates, candidates, allowance.
+        frames: per sampled frame, a dict with index, time_s, kept, duplicates, candidates, allowance,
+            and reused (the tower did not run on it: it repeats the last encoded frame) where checked.
         tokens_count: full / after_vispruner / after_dedup / to_llm totals.
         decode: what the decoder said (backend, stream frame count, warnings).
         layout: where the kept tokens sit in the stock grid, for families with multimodal
@@ -102,19 +104,67 @@ class DecodeStage:
 
 
 class EncodeStage:
-    """Frames (T, H, W, 3) uint8 → :class:`EncodedFrames` with the model's own processor and vision tower."""
+    """Frames (T, H, W, 3) uint8 → :class:`EncodedFrames` with the model's own processor and vision tower.
+
+    Units whose pixels repeat the last encoded unit's take its features instead of running the
+    tower (:mod:`vidprune.pipeline.frame_reuse`): exactly equal pixels with ``reuse_frames``
+    (default on), nearly equal (mean absolute difference ≤ ``skip_static_threshold`` levels)
+    with ``skip_static`` (default off). ``EncodedFrames.reused`` says which.
+    """
 
     name = "encode"
 
-    def __init__(self, llm: VideoLLM, batch_size: int | None = None):
+    def __init__(self, llm: VideoLLM, batch_size: int | None = None, reuse_frames: bool = True,
+                 skip_static: bool = False, skip_static_threshold: float = DEFAULT_SKIP_STATIC_THRESHOLD):
         self.llm, self.batch_size = llm, batch_size
+        self.reuse = FrameReuse(exact=reuse_frames, threshold=skip_static_threshold if skip_static else None)
 
-    def process(self, frames: np.ndarray, times_s: list[float] | None = None) -> EncodedFrames:
-        """Frames (T, H, W, 3) → :class:`EncodedFrames` of T units (Qwen2.5-VL: ceil(T/2) temporal patches)."""
+    def process(self, frames: np.ndarray, times_s: list[float] | None = None,
+                last: LastEncodedUnit | None = None) -> EncodedFrames:
+        """Frames (T, H, W, 3) → :class:`EncodedFrames` of T units (Qwen2.5-VL: ceil(T/2) temporal patches).
+
+        ``last``: the stream's last encoded unit, kept by a caller that feeds one stream in
+        several calls (the demo); updated here. Without it each call is a stream of its own.
+        """
         pixel_values = self.llm.preprocess(frames, times_s)  # (T, 3, S, S), or units of patches
+        per_unit = self.llm.geometry.frames_per_unit
+        if not self.reuse.active:
+            return self._encode(pixel_values)
+        last = last if last is not None else LastEncodedUnit()
+        units = [frames[u * per_unit : (u + 1) * per_unit] for u in range(len(pixel_values))]  # (k, H, W, 3) each
+        sources = self.reuse.sources(units, last)
+        fresh = [u for u, src in enumerate(sources) if src == u]
+        if len(fresh) == len(sources):
+            encoded = self._encode(pixel_values)
+        else:
+            encoded = self._gather(pixel_values, sources, fresh, last)
+        encoded.reused = [src != u for u, src in enumerate(sources)]
+        if fresh:  # the stream's last encoded unit is now the last fresh one
+            last.pixels, last.encoded = np.array(units[fresh[-1]]), encoded.take([fresh[-1]])
+        return encoded
+
+    def _encode(self, pixel_values: Any) -> EncodedFrames:
+        """All units of ``pixel_values`` through the tower, ``batch_size`` frames per call."""
         per_unit = self.llm.geometry.frames_per_unit
         step = max(1, self.batch_size // per_unit) if self.batch_size else len(pixel_values)
         return EncodedFrames.concat([self.llm.encode(pixel_values[i : i + step]) for i in range(0, len(pixel_values), step)])
+
+    def _gather(self, pixel_values: Any, sources: list[int], fresh: list[int], last: LastEncodedUnit) -> EncodedFrames:
+        """Encode the ``fresh`` units only; every unit takes the rows of its source (``CARRIED``: ``last``'s)."""
+        parts = []
+        if last.encoded is not None and CARRIED in sources:
+            parts.append(last.encoded.to(self.llm.device))
+        if fresh:
+            picked = (pixel_values.index_select(0, torch.as_tensor(fresh)) if isinstance(pixel_values, torch.Tensor)
+                      else pixel_values.take(fresh))
+            parts.append(self._encode(picked))
+        pool = EncodedFrames.concat(parts)  # (carried?, fresh...) units
+        offset = len(parts[0]) if len(parts) == 2 else 0
+        position = {u: offset + i for i, u in enumerate(fresh)}
+        encoded = pool.take([0 if src == CARRIED else position[src] for src in sources])
+        encoded.seconds_per_unit = getattr(pixel_values, "seconds_per_unit", encoded.seconds_per_unit)
+        encoded.reused = None
+        return encoded
 
 
 class SelectStage:
@@ -222,6 +272,7 @@ class VideoSelection:
                 "duplicates": sel.duplicates.tolist(),
                 "candidates": int(len(sel.candidates)),
                 "allowance": int(sel.allowance),
+                **({} if encoded.reused is None else {"reused": bool(encoded.reused[t])}),
             })
         if encoded.video_extra is not None and self.video_extra is None:
             self.video_extra = encoded.video_extra

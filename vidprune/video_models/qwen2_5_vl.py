@@ -64,6 +64,12 @@ class QwenVideoPixels:
         rows = self.pixel_values[kept.start * h * w : kept.stop * h * w]
         return QwenVideoPixels(rows, (len(kept), h, w), self.seconds_per_unit)
 
+    def take(self, units: list[int]) -> "QwenVideoPixels":
+        """Temporal patches ``units`` in that order (any subset): ((len(units)·h·w, C·2·14·14) patches)."""
+        _, h, w = self.grid_thw
+        rows = self.pixel_values.view(self.grid_thw[0], h * w, -1)[list(units)]  # (len(units), h·w, C·2·14·14)
+        return QwenVideoPixels(rows.reshape(len(units) * h * w, -1), (len(units), h, w), self.seconds_per_unit)
+
 
 @register_family("qwen2_5_vl")
 class Qwen2_5_VLAdapter(VideoLLM):
