@@ -15,10 +15,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .config import VidpruneConfig, resolve_config
-from .errors import ConfigError
+from .errors import ConfigError, VidpruneError
 from .pipeline.build import build_stages
 from .pipeline.report import answer_report
+from .pipeline.segments import IN_PROCESS_SEGMENT_FRAMES, prune_in_segments
 from .pipeline.stages import PrunedVideo
 from .video_models.base import VideoLLM
 from .video_models.checkpoint import CheckpointInfo
@@ -36,6 +39,15 @@ class Answer:
     text: str
     report: dict[str, Any]
     token_ids: list[int]  # the generated ids (prompt removed, stopped before EOS)
+    error: str | None = None  # ask_batch: why this item has no answer (one line; text "", report {})
+
+    @classmethod
+    def failed(cls, exc: BaseException) -> "Answer":
+        """An item that could not be answered: its error as one line, as ``vidprune job`` writes it."""
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if not isinstance(exc, VidpruneError):
+            text = f"{type(exc).__name__}: {text}"
+        return cls(text="", report={}, token_ids=[], error=text[:500])
 
 
 def check_question(question: Any) -> str:
@@ -72,6 +84,7 @@ class VideoQA:
         self.ivtp_schedule = self.config.ivtp()
         self.decode_stage, self.encode_stage = stages.decode, stages.encode
         self.select_stage, self.answer_stage = stages.select, stages.answer
+        self.progress: bool | None = None  # a progress bar while preparing a file: None = when stderr is a terminal
 
     # ----------------------------------------------------------------- build
     @staticmethod
@@ -92,7 +105,11 @@ class VideoQA:
                 ``device="cuda"``, ``dtype="bfloat16"``, ``frames=8``. ``budget=None`` with
                 ``dedup=False`` runs exactly the stock model.
         """
-        cfg, info = resolve_config(model, config, **options)
+        return cls.from_resolved(*resolve_config(model, config, **options))
+
+    @classmethod
+    def from_resolved(cls, cfg: VidpruneConfig, info: CheckpointInfo) -> "VideoQA":
+        """Load the model of options already resolved (:func:`~vidprune.config.resolve_config`'s pair)."""
         # the model's default schedule equals this VideoQA's (tests and old callers read llm.ivtp);
         # the answer stage hands its schedule to every generate call explicitly
         llm = info.family.from_pretrained(**cfg.section("model"), ivtp=cfg.ivtp())
@@ -100,7 +117,21 @@ class VideoQA:
 
     # -------------------------------------------------------------- run
     def prepare(self, video: Any) -> PrunedVideo:
-        """Decode, encode and prune one video (path or (T, H, W, 3) uint8 array): its token stream."""
+        """Decode, encode and prune one video (path or (T, H, W, 3) uint8 array): its token stream.
+
+        A file goes through in time segments (:func:`~vidprune.pipeline.segments.prune_in_segments`):
+        its frame plan is checked against the options before any frame is decoded, and memory holds
+        one segment's frames at a time however long the video (a progress bar on a terminal).
+        """
+        if not isinstance(video, np.ndarray):
+            if not isinstance(video, (str, bytes)) and not hasattr(video, "__fspath__"):
+                return self._prepare_whole(video)  # DecodeStage names what it cannot read
+            segment = max(IN_PROCESS_SEGMENT_FRAMES, self.config.encoder_batch_size or 0)
+            return prune_in_segments(self.decode_stage, self.encode_stage, self.select_stage, video,
+                                     segment_frames=segment, progress=self.progress)
+        return self._prepare_whole(video)
+
+    def _prepare_whole(self, video: Any) -> PrunedVideo:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         clip = self.decode_stage.process(video)
@@ -130,11 +161,30 @@ class VideoQA:
         return self.answer_batch([(self.prepare(video), question)], **generate_overrides)[0]
 
     def ask_batch(self, items: list[tuple[Any, str]], **generate_overrides: Any) -> list[Answer]:
-        """Answer several (video, question) pairs in one generate batch (kept counts may differ)."""
-        for _, q in items:
-            check_question(q)
-        prepared = [(self.prepare(v), q) for v, q in items]
-        return self.answer_batch(prepared, **generate_overrides)
+        """Answer several (video, question) pairs in one generate batch (kept counts may differ).
+
+        One answer per item, in order. An item that fails (a video that cannot be read, a refused
+        question) does not fail the batch: its :class:`Answer` has ``error`` set (one line, as
+        ``vidprune job`` writes an error line), empty ``text`` and ``report``; check ``error``. If
+        the generate call itself fails, every item of the batch gets that error.
+        """
+        answers: list[Answer | None] = [None] * len(items)
+        prepared, which = [], []
+        for n, (video, question) in enumerate(items):
+            try:
+                question = check_question(question)
+                prepared.append((self.prepare(video), question))
+                which.append(n)
+            except Exception as exc:  # noqa: BLE001 - the item's error, as the job records it
+                answers[n] = Answer.failed(exc)
+        if prepared:
+            try:
+                for n, answer in zip(which, self.answer_batch(prepared, **generate_overrides)):
+                    answers[n] = answer
+            except Exception as exc:  # noqa: BLE001 - one failed generate batch fails its items only
+                for n in which:
+                    answers[n] = Answer.failed(exc)
+        return answers  # type: ignore[return-value]
 
     # ------------------------------------------------------------ report
     def _report(self, video: PrunedVideo, question: str, out: dict[str, Any]) -> dict[str, Any]:
