@@ -292,8 +292,12 @@ OPTIONS: dict[str, Option] = {f.name: f.metadata["option"] for f in dataclasses.
 
 
 # ----------------------------------------------------------------------------------- CLI
-def add_option_flags(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = ()) -> None:
+def add_option_flags(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = (),
+                     hide: tuple[str, ...] = ()) -> None:
     """Add one flag per option (grouped by section, help from the declaration), plus ``--config``.
+
+    ``exclude``: options without a flag; ``hide``: options whose flags parse but stay out of
+    ``--help`` (an entry point that refuses them in its own words).
 
     A flag not given leaves its ``dest`` None, so :func:`options_from_args` hands on only what
     the user set and the preset's value stays.
@@ -320,7 +324,7 @@ def add_option_flags(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...
                 g.add_argument(opt.false_flag, dest=key, action="store_false", default=None,
                                help=None if opt.true_flag else opt.help)
             continue
-        kwargs: dict[str, Any] = {"dest": key, "help": opt.help}
+        kwargs: dict[str, Any] = {"dest": key, "help": argparse.SUPPRESS if key in hide else opt.help}
         if opt.parse is not None:
             kwargs["type"] = opt.parse
         if opt.choices is not None:
