@@ -172,3 +172,39 @@ def test_ask_batch_returns_an_error_per_failed_item(tiny_checkpoints, sample_vid
     assert "question is empty" in answers[2].error
 
 
+
+
+def test_the_report_says_what_ran(tiny_checkpoints, sample_video, capsys):
+    ckpt = tiny_checkpoints["video_llava"]
+    assert main(["ask", sample_video, "What?", "--model", ckpt, "--frames", "4", "--max-new-tokens", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "frames: 4  visual tokens: 1028 full, no budget: no pruner ran -> " in err and "after none" not in err
+    assert main(["ask", sample_video, "What?", "--model", ckpt, "--frames", "4", "--budget", "60",
+                 "--max-new-tokens", "2", "--json", "--seed", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    from vidprune.qa import summarize
+
+    line = summarize(report).splitlines()[0]
+    tok = report["tokens"]
+    assert f"-> {tok['after_vispruner']} proposed by vispruner -> {tok['after_dedup']} after dedup -> " \
+           f"{tok['to_llm']} to the LLM (budget 60)" in line
+    opts = report["options"]
+    assert {k: opts[k] for k in ("frames", "fps", "device", "dtype", "seed", "max_new_tokens", "budget", "pruner")} \
+        == {"frames": 4, "fps": None, "device": "cpu", "dtype": "float32", "seed": 3, "max_new_tokens": 2,
+            "budget": 60, "pruner": "vispruner"}
+    assert set(opts["versions"]) == {"vidprune", "torch", "transformers", "av"}
+    assert opts["model"] == os.path.abspath(ckpt) == report["model"]
+    # a pruner asked for without a budget would not run: refused instead of silently doing nothing
+    assert main(["ask", sample_video, "What?", "--model", ckpt, "--pruner", "vispruner"]) == 2
+    assert "no budget was given" in capsys.readouterr().err
+
+
+def test_the_report_counts_qwen_frames_and_small_shares(tiny_checkpoints, sample_video, capsys):
+    from vidprune.qa import _percent, summarize
+
+    assert main(["ask", sample_video, "What?", "--model", tiny_checkpoints["qwen2_5_vl"], "--frames", "4",
+                 "--budget", "64", "--max-new-tokens", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["sampled_frames"] == 4 and len(report["frames"]) == 2
+    assert summarize(report).startswith("frames: 4 (2 temporal patches of 2)  visual tokens: ")
+    assert [_percent(r) for r in (0.000014, 0.014, 0.5, 0.0)] == ["0.0014%", "1.4%", "50.0%", "0.0%"]

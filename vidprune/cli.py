@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
-    from .config import resolve_config
+    from .config import check_pruner_runs, resolve_config
     from .pipeline.build import build_stages
     from .pipeline.segments import plan_video
     from .qa import VideoQA, check_question, summarize
@@ -163,6 +163,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     questions = [check_question(q) for q in questions]
     check_video_path(video)
     cfg, info = resolve_config(config=args.config, **opts)
+    check_pruner_runs(cfg, opts)
     stages = build_stages(cfg, info)  # no weights: the frame plan is checked before the model loads
     plan_video(stages.decode, stages.select, video)
     qa = VideoQA.from_resolved(cfg, info)

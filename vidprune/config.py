@@ -39,7 +39,8 @@ from .presets import load_preset
 from .validators import problem_in_range, problem_positive_int, problem_positive_number
 
 __all__ = ["VidpruneConfig", "Option", "OPTIONS", "SECTIONS", "load_preset", "resolve_config",
-           "add_option_flags", "options_from_args", "DEFAULT_DEDUP_THRESHOLD", "DTYPE_NAMES", "DECODE_BACKENDS"]
+           "add_option_flags", "options_from_args", "check_pruner_runs", "DEFAULT_DEDUP_THRESHOLD", "DTYPE_NAMES",
+           "DECODE_BACKENDS"]
 
 # Cosine similarity (pre-projector CLIP features) above which a token repeats what an
 # earlier frame gave. CLIP layer -2 features of an unchanged patch in consecutive
@@ -345,6 +346,17 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ resolve
 # Options whose ``None`` is a choice ("no budget", "the family's frames"), not "not given".
 _NONE_IS_A_CHOICE = ("budget", "dedup", "frames", "fps")
+
+
+def check_pruner_runs(cfg: VidpruneConfig, options: dict[str, Any]) -> None:
+    """Refuse a pruner asked for (``options``: what the user set) that would not run: no budget, no pruning.
+
+    Entry points without a budget of their own call it (``ask``, ``job``); the demo sizes a
+    default budget instead.
+    """
+    if "pruner" in options and cfg.pruner != "none" and cfg.budget is None:
+        raise ConfigError(f"pruner {cfg.pruner!r} prunes to a budget, and no budget was given, so every token "
+                          "would reach the LLM unpruned; pass a budget (--budget N) or drop --pruner")
 
 
 def resolve_config(model: str | None = None, config: str | os.PathLike | dict | None = None,

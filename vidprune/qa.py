@@ -153,7 +153,8 @@ class VideoQA:
         items = [(v, check_question(q)) for v, q in items]
         gen = {k: v for k, v in generate_overrides.items() if v is not None}
         outs = self.answer_stage.process_batch(items, **gen)
-        return [Answer(text=o["text"], report=self._report(v, q, o), token_ids=o["token_ids"]) for (v, q), o in zip(items, outs)]
+        return [Answer(text=o["text"], report=self._report(v, q, o, gen), token_ids=o["token_ids"])
+                for (v, q), o in zip(items, outs)]
 
     def ask(self, video: Any, question: str, **generate_overrides: Any) -> Answer:
         """Answer one question about one video. ``generate_overrides``: e.g. ``max_new_tokens=64``."""
@@ -187,19 +188,37 @@ class VideoQA:
         return answers  # type: ignore[return-value]
 
     # ------------------------------------------------------------ report
-    def _report(self, video: PrunedVideo, question: str, out: dict[str, Any]) -> dict[str, Any]:
-        return answer_report(self.config, self.llm, self.select_stage, self.ivtp_schedule, video, question, out)
+    def _report(self, video: PrunedVideo, question: str, out: dict[str, Any],
+                generate: dict[str, Any] | None = None) -> dict[str, Any]:
+        return answer_report(self.config, self.llm, self.select_stage, self.ivtp_schedule, video, question, out,
+                             generate)
 
 
 def summarize(report: dict[str, Any]) -> str:
-    """The short pruning report the CLI prints under the answer."""
-    tok, fl = report["tokens"], report["flops"]
+    """The short pruning report the CLI prints under the answer; each number says what it counts.
+
+    ``frames``: frames sampled (and the temporal patches they pair into, for Qwen2.5-VL);
+    ``proposed by <pruner>``: tokens the per-frame pruner proposed, each frame up to its share
+    plus what dedup left unused in earlier frames (so it may exceed the budget); ``after dedup``:
+    proposals that do not repeat an earlier frame, the tokens kept; without a budget no
+    pruner runs and the line says so.
+    """
+    tok, fl, opts = report["tokens"], report["flops"], report["options"]
+    units = len(report["frames"])
+    sampled = report.get("sampled_frames") or units
+    frames = f"frames: {sampled}" + (f" ({units} temporal patches of {-(-sampled // units)})" if units != sampled else "")
+    full = f"{tok['full']} full" if tok["full"] is not None else "all"
+    if tok["budget"] is None:
+        flow = f"{full}, no budget: no pruner ran"
+    else:
+        flow = f"{full} -> {tok['after_vispruner']} proposed by {opts['pruner']}"
+    if opts.get("dedup", True):
+        flow += f" -> {tok['after_dedup']} after dedup"
+    flow += f" -> {tok['to_llm']} to the LLM" + (f" (budget {tok['budget']})" if tok["budget"] is not None else "")
     lines = [
-        f"frames: {len(report['frames'])}  visual tokens: {tok['full']} full -> {tok['after_vispruner']} after "
-        f"{report['options']['pruner']} -> {tok['after_dedup']} after dedup -> {tok['to_llm']} to the LLM"
-        + (f" (budget {tok['budget']})" if tok["budget"] is not None else ""),
+        f"{frames}  visual tokens: {flow}",
         f"LLM prefill: {fl['llm_prefill_pruned'] / 1e12:.3g} of {fl['llm_prefill_full'] / 1e12:.3g} TFLOPs "
-        f"({100 * fl['llm_ratio']:.1f}%)",
+        f"({_percent(fl['llm_ratio'])})",
         "time: " + ", ".join(f"{k} {v:.2f}s" for k, v in report["timings_s"].items()),
     ]
     if report.get("ivtp"):
@@ -209,4 +228,10 @@ def summarize(report: dict[str, Any]) -> str:
                         "reach the last layers")
     lines += [f"warning: {w}" for w in report["warnings"]]
     return "\n".join(lines)
+
+
+def _percent(ratio: float) -> str:
+    """A share as a percentage that never rounds a small one to 0.0% (0.0014% stays 0.0014%)."""
+    pct = 100 * ratio
+    return f"{pct:.1f}%" if pct >= 1 or pct == 0 else f"{pct:.2g}%"
 

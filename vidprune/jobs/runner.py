@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..pipeline.ray import RayPipelineOptions, RayVideoPipeline, VideoRequest, connect_ray
-from ..config import resolve_config
+from ..config import check_pruner_runs, resolve_config
 from .manifest import JobItem, read_manifest
 from ..results import RESUMABLE_CHANGES, ResultsFile, check_run_options
 
@@ -87,6 +87,7 @@ def run_job(manifest: str | os.PathLike, out: str | os.PathLike, options: dict[s
 
     items = read_manifest(manifest)
     cfg, _checkpoint = resolve_config(config=config, **options)
+    check_pruner_runs(cfg, options)
     ray_opts = ray_options or RayPipelineOptions()
     ray_opts.resolved(cfg)  # checked whole now; the flags left out are sized once Ray is up
     results = ResultsFile(out).open()
