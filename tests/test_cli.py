@@ -24,10 +24,14 @@ def test_make_tiny_checkpoint_then_ask_with_json_report(tmp_path, sample_video):
     ckpt = tmp_path / "ckpt"
     proc = _run("make-tiny-checkpoint", str(ckpt), "--family", "llava_next_video")
     assert proc.returncode == 0, proc.stderr
-    assert "answers are nonsense" in proc.stdout
+    assert "answers are nonsense" in proc.stdout and "Writing model shards" not in proc.stderr  # quiet by default
     proc = _run("ask", sample_video, "What is moving?", "--model", str(ckpt), "--frames", "6", "--budget", "60",
                 "--max-new-tokens", "5", "--json")
     assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", proc.stderr  # no "Loading weights" bar, no library logs: the report is on stdout
+    verbose = _run("ask", sample_video, "What is moving?", "--model", str(ckpt), "--frames", "2", "--budget", "60",
+                   "--max-new-tokens", "1", "--verbose")
+    assert verbose.returncode == 0 and "Loading weights" in verbose.stderr
     report = json.loads(proc.stdout)
     assert report["family"] == "llava_next_video"
     assert report["tokens"]["full"] == 6 * 144 and report["tokens"]["to_llm"] <= 60

@@ -77,12 +77,15 @@ def test_manifest_items_one_per_question(tmp_path):
         {"id": "a", "video": "a.mp4", "question": " What? "},
         "",
         {"id": 7, "video": "/abs/b.mp4", "questions": ["One?", "Two?"], "options": ["x", "y", "z"]},
+        {"id": "c", "video": "./sub/../a.mp4", "question": "Again?"},
+        {"id": "d", "video": "/abs//x/../b.mp4", "question": "Again?"},
     ])
     items = read_manifest(m)
-    assert [(it.id, it.index, it.question, it.line) for it in items] == [
+    assert [(it.id, it.index, it.question, it.line) for it in items[:3]] == [
         ("a", 0, "What?", 1), (7, 0, "One?", 3), (7, 1, "Two?", 3)]
     assert items[0].video == str(tmp_path / "a.mp4")  # relative to the manifest's folder
     assert items[1].video == "/abs/b.mp4"
+    assert items[3].video == items[0].video and items[4].video == items[1].video  # normalized: one file, one path
     assert items[2].prompt.startswith("Two?\nA. x\nB. y\nC. z\n")
     assert items[1].key != JobItem("7", 0, "", "", "", None, 1).key  # 7 and "7" are different ids
 
@@ -336,6 +339,7 @@ def test_job_starts_ray_locally_without_an_address_beside_a_running_cluster(job_
     assert run.returncode == 0, run.stderr
     assert not leftovers, f"the local Ray was not shut down: {leftovers}"
     assert f"on 1 node(s), {cpus} CPUs, 0 GPUs" in run.stderr  # this machine's CPUs, not the other cluster's
+    assert "Token authentication" not in run.stderr and "Loading weights" not in run.stderr  # quiet by default
     want = expected_answers(video_llava_ckpt, read_manifest(m))
     assert {(json.dumps(r["id"]), r["question_index"]): r["token_ids"] for r in read_results(out)} == want
 

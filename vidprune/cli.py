@@ -18,6 +18,7 @@ import argparse
 import difflib
 import importlib
 import json
+import logging
 import os
 import re
 import sys
@@ -130,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     presets.add_argument("name", nargs="?", help="print this preset's YAML")
     for module_name in _COMMAND_MODULES:
         importlib.import_module(module_name).add_command(sub)
+    for command in sub.choices.values():  # every subcommand: `vidprune ask ... --verbose`
+        command.add_argument("--verbose", action="store_true",
+                             help="let the libraries speak: transformers' loading bars and logs, Ray's warnings")
     return parser
 
 
@@ -205,11 +209,17 @@ def check_video_path(video: str) -> None:
         raise VideoDecodeError(f"cannot decode video {video!r}: it is a directory; pass a video file")
 
 
-def _quiet_libraries() -> None:
-    """Keep library chatter (backend fallbacks, deprecations) out of the CLI's output."""
+def _quiet_libraries(verbose: bool = False) -> None:
+    """Keep library chatter (loading bars, backend fallbacks, deprecations, Ray's warnings) out of the CLI's
+    output unless ``--verbose``."""
+    if verbose:
+        return
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # "Loading weights", "Writing model shards"
+    # ray.init resets the "ray" logger's level; its children keep theirs (the token-authentication warning)
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
 
 
 def _cmd_make_tiny(args: argparse.Namespace) -> int:
@@ -272,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func = getattr(args, "func", None) or _COMMANDS[args.command]
     try:
-        _quiet_libraries()
+        _quiet_libraries(getattr(args, "verbose", False))
         return func(args)
     except VidpruneError as exc:
         print(f"vidprune: error: {exc}", file=sys.stderr)

@@ -40,7 +40,7 @@ class JobItem:
     index: int  # position of the question in its manifest line
     question: str  # as given
     prompt: str  # what the model is asked (the question with its lettered options)
-    video: str  # absolute or as given if it was absolute
+    video: str  # absolute and normalized (os.path.normpath)
     options: tuple[str, ...] | None
     line: int
 
@@ -133,7 +133,8 @@ def read_manifest(path: str | os.PathLike) -> list[JobItem]:
         if line_problems:
             problems += [f"line {line_no}: {p}" for p in line_problems]
             continue
-        video_path = video if os.path.isabs(video) else str(base / video)
+        # normalized: "./a.mp4", "x/../a.mp4" and "a.mp4" are one file (one token stream) and one path in the results
+        video_path = os.path.normpath(video if os.path.isabs(video) else str(base / video))
         for qi, q in enumerate(checked):
             items.append(JobItem(id=item_id, index=qi, question=q, prompt=format_question(q, options),
                                  video=video_path, options=options, line=line_no))
