@@ -122,7 +122,7 @@ def test_bad_options_exit_2_before_ray(tmp_path, capsys, video_llava_ckpt):
     assert "budget 3 is smaller" in capsys.readouterr().err
 
 
-def test_resuming_with_other_options_is_refused_naming_the_option(tmp_path, capsys, video_llava_ckpt):
+def test_resuming_with_other_options_is_refused_naming_the_option(tmp_path, capsys, video_llava_ckpt, monkeypatch):
     """A rerun into --out with another budget would mix budgets in one file: refused, before Ray starts."""
     m = write_manifest(tmp_path / "m.jsonl", [{"id": "a", "video": "a.mp4", "question": "Q?"}])
     out = tmp_path / "o.jsonl"
@@ -135,6 +135,8 @@ def test_resuming_with_other_options_is_refused_naming_the_option(tmp_path, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds answers of a run with other options (budget: 40 before, 50 now)" in err
     assert main([*args, "--device", "cpu", "--encoder-batch-size", "2"]) == 0  # where and in what chunks: may change
+    monkeypatch.chdir(Path(video_llava_ckpt).parent)  # the same checkpoint by a relative path is the same model
+    assert main([*args[:4], "--model", Path(video_llava_ckpt).name, *args[6:]]) == 0, capsys.readouterr().err
     capsys.readouterr()
 
 

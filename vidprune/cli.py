@@ -1,6 +1,7 @@
 """The ``vidprune`` command.
 
     vidprune ask VIDEO "What is the man holding?" --model llava-hf/LLaVA-NeXT-Video-7B-hf --budget 227
+    vidprune ask VIDEO "Who is there?" "What colour is the car?" --model M   # one prepared video, two answers
     vidprune ask --demo                      # offline: tiny random-weight model + generated video
     vidprune make-tiny-checkpoint DIR --family video_llava
     vidprune pruners
@@ -9,7 +10,8 @@
     vidprune --version
 
 User mistakes print one line on stderr (no traceback): exit code 2 for bad options or a
-bad model, 1 for an unreadable video.
+bad model (a command-line mistake names a near flag: "did you mean --budget?"), 1 for an
+unreadable video. Library output stays off unless ``--verbose``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import sys
 from .config import add_option_flags, options_from_args
 from .errors import ConfigError, VidpruneError
 
-__all__ = ["main", "build_parser", "CommandLineParser", "add_pipeline_options", "options_from_args", "check_video_path"]
+__all__ = ["main", "build_parser", "CommandLineParser", "add_pipeline_options", "options_from_args",
+           "check_video_path"]
 
 DEMO_QUESTION = "What is moving in this video?"
 
@@ -42,10 +45,10 @@ def add_pipeline_options(p: argparse.ArgumentParser, *, exclude: tuple[str, ...]
 
 
 class CommandLineParser(argparse.ArgumentParser):
-    """argparse with one-line mistakes: ``PROG: error: WHAT (did you mean X?); see PROG --help``, exit 2.
+    """argparse with one-line mistakes: ``PROG: error: WHAT (did you mean X?); `PROG --help` lists the options``.
 
-    No usage block; an unknown flag or choice close to a real one is named ("did you mean
-    --budget?"). Subcommand parsers are made of this class too (``add_subparsers`` takes the
+    Exit code 2, no usage block; an unknown flag or choice close to a real one is named ("did
+    you mean --budget?"). Subcommand parsers are made of this class too (``add_subparsers`` takes the
     parent's class).
     """
 

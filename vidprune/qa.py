@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from .config import VidpruneConfig, resolve_config
 from .errors import ConfigError, VidpruneError
 from .pipeline.build import build_stages
@@ -123,13 +121,11 @@ class VideoQA:
         its frame plan is checked against the options before any frame is decoded, and memory holds
         one segment's frames at a time however long the video (a progress bar on a terminal).
         """
-        if not isinstance(video, np.ndarray):
-            if not isinstance(video, (str, bytes)) and not hasattr(video, "__fspath__"):
-                return self._prepare_whole(video)  # DecodeStage names what it cannot read
+        if isinstance(video, (str, bytes)) or hasattr(video, "__fspath__"):
             segment = max(IN_PROCESS_SEGMENT_FRAMES, self.config.encoder_batch_size or 0)
             return prune_in_segments(self.decode_stage, self.encode_stage, self.select_stage, video,
                                      segment_frames=segment, progress=self.progress)
-        return self._prepare_whole(video)
+        return self._prepare_whole(video)  # an array (or what DecodeStage refuses, by name)
 
     def _prepare_whole(self, video: Any) -> PrunedVideo:
         timings: dict[str, float] = {}

@@ -93,8 +93,9 @@ def run_job(manifest: str | os.PathLike, out: str | os.PathLike, options: dict[s
     results = ResultsFile(out).open()
     try:
         check_results_match(results, items)
-        check_run_options(run_path(out), {"model": cfg.model, "options": {
-            k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}},
+        model = os.path.abspath(cfg.model) if os.path.isdir(cfg.model) else cfg.model  # ./ckpt == /abs/ckpt
+        check_run_options(run_path(out), {"model": model, "options": {
+            **{k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}, "model": model}},
             has_answers=any("error" not in r for r in results.records.values()), results=repr(str(out)))
         if retry_errors:
             results.drop_errors()
