@@ -122,7 +122,8 @@ class VideoQA:
         one segment's frames at a time however long the video (a progress bar on a terminal).
         """
         if isinstance(video, (str, bytes)) or hasattr(video, "__fspath__"):
-            segment = max(IN_PROCESS_SEGMENT_FRAMES, self.config.encoder_batch_size or 0)
+            segment = (None if self.llm.sizes_frames_by_clip  # Qwen3-VL: the processor needs the whole clip
+                       else max(IN_PROCESS_SEGMENT_FRAMES, self.config.encoder_batch_size or 0))
             return prune_in_segments(self.decode_stage, self.encode_stage, self.select_stage, video,
                                      segment_frames=segment, progress=self.progress)
         return self._prepare_whole(video)  # an array (or what DecodeStage refuses, by name)

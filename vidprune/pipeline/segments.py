@@ -244,22 +244,24 @@ def plan_video(decode: DecodeStage, select: SelectStage, video: Any) -> FramePla
 
 
 def prune_in_segments(decode: DecodeStage, encode: EncodeStage, select: SelectStage, video: Any, *,
-                      segment_frames: int = IN_PROCESS_SEGMENT_FRAMES, progress: bool | None = None) -> PrunedVideo:
+                      segment_frames: int | None = IN_PROCESS_SEGMENT_FRAMES,
+                      progress: bool | None = None) -> PrunedVideo:
     """Decode, encode and select a video file segment by segment, in temporal order (in-process).
 
     The same steps as the Ray pipeline's (``SegmentDecoder`` → ``EncodeStage`` →
     ``VideoSelection``), one segment after the other: memory holds one segment's frames and
     features plus the kept tokens, however long the video. ``segment_frames`` is rounded up
-    to whole pruning units (Qwen2.5-VL: 2 frames). Where decoding disagrees with the frame
-    table the clip is decoded whole (``DecodeStage.process``) and then encoded in segments.
+    to whole pruning units (Qwen2.5-VL: 2 frames); None: the whole video in one segment
+    (a processor that sizes frames from the whole clip, Qwen3-VL). Where decoding disagrees with
+    the frame table the clip is decoded whole (``DecodeStage.process``) and then encoded in segments.
     ``progress``: a tqdm bar over the frames (None: when stderr is a terminal; it shows after
     ``PROGRESS_DELAY_S``).
 
     Returns the :class:`PrunedVideo` with ``timings_s`` (decode, encode, select).
     """
     per_unit = select.geometry.frames_per_unit
-    segment_frames = -(-check_positive_int("segment_frames", segment_frames) // per_unit) * per_unit
     plan = plan_video(decode, select, video)
+    segment_frames = -(-check_positive_int("segment_frames", segment_frames or len(plan)) // per_unit) * per_unit
     timings = {"decode": 0.0, "encode": 0.0}
     decoder = SegmentDecoder(decode)
     bar = _progress_bar(len(plan), progress)
@@ -279,7 +281,8 @@ def prune_in_segments(decode: DecodeStage, encode: EncodeStage, select: SelectSt
             timings = {"decode": time.perf_counter() - start, "encode": 0.0}
             bar.reset(total=len(clip.indices))
             selection = VideoSelection(select, len(clip.indices))
-            for batch in batches_from_clip(clip, segment_frames):
+            whole = segment_frames >= len(plan)  # one segment asked for: keep the clip in one
+            for batch in batches_from_clip(clip, len(clip.indices) if whole else segment_frames):
                 _encode_and_add(encode, selection, batch, timings, bar)
             decode_info = {"backend": clip.backend, "num_stream_frames": clip.num_stream_frames}
             warnings = list(clip.warnings)
