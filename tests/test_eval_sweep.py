@@ -277,12 +277,16 @@ def test_an_undecodable_video_stops_the_run_unless_skipped(tmp_path, video_llava
 def test_resuming_with_other_pipeline_options_is_refused(tmp_path, video_llava_ckpt):
     q_path, videos = qa_pair_benchmark(tmp_path, n_videos=1, per_video=1)
     common = dict(benchmarks=_sources(q_path, videos), budgets="64", out=str(tmp_path / "out"))
-    SweepRunner(resolve_settings(**common, options={"model": video_llava_ckpt, "frames": 2})).setup()
-    with pytest.raises(ConfigError, match="holds answers of a run with other options \\(frames differ\\)"):
-        SweepRunner(resolve_settings(**common, options={"model": video_llava_ckpt, "frames": 4})).setup()
+    # a run refused or failed before its first answer (it wrote run.json only) does not block the corrected rerun
+    SweepRunner(resolve_settings(**common, options={"model": video_llava_ckpt, "frames": 6})).setup()
+    SweepRunner(resolve_settings(**common, options={"model": video_llava_ckpt, "frames": 2,
+                                                    "max_new_tokens": 2}), progress=False).run()
+    with pytest.raises(ConfigError, match="holds answers of a run with other options \\(frames: 2 before, 4 now\\)"):
+        SweepRunner(resolve_settings(**common, options={"model": video_llava_ckpt, "frames": 4,
+                                                        "max_new_tokens": 2})).setup()
     # more methods, budgets or benchmarks into the same folder are fine
     SweepRunner(resolve_settings(**{**common, "budgets": "64,32"}, methods=["vispruner", "random"],
-                                 options={"model": video_llava_ckpt, "frames": 2})).setup()
+                                 options={"model": video_llava_ckpt, "frames": 2, "max_new_tokens": 2})).setup()
 
 
 @pytest.mark.parametrize("path", EVAL_PRESETS)

@@ -33,7 +33,7 @@ FLAGS = ["--frames", "8", "--budget", "40", "--encoder-batch-size", "2", "--max-
 OPTIONS = dict(frames=8, budget=40, encoder_batch_size=2, max_new_tokens=6)
 JOB_TIMEOUT_S = 600
 # Seconds a local Ray's processes may take to exit after the job's ray.shutdown().
-LOCAL_RAY_EXIT_S = 20
+LOCAL_RAY_EXIT_S = 60  # generous: on a loaded 2-core machine the actors take a while to exit
 
 
 def write_manifest(path: Path, entries: list) -> Path:
@@ -84,12 +84,15 @@ def test_manifest_items_one_per_question(tmp_path):
         {"id": "a", "video": "a.mp4", "question": " What? "},
         "",
         {"id": 7, "video": "/abs/b.mp4", "questions": ["One?", "Two?"], "options": ["x", "y", "z"]},
+        {"id": "c", "video": "./sub/../a.mp4", "question": "Again?"},
+        {"id": "d", "video": "/abs//x/../b.mp4", "question": "Again?"},
     ])
     items = read_manifest(m)
-    assert [(it.id, it.index, it.question, it.line) for it in items] == [
+    assert [(it.id, it.index, it.question, it.line) for it in items[:3]] == [
         ("a", 0, "What?", 1), (7, 0, "One?", 3), (7, 1, "Two?", 3)]
     assert items[0].video == str(tmp_path / "a.mp4")  # relative to the manifest's folder
     assert items[1].video == "/abs/b.mp4"
+    assert items[3].video == items[0].video and items[4].video == items[1].video  # normalized: one file, one path
     assert items[2].prompt.startswith("Two?\nA. x\nB. y\nC. z\n")
     assert items[1].key != JobItem("7", 0, "", "", "", None, 1).key  # 7 and "7" are different ids
 
@@ -124,6 +127,34 @@ def test_bad_options_exit_2_before_ray(tmp_path, capsys, video_llava_ckpt):
     assert main(["job", str(m), "--out", str(tmp_path / "o.jsonl"), "--model", video_llava_ckpt,
                  "--budget", "3"]) == 2  # below the 8 [CLS] tokens of 8 frames
     assert "budget 3 is smaller" in capsys.readouterr().err
+
+
+def test_resuming_with_other_options_is_refused_naming_the_option(tmp_path, capsys, video_llava_ckpt, monkeypatch):
+    """A rerun into --out with another budget would mix budgets in one file: refused, before Ray starts."""
+    m = write_manifest(tmp_path / "m.jsonl", [{"id": "a", "video": "a.mp4", "question": "Q?"}])
+    out = tmp_path / "o.jsonl"
+    out.write_text(json.dumps({"id": "a", "question_index": 0, "question": "Q?", "answer": "x"}) + "\n")
+    args = ["job", str(m), "--out", str(out), "--model", video_llava_ckpt, "--budget", "40", "--no-progress"]
+    assert main(args) == 0  # every item is in: nothing to run, Ray not needed; the options are recorded
+    assert "0 new results (0 answered, 0 failed), 1 already in" in capsys.readouterr().err
+    assert json.loads((tmp_path / "o.jsonl.run.json").read_text())["options"]["budget"] == 40
+    assert main([*args[:-3], "--budget", "50", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds answers of a run with other options (budget: 40 before, 50 now)" in err
+    assert main([*args, "--device", "cpu", "--encoder-batch-size", "2"]) == 0  # where and in what chunks: may change
+    monkeypatch.chdir(Path(video_llava_ckpt).parent)  # the same checkpoint by a relative path is the same model
+    assert main([*args[:4], "--model", Path(video_llava_ckpt).name, *args[6:]]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+
+
+def test_a_run_that_answered_nothing_does_not_block_the_rerun(tmp_path, capsys, video_llava_ckpt):
+    m = write_manifest(tmp_path / "m.jsonl", [{"id": "a", "video": "a.mp4", "question": "Q?"}])
+    out = tmp_path / "o.jsonl"
+    (tmp_path / "o.jsonl.run.json").write_text(json.dumps({"model": video_llava_ckpt, "options": {"budget": 40}}))
+    out.write_text(json.dumps({"id": "a", "question_index": 0, "question": "Q?", "error": "cannot decode"}) + "\n")
+    assert main(["job", str(m), "--out", str(out), "--model", video_llava_ckpt, "--budget", "50", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "o.jsonl.run.json").read_text())["options"]["budget"] == 50
+    capsys.readouterr()
 
 
 # ------------------------------------------------------------------------ results
@@ -284,27 +315,41 @@ def test_job_survives_killed_actors_resumes_and_answers_each_item_once(cluster, 
     assert out.read_bytes() == before
 
 
-def test_job_starts_ray_locally_without_an_address(job_videos, video_llava_ckpt, tmp_path):
+def test_job_starts_ray_locally_without_an_address_beside_a_running_cluster(job_videos, video_llava_ckpt, tmp_path):
+    """Without --address and RAY_ADDRESS the job starts its own Ray, though a bare ray.init() would join a cluster."""
     videos, _, _ = job_videos
     m = write_manifest(tmp_path / "m.jsonl", [{"id": "x", "video": videos[2], "questions": ["What?", "Why?"]}])
     out = tmp_path / "local.jsonl"
     marker = f"local-{os.getpid()}-{time.time_ns()}"
     env = ray_env(make_ray_home(tmp_path), marker)
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="vprt")  # short socket paths, away from other Ray sessions' /tmp/ray
-    try:
-        run = subprocess.run(job_cmd(m, out, video_llava_ckpt, "--node-ip-address", "127.0.0.2", "--decoders", "1",
-                                     *PRUNING_FLAGS),
-                             env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
-    finally:
-        deadline = time.monotonic() + LOCAL_RAY_EXIT_S  # ray.shutdown() lets its helpers exit on their own
-        while processes_with_marker(marker) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        leftovers = {pid: process_title(pid) for pid in processes_with_marker(marker)}
-        for pid in leftovers:
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    cpus = len(os.sched_getaffinity(0))
+    with LoopbackCluster(worker_nodes=0, num_cpus=cpus + 3) as other:
+        # the session file `ray start --head` wrote, where a bare ray.init() under this RAY_TMPDIR looks for it
+        session_file = Path(other._nodes[0][2]) / "ray_current_cluster"
+        assert session_file.read_text().strip() == other.address
+        (Path(env["RAY_TMPDIR"]) / "ray").mkdir()
+        shutil.copy(session_file, Path(env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster")
+        joined = subprocess.run([sys.executable, "-c", "import ray; ray.init(); "
+                                 "print(ray.get_runtime_context().gcs_address); ray.shutdown()"],
+                                env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+        assert joined.stdout.strip().splitlines()[-1] == other.address, joined.stderr  # the join really happens
+        try:
+            run = subprocess.run(job_cmd(m, out, video_llava_ckpt, "--node-ip-address", "127.0.0.2", "--decoders", "1",
+                                         *PRUNING_FLAGS),
+                                 env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+        finally:
+            deadline = time.monotonic() + LOCAL_RAY_EXIT_S  # ray.shutdown() lets its helpers exit on their own
+            while processes_with_marker(marker) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            leftovers = {pid: process_title(pid) for pid in processes_with_marker(marker)}
+            for pid in leftovers:
+                os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     assert run.returncode == 0, run.stderr
     assert not leftovers, f"the local Ray was not shut down: {leftovers}"
+    assert f"on 1 node(s), {cpus} CPUs, 0 GPUs" in run.stderr  # this machine's CPUs, not the other cluster's
+    assert "Token authentication" not in run.stderr and "Loading weights" not in run.stderr  # quiet by default
     # every pruning option reached the actors: the ids are VideoQA's with the same options, IVTP ran
     want = expected_answers(video_llava_ckpt, read_manifest(m), **PRUNING_OPTIONS)
     results = read_results(out)

@@ -39,7 +39,8 @@ from .presets import load_preset
 from .validators import problem_in_range, problem_positive_int, problem_positive_number
 
 __all__ = ["VidpruneConfig", "Option", "OPTIONS", "SECTIONS", "load_preset", "resolve_config",
-           "add_option_flags", "options_from_args", "DEFAULT_DEDUP_THRESHOLD", "DEFAULT_SKIP_STATIC_THRESHOLD", "DTYPE_NAMES", "DECODE_BACKENDS"]
+           "add_option_flags", "options_from_args", "check_pruner_runs", "DEFAULT_DEDUP_THRESHOLD",
+           "DEFAULT_SKIP_STATIC_THRESHOLD", "DTYPE_NAMES", "DECODE_BACKENDS"]
 
 # Cosine similarity (pre-projector CLIP features) above which a token repeats what an
 # earlier frame gave. CLIP layer -2 features of an unchanged patch in consecutive
@@ -324,8 +325,12 @@ OPTIONS: dict[str, Option] = {f.name: f.metadata["option"] for f in dataclasses.
 
 
 # ----------------------------------------------------------------------------------- CLI
-def add_option_flags(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = ()) -> None:
+def add_option_flags(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = (),
+                     hide: tuple[str, ...] = ()) -> None:
     """Add one flag per option (grouped by section, help from the declaration), plus ``--config``.
+
+    ``exclude``: options without a flag; ``hide``: options whose flags parse but stay out of
+    ``--help`` (an entry point that refuses them in its own words).
 
     A flag not given leaves its ``dest`` None, so :func:`options_from_args` hands on only what
     the user set and the preset's value stays.
@@ -352,7 +357,7 @@ def add_option_flags(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...
                 g.add_argument(opt.false_flag, dest=key, action="store_false", default=None,
                                help=None if opt.true_flag else opt.help)
             continue
-        kwargs: dict[str, Any] = {"dest": key, "help": opt.help}
+        kwargs: dict[str, Any] = {"dest": key, "help": argparse.SUPPRESS if key in hide else opt.help}
         if opt.parse is not None:
             kwargs["type"] = opt.parse
         if opt.choices is not None:
@@ -373,6 +378,17 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ resolve
 # Options whose ``None`` is a choice ("no budget", "the family's frames"), not "not given".
 _NONE_IS_A_CHOICE = ("budget", "dedup", "frames", "fps")
+
+
+def check_pruner_runs(cfg: VidpruneConfig, options: dict[str, Any]) -> None:
+    """Refuse a pruner asked for (``options``: what the user set) that would not run: no budget, no pruning.
+
+    Entry points without a budget of their own call it (``ask``, ``job``); the demo sizes a
+    default budget instead.
+    """
+    if "pruner" in options and cfg.pruner != "none" and cfg.budget is None:
+        raise ConfigError(f"pruner {cfg.pruner!r} prunes to a budget, and no budget was given, so every token "
+                          "would reach the LLM unpruned; pass a budget (--budget N) or drop --pruner")
 
 
 def resolve_config(model: str | None = None, config: str | os.PathLike | dict | None = None, *,

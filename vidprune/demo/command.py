@@ -72,7 +72,7 @@ def add_command(subparsers) -> None:
     g.add_argument("--source", help="read frames on the server instead of the browser: a video file (played in "
                                     "real time), a camera device (/dev/video0) or a stream URL (rtsp://...)")
     g.add_argument("--loop", action="store_true", help="with a --source file: play it again when it ends")
-    add_pipeline_options(p)
+    add_pipeline_options(p, hide=tuple(_NOT_FOR_DEMO))  # refused in one line by settings_from_args
     p.set_defaults(func=run)
 
 

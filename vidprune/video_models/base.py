@@ -88,6 +88,9 @@ class VideoLLM(VideoLLMGeneration):
     model_type: ClassVar[str]
     model_class_name: ClassVar[str]
     default_num_frames: ClassVar[int]
+    # True where the video processor sizes frames from the whole clip's pixel total (Qwen3-VL): a
+    # video is then preprocessed in one call in-process, as the stock model does (not in segments).
+    sizes_frames_by_clip: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

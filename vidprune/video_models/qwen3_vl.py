@@ -61,6 +61,7 @@ def unit_times(times_s: list[float], frames_per_unit: int) -> list[float]:
 class Qwen3VLAdapter(VideoLLM):
     model_class_name = "Qwen3VLForConditionalGeneration"
     default_num_frames = 16  # 8 temporal patches; even, as the temporal patch pairs frames
+    sizes_frames_by_clip = True  # the processor's size limit is the whole clip's pixel total
 
     @classmethod
     def geometry_from_config(cls, config, *, keep_cls: bool, prune_pooled: bool) -> VisualGeometry:

@@ -74,6 +74,9 @@ def family_of_checkpoint(model: str) -> type["VideoLLM"]:
         model_type = cfg.get("model_type")
     elif os.path.exists(model):
         raise ModelLoadError(f"{model!r} is a file, not a checkpoint directory or hub id")
+    elif _names_a_local_path(model):  # refused now, not after the hub client's retries
+        raise ModelLoadError(f"checkpoint directory {model!r} does not exist; check the path "
+                             "(a hub id looks like org/name)")
     else:
         try:
             from transformers import AutoConfig
@@ -94,6 +97,15 @@ def family_of_model_type(model_type: str | None, model: str) -> type["VideoLLM"]
             f"{model!r} is a {model_type!r} checkpoint; vidprune supports {', '.join(list_families())}"
         )
     return _FAMILIES[model_type]
+
+
+def _names_a_local_path(model: str) -> bool:
+    """Whether ``model`` can only mean a local path: absolute, ``./``, ``../`` or ``~``, a trailing or
+    second separator (hub ids are ``name`` or ``org/name``), or a first component that is a folder here."""
+    if os.path.isabs(model) or model.startswith(("./", "../", "~", ".\\")) or model.endswith(("/", os.sep)):
+        return True
+    parts = model.replace(os.sep, "/").split("/")
+    return len(parts) > 2 or (len(parts) == 2 and os.path.isdir(parts[0]))
 
 
 def load_video_llm(name_or_path: str, **kwargs) -> VideoLLM:
