@@ -1,6 +1,7 @@
 """The ``vidprune`` command.
 
     vidprune ask VIDEO "What is the man holding?" --model llava-hf/LLaVA-NeXT-Video-7B-hf --budget 227
+    vidprune ask VIDEO "Who is there?" "What colour is the car?" --model M   # one prepared video, two answers
     vidprune ask --demo                      # offline: tiny random-weight model + generated video
     vidprune make-tiny-checkpoint DIR --family video_llava
     vidprune pruners
@@ -9,21 +10,26 @@
     vidprune --version
 
 User mistakes print one line on stderr (no traceback): exit code 2 for bad options or a
-bad model, 1 for an unreadable video.
+bad model (a command-line mistake names a near flag: "did you mean --budget?"), 1 for an
+unreadable video. Library output stays off unless ``--verbose``.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
+import logging
 import os
+import re
 import sys
 
 from .config import add_option_flags, options_from_args
 from .errors import ConfigError, VidpruneError
 
-__all__ = ["main", "build_parser", "add_pipeline_options", "options_from_args", "check_video_path"]
+__all__ = ["main", "build_parser", "CommandLineParser", "add_pipeline_options", "options_from_args",
+           "check_video_path"]
 
 DEMO_QUESTION = "What is moving in this video?"
 
@@ -38,6 +44,52 @@ def add_pipeline_options(p: argparse.ArgumentParser, *, exclude: tuple[str, ...]
     add_option_flags(p, exclude=exclude)
 
 
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse with one-line mistakes: ``PROG: error: WHAT (did you mean X?); `PROG --help` lists the options``.
+
+    Exit code 2, no usage block; an unknown flag or choice close to a real one is named ("did
+    you mean --budget?"). Subcommand parsers are made of this class too (``add_subparsers`` takes the
+    parent's class).
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extra = super().parse_known_args(args, namespace)
+        self._parsed = parsed  # which subcommand ran, for the suggestions of error()
+        return parsed, extra
+
+    def error(self, message: str):
+        prog, candidates = self.prog, self._option_strings()
+        if message.startswith("unrecognized arguments:"):
+            sub = self._chosen_subparser()
+            if sub is not None:
+                prog, candidates = sub.prog, sub._option_strings()
+            unknown = message.split(":", 1)[1].split()
+            flags = [tok.split("=", 1)[0] for tok in unknown if tok.startswith("-")]
+            if flags:
+                message = f"unknown option{'s' if len(flags) > 1 else ''} " + ", ".join(
+                    flag + "".join(f" (did you mean {near}?)" for near in
+                                   difflib.get_close_matches(flag, candidates, n=1, cutoff=0.6))
+                    for flag in flags)
+        else:
+            choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+            if choice:
+                allowed = re.findall(r"'([^']*)'", choice.group(2))
+                near = difflib.get_close_matches(choice.group(1), allowed, n=1, cutoff=0.5)
+                if near:
+                    message += f", did you mean {near[0]!r}?"
+        self.exit(2, f"{prog}: error: {message}; `{prog} --help` lists the options\n")
+
+    def _option_strings(self) -> list[str]:
+        return [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+
+    def _chosen_subparser(self) -> argparse.ArgumentParser | None:
+        command = getattr(getattr(self, "_parsed", None), "command", None)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+                return action.choices[command]
+        return None
+
+
 class _VersionAction(argparse.Action):
     """``--version``: print :func:`version_text` unwrapped (argparse's own action re-wraps it) and exit."""
 
@@ -50,47 +102,59 @@ class _VersionAction(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vidprune", description="Visual token pruning for video LLMs.")
+    parser = CommandLineParser(prog="vidprune", description="Visual token pruning for video LLMs.")
     parser.add_argument("--version", action=_VersionAction, help="print the versions of vidprune and its core libraries")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ask = sub.add_parser("ask", help="answer a question about a video", description="Answer a question about a video.")
+    ask = sub.add_parser("ask", help="answer questions about a video",
+                         description="Answer one or more questions about a video. Several questions share the "
+                                     "video's pruned token stream, and its prompt prefix is prefilled once.")
     ask.add_argument("video", nargs="?", help="video file")
-    ask.add_argument("question", nargs="?", help="the question")
+    ask.add_argument("questions", nargs="*", metavar="QUESTION",
+                     help="the question; several: one answer per line, in order (--json: a list of reports)")
     ask.add_argument("--json", action="store_true", help="print the whole report as JSON")
     ask.add_argument("--demo", action="store_true",
                      help="run offline on a tiny random-weight model and a generated video (answers are nonsense)")
     from .video_models.tiny import TINY_FAMILIES  # the families vidprune can build offline (the adapter registry's)
 
-    ask.add_argument("--demo-family", choices=TINY_FAMILIES, default="video_llava")
+    ask.add_argument("--demo-family", choices=TINY_FAMILIES, default="video_llava",
+                     help="the family of the tiny model --demo runs (default video_llava)")
     add_pipeline_options(ask)
 
     tiny = sub.add_parser("make-tiny-checkpoint", help="save a small random-weight checkpoint (for tests and demos)")
     tiny.add_argument("out", help="directory to write")
-    tiny.add_argument("--family", choices=TINY_FAMILIES, required=True)
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--family", choices=TINY_FAMILIES, required=True,
+                      help="which model family's classes, processor and vision geometry: " + ", ".join(TINY_FAMILIES))
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
 
-    sub.add_parser("pruners", help="list the registered per-frame pruners")
+    sub.add_parser("pruners", help="list the registered per-frame pruners, a line each (--pruner NAME)")
     presets = sub.add_parser("presets", help="list the shipped YAML presets, or print one",
                              description="List the presets that ship with vidprune (`--config NAME` takes the name), "
                                          "or print one preset's YAML to start your own file from.")
     presets.add_argument("name", nargs="?", help="print this preset's YAML")
     for module_name in _COMMAND_MODULES:
         importlib.import_module(module_name).add_command(sub)
+    for command in sub.choices.values():  # every subcommand: `vidprune ask ... --verbose`
+        command.add_argument("--verbose", action="store_true",
+                             help="let the libraries speak: transformers' loading bars and logs, Ray's warnings")
     return parser
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
+    from .config import check_pruner_runs, resolve_config
+    from .pipeline.build import build_stages
+    from .pipeline.segments import plan_video
     from .qa import VideoQA, check_question, summarize
 
     opts = options_from_args(args)
+    video, questions = args.video, list(args.questions)
     if args.demo:
         from .presets import load_preset
         from .samples import ensure_sample_video
         from .video_models.tiny import ensure_tiny_checkpoint
 
-        if args.video and not args.question:  # `vidprune ask --demo "question"`
-            args.question, args.video = args.video, None
+        if video and not os.path.exists(video):  # `vidprune ask --demo "question"`
+            questions, video = [video, *questions], None
         preset = load_preset(args.config) if args.config else {}  # a bad preset fails before the model is built
         print("demo: a tiny random-weight model; it runs the whole pipeline offline but ANSWERS NONSENSE.",
               file=sys.stderr)
@@ -99,21 +163,25 @@ def _cmd_ask(args: argparse.Namespace) -> int:
             opts.setdefault("budget", _demo_budget(args.demo_family, opts["model"]))
         if "max_new_tokens" not in preset:
             opts.setdefault("max_new_tokens", 16)
-        video = args.video or str(ensure_sample_video())
-        question = args.question or DEMO_QUESTION
-    else:
-        if not args.video or not args.question:
-            raise ConfigError("give a VIDEO and a QUESTION (or --demo to try it offline)")
-        video, question = args.video, args.question
-    check_question(question)
+        video = video or str(ensure_sample_video())
+        questions = questions or [DEMO_QUESTION]
+    elif not video or not questions:
+        raise ConfigError("give a VIDEO and a QUESTION (or --demo to try it offline)")
+    questions = [check_question(q) for q in questions]
     check_video_path(video)
-    qa = VideoQA.from_pretrained(config=args.config, **opts)
-    answer = qa.ask(video, question)
+    cfg, info = resolve_config(config=args.config, **opts)
+    check_pruner_runs(cfg, opts)
+    stages = build_stages(cfg, info)  # no weights: the frame plan is checked before the model loads
+    plan_video(stages.decode, stages.select, video)
+    qa = VideoQA.from_resolved(cfg, info)
+    answers = qa.answer(qa.prepare(video), questions)
     if args.json:
-        print(json.dumps(answer.report, indent=2))
+        reports = [a.report for a in answers]
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
     else:
-        print(answer.text)
-        print(summarize(answer.report), file=sys.stderr)
+        for a in answers:
+            print(a.text)
+        print(summarize(answers[0].report), file=sys.stderr)
     return 0
 
 
@@ -137,18 +205,28 @@ def _demo_budget(family: str, checkpoint: str) -> int:
 def check_video_path(video: str) -> None:
     """Fail fast (before any model loads) on a video path that cannot be a readable file."""
     from .errors import VideoDecodeError
+    from .pipeline.decode.byte_source import check_source, is_remote
 
+    if is_remote(video):  # s3://, gs://, https://: reachable, a file, its size known (one line otherwise)
+        check_source(video)
+        return
     if not os.path.exists(video):
         raise VideoDecodeError(f"cannot decode video {video!r}: the file does not exist; check the path")
     if os.path.isdir(video):
         raise VideoDecodeError(f"cannot decode video {video!r}: it is a directory; pass a video file")
 
 
-def _quiet_libraries() -> None:
-    """Keep library chatter (backend fallbacks, deprecations) out of the CLI's output."""
+def _quiet_libraries(verbose: bool = False) -> None:
+    """Keep library chatter (loading bars, backend fallbacks, deprecations, Ray's warnings) out of the CLI's
+    output unless ``--verbose``."""
+    if verbose:
+        return
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # "Loading weights", "Writing model shards"
+    # ray.init resets the "ray" logger's level; its children keep theirs (the token-authentication warning)
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
 
 
 def _cmd_make_tiny(args: argparse.Namespace) -> int:
@@ -160,9 +238,12 @@ def _cmd_make_tiny(args: argparse.Namespace) -> int:
 
 
 def _cmd_pruners(args: argparse.Namespace) -> int:
-    from .pruners import list_pruners
+    from .pruners import describe_pruner, list_pruners
 
-    print("\n".join(list_pruners()))
+    names = list_pruners()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:<{width}}  {describe_pruner(name)}")
     return 0
 
 
@@ -208,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func = getattr(args, "func", None) or _COMMANDS[args.command]
     try:
-        _quiet_libraries()
+        _quiet_libraries(getattr(args, "verbose", False))
         return func(args)
     except VidpruneError as exc:
         print(f"vidprune: error: {exc}", file=sys.stderr)

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import VidpruneConfig, resolve_config
-from .errors import ConfigError
+from .errors import ConfigError, VidpruneError
 from .pipeline.build import build_stages
 from .pipeline.report import answer_report
+from .pipeline.segments import IN_PROCESS_SEGMENT_FRAMES, prune_in_segments
 from .pipeline.stages import PrunedVideo
 from .video_models.base import VideoLLM
 from .video_models.checkpoint import CheckpointInfo
@@ -36,6 +37,15 @@ class Answer:
     text: str
     report: dict[str, Any]
     token_ids: list[int]  # the generated ids (prompt removed, stopped before EOS)
+    error: str | None = None  # ask_batch: why this item has no answer (one line; text "", report {})
+
+    @classmethod
+    def failed(cls, exc: BaseException) -> "Answer":
+        """An item that could not be answered: its error as one line, as ``vidprune job`` writes it."""
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if not isinstance(exc, VidpruneError):
+            text = f"{type(exc).__name__}: {text}"
+        return cls(text="", report={}, token_ids=[], error=text[:500])
 
 
 def check_question(question: Any) -> str:
@@ -72,6 +82,7 @@ class VideoQA:
         self.ivtp_schedule = self.config.ivtp()
         self.decode_stage, self.encode_stage = stages.decode, stages.encode
         self.select_stage, self.answer_stage = stages.select, stages.answer
+        self.progress: bool | None = None  # a progress bar while preparing a file: None = when stderr is a terminal
 
     # ----------------------------------------------------------------- build
     @staticmethod
@@ -92,15 +103,60 @@ class VideoQA:
                 ``device="cuda"``, ``dtype="bfloat16"``, ``frames=8``. ``budget=None`` with
                 ``dedup=False`` runs exactly the stock model.
         """
-        cfg, info = resolve_config(model, config, **options)
+        return cls.from_resolved(*resolve_config(model, config, **options))
+
+    @classmethod
+    def from_resolved(cls, cfg: VidpruneConfig, info: CheckpointInfo) -> "VideoQA":
+        """Load the model of options already resolved (:func:`~vidprune.config.resolve_config`'s pair)."""
         # the model's default schedule equals this VideoQA's (tests and old callers read llm.ivtp);
         # the answer stage hands its schedule to every generate call explicitly
         llm = info.family.from_pretrained(**cfg.section("model"), ivtp=cfg.ivtp())
         return cls(llm, cfg, info)
 
+    @classmethod
+    def from_model(cls, model: Any, processor: Any, *, config: str | os.PathLike | dict | None = None,
+                   **options: Any) -> "VideoQA":
+        """Wrap a model and processor you already loaded (any supported family) with pruning options.
+
+            model = LlavaNextVideoForConditionalGeneration.from_pretrained(path, dtype=torch.bfloat16).to("cuda")
+            qa = VideoQA.from_model(model, AutoProcessor.from_pretrained(path), budget=227)
+
+        The family and visual geometry come from ``model.config``; ``device`` and ``dtype`` are the
+        model's own (loading options, ``model``/``device``/``dtype``, are refused: cast or move the
+        model before wrapping it). ``options``: the pruning, frame, IVTP and generation options of
+        :meth:`from_pretrained`. The model is used as it is (put in eval mode), not copied.
+        """
+        loading = sorted(k for k in ("model", "device", "dtype") if options.get(k) is not None)
+        if loading:
+            raise ConfigError(f"{', '.join(loading)} describe loading a checkpoint, but this model is already loaded; "
+                              "move or cast it (model.to(...)) before VideoQA.from_model")
+        if not hasattr(model, "config") or not hasattr(processor, "tokenizer"):
+            raise ConfigError(f"VideoQA.from_model takes a transformers model and its processor, got a "
+                              f"{type(model).__name__} and a {type(processor).__name__}")
+        name = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", "") or "loaded model"
+        cfg, info = resolve_config(None, config, hf_config=model.config, **options)
+        param = next(model.parameters())
+        cfg = cfg.replace(model=str(name), device=str(param.device), dtype=str(param.dtype).replace("torch.", ""))
+        llm = info.family(model, processor, str(name), keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled,
+                          ivtp=cfg.ivtp())
+        return cls(llm, cfg, info)
+
     # -------------------------------------------------------------- run
     def prepare(self, video: Any) -> PrunedVideo:
-        """Decode, encode and prune one video (path or (T, H, W, 3) uint8 array): its token stream."""
+        """Decode, encode and prune one video (path or (T, H, W, 3) uint8 array): its token stream.
+
+        A file goes through in time segments (:func:`~vidprune.pipeline.segments.prune_in_segments`):
+        its frame plan is checked against the options before any frame is decoded, and memory holds
+        one segment's frames at a time however long the video (a progress bar on a terminal).
+        """
+        if isinstance(video, (str, bytes)) or hasattr(video, "__fspath__"):
+            segment = (None if self.llm.sizes_frames_by_clip  # Qwen3-VL: the processor needs the whole clip
+                       else max(IN_PROCESS_SEGMENT_FRAMES, self.config.encoder_batch_size or 0))
+            return prune_in_segments(self.decode_stage, self.encode_stage, self.select_stage, video,
+                                     segment_frames=segment, progress=self.progress)
+        return self._prepare_whole(video)  # an array (or what DecodeStage refuses, by name)
+
+    def _prepare_whole(self, video: Any) -> PrunedVideo:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         clip = self.decode_stage.process(video)
@@ -122,7 +178,8 @@ class VideoQA:
         items = [(v, check_question(q)) for v, q in items]
         gen = {k: v for k, v in generate_overrides.items() if v is not None}
         outs = self.answer_stage.process_batch(items, **gen)
-        return [Answer(text=o["text"], report=self._report(v, q, o), token_ids=o["token_ids"]) for (v, q), o in zip(items, outs)]
+        return [Answer(text=o["text"], report=self._report(v, q, o, gen), token_ids=o["token_ids"])
+                for (v, q), o in zip(items, outs)]
 
     def ask(self, video: Any, question: str, **generate_overrides: Any) -> Answer:
         """Answer one question about one video. ``generate_overrides``: e.g. ``max_new_tokens=64``."""
@@ -130,26 +187,67 @@ class VideoQA:
         return self.answer_batch([(self.prepare(video), question)], **generate_overrides)[0]
 
     def ask_batch(self, items: list[tuple[Any, str]], **generate_overrides: Any) -> list[Answer]:
-        """Answer several (video, question) pairs in one generate batch (kept counts may differ)."""
-        for _, q in items:
-            check_question(q)
-        prepared = [(self.prepare(v), q) for v, q in items]
-        return self.answer_batch(prepared, **generate_overrides)
+        """Answer several (video, question) pairs in one generate batch (kept counts may differ).
+
+        One answer per item, in order. An item that fails (a video that cannot be read, a refused
+        question) does not fail the batch: its :class:`Answer` has ``error`` set (one line, as
+        ``vidprune job`` writes an error line), empty ``text`` and ``report``; check ``error``. If
+        the generate call itself fails, every item of the batch gets that error.
+        """
+        answers: list[Answer | None] = [None] * len(items)
+        prepared, which = [], []
+        for n, (video, question) in enumerate(items):
+            try:
+                question = check_question(question)
+                prepared.append((self.prepare(video), question))
+                which.append(n)
+            except Exception as exc:  # noqa: BLE001 - the item's error, as the job records it
+                answers[n] = Answer.failed(exc)
+        if prepared:
+            try:
+                for n, answer in zip(which, self.answer_batch(prepared, **generate_overrides)):
+                    answers[n] = answer
+            except Exception as exc:  # noqa: BLE001 - one failed generate batch fails its items only
+                for n in which:
+                    answers[n] = Answer.failed(exc)
+        return answers  # type: ignore[return-value]
 
     # ------------------------------------------------------------ report
-    def _report(self, video: PrunedVideo, question: str, out: dict[str, Any]) -> dict[str, Any]:
-        return answer_report(self.config, self.llm, self.select_stage, self.ivtp_schedule, video, question, out)
+    def _report(self, video: PrunedVideo, question: str, out: dict[str, Any],
+                generate: dict[str, Any] | None = None) -> dict[str, Any]:
+        return answer_report(self.config, self.llm, self.select_stage, self.ivtp_schedule, video, question, out,
+                             generate)
 
 
 def summarize(report: dict[str, Any]) -> str:
-    """The short pruning report the CLI prints under the answer."""
-    tok, fl = report["tokens"], report["flops"]
+    """The short pruning report the CLI prints under the answer; each number says what it counts.
+
+    ``frames``: frames sampled (and the temporal patches they pair into, for Qwen2.5-VL);
+    ``proposed by <pruner>``: tokens the per-frame pruner proposed, each frame up to its share
+    plus what dedup left unused in earlier frames (so it may exceed the budget); ``after dedup``:
+    proposals that do not repeat an earlier frame, the tokens kept; without a budget no
+    pruner runs and the line says so.
+    """
+    tok, fl, opts = report["tokens"], report["flops"], report["options"]
+    units = len(report["frames"])
+    sampled = report.get("sampled_frames") or units
+    frames = f"frames: {sampled}" + (f" ({units} temporal patches of {-(-sampled // units)})" if units != sampled else "")
+    full = f"{tok['full']} full" if tok["full"] is not None else "all"
+    if tok["budget"] is None:
+        flow = f"{full}, no budget: no pruner ran"
+    else:
+        flow = f"{full} -> {tok['after_vispruner']} proposed by {opts['pruner']}"
+    if opts.get("dedup", True):
+        flow += f" -> {tok['after_dedup']} after dedup"
+    flow += f" -> {tok['to_llm']} to the LLM" + (f" (budget {tok['budget']})" if tok["budget"] is not None else "")
     lines = [
-        f"frames: {len(report['frames'])}  visual tokens: {tok['full']} full -> {tok['after_vispruner']} after "
-        f"{report['options']['pruner']} -> {tok['after_dedup']} after dedup -> {tok['to_llm']} to the LLM"
-        + (f" (budget {tok['budget']})" if tok["budget"] is not None else ""),
+        f"{frames}  visual tokens: {flow}",
         f"LLM prefill: {fl['llm_prefill_pruned'] / 1e12:.3g} of {fl['llm_prefill_full'] / 1e12:.3g} TFLOPs "
-        f"({100 * fl['llm_ratio']:.1f}%)",
+        f"({_percent(fl['llm_ratio'])})",
+        f"vision tower: ran on {report['encoder']['encoded']} of {report['encoder']['units']} "
+        f"{'frames' if report['encoder']['frames_per_unit'] == 1 else 'temporal patches'}, "
+        f"{report['encoder']['reused']} reused the features of an identical"
+        + (" or near-identical" if report["options"].get("skip_static") else "") + " earlier one",
         "time: " + ", ".join(f"{k} {v:.2f}s" for k, v in report["timings_s"].items()),
     ]
     if report.get("ivtp"):
@@ -159,4 +257,10 @@ def summarize(report: dict[str, Any]) -> str:
                         "reach the last layers")
     lines += [f"warning: {w}" for w in report["warnings"]]
     return "\n".join(lines)
+
+
+def _percent(ratio: float) -> str:
+    """A share as a percentage that never rounds a small one to 0.0% (0.0014% stays 0.0014%)."""
+    pct = 100 * ratio
+    return f"{pct:.1f}%" if pct >= 1 or pct == 0 else f"{pct:.2g}%"
 

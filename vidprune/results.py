@@ -23,7 +23,10 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["ResultsFile", "job_record_key"]
+__all__ = ["ResultsFile", "job_record_key", "check_run_options", "RESUMABLE_CHANGES"]
+
+# Options that say where and in what chunks the work runs, not what is computed: a resume may change them.
+RESUMABLE_CHANGES = ("device", "encoder_batch_size", "reuse_prefix")
 
 
 def job_record_key(record: dict[str, Any]) -> tuple[str, int]:
@@ -143,6 +146,36 @@ class ResultsFile:
 
     def __del__(self) -> None:  # an abandoned store must not keep its file locked
         self.close()
+
+
+def check_run_options(run_path: str | os.PathLike, run_info: dict[str, Any], *, has_answers: bool,
+                      results: str) -> None:
+    """Refuse to resume a results file written with other options; then record ``run_info`` at ``run_path``.
+
+    ``run_info["options"]`` (a dict of what decides the answers) is compared with the one recorded
+    by the run before (``run_path``, JSON). Only a results file that holds answers is protected:
+    a run that failed before answering anything (it wrote ``run_path`` alone) does not block
+    the corrected rerun. ``results``: how to name the results in the message (a file or folder).
+
+    Raises:
+        ConfigError: one line naming every option that differs, with its value before and now.
+    """
+    run_path = Path(run_path)
+    if has_answers and run_path.exists():
+        try:
+            before = json.loads(run_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            before = {}
+        old = before.get("options", {}) if isinstance(before, dict) else {}
+        new = run_info.get("options", {})
+        differ = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        if old and differ:
+            what = ", ".join(f"{k}: {old.get(k)!r} before, {new.get(k)!r} now" for k in differ)
+            raise ConfigError(f"{results} holds answers of a run with other options ({what}); "
+                              "use another --out, or the same options to resume")
+    tmp = run_path.with_name(f".{run_path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(run_info, indent=2) + "\n")
+    os.replace(tmp, run_path)
 
 
 def _fsync_dir(path: Path) -> None:

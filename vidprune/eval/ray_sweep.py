@@ -14,7 +14,6 @@ the pipeline's decoders take whole video files. They are refused before Ray star
 
 from __future__ import annotations
 
-import math
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +47,7 @@ def answer_on_ray(runner: "SweepRunner", work: list[tuple["BenchmarkData", "Samp
     check_ray_samples(work)
     first = runner.arm_configs[runner.arms[0].label]
     started_here = not ray.is_initialized()
-    connect_ray(address, node_ip_address=node_ip_address,
-                num_cpus=max(os.cpu_count() or 1, math.ceil(RayPipelineOptions().resolved(first).required()["CPU"])))
+    connect_ray(address, node_ip_address=node_ip_address)  # a local Ray gets the CPUs this machine has
     explicit_len = runner.settings.options.get("max_new_tokens")
     arms_by_label = {a.label: a for a in runner.arms}
     todo = sum(len(arms) for _, _, arms in work)

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..config import VidpruneConfig
 from ..errors import ConfigError, VideoDecodeError
-from ..results import ResultsFile
+from ..results import RESUMABLE_CHANGES, ResultsFile, check_run_options
 from .benchmarks import BenchmarkData, Sample, load_benchmark, MULTIPLE_CHOICE
 from .methods import FULL, Arm, TokenCounts, plan_arms
 from .scoring import JudgeClient, JudgeError, Judgment, contains_answer, exact_match, extract_option_letter
@@ -57,7 +57,7 @@ PREFLIGHT_QUESTION = "Is this judge endpoint reachable? (a vidprune preflight ch
 # Options that differ between arms by design; everything else must match on a resume.
 _PER_ARM_OPTIONS = ("budget", "pruner", "dedup") + IVTP_KEYS
 # Options that say where and in what chunks the work runs, not what is computed: a resume may change them.
-_PLACEMENT_OPTIONS = ("device", "encoder_batch_size", "reuse_prefix")  # change where/how, not what is computed
+_PLACEMENT_OPTIONS = RESUMABLE_CHANGES
 
 
 def record_key(benchmark: str, arm_label: str, sample_id: str) -> str:
@@ -100,23 +100,13 @@ class ResultStore:
             self.file.open()
 
     def check_run(self, run_info: dict[str, Any]) -> None:
-        """Refuse to mix answers of a run with different pipeline options into one folder; record the run."""
+        """Refuse to mix answers of a run with different pipeline options into one folder; record the run.
+
+        A folder without answers (a run refused or failed before its first answer left only
+        ``run.json``) takes the new options.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
-        if self.run_path.exists():
-            try:
-                before = json.loads(self.run_path.read_text())
-            except json.JSONDecodeError:
-                before = {}
-            old, new = before.get("options", {}), run_info["options"]
-            differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            if before and differ:
-                raise ConfigError(
-                    f"{self.dir} holds answers of a run with other options ({', '.join(differ)} differ); "
-                    "use another --out, or the same options to resume"
-                )
-        tmp = self.run_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(run_info, indent=2))
-        os.replace(tmp, self.run_path)
+        check_run_options(self.run_path, run_info, has_answers=bool(self.load()), results=str(self.dir))
 
     def append(self, record: dict[str, Any]) -> None:
         self._open_for_writing()

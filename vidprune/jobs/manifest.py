@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..pipeline.decode.byte_source import is_remote
 from ..qa import check_question
 
 __all__ = ["JobItem", "read_manifest", "format_question", "MANIFEST_KEYS", "OPTION_LETTERS", "MC_INSTRUCTION"]
@@ -40,7 +41,7 @@ class JobItem:
     index: int  # position of the question in its manifest line
     question: str  # as given
     prompt: str  # what the model is asked (the question with its lettered options)
-    video: str  # absolute or as given if it was absolute
+    video: str  # absolute and normalized (os.path.normpath)
     options: tuple[str, ...] | None
     line: int
 
@@ -133,7 +134,9 @@ def read_manifest(path: str | os.PathLike) -> list[JobItem]:
         if line_problems:
             problems += [f"line {line_no}: {p}" for p in line_problems]
             continue
-        video_path = video if os.path.isabs(video) else str(base / video)
+        # normalized: "./a.mp4", "x/../a.mp4" and "a.mp4" are one file (one token stream) and one path in the
+        # results; s3://, https:// URLs as given
+        video_path = video if is_remote(video) else os.path.normpath(video if os.path.isabs(video) else str(base / video))
         for qi, q in enumerate(checked):
             items.append(JobItem(id=item_id, index=qi, question=q, prompt=format_question(q, options),
                                  video=video_path, options=options, line=line_no))

@@ -7,7 +7,8 @@ Results (JSON Lines, one line per question, in the order they finish)::
 
 An item is ``(id, question_index)``. Rerunning the same command skips every item already
 in the results (:class:`~vidprune.results.ResultsFile`), so each item ends up there
-exactly once. An item whose video failed to decode gets an error line and counts as done
+exactly once; a rerun with options that change the answers (``<out>.run.json`` records
+them) is refused rather than mixing two settings in one file. An item whose video failed to decode gets an error line and counts as done
 (``retry_errors`` runs those again). A video's token stream is computed once for all its
 questions (lines that name the same file share it).
 """
@@ -15,7 +16,6 @@ questions (lines that name the same file share it).
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -25,14 +25,16 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..pipeline.ray import RayPipelineOptions, RayVideoPipeline, VideoRequest, connect_ray
-from ..config import resolve_config
+from ..config import check_pruner_runs, resolve_config
 from .manifest import JobItem, read_manifest
-from ..results import ResultsFile
+from ..results import RESUMABLE_CHANGES, ResultsFile, check_run_options
 
-__all__ = ["JobSummary", "run_job", "check_results_match", "layout_path", "LAYOUT_SUFFIX"]
+__all__ = ["JobSummary", "run_job", "check_results_match", "layout_path", "run_path", "LAYOUT_SUFFIX", "RUN_SUFFIX"]
 
 # The layout sidecar: ``answers.jsonl`` → ``answers.jsonl.layout.json``.
 LAYOUT_SUFFIX = ".layout.json"
+# The options sidecar: ``answers.jsonl`` → ``answers.jsonl.run.json`` (a resume with other options is refused).
+RUN_SUFFIX = ".run.json"
 
 
 @dataclass
@@ -85,11 +87,16 @@ def run_job(manifest: str | os.PathLike, out: str | os.PathLike, options: dict[s
 
     items = read_manifest(manifest)
     cfg, _checkpoint = resolve_config(config=config, **options)
+    check_pruner_runs(cfg, options)
     ray_opts = ray_options or RayPipelineOptions()
-    fixed = ray_opts.resolved(cfg)  # checked whole now; the flags left out are sized once Ray is up
+    ray_opts.resolved(cfg)  # checked whole now; the flags left out are sized once Ray is up
     results = ResultsFile(out).open()
     try:
         check_results_match(results, items)
+        model = os.path.abspath(cfg.model) if os.path.isdir(cfg.model) else cfg.model  # ./ckpt == /abs/ckpt
+        check_run_options(run_path(out), {"model": model, "options": {
+            **{k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}, "model": model}},
+            has_answers=any("error" not in r for r in results.records.values()), results=repr(str(out)))
         if retry_errors:
             results.drop_errors()
         pending = [it for it in items if it.key not in results.records]
@@ -105,8 +112,7 @@ def run_job(manifest: str | os.PathLike, out: str | os.PathLike, options: dict[s
         import ray
 
         started_here = not ray.is_initialized()
-        connect_ray(address, node_ip_address=node_ip_address,
-                    num_cpus=max(os.cpu_count() or 1, math.ceil(fixed.required()["CPU"])))
+        connect_ray(address, node_ip_address=node_ip_address)  # a local Ray gets the CPUs this machine has
         pipe = None
         try:
             pipe = RayVideoPipeline(cfg, ray_opts)
@@ -114,7 +120,8 @@ def run_job(manifest: str | os.PathLike, out: str | os.PathLike, options: dict[s
             requests = [VideoRequest(video, video, [it.prompt for it in group]) for video, group in by_video.items()]
             bar = _progress_bar(len(items), summary.already_done, enabled=progress)
             try:
-                for result in pipe.run(requests):
+                results_so_far = pipe.run(requests)
+                for result in _stop_if_the_cluster_shrank(results_so_far, cfg, ray_opts, summary, out):
                     group = by_video[result.key]
                     if result.error is not None:
                         records = [_record(it, error=result.error, attempts=result.attempts) for it in group]
@@ -146,10 +153,39 @@ def run_job(manifest: str | os.PathLike, out: str | os.PathLike, options: dict[s
         results.close()
 
 
+def _stop_if_the_cluster_shrank(results, cfg, ray_opts, summary: JobSummary, out):
+    """``results`` as they come; a :class:`ClusterShrunk` becomes one line that also says what was kept and
+    the rerun that fits the cluster as it is now (the same command, its layout sized or refused as at start)."""
+    from ..pipeline.ray.placement import ClusterShrunk
+
+    try:
+        yield from results
+    except ClusterShrunk as exc:
+        try:
+            rerun = ray_opts.resolved(cfg, exc.cluster)
+            fix = f"rerun the same command to resume on it (its layout would be {rerun.layout()})"
+        except ConfigError as refused:  # the same flags do not fit: what the rerun's own check says, and what fits
+            fix = f"a rerun with the same flags would stop with: {refused}"
+            try:
+                sized = type(ray_opts)(max_videos_in_flight=ray_opts.max_videos_in_flight,
+                                       questions_per_call=ray_opts.questions_per_call).resolved(cfg, exc.cluster)
+                fix += f"; without the layout flags it is sized for the cluster: {sized.layout()}"
+            except ConfigError:
+                pass
+        raise ConfigError(f"{exc}; stopped, the {summary.answered + summary.failed} results written so far are "
+                          f"kept in {str(out)!r}; {fix}") from None
+
+
 def layout_path(out: str | os.PathLike) -> Path:
     """The sidecar file beside the results that records the layout of the job's last run."""
     out = Path(out)
     return out.with_name(out.name + LAYOUT_SUFFIX)
+
+
+def run_path(out: str | os.PathLike) -> Path:
+    """The sidecar file beside the results that records the options their answers were computed with."""
+    out = Path(out)
+    return out.with_name(out.name + RUN_SUFFIX)
 
 
 def write_layout(out: str | os.PathLike, pipe: RayVideoPipeline) -> None:

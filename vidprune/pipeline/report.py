@@ -5,9 +5,10 @@ One implementation for every path that answers (``VideoQA`` in-process, the Ray 
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
-from ..flops import layer_flops, llm_flops
+from ..flops import llm_flops, llm_layer_flops
 from .stages import PrunedVideo
 
 if TYPE_CHECKING:
@@ -15,15 +16,29 @@ if TYPE_CHECKING:
     from ..video_models.base import VideoLLM
     from .stages import SelectStage
 
-__all__ = ["answer_report"]
+__all__ = ["answer_report", "encoder_counts", "reproducing_options", "library_versions"]
+
+
+def encoder_counts(video: PrunedVideo, frames_per_unit: int = 1) -> dict[str, int]:
+    """How many units (frames; Qwen2.5-VL: temporal patches) ran the vision tower and how many reused features.
+
+    ``{"units", "encoded", "reused", "frames_per_unit"}``; a unit not checked for reuse counts as encoded.
+    """
+    reused = sum(1 for f in video.frames if f.get("reused"))
+    return {"units": len(video.frames), "encoded": len(video.frames) - reused, "reused": reused,
+            "frames_per_unit": frames_per_unit}
 
 
 def answer_report(cfg: "VidpruneConfig", llm: "VideoLLM", select_stage: "SelectStage", ivtp_schedule: Any,
-                  video: PrunedVideo, question: str, out: dict[str, Any]) -> dict[str, Any]:
+                  video: PrunedVideo, question: str, out: dict[str, Any],
+                  generate: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report of one answer (the CLI's ``--json``): tokens at each stage, FLOPs, timings, options.
 
-    ``out`` is one item of :meth:`AnswerStage.answer_tokens`; the in-process ``VideoQA`` and the Ray
-    answer actor both build their reports here.
+    ``out`` is one item of :meth:`AnswerStage.answer_tokens`; ``generate`` the ``generate()``
+    overrides of the call (they win over ``cfg``'s in ``options``). The in-process ``VideoQA``
+    and the Ray answer actor both build their reports here. ``options`` holds what reproduces
+    the answer: model, device and dtype that ran, sampling of frames, selection, IVTP,
+    generation, and the versions of vidprune and the libraries that compute it.
     """
     text_tokens = out["prompt_tokens"] - video.tokens_count["to_llm"]
     full_seq = text_tokens + video.tokens_count["full"]
@@ -31,8 +46,7 @@ def answer_report(cfg: "VidpruneConfig", llm: "VideoLLM", select_stage: "SelectS
     flops_full = llm_flops(llm.config.text_config, full_seq)
     ivtp_info = out.get("ivtp")
     if ivtp_info is not None:
-        per_layer = [layer_flops(n, llm.config.text_config.hidden_size, llm.config.text_config.intermediate_size)
-                     for n in ivtp_info["tokens_per_layer"]]
+        per_layer = [llm_layer_flops(llm.config.text_config, i, n) for i, n in enumerate(ivtp_info["tokens_per_layer"])]
         flops_pruned = sum(per_layer)
         schedule = ivtp_schedule
         ivtp_report = {"schedule": [list(st) for st in schedule.stages],
@@ -47,7 +61,7 @@ def answer_report(cfg: "VidpruneConfig", llm: "VideoLLM", select_stage: "SelectS
     return {
         "answer": out["text"],
         "question": question,
-        "model": llm.name_or_path,
+        "model": _normalized(llm.name_or_path),
         "family": llm.model_type,
         "frames": video.frames,
         "sampled_frames": video.sampled_frames or len(video.frames),
@@ -59,12 +73,52 @@ def answer_report(cfg: "VidpruneConfig", llm: "VideoLLM", select_stage: "SelectS
             "vision_tower": llm.tower_flops(llm.config, num_frames,
                                             grid=None if video.layout is None else video.layout["grid"]),
         },
+        "encoder": encoder_counts(video, llm.geometry.frames_per_unit),
         "timings_s": {**{k: round(v, 4) for k, v in video.timings_s.items()}, "generate": round(out["generate_s"], 4)},
         "decode": video.decode,
         "ivtp": ivtp_report,
         "warnings": video.warnings,
-        "options": {"pruner": select_stage.pruner.name,
-                    **{k: getattr(cfg, k) for k in ("budget", "important_ratio", "dedup", "dedup_threshold",
-                                                 "dedup_reference", "keep_cls", "prune_pooled", "ivtp_layer",
-                                                 "ivtp_keep", "ivtp_schedule", "ivtp_fusion")}},
+        "options": reproducing_options(cfg, llm, select_stage, generate),
     }
+
+
+# Options that decide the answer, in the report's ``options`` (besides model, device, dtype, pruner, versions).
+_REPORTED_OPTIONS = ("frames", "fps", "max_frames", "decode_backend", "budget", "important_ratio", "dedup",
+                     "dedup_threshold", "dedup_reference", "dedup_window", "keep_cls", "prune_pooled", "seed",
+                     "ivtp_layer", "ivtp_keep", "ivtp_schedule", "ivtp_fusion", "max_new_tokens", "do_sample",
+                     "temperature", "top_p", "sample_seed", "reuse_frames", "skip_static", "skip_static_threshold")
+_VERSIONED = ("vidprune", "torch", "transformers", "av")
+
+
+def reproducing_options(cfg: "VidpruneConfig", llm: "VideoLLM", select_stage: "SelectStage",
+                        generate: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What reproduces an answer: the model, the device and dtype it ran in, the pruner that ran
+    (``none`` without a budget), every option that changes the tokens or the ids, the ``generate``
+    overrides of the call, and the library versions."""
+    options: dict[str, Any] = {"model": _normalized(llm.name_or_path), "device": str(llm.device),
+                               "dtype": str(llm.dtype).removeprefix("torch."), "pruner": select_stage.pruner.name}
+    options.update({k: getattr(cfg, k) for k in _REPORTED_OPTIONS})
+    options.update({k: v for k, v in (generate or {}).items() if k in _REPORTED_OPTIONS and v is not None})
+    options["versions"] = library_versions()
+    return options
+
+
+def _normalized(model: str) -> str:
+    """A local checkpoint directory as an absolute, normalized path; a hub id as given."""
+    import os
+
+    return os.path.abspath(model) if os.path.isdir(model) else model
+
+
+@functools.lru_cache(maxsize=1)
+def library_versions() -> dict[str, str]:
+    """The installed versions of vidprune, torch, transformers and PyAV."""
+    from importlib import metadata
+
+    versions = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

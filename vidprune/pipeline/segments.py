@@ -15,12 +15,15 @@ actors:
   decodes its segments in one forward pass, seeking past the other lanes' segments.
 
 The select side (``VideoSelection`` in ``stages.py``) takes the segments in temporal
-order. Shapes: B frames in a segment.
+order. :func:`prune_in_segments` runs the same segments in-process, one after the other
+(``VideoQA.prepare``): a long video is never held whole. Shapes: B frames in a segment.
 """
 
 from __future__ import annotations
 
+import sys
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +33,8 @@ import numpy as np
 from ..validators import check_positive_int
 from ..video_models.datatypes import EncodedFrames
 from .decode import DecodedClip, FramePlan, FrameSampling, SampledFrames, VideoReader
-from .stages import DecodeStage
+from ..errors import VideoDecodeError
+from .stages import DecodeStage, EncodeStage, PrunedVideo, SelectStage, VideoSelection
 
 __all__ = [
     "FramePlan",
@@ -40,7 +44,17 @@ __all__ = [
     "split_segments",
     "batches_from_clip",
     "SegmentDecoder",
+    "plan_video",
+    "prune_in_segments",
+    "IN_PROCESS_SEGMENT_FRAMES",
 ]
+
+# Frames per segment of the in-process path: at most this many decoded frames (and their
+# preprocessed pixels) are held at once. The families' default frame counts (8 to 32) fit in
+# one segment, so a default run encodes exactly as one whole-clip call would.
+IN_PROCESS_SEGMENT_FRAMES = 32
+# Seconds of work before the in-process progress bar shows (on a terminal only).
+PROGRESS_DELAY_S = 2.0
 
 # Open frame streams one decoder keeps between calls (one per video lane in flight);
 # the least recently used is closed beyond this.
@@ -210,3 +224,90 @@ class SegmentDecoder:
     def close(self) -> None:
         for key in list(self._streams):
             self._close(key)
+
+
+def plan_video(decode: DecodeStage, select: SelectStage, video: Any) -> FramePlan:
+    """The frames ``decode`` samples from the file ``video`` and the token plan they give, checked.
+
+    Reads the frame table only (no pixels, no model): a budget the sampled frames cannot
+    hold (Video-LLaVA's one [CLS] per frame at ``--fps``) is refused before any decoding.
+
+    Raises:
+        VideoDecodeError: the file cannot be opened, has no video stream or no frames.
+        ConfigError: the options cannot hold this video's frames (one line).
+    """
+    plan = plan_frames(decode, video)
+    if not plan.indices:
+        raise VideoDecodeError(f"cannot decode video {video!r}: it has no frames; re-encode it with ffmpeg")
+    VideoSelection(select, len(plan))  # plan_tokens: the budget against the tokens kept outside pruning
+    return plan
+
+
+def prune_in_segments(decode: DecodeStage, encode: EncodeStage, select: SelectStage, video: Any, *,
+                      segment_frames: int | None = IN_PROCESS_SEGMENT_FRAMES,
+                      progress: bool | None = None) -> PrunedVideo:
+    """Decode, encode and select a video file segment by segment, in temporal order (in-process).
+
+    The same steps as the Ray pipeline's (``SegmentDecoder`` → ``EncodeStage`` →
+    ``VideoSelection``), one segment after the other: memory holds one segment's frames and
+    features plus the kept tokens, however long the video. ``segment_frames`` is rounded up
+    to whole pruning units (Qwen2.5-VL: 2 frames); None: the whole video in one segment
+    (a processor that sizes frames from the whole clip, Qwen3-VL). Where decoding disagrees with
+    the frame table the clip is decoded whole (``DecodeStage.process``) and then encoded in segments.
+    ``progress``: a tqdm bar over the frames (None: when stderr is a terminal; it shows after
+    ``PROGRESS_DELAY_S``).
+
+    Returns the :class:`PrunedVideo` with ``timings_s`` (decode, encode, select).
+    """
+    per_unit = select.geometry.frames_per_unit
+    plan = plan_video(decode, select, video)
+    segment_frames = -(-check_positive_int("segment_frames", segment_frames or len(plan)) // per_unit) * per_unit
+    timings = {"decode": 0.0, "encode": 0.0}
+    decoder = SegmentDecoder(decode)
+    bar = _progress_bar(len(plan), progress)
+    try:
+        selection = VideoSelection(select, len(plan))
+        key = uuid.uuid4().hex
+        try:
+            for seq in range(len(split_segments(len(plan), segment_frames))):
+                batch = decoder.decode(video, plan, seq, segment_frames, 1, key)
+                _encode_and_add(encode, selection, batch, timings, bar)
+            decode_info = {"backend": plan.backend, "num_stream_frames": plan.num_stream_frames}
+            warnings = list(plan.reader_warnings) + list(plan.notes)
+        except PlanChanged:  # the frame table was wrong: decode the clip whole, as read_video corrects it
+            decoder.close()
+            start = time.perf_counter()
+            clip = decode.process(video)
+            timings = {"decode": time.perf_counter() - start, "encode": 0.0}
+            bar.reset(total=len(clip.indices))
+            selection = VideoSelection(select, len(clip.indices))
+            whole = segment_frames >= len(plan)  # one segment asked for: keep the clip in one
+            for batch in batches_from_clip(clip, len(clip.indices) if whole else segment_frames):
+                _encode_and_add(encode, selection, batch, timings, bar)
+            decode_info = {"backend": clip.backend, "num_stream_frames": clip.num_stream_frames}
+            warnings = list(clip.warnings)
+    finally:
+        decoder.close()
+        bar.close()
+    pruned = selection.finish(decode_info, warnings)
+    pruned.timings_s = {**timings, "select": selection.seconds}
+    return pruned
+
+
+def _encode_and_add(encode: EncodeStage, selection: VideoSelection, batch: FrameBatch, timings: dict[str, float],
+                    bar) -> None:
+    timings["decode"] += batch.timings_s.get("decode", 0.0)
+    start = time.perf_counter()
+    encoded = encode.process(batch.frames, batch.times_s)
+    timings["encode"] += time.perf_counter() - start
+    selection.add(encoded, batch.indices, batch.times_s)
+    bar.update(len(batch))
+
+
+def _progress_bar(total: int, enabled: bool | None):
+    from tqdm import tqdm
+
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return tqdm(total=total, unit="frame", desc="vidprune", file=sys.stderr, disable=not enabled,
+                delay=PROGRESS_DELAY_S, dynamic_ncols=True, leave=False)

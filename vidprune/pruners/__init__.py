@@ -10,7 +10,8 @@
 Importing this package registers the built-in pruners (none, random, uniform, vispruner).
 """
 
-from .registry import Pruner, check_pruner_grid, create_pruner, list_pruners, pruner_from_options, register_pruner
+from .registry import (Pruner, check_pruner_grid, create_pruner, describe_pruner, list_pruners, pruner_from_options,
+                       register_pruner)
 from .vispruner import MAX_DROP_PER_ROUND, VisPrunerPruner, vispruner_select
 from .baselines import NoPruner, RandomPruner, UniformPruner, uniform_grid_indices
 from .dedup import DEDUP_REFERENCES, KEPT_ANY_MAX_FRAMES, CrossFrameDedup
@@ -21,6 +22,7 @@ __all__ = [
     "register_pruner",
     "create_pruner",
     "list_pruners",
+    "describe_pruner",
     "pruner_from_options",
     "check_pruner_grid",
     "vispruner_select",

@@ -42,6 +42,7 @@ class RandomPruner:
 
     name: ClassVar[str]
     respects_budget: ClassVar[bool] = True
+    summary: ClassVar[str] = "baseline: tokens drawn at random per frame; --seed"
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
@@ -118,6 +119,7 @@ class UniformPruner:
 
     name: ClassVar[str]
     respects_budget: ClassVar[bool] = True
+    summary: ClassVar[str] = "baseline: tokens spread evenly over the frame's grid, content ignored"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", _check_grid(self.grid))
@@ -151,6 +153,7 @@ class NoPruner:
 
     name: ClassVar[str]
     respects_budget: ClassVar[bool] = False
+    summary: ClassVar[str] = "keeps every token (pruning off; takes no --budget)"
 
     def __call__(self, cls_attn: torch.Tensor, features: torch.Tensor, budget: int | None = None) -> torch.Tensor:
         attn, _, single = batch_inputs(cls_attn, features)  # (B, N)

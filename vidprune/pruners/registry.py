@@ -27,7 +27,8 @@ import torch
 from vidprune.errors import ConfigError
 from vidprune.validators import check_positive_int
 
-__all__ = ["Pruner", "register_pruner", "create_pruner", "list_pruners", "pruner_from_options", "check_pruner_grid"]
+__all__ = ["Pruner", "register_pruner", "create_pruner", "list_pruners", "describe_pruner", "pruner_from_options",
+           "check_pruner_grid"]
 
 
 @runtime_checkable
@@ -81,6 +82,15 @@ def list_pruners(pattern: str | None = None) -> list[str]:
     if pattern is not None:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
     return names
+
+
+def describe_pruner(name: str) -> str:
+    """One line about the pruner registered as ``name``: its ``summary``, else its docstring's first line."""
+    factory = _PRUNERS.get(name)
+    if factory is None:
+        raise ConfigError(f"Unknown pruner {name!r}. Available: {', '.join(list_pruners())}")
+    summary = getattr(factory, "summary", None) or (factory.__doc__ or "").strip().split("\n")[0]
+    return summary
 
 
 def create_pruner(name: str, **kwargs) -> Pruner:

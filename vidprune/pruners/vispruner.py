@@ -140,6 +140,8 @@ class VisPrunerPruner:
 
     name: ClassVar[str]
     respects_budget: ClassVar[bool] = True
+    summary: ClassVar[str] = ("VisPruner (default): the tokens the [CLS] attends to most, then diverse tokens "
+                              "by similarity; --important-ratio")
 
     def __post_init__(self) -> None:
         _check_ratio(self.important_ratio)

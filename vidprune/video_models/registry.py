@@ -17,12 +17,12 @@ from ..errors import ModelLoadError
 if TYPE_CHECKING:
     from .base import VideoLLM
 
-__all__ = ["family_of_checkpoint", "list_families", "load_video_llm", "register_family"]
+__all__ = ["family_of_checkpoint", "family_of_model_type", "list_families", "load_video_llm", "register_family"]
 
 _FAMILIES: dict[str, type["VideoLLM"]] = {}
 
 # The modules that register the built-in families (imported on the registry's first use).
-_FAMILY_MODULES = ("video_llava", "llava_next_video", "llava_onevision", "qwen2_5_vl")
+_FAMILY_MODULES = ("video_llava", "llava_next_video", "llava_onevision", "qwen2_5_vl", "qwen3_vl")
 
 
 def _families() -> dict[str, type["VideoLLM"]]:
@@ -74,6 +74,9 @@ def family_of_checkpoint(model: str) -> type["VideoLLM"]:
         model_type = cfg.get("model_type")
     elif os.path.exists(model):
         raise ModelLoadError(f"{model!r} is a file, not a checkpoint directory or hub id")
+    elif _names_a_local_path(model):  # refused now, not after the hub client's retries
+        raise ModelLoadError(f"checkpoint directory {model!r} does not exist; check the path "
+                             "(a hub id looks like org/name)")
     else:
         try:
             from transformers import AutoConfig
@@ -84,11 +87,25 @@ def family_of_checkpoint(model: str) -> type["VideoLLM"]:
                 f"cannot read the config of {model!r} ({type(exc).__name__}); "
                 "pass a local checkpoint directory or a hub id you can download"
             ) from None
+    return family_of_model_type(model_type, model)
+
+
+def family_of_model_type(model_type: str | None, model: str) -> type["VideoLLM"]:
+    """The adapter class for a transformers ``config.model_type`` (``model`` names it in the error)."""
     if model_type not in _families():
         raise ModelLoadError(
             f"{model!r} is a {model_type!r} checkpoint; vidprune supports {', '.join(list_families())}"
         )
     return _FAMILIES[model_type]
+
+
+def _names_a_local_path(model: str) -> bool:
+    """Whether ``model`` can only mean a local path: absolute, ``./``, ``../`` or ``~``, a trailing or
+    second separator (hub ids are ``name`` or ``org/name``), or a first component that is a folder here."""
+    if os.path.isabs(model) or model.startswith(("./", "../", "~", ".\\")) or model.endswith(("/", os.sep)):
+        return True
+    parts = model.replace(os.sep, "/").split("/")
+    return len(parts) > 2 or (len(parts) == 2 and os.path.isdir(parts[0]))
 
 
 def load_video_llm(name_or_path: str, **kwargs) -> VideoLLM:

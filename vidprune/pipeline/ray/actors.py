@@ -201,6 +201,6 @@ class AnswerActor(_ActorBase):
                 out += [{"error": one_line(exc)} for _ in chunk]
                 continue
             out += [{"text": a["text"], "token_ids": list(a["token_ids"]),
-                     "report": answer_report(cfg, self.llm, stages.select, schedule, pruned, q, a)}
+                     "report": answer_report(cfg, self.llm, stages.select, schedule, pruned, q, a, generate)}
                     for q, a in zip(chunk, answers)]
         return out
