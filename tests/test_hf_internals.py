@@ -284,3 +284,26 @@ def test_vidprune_fetches_nothing_from_the_hub(tiny_checkpoints, tmp_path):
             "the stock flash_attention_2 fallback made no Hub call the watch saw: the watch is blind, "
             f"or transformers stopped downloading it ({report['control']})"
         )
+
+
+def test_qwen3_vl_video_wrapper_follows_the_installed_release(tiny_checkpoints):
+    """Up to 5.24 the stock processor keeps the template's outer vision start/end around a video; 5.25 collapses it."""
+    llm = load_video_llm(tiny_checkpoints["qwen3_vl"])
+    kept = Version(hf_internals.transformers_version()) < Version("5.25.0")
+    assert hf_internals.qwen3_vl_keeps_video_wrapper(llm.processor) is kept
+
+
+def test_a_changed_qwen3_vl_video_layout_is_refused_naming_it(monkeypatch, tiny_checkpoints):
+    llm = load_video_llm(tiny_checkpoints["qwen3_vl"])
+    processor_class = type(llm.processor)
+    stock = processor_class.replace_video_token
+
+    def replace_video_token(self, video_inputs, video_idx, **kwargs):
+        return self.vision_start_token * 2 + stock(self, video_inputs, video_idx, **kwargs)
+
+    monkeypatch.setattr(processor_class, "replace_video_token", replace_video_token)
+    with pytest.raises(hf_internals.IncompatibleTransformersError) as info:
+        hf_internals.qwen3_vl_keeps_video_wrapper(llm.processor)
+    message = str(info.value)
+    assert "\n" not in message and f"{processor_class.__name__}.get_text_with_replacements" in message
+    assert hf_internals.transformers_version() in message and "transformers>=" in message

@@ -33,6 +33,11 @@ follow internals instead, and this module is the only place that knows their nam
   ``attn.scaling`` / ``apply_rotary_pos_emb_vision`` and the ``cu_seqlens`` /
   ``position_embeddings`` keywords a block receives (importance), and the text attention's
   rotary application (:func:`qwen_apply_rotary`, for IVTP).
+* **Qwen3-VL's video prompt** (``qwen3_vl.py``): vidprune writes the per-temporal-patch layout
+  ``Qwen3VLProcessor.replace_video_token`` writes, and follows whether the stock processor keeps the
+  chat template's outer ``<|vision_start|><|video_pad|><|vision_end|>`` around it (up to 5.24) or
+  collapses it to the bare video token first (5.25, ``Qwen3VLProcessor.get_text_with_replacements``):
+  :func:`qwen3_vl_keeps_video_wrapper` asks the installed processor.
 
 * **Hub kernels**: from 5.25 ``from_pretrained`` kernelizes by default and a flash attention
   without its package is downloaded from the Hub; vidprune's loads pass
@@ -70,6 +75,7 @@ __all__ = [
     "qwen_apply_rotary",
     "model_cache_keyword",
     "check_prefix_cache_internals",
+    "qwen3_vl_keeps_video_wrapper",
 ]
 
 # The transformers releases the suite runs on (CI tests both ends). Equal to pyproject's range
@@ -361,3 +367,40 @@ def qwen_apply_rotary(mrope_section):
         return qwen.apply_rotary_pos_emb(q, k, cos, sin)
 
     return apply
+
+
+# ------------------------------------------------------------------ Qwen3-VL
+def qwen3_vl_keeps_video_wrapper(processor) -> bool:
+    """Whether the installed ``Qwen3VLProcessor`` keeps the chat template's outer vision start/end around a video.
+
+    The chat template writes one video as ``<|vision_start|><|video_pad|><|vision_end|>``; the stock
+    processor expands the pad into, per temporal patch, ``<t seconds><|vision_start|>`` + its pads +
+    ``<|vision_end|>`` (``replace_video_token``). Up to 5.24 the template's outer pair stays around that
+    expansion; from 5.25 ``Qwen3VLProcessor.get_text_with_replacements`` collapses it into the bare pad
+    first, so the prompt holds one ``<|vision_start|>`` per temporal patch and no outer one. Asked of the
+    installed release by running ``processor`` on the template's text and a blank one-patch video:
+    True when the ids open with the outer pair (units + 1 starts), False when they hold units starts.
+    """
+    import numpy as np
+    from transformers.video_utils import VideoMetadata
+
+    internal = f"{type(processor).__name__}.get_text_with_replacements / replace_video_token"
+    start, end, pad = processor.vision_start_token, processor.vision_end_token, processor.video_token
+    frames = processor.video_processor.temporal_patch_size
+    blank = np.zeros((frames, 64, 64, 3), dtype=np.uint8)
+    metadata = [VideoMetadata(total_num_frames=frames, fps=1.0, frames_indices=list(range(frames)))]
+    try:
+        out = processor(text=start + pad + end, videos=[blank], video_metadata=metadata, return_tensors="pt",
+                        videos_kwargs={"do_sample_frames": False})
+    except Exception as exc:  # noqa: BLE001 - any failure means the contract changed
+        raise _refuse(internal, f"expanding one video failed: {type(exc).__name__}: {exc}") from None
+    ids = out["input_ids"][0].tolist()
+    start_id, end_id = (processor.tokenizer.convert_tokens_to_ids(t) for t in (start, end))
+    units = int(out["video_grid_thw"][0][0])
+    starts = ids.count(start_id)
+    if starts == units + 1 and ids[0] == start_id and ids[-1] == end_id:
+        return True
+    if starts == units and ids[0] != start_id:
+        return False
+    raise _refuse(internal, f"a video of {units} temporal patches became {starts} vision starts, neither "
+                            f"{units} (outer pair collapsed) nor {units + 1} (outer pair kept)")
