@@ -39,7 +39,8 @@ DEFAULT_VARIANT = ""
 def _checkpoint_info(config: VidpruneConfig):
     from ...video_models.checkpoint import inspect_checkpoint
 
-    return inspect_checkpoint(config.model, keep_cls=config.keep_cls, prune_pooled=config.prune_pooled)
+    return inspect_checkpoint(config.model, keep_cls=config.keep_cls, prune_pooled=config.prune_pooled,
+                              revision=config.revision, trust_remote_code=config.trust_remote_code)
 
 
 def _stages_without_weights(config: VidpruneConfig):
