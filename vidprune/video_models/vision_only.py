@@ -130,10 +130,10 @@ def load_vision_side(model_class_name: str, name_or_path: str, modules: tuple[st
     if missing:
         raise ModelLoadError(f"the checkpoint {name_or_path!r} lacks {len(missing)} tensor(s) of the vision side "
                              f"(first: {missing[0]}); give the encoders the whole model")
-    for name in modules:  # non-persistent buffers: the model's own initializer sets them
-        if _is_module(model, name):
-            for sub in model.get_submodule(name).modules():
-                model._init_weights(sub)  # noqa: SLF001  (skips every tensor flagged loaded)
+    # Non-persistent buffers: the model's own initializer sets them, dispatching to each sub-model's
+    # ``_init_weights`` (the tower's own sets its position ids); every loaded tensor is flagged, so it
+    # is skipped, and what is still on meta costs nothing.
+    model.initialize_weights()
     return model, processor
 
 
@@ -160,6 +160,6 @@ def materialized_bytes(model: torch.nn.Module) -> dict[str, int]:
         if tensor.device.type == "meta":
             continue
         parts = name.split(".")
-        key = ".".join(parts[:2]) if parts[0] == "model" and len(parts) > 2 else parts[0]
+        key = ".".join(parts[:2]) if parts[0] == "model" and len(parts) >= 2 else parts[0]
         out[key] = out.get(key, 0) + tensor.numel() * tensor.element_size()
     return out

@@ -113,6 +113,7 @@ class VideoRun:
     decode_info: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     answerer: int = -1
+    selector: int = 0  # the select actor that holds this video's selection (all its segments go there)
 
 
 class Scheduler:
@@ -173,6 +174,8 @@ class Scheduler:
         pipe = self.pipe
         run.stream_key = uuid.uuid4().hex
         run.phase, run.next_seq, run.window, run.batches = Phase.PLANNING, 0, {}, None
+        held = [sum(1 for r in self.streaming if r is not run and r.selector == i) for i in range(len(pipe.selectors))]
+        run.selector = held.index(min(held))  # the select actor holding the fewest videos' selections
         video = run.request.video
         if isinstance(video, np.ndarray):
             run.batches = batches_from_clip(clip_from_array(video), self.o.segment_frames)
@@ -200,7 +203,7 @@ class Scheduler:
             pipe.stats["segments_per_decoder"][lane] += 1
         enc_i = min(range(len(pipe.encoders)), key=lambda i: self.encoder_load[i])
         encoded = pipe.encoders[enc_i].encode.remote(decoded)
-        selected = pipe.selector.add.remote(run.stream_key, run.num_frames, encoded, self.variants_of(run))
+        selected = pipe.selectors[run.selector].add.remote(run.stream_key, run.num_frames, encoded, self.variants_of(run))
         run.window[seq] = _Segment(seq, selected, (decoded, encoded), enc_i)
         self.waiting[selected] = (run, Awaiting.SELECTED)
         self.encoder_load[enc_i] += 1
@@ -215,7 +218,7 @@ class Scheduler:
         self.streaming.remove(run)
         self.answering.append(run)
         run.phase = Phase.ANSWERING
-        pruned_ref = pipe.selector.finish.remote(run.stream_key, run.decode_info, run.warnings)
+        pruned_ref = pipe.selectors[run.selector].finish.remote(run.stream_key, run.decode_info, run.warnings)
         if run.request.questions is None:
             self.waiting[pruned_ref] = (run, Awaiting.PRUNED)
             return
@@ -312,7 +315,7 @@ class Scheduler:
             if r is run:
                 del self.waiting[ref]
                 self.discarded.append(ref)
-        self.discarded.append(self.pipe.selector.drop.remote(run.stream_key))
+        self.discarded.append(self.pipe.selectors[run.selector].drop.remote(run.stream_key))
 
     def drain(self, timeout: float) -> None:
         if self.discarded:
