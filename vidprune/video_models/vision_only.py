@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
+from .hf_internals import vision_only_key_mapper
 from .loading import image_processor_notice_silenced, resolve_dtype
 
 __all__ = ["load_vision_side", "materialized_bytes"]
@@ -74,8 +75,6 @@ def load_vision_side(model_class_name: str, name_or_path: str, modules: tuple[st
     import transformers
     from safetensors import safe_open
     from transformers import AutoConfig, AutoProcessor
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 
     torch_dtype = resolve_dtype(dtype) or torch.float32
     hub = {"revision": revision, "trust_remote_code": trust_remote_code}
@@ -107,14 +106,12 @@ def load_vision_side(model_class_name: str, name_or_path: str, modules: tuple[st
                                                      requires_grad=param.requires_grad))
     wanted = {name: t for name, t in model.state_dict(keep_vars=True).items() if _owned(name, modules)}
 
-    transforms = get_model_conversion_mapping(model)
-    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
-    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    rename = vision_only_key_mapper(model)  # checkpoint key -> the model's name, as from_pretrained maps it
     loaded: set[str] = set()
     for path in _checkpoint_files(name_or_path, revision):
         with safe_open(path, framework="pt", device="cpu") as fh:
             for key in fh.keys():
-                target, converter = rename_source_key(key, renamings, converters, model.base_model_prefix, wanted)
+                target, converter = rename(key, wanted)
                 if target not in wanted:
                     continue
                 if converter is not None:

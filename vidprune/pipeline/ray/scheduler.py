@@ -68,6 +68,7 @@ class VideoResult:
     error: str | None = None
     attempts: int = 1
     exception: BaseException | None = field(default=None, repr=False)
+    answerer: int | None = None  # the LLM replica that answered (index into the pipeline's answer actors)
 
 
 class Phase(Enum):
@@ -134,6 +135,7 @@ class Scheduler:
         self.discarded: list[Any] = []  # refs of abandoned work, fetched once done so Ray does not report them
         self.encoder_load = [0] * len(pipe.encoders)
         self.answer_load = [0] * self.o.answerers
+        self.answered = [0] * self.o.answerers  # videos each LLM replica was given: ties go to the least used
         self.in_flight = 0
         self._handlers = {Awaiting.PLAN: self.on_plan, Awaiting.WHOLE_CLIP: self.on_whole_clip,
                           Awaiting.SELECTED: self.on_selected, Awaiting.PRUNED: self.on_done,
@@ -223,8 +225,9 @@ class Scheduler:
             self.waiting[pruned_ref] = (run, Awaiting.PRUNED)
             return
         pipe.ensure_answerers()
-        run.answerer = min(range(len(pipe.answerers)), key=lambda i: self.answer_load[i])
+        run.answerer = min(range(len(pipe.answerers)), key=lambda i: (self.answer_load[i], self.answered[i]))
         self.answer_load[run.answerer] += 1
+        self.answered[run.answerer] += 1
         answer_ref = pipe.answerers[run.answerer].answer.remote(pruned_ref, run.request.questions,
                                                                 run.request.generate)
         self.waiting[answer_ref] = (run, Awaiting.ANSWERS)
@@ -264,12 +267,13 @@ class Scheduler:
 
     def on_done(self, run: VideoRun, ref, by_variant: dict[str, Any], awaiting: Awaiting) -> VideoResult:
         self.answering.remove(run)
+        answerer = run.answerer if awaiting is Awaiting.ANSWERS else None
         self.free_answerer(run)
         if run.request.variants is not None or len(self.pipe.variants) > 1:
-            return VideoResult(run.request.key, by_variant=by_variant, attempts=run.attempt)
+            return VideoResult(run.request.key, by_variant=by_variant, attempts=run.attempt, answerer=answerer)
         (value,) = by_variant.values()
         if awaiting is Awaiting.ANSWERS:
-            return VideoResult(run.request.key, answers=value, attempts=run.attempt)
+            return VideoResult(run.request.key, answers=value, attempts=run.attempt, answerer=answerer)
         return VideoResult(run.request.key, pruned=value, attempts=run.attempt)
 
     def decode_whole(self, run: VideoRun) -> None:
