@@ -160,15 +160,16 @@ def test_frames_go_into_memory_and_answers_stream_token_by_token(server):
     run(scenario())
 
 
-def test_qwen_pairs_the_pages_frames_into_temporal_patches_and_answers_from_them(tiny_checkpoints):
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_qwen_pairs_the_pages_frames_into_temporal_patches_and_answers_from_them(tiny_checkpoints, family):
     from vidprune.video_models import load_video_llm
 
-    llm = load_video_llm(tiny_checkpoints["qwen2_5_vl"])
+    llm = load_video_llm(tiny_checkpoints[family])
     with ServerThread(llm, max_sessions=1, frame_rate=20.0) as server:
         async def scenario():
             async with aiohttp.ClientSession() as http, http.ws_connect(server.ws_url) as ws:
                 hello = (await receive(ws, is_type("hello")))[-1]
-                assert hello["family"] == "qwen2_5_vl" and hello["grid"] is None
+                assert hello["family"] == family and hello["grid"] is None
                 assert hello["plan"]["frames_per_unit"] == 2 and hello["plan"]["dynamic"]
                 sent = 0
                 for data in FRAMES[:8]:  # one at a time: each pair is encoded before the next frame comes

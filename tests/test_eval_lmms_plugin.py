@@ -135,7 +135,7 @@ def test_lmms_eval_cli_runs_its_own_task_with_vidprune_pruning(tmp_path, video_l
     assert results["accuracy,none"] == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "qwen3_vl"])
 def test_lmms_eval_cli_runs_the_new_families(tmp_path, tiny_checkpoints, family):
     ckpt = tiny_checkpoints[family]
     videos, result, _, report_file = _run_tiny_task(tmp_path, ckpt, 2, "budget=40,frames=4")

@@ -139,7 +139,7 @@ def test_multiple_choice_benchmarks_in_one_sweep(tmp_path, video_llava_ckpt, cap
     assert "| Video-MME Acc | MVBench Acc | EgoSchema Acc | NExT-QA Acc |" in (tmp_path / "out" / "table.md").read_text()
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "qwen3_vl"])
 def test_the_new_families_run_a_sweep_with_pruning_and_ivtp(tmp_path, tiny_checkpoints, family, capsys):
     from vidprune import VideoQA
 
@@ -160,7 +160,7 @@ def test_the_new_families_run_a_sweep_with_pruning_and_ivtp(tmp_path, tiny_check
     # the sweep's arm is vidprune's own pipeline: the same options through VideoQA give the same tokens
     qa = VideoQA.from_pretrained(ckpt, budget=40, frames=4, dedup=False)
     assert qa.prepare(str(d / "videomme" / "data" / "vm1.mp4")).tokens_count["to_llm"] == pruned["tokens"]["to_llm"]
-    if family == "qwen2_5_vl":  # FastV's share of the stock stream is only known per video there: refused up front
+    if family in ("qwen2_5_vl", "qwen3_vl"):  # FastV's share of the stock stream is only known per video there: refused up front
         assert main(["eval", *common, "--budgets", "40", "--methods", "fastv", "--out", str(tmp_path / "o2")]) == 2
         assert "fastv keeps a share of the stock stream" in capsys.readouterr().err
 

@@ -38,7 +38,8 @@ pytestmark = [
 ]
 
 # family -> frames a test samples
-FAMILIES = {"video_llava": 8, "llava_next_video": 4, "llava_onevision": 4, "qwen2_5_vl": 4}
+FAMILIES = {"video_llava": 8, "llava_next_video": 4, "llava_onevision": 4, "qwen2_5_vl": 4, "qwen3_vl": 4,
+            "qwen3_vl_moe": 4}
 QUESTION = "What is the man holding?"
 QUESTIONS = ["What is the man holding?", "Describe the colours you see in great detail, please.", "Why?"]
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -64,11 +65,15 @@ def _stock_ids(ckpt, frames, question, max_new_tokens, dtype, attn=None, **gener
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}], add_generation_prompt=True)
     extra = {}
-    if "qwen" in type(model).__name__.lower():  # frames at 1 fps, as vidprune times frames it is handed
+    name = type(model).__name__.lower()
+    if "qwen" in name:  # frames at 1 fps, as vidprune times frames it is handed
         from transformers.video_utils import VideoMetadata
 
         extra["video_metadata"] = [VideoMetadata(total_num_frames=len(frames), fps=1.0,
                                                  frames_indices=list(range(len(frames))))]
+    if "qwen3" in name:  # the frames as decoded: the processor does not sample again
+        extra["videos_kwargs"] = {"do_sample_frames": False}
+        frames = [frames]
     inputs = processor(text=prompt, videos=frames, return_tensors="pt", **extra).to(DEVICE)
     for key in ("pixel_values_videos",):
         inputs[key] = inputs[key].to(dtype)

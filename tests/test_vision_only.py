@@ -13,7 +13,7 @@ import torch
 from vidprune.video_models import load_video_llm
 from vidprune.video_models.vision_only import materialized_bytes
 
-FAMILIES = ["video_llava", "llava_next_video", "llava_onevision", "qwen2_5_vl"]
+FAMILIES = ["video_llava", "llava_next_video", "llava_onevision", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"]
 
 
 def _bytes_of(model: torch.nn.Module, names: tuple[str, ...]) -> int:

@@ -491,5 +491,6 @@ def resolve_config(model: str | None = None, config: str | os.PathLike | dict | 
     schedule = cfg.ivtp()
     if schedule is not None:
         schedule.validate(info.config.get_text_config().num_hidden_layers)
+        info.family.check_ivtp_schedule(info.config, schedule)  # e.g. Qwen3-VL: not inside the DeepStack layers
         check_ivtp_internals()  # an untested transformers is refused here, before any weights load
     return cfg, info

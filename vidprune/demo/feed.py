@@ -284,7 +284,7 @@ class Feed:
                  else [p.time_s for p, _ in self._pairing])
         self._pairing.clear()
         encoded = encoder.process(frames, times)  # one unit
-        stored = self.memory.add(encoded, first.time_s, seq=pending.seq)
+        stored = self.memory.add(encoded, first.time_s, seq=pending.seq, unit_time_s=(times[0] + times[-1]) / 2)
         self.encoded += per_unit
         height, width = rgb.shape[:2]
         message = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..flops import layer_flops, llm_flops
+from ..flops import llm_flops, llm_layer_flops
 from .stages import PrunedVideo
 
 if TYPE_CHECKING:
@@ -31,8 +31,7 @@ def answer_report(cfg: "VidpruneConfig", llm: "VideoLLM", select_stage: "SelectS
     flops_full = llm_flops(llm.config.text_config, full_seq)
     ivtp_info = out.get("ivtp")
     if ivtp_info is not None:
-        per_layer = [layer_flops(n, llm.config.text_config.hidden_size, llm.config.text_config.intermediate_size)
-                     for n in ivtp_info["tokens_per_layer"]]
+        per_layer = [llm_layer_flops(llm.config.text_config, i, n) for i, n in enumerate(ivtp_info["tokens_per_layer"])]
         flops_pruned = sum(per_layer)
         schedule = ivtp_schedule
         ivtp_report = {"schedule": [list(st) for st in schedule.stages],

@@ -52,7 +52,8 @@ class PrunedVideo:
         tokens_count: full / after_vispruner / after_dedup / to_llm totals.
         decode: what the decoder said (backend, stream frame count, warnings).
         layout: where the kept tokens sit in the stock grid, for families with multimodal
-            positions (Qwen2.5-VL): {"units", "grid": (h, w), "seconds_per_unit", "kept": per unit}.
+            positions (Qwen2.5-VL, Qwen3-VL): {"units", "grid": (h, w), "seconds_per_unit", "kept": per unit,
+            "times_s": per unit the mean time of its frames (Qwen3-VL writes it in the prompt)}.
             None for the others.
         sampled_frames: frames sampled from the video (``frames`` has one record per pruning
             unit: a temporal patch of two frames for Qwen2.5-VL).
@@ -190,12 +191,18 @@ class VideoSelection:
         if -(-len(indices) // self.per_unit) != len(encoded) or (len(indices) % self.per_unit and not last):
             raise RuntimeError(f"a segment of {len(indices)} frames encoded to {len(encoded)} units of "
                                f"{self.per_unit} frames; segments must hold whole units (an even frame count)")
+        unit_times = [(float(times_s[i]) + float(times_s[min(i + self.per_unit, len(times_s)) - 1])) / 2
+                      for i in range(0, len(times_s), self.per_unit)]  # mean time of each unit's frames
         indices, times_s = indices[::self.per_unit], times_s[::self.per_unit]
         if self.stage.geometry.dynamic and self.layout is None:
             self.plan = plan_tokens(self.stage.geometry, self.num_units, self.stage.budget,
                                     tokens_per_frame=int(encoded.features.shape[1]))
             self.layout = {"units": self.num_units, "grid": tuple(encoded.grid),
-                           "seconds_per_unit": encoded.seconds_per_unit, "kept": []}
+                           "seconds_per_unit": encoded.seconds_per_unit, "kept": [], "times_s": []}
+        elif self.layout is not None and tuple(encoded.grid) != self.layout["grid"]:
+            # e.g. Qwen3-VL's processor sizes frames from the whole clip's pixel total: a segment alone can differ
+            raise RuntimeError(f"a segment encoded to a {tuple(encoded.grid)} grid, the video's first to "
+                               f"{self.layout['grid']}; every unit of one video needs the same grid")
         for t in range(len(encoded)):
             sel = self.video_budget.select(encoded.cls_attn[t], encoded.features[t])
             if encoded.extra is not None:
@@ -205,6 +212,7 @@ class VideoSelection:
             self.after_pruner += len(sel.candidates)
             if self.layout is not None:
                 self.layout["kept"].append(sel.kept.tolist())
+                self.layout["times_s"].append(round(unit_times[t], 6))
             self.frames.append({
                 "index": int(indices[t]),
                 "time_s": round(float(times_s[t]), 6),

@@ -86,6 +86,7 @@ class VideoLLM(VideoLLMGeneration):
         # default of calls that do not say. The layer wrappers are installed on first use, on
         # this instance only, and are stock pass-throughs outside a call that prunes.
         self.default_ivtp = ivtp.validate(self.config.get_text_config().num_hidden_layers) if ivtp is not None else None
+        self.check_ivtp_schedule(self.config, self.default_ivtp)
         self._ivtp_decoder: IVTPDecoder | None = None
         if ivtp is not None:
             self.ivtp_decoder()
@@ -128,6 +129,10 @@ class VideoLLM(VideoLLMGeneration):
         self.default_ivtp = schedule
         if self._ivtp_decoder is not None:
             self._ivtp_decoder.schedule = schedule
+
+    @classmethod
+    def check_ivtp_schedule(cls, config, schedule: IVTPSchedule | None) -> None:
+        """Raise :class:`ConfigError` (one line) if this family cannot prune at the schedule's layers (default: any layer)."""
 
     def ivtp_rotary(self):
         """How the LLM's attention applies its rotary tables (for IVTP's recomputed rows); None: Llama's."""

@@ -22,7 +22,7 @@ __all__ = ["family_of_checkpoint", "list_families", "load_video_llm", "register_
 _FAMILIES: dict[str, type["VideoLLM"]] = {}
 
 # The modules that register the built-in families (imported on the registry's first use).
-_FAMILY_MODULES = ("video_llava", "llava_next_video", "llava_onevision", "qwen2_5_vl")
+_FAMILY_MODULES = ("video_llava", "llava_next_video", "llava_onevision", "qwen2_5_vl", "qwen3_vl")
 
 
 def _families() -> dict[str, type["VideoLLM"]]:
