@@ -129,7 +129,7 @@ class VideoLLMGeneration:
             )
         result = self._answer_ids(out[:, inputs["input_ids"].shape[1]:])
         ivtp = [ivtp_state.summary(b) for b in range(len(result))] if ivtp_state is not None else None
-        return GenerationOutput(sequences=result, prompt_tokens=inputs["attention_mask"].sum(dim=1).tolist(), ivtp=ivtp)
+        return GenerationOutput(answer_ids=result, prompt_tokens=inputs["attention_mask"].sum(dim=1).tolist(), ivtp=ivtp)
 
     def _answer_ids(self, new_tokens: torch.Tensor) -> list[list[int]]:
         """Generated ids (B, T) → per row the answer: stopped before EOS, trailing padding removed."""
@@ -237,7 +237,7 @@ class VideoLLMGeneration:
             out = self.model.generate(**inputs, **positions, **{keyword: cache}, **generate_kwargs)
         sequences = self._answer_ids(out[:, inputs["input_ids"].shape[1]:])
         ivtp = [ivtp_state.summary(b) for b in range(len(sequences))] if ivtp_state is not None else None
-        return GenerationOutput(sequences=sequences, prompt_tokens=[len(i) for i in ids], ivtp=ivtp,
+        return GenerationOutput(answer_ids=sequences, prompt_tokens=[len(i) for i in ids], ivtp=ivtp,
                                 prefix_tokens=prefix)
 
     def decode_text(self, ids: list[int]) -> str:

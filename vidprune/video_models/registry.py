@@ -17,7 +17,7 @@ from ..errors import ModelLoadError
 if TYPE_CHECKING:
     from .base import VideoLLM
 
-__all__ = ["family_of_checkpoint", "list_families", "load_video_llm", "register_family"]
+__all__ = ["family_of_checkpoint", "family_of_model_type", "list_families", "load_video_llm", "register_family"]
 
 _FAMILIES: dict[str, type["VideoLLM"]] = {}
 
@@ -85,6 +85,11 @@ def family_of_checkpoint(model: str, *, revision: str | None = None, trust_remot
                 f"cannot read the config of {model!r} ({type(exc).__name__}); "
                 "pass a local checkpoint directory or a hub id you can download"
             ) from None
+    return family_of_model_type(model_type, model)
+
+
+def family_of_model_type(model_type: str | None, model: str) -> type["VideoLLM"]:
+    """The adapter class for a transformers ``config.model_type`` (``model`` names it in the error)."""
     if model_type not in _families():
         raise ModelLoadError(
             f"{model!r} is a {model_type!r} checkpoint; vidprune supports {', '.join(list_families())}"
