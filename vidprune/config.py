@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -40,7 +41,8 @@ from .validators import problem_in_range, problem_positive_int, problem_positive
 
 __all__ = ["VidpruneConfig", "Option", "OPTIONS", "SECTIONS", "load_preset", "resolve_config",
            "add_option_flags", "options_from_args", "check_pruner_runs", "DEFAULT_DEDUP_THRESHOLD",
-           "DEFAULT_SKIP_STATIC_THRESHOLD", "DTYPE_NAMES", "DECODE_BACKENDS"]
+           "DEFAULT_SKIP_STATIC_THRESHOLD", "DTYPE_NAMES", "DECODE_BACKENDS", "DEVICE_MAP_STRATEGIES",
+           "ATTN_IMPLEMENTATIONS", "QUANTIZATIONS"]
 
 # Cosine similarity (pre-projector CLIP features) above which a token repeats what an
 # earlier frame gave. CLIP layer -2 features of an unchanged patch in consecutive
@@ -95,6 +97,41 @@ def _parse_ivtp_fusion(value: str) -> str | list[float]:
         raise argparse.ArgumentTypeError(f"ivtp fusion must be none, mean or comma-separated weights, got {value!r}") from None
 
 
+# device_map values transformers/accelerate compute themselves (else: a {module: device} map)
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+QUANTIZATIONS = ("8bit", "4bit")  # bitsandbytes, the LLM only
+
+
+def _parse_device_map(value: str) -> str | dict:
+    if value in DEVICE_MAP_STRATEGIES:
+        return value
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"device map must be one of {', '.join(DEVICE_MAP_STRATEGIES)} or a JSON "
+                                         f"object of module -> device, got {value!r}") from None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(f"device map must be a JSON object of module -> device, got {value!r}")
+    return parsed
+
+
+def _parse_max_memory(value: str) -> dict:
+    if value.lstrip().startswith("{"):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return parsed
+    else:
+        try:
+            return {k.strip(): v.strip() for k, v in (pair.split("=") for pair in value.split(","))}
+        except ValueError:
+            pass
+    raise argparse.ArgumentTypeError(f"max memory must look like '0=20GiB,1=20GiB,cpu=60GiB', got {value!r}")
+
+
 @dataclass(frozen=True)
 class Option:
     """The declaration of one option (one :class:`VidpruneConfig` field).
@@ -141,6 +178,23 @@ class VidpruneConfig:
     device: str = _option("cpu", "model", help="cpu, cuda, cuda:1, ... (default cpu)")
     dtype: str | None = _option(None, "model", help="float32, float16 or bfloat16, or a torch dtype in Python (default: "
                                                     "float32 on CPU)")
+    device_map: Any = _option(None, "model", parse=_parse_device_map, metavar="MAP",
+                              help="split the model over devices: auto (balanced, sequential) or a JSON map "
+                                   "'{\"model.language_model.layers.20\": 1, ...}' (devices: 0, cuda:1, cpu, disk); "
+                                   "--device is then not used for placement")
+    max_memory: dict | None = _option(None, "model", parse=_parse_max_memory, metavar="MEM",
+                                      help="with --device-map auto: memory per device, e.g. '0=20GiB,1=20GiB,cpu=60GiB'")
+    offload_folder: str | None = _option(None, "model", metavar="DIR",
+                                         help="where a device map's 'disk' modules are kept (needed with disk offload)")
+    attn_implementation: str | None = _option(None, "model", choices=ATTN_IMPLEMENTATIONS,
+                                              help="the LLM's and tower's attention: sdpa (transformers' default), "
+                                                   "eager or flash_attention_2 (needs flash-attn and a GPU)")
+    revision: str | None = _option(None, "model", help="hub revision (branch, tag or commit) of --model")
+    trust_remote_code: bool = _option(False, "model", true_flag="--trust-remote-code",
+                                      help="let transformers run the checkpoint's own code (hub ids only)")
+    quantization: Any = _option(None, "model", choices=QUANTIZATIONS,
+                                help="bitsandbytes 8bit or 4bit weights for the LLM (vision side stays in --dtype); "
+                                     "needs bitsandbytes")
     keep_cls: bool = _option(True, "model", false_flag="--drop-cls",
                              help="Video-LLaVA: do not hand on each frame's [CLS] token")
     prune_pooled: bool = _option(True, "model", false_flag="--prune-unpooled",
@@ -286,8 +340,55 @@ class VidpruneConfig:
             self.ivtp()
         except ConfigError as exc:
             p.append(str(exc))
+        p += self.loading_problems()
         if self.model is not None and not isinstance(self.model, str):
             p.append(f"model must be a hub id or a directory, got {self.model!r}")
+        return p
+
+    def loading_problems(self) -> list[str]:
+        """Problems with the loading options (``device_map`` ... ``quantization``) and what they are combined with."""
+        p: list[str] = []
+        dm = self.device_map
+        if dm is not None:
+            if isinstance(dm, str) and dm not in DEVICE_MAP_STRATEGIES:
+                p.append(f"device_map must be one of {', '.join(DEVICE_MAP_STRATEGIES)} or a map of module -> device, "
+                         f"got {dm!r}")
+            elif isinstance(dm, dict):
+                bad = [k for k, v in dm.items() if not isinstance(k, str) or isinstance(v, bool)
+                       or not isinstance(v, (str, int))]
+                if bad or not dm:
+                    p.append(f"device_map must map module names to devices (0, 'cuda:1', 'cpu', 'disk'), got {dm!r}")
+                elif "disk" in dm.values() and not self.offload_folder:
+                    p.append("device_map sends modules to 'disk' but no offload_folder is given; add --offload-folder DIR")
+            elif not isinstance(dm, (str, dict)):
+                p.append(f"device_map must be a strategy name or a map of module -> device, got {dm!r}")
+        if self.max_memory is not None:
+            if not isinstance(self.max_memory, dict) or not self.max_memory:
+                p.append(f"max_memory must map devices to sizes, e.g. {{0: '20GiB', 'cpu': '60GiB'}}, got {self.max_memory!r}")
+            elif dm is None:
+                p.append("max_memory bounds a device_map: add --device-map auto")
+        if self.offload_folder is not None and dm is None:
+            p.append("offload_folder holds a device_map's 'disk' modules: add --device-map")
+        if self.attn_implementation is not None and self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            p.append(f"attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
+                     f"got {self.attn_implementation!r}")
+        elif self.attn_implementation == "flash_attention_2" and (self.ivtp_layer is not None
+                                                                  or self.ivtp_schedule is not None):
+            p.append("IVTP with attn_implementation 'flash_attention_2' is not supported (its re-padded layouts and "
+                     "masks are tested with sdpa and eager only); use --attn-implementation sdpa or turn IVTP off")
+        if not isinstance(self.trust_remote_code, bool):
+            p.append(f"trust_remote_code must be true or false, got {self.trust_remote_code!r}")
+        q = self.quantization
+        if q is not None:
+            if not (q in QUANTIZATIONS or isinstance(q, dict)):
+                p.append(f"quantization must be one of {', '.join(QUANTIZATIONS)} (or BitsAndBytesConfig keywords), "
+                         f"got {q!r}")
+            else:
+                import importlib.util
+
+                if importlib.util.find_spec("bitsandbytes") is None:
+                    p.append(f"quantization {q!r} needs bitsandbytes, which is not installed; pip install "
+                             "bitsandbytes (CUDA), or drop --quantization")
         return p
 
     def validate(self) -> "VidpruneConfig":
@@ -425,7 +526,8 @@ def resolve_config(model: str | None = None, config: str | os.PathLike | dict | 
     if hf_config is not None:
         info = checkpoint_info_from_config(hf_config, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)
     else:
-        info = inspect_checkpoint(cfg.model, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)  # no weights
+        info = inspect_checkpoint(cfg.model, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled,  # no weights
+                                  revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     check_pruner_grid(cfg.pruner, info.geometry.dynamic)
     per_unit = info.geometry.frames_per_unit  # Qwen2.5-VL pairs frames into temporal patches
     if cfg.frames is not None and cfg.frames % per_unit:

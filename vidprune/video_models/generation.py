@@ -77,7 +77,8 @@ class VideoLLMGeneration:
         """
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        return BaseModelOutputWithPooling(pooler_output=torch.cat(list(visual_tokens), dim=0).unsqueeze(0))
+        rows = torch.cat([t.to(self.device) for t in visual_tokens], dim=0)  # (sum K_i, D) on the LLM's first device
+        return BaseModelOutputWithPooling(pooler_output=rows.unsqueeze(0))
 
     def position_inputs(self, inputs: dict[str, torch.Tensor], layouts) -> dict[str, torch.Tensor]:
         """Extra ``generate()`` inputs that place the kept tokens (none: 1-D positions follow the sequence).
