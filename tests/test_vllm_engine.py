@@ -184,3 +184,46 @@ def test_vllm_engine_equals_stock_vllm_and_hf(vllm_qa, vllm_checkpoints, sample_
     theirs = hf_qa.answer(pruned, QUESTIONS, max_new_tokens=MAX_NEW_TOKENS)
     assert [a.token_ids for a in ours] == [a.token_ids for a in theirs]
     assert ours[0].report["tokens"]["to_llm"] == pruned.tokens_count["to_llm"]
+
+
+@pytest.mark.vllm
+@needs_vllm
+@pytest.mark.parametrize("seconds_per_grid", [1.0, 4.0])
+def test_where_the_stock_engines_disagree_on_qwen2_5_vl(vllm_checkpoints, seconds_per_grid):
+    """The two stock engines place Qwen2.5-VL's *text after a video* differently (docs/vllm.md).
+
+    Both give the video's rows the same (t, h, w) positions. transformers 5.x (``get_rope_index``)
+    continues the text at the video's start + max(h, w) / merge, whatever its temporal extent;
+    vLLM (as Qwen's original code) at the largest position + 1. They agree while the temporal
+    positions stay below max(h, w) / merge (dense sampling) and differ beyond (sparse sampling:
+    ``second_per_grid_ts`` 4 s here). This test fails when either side changes.
+    """
+    import types
+
+    import torch
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration as VllmQwen
+    from vllm.multimodal.inputs import PlaceholderRange
+
+    config = AutoConfig.from_pretrained(vllm_checkpoints("qwen2_5_vl"))
+    hf = Qwen2_5_VLForConditionalGeneration(config).eval()
+    t, h, w = 4, 20, 28  # patches: a 280 x 392 px frame pair, merged 10 x 14
+    n = t * (h // 2) * (w // 2)
+    ids = [1] * 5 + [config.video_token_id] * n + [2] * 6
+    positions, _ = hf.model.get_rope_index(
+        torch.tensor([ids]), mm_token_type_ids=torch.tensor([[0] * 5 + [2] * n + [0] * 6]),
+        video_grid_thw=torch.tensor([[t, h, w]]), second_per_grid_ts=torch.tensor([seconds_per_grid]))
+    hf_positions = positions[:, 0]  # (3, L)
+    # vLLM's own method, on a stand-in holding only the config it reads
+    owner = types.SimpleNamespace(config=config)
+    owner.iter_mm_grid_thw = types.MethodType(VllmQwen.iter_mm_grid_thw, owner)
+    video = types.SimpleNamespace(modality="video", mm_position=PlaceholderRange(offset=5, length=n), data={
+        "video_grid_thw": types.SimpleNamespace(data=torch.tensor([t, h, w])),
+        "second_per_grid_ts": types.SimpleNamespace(data=torch.tensor(seconds_per_grid))})
+    vllm_positions, _ = VllmQwen.get_mrope_input_positions(owner, ids, [video])
+    assert torch.equal(hf_positions[:, :5 + n], vllm_positions[:, :5 + n])  # the video's rows: the same
+    temporal_end = int(hf_positions[0, 5:5 + n].max())
+    after_hf, after_vllm = int(hf_positions[0, 5 + n]), int(vllm_positions[0, 5 + n])
+    assert after_vllm == temporal_end + 1 if temporal_end >= after_hf else after_vllm == after_hf
+    assert after_hf == 5 + max(h, w) // 2
+    assert (after_hf != after_vllm) == (seconds_per_grid == 4.0)

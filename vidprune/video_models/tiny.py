@@ -188,8 +188,8 @@ def build_tiny_checkpoint(family: str, out_dir: str | os.PathLike, seed: int = 0
         seed: torch seed for the random weights (same seed → same weights).
         vllm: a checkpoint vLLM loads too (``VLLM_TINY_FAMILIES``): a text decoder with head_dim 64
             (vLLM's CPU attention refuses 16), weights scaled so that the answer depends on the
-            video, and LLaVA-OneVision's tower saved in the hub's key layout
-            (``model.vision_tower.vision_model.``; vLLM loads no other, transformers loads both).
+            video, and the LLaVA families' towers saved in the hub's key layout
+            (``vision_tower.vision_model.``; vLLM loads no other, transformers loads both).
 
     Returns:
         The directory, loadable with ``VideoQA.from_pretrained`` or the HF classes.
@@ -282,7 +282,7 @@ def _save(model_and_processor, out: Path, family: str, seed: int, *, vllm: bool 
         _scale_for_video_dependence(model)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    if vllm and family == "llava_onevision":
+    if vllm and family in ("llava_onevision", "llava_next_video"):
         _write_hub_tower_layout(out)
     (out / "vidprune_tiny.json").write_text(
         json.dumps({"family": family, "seed": seed, "format": _TINY_FORMAT_VERSION, "vllm": vllm,
@@ -313,9 +313,9 @@ def _scale_for_video_dependence(model) -> None:
 
 
 def _write_hub_tower_layout(out: Path) -> None:
-    """Rename the saved SigLIP keys ``vision_tower.X`` to the hub's ``vision_tower.vision_model.X``.
+    """Rename the saved tower keys ``vision_tower.X`` to the hub's ``vision_tower.vision_model.X``.
 
-    transformers 5.x saves LLaVA-OneVision's tower without the ``vision_model.`` level (the rest in
+    transformers 5.x saves the LLaVA families' CLIP / SigLIP tower without the ``vision_model.`` level (the rest in
     the hub's layout, ``language_model.model.``); the hub's checkpoints, and so vLLM's loader, have
     it. transformers loads both.
     """
