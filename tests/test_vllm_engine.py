@@ -143,9 +143,7 @@ def _stock_ids(qa, clip, question: str) -> list[int]:
     engine = qa.answer_stage.engine
     out = engine.engine.generate([{"prompt": prompt, "multi_modal_data": {"video": (clip.frames, metadata)}}],
                                  SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0), use_tqdm=False)
-    ids = list(out[0].outputs[0].token_ids)
-    eos = engine._eos_ids()
-    return ids[:next((i for i, t in enumerate(ids) if t in eos), len(ids))]
+    return qa.llm.answer_ids([list(out[0].outputs[0].token_ids)])[0]  # stopped before EOS, as every engine's answer
 
 
 def _source_fps(clip) -> float:
@@ -184,6 +182,12 @@ def test_vllm_engine_equals_stock_vllm_and_hf(vllm_qa, vllm_checkpoints, sample_
     theirs = hf_qa.answer(pruned, QUESTIONS, max_new_tokens=MAX_NEW_TOKENS)
     assert [a.token_ids for a in ours] == [a.token_ids for a in theirs]
     assert ours[0].report["tokens"]["to_llm"] == pruned.tokens_count["to_llm"]
+
+    # several videos and questions in one call: one engine.generate (continuous batching), each answer as alone
+    mixed = [(full, QUESTIONS[0]), (pruned, QUESTIONS[1]), (full, QUESTIONS[1]), (pruned, QUESTIONS[0])]
+    together = [a.token_ids for a in qa.answer_batch(mixed, max_new_tokens=MAX_NEW_TOKENS)]
+    alone = [hf_qa.answer_batch([item], max_new_tokens=MAX_NEW_TOKENS)[0].token_ids for item in mixed]
+    assert together == alone
 
 
 @pytest.mark.vllm

@@ -123,12 +123,7 @@ class VllmEngine(LLMEngine):
         requests = [{"prompt": p, "multi_modal_data": {"video": self.video_input(rows, layout)}}
                     for p, rows, layout in zip(prompts, visual_tokens, layouts)]
         outputs = self.engine.generate(requests, params, use_tqdm=False)
-        eos = self._eos_ids()
-        sequences = []
-        for out in outputs:
-            ids = list(out.outputs[0].token_ids)
-            stop = next((i for i, t in enumerate(ids) if t in eos), len(ids))
-            sequences.append(ids[:stop])
+        sequences = self.llm.answer_ids([list(out.outputs[0].token_ids) for out in outputs])  # as the HF engine's
         cached = [getattr(out, "num_cached_tokens", None) for out in outputs]
         return GenerationOutput(sequences=sequences, prompt_tokens=[len(out.prompt_token_ids) for out in outputs],
                                 prefix_tokens=max((c for c in cached if c), default=None))
@@ -139,11 +134,9 @@ class VllmEngine(LLMEngine):
                              **generate_kwargs)
 
     def reuses_prefix(self, num_prompts, generate_kwargs):
-        return num_prompts > 1
-
-    def _eos_ids(self) -> set[int]:
-        eos = self.llm.model.generation_config.eos_token_id
-        return set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+        """False: the answer stage need not group a call's items by video. It hands every item to one
+        :meth:`generate` (continuous batching), and vLLM's prefix caching shares each video's prefix itself."""
+        return False
 
     def close(self) -> None:
         engine, self.engine = getattr(self, "engine", None), None
