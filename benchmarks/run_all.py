@@ -39,6 +39,8 @@ def commands(device: str, layers: int | None, write: Path) -> dict[str, list[str
         # CPU only (it builds the model on the CPU); k must be below the layer count
         "ivtp": ["bench_ivtp.py", *n(2), "--rounds", "3", *([] if gpu else ["--settings", "1:0.5,1:0.25"]), *out],
         "decode": ["bench_decode.py", "--only", "long", "--no-decord", *out],
+        # frame reuse (the tower's real shapes) and bytes fetched from a cold disk, local S3 and HTTP
+        "skip_and_fetch": ["bench_skip_and_fetch.py", *(["--layers", str(layers)] if layers is not None else []), *out],
         # a local Ray on 127.0.0.2 (HOME: a folder whose bootstrap config says "local", so Ray probes no cloud)
         "pipeline": ["bench_pipeline.py", "--node-ip-address", "127.0.0.2", *out],
     }
@@ -49,7 +51,8 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--layers", type=int, help="decoder layers for every LLM benchmark (default: 32 on a GPU, "
                                                    "a few on the CPU)")
-    parser.add_argument("--only", help="comma-separated subset of: prefill, ask, prefix_reuse, ivtp, decode, pipeline")
+    parser.add_argument("--only", help="comma-separated subset of: prefill, ask, prefix_reuse, ivtp, decode, skip_and_fetch, "
+                                               "pipeline")
     parser.add_argument("--write", type=Path, default=HERE.parent / "docs" / "performance.md")
     args = parser.parse_args()
     todo = commands(args.device, args.layers, args.write)

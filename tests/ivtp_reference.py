@@ -21,7 +21,10 @@ Decode steps are recomputed cache-free: the prompt plus the tokens generated so 
 through the same loop with the kept sets of the prefill (IVTP scores once, in prefill).
 
 Positions follow ``generate()``: ``cumsum(attention_mask) - 1`` (0 at padding), generated
-tokens continue from the last one. The reference never passes a KV cache, so it is
+tokens continue from the last one. Families with multimodal rotary positions (Qwen2.5-VL's
+mRoPE) are handed their (t, h, w) position rows (the stock ``get_rope_index``'s, which
+``tests/test_models_qwen.py`` checks vidprune's against); the model's own ``rotary_emb`` turns
+them into cos/sin, and each decoder layer gets the text row as its ``position_ids``. The reference never passes a KV cache, so it is
 independent of the cache keyword (``past_key_values`` up to transformers 5.23, ``cache``
 from 5.24): every layer is called with ``use_cache=False`` and no cache argument.
 """
@@ -84,7 +87,7 @@ class IVTPReference:
         LLaVA-OneVision pools *after* its projector, so its stream already holds the stock
         projected-then-pooled rows (K, D): they are handed on as they are.
         """
-        if self.model.config.model_type == "llava_onevision":
+        if self.model.config.model_type in ("llava_onevision", "qwen2_5_vl"):  # Qwen: the merger's rows
             return features
         with torch.no_grad():
             return self.model.model.multi_modal_projector(features)
@@ -117,7 +120,8 @@ class IVTPReference:
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual_rows: torch.Tensor,
                 stages: list[tuple[int, float]], prompt_length: int | None = None,
-                kept_positions: list[list[list[int]]] | None = None) -> ReferenceRun:
+                kept_positions: list[list[list[int]]] | None = None,
+                rope_positions: torch.Tensor | None = None) -> ReferenceRun:
         """Run the reference on (B, L) ids (left-padded), returning logits and kept sets.
 
         Args:
@@ -127,11 +131,15 @@ class IVTPReference:
                 tokens, never instruction rows); default all.
             kept_positions: force these kept sets (per stage, per sample, original positions)
                 instead of scoring, as the decode steps do.
+            rope_positions: (3, B, L) multimodal rotary positions (Qwen2.5-VL's t, h, w rows);
+                None: the text positions drive the rotary (Llama).
         """
         batch, length = input_ids.shape
         prompt_length = length if prompt_length is None else prompt_length
         valid = attention_mask.bool()
         position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(~valid, 0)  # as generate() makes them
+        # (R, B, L) rows handed to rotary_emb: the text row (R=1), or the t, h, w rows (R=3)
+        rope = position_ids[None] if rope_positions is None else rope_positions.clone()
         visual = (input_ids == self.video_token_id) & valid
         hidden = self.model.get_input_embeddings()(input_ids)  # (B, L, D)
         hidden[visual] = visual_rows.to(hidden.dtype)  # the visual rows at the <video> placeholders, batch order
@@ -141,7 +149,7 @@ class IVTPReference:
         all_kept: list[list[list[int]]] = []
         stage_of = dict(stages)
         for i, layer in enumerate(self.decoder.layers):
-            pe = self.decoder.rotary_emb(hidden, position_ids)  # the stock rotary at the ORIGINAL positions
+            pe = self._rotary(hidden, rope)  # the stock rotary at the ORIGINAL positions
             mask = self._additive_mask(valid, hidden.dtype)
             if i in stage_of:
                 if kept_positions is not None:
@@ -158,9 +166,9 @@ class IVTPReference:
                         top = torch.argsort(scores, descending=True, stable=True)[:n_keep]
                         kept_now.append(sorted(index[b, vis_slots[top]].tolist()))
                 all_kept.append(kept_now)
-                hidden, index, visual, valid, position_ids = self._keep(hidden, index, visual, valid, position_ids,
-                                                                        kept_now)
-                pe = self.decoder.rotary_emb(hidden, position_ids)
+                hidden, index, visual, valid, position_ids, rope = self._keep(hidden, index, visual, valid,
+                                                                              position_ids, rope, kept_now)
+                pe = self._rotary(hidden, rope)
                 mask = self._additive_mask(valid, hidden.dtype)
             for b, n in enumerate(valid.sum(1).tolist()):
                 tokens_per_layer[b].append(int(n))
@@ -171,8 +179,11 @@ class IVTPReference:
                        for b in range(batch)] if all_kept else []
         return ReferenceRun(logits, all_kept, kept_stream, tokens_per_layer)
 
+    def _rotary(self, hidden: torch.Tensor, rope: torch.Tensor):
+        return self.decoder.rotary_emb(hidden, rope[0] if rope.shape[0] == 1 else rope)
+
     @staticmethod
-    def _keep(hidden, index, visual, valid, position_ids, kept_now):
+    def _keep(hidden, index, visual, valid, position_ids, rope, kept_now):
         """Drop the visual slots whose original position is not in ``kept_now[b]``; left-pad again."""
         batch = hidden.shape[0]
         keep = [valid[b] & (~visual[b] | torch.isin(index[b], torch.tensor(kept_now[b], dtype=torch.long)))
@@ -183,6 +194,7 @@ class IVTPReference:
         out_visual = torch.zeros(batch, new_len, dtype=torch.bool)
         out_valid = torch.zeros(batch, new_len, dtype=torch.bool)
         out_pos = torch.zeros(batch, new_len, dtype=torch.long)
+        out_rope = torch.zeros(rope.shape[0], batch, new_len, dtype=torch.long)
         for b in range(batch):
             slots = torch.nonzero(keep[b]).flatten()
             n = len(slots)
@@ -191,12 +203,14 @@ class IVTPReference:
             out_visual[b, new_len - n:] = visual[b, slots]
             out_valid[b, new_len - n:] = True
             out_pos[b, new_len - n:] = position_ids[b, slots]
-        return out_h, out_index, out_visual, out_valid, out_pos
+            out_rope[:, b, new_len - n:] = rope[:, b, slots]
+        return out_h, out_index, out_visual, out_valid, out_pos, out_rope
 
     # ----------------------------------------------------------------- decode
     @torch.no_grad()
     def greedy(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual_rows: torch.Tensor,
-               stages: list[tuple[int, float]], steps: int, suppress: tuple[int, ...] = ()):
+               stages: list[tuple[int, float]], steps: int, suppress: tuple[int, ...] = (),
+               rope_positions: torch.Tensor | None = None):
         """Greedy decoding, every step recomputing the whole (pruned) sequence without a cache.
 
         ``suppress``: token ids never chosen (as ``generate(suppress_tokens=...)``); the logits
@@ -205,7 +219,8 @@ class IVTPReference:
         Returns (prefill run, per-step last-row logits [(B, V)] * steps, generated ids (B, steps)).
         """
         prompt_length = input_ids.shape[1]
-        first = self.forward(input_ids, attention_mask, visual_rows, stages)
+        first = self.forward(input_ids, attention_mask, visual_rows, stages, rope_positions=rope_positions)
+        rope = rope_positions
         step_logits = [first.logits[:, -1]]
         ids, mask = input_ids, attention_mask
         generated = []
@@ -218,7 +233,9 @@ class IVTPReference:
                 break
             ids = torch.cat([ids, nxt], dim=1)
             mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+            if rope is not None:  # generated tokens continue from the last position, in every row
+                rope = torch.cat([rope, rope[..., -1:] + 1], dim=-1)
             run = self.forward(ids, mask, visual_rows, stages, prompt_length=prompt_length,
-                               kept_positions=first.kept_positions or None)
+                               kept_positions=first.kept_positions or None, rope_positions=rope)
             step_logits.append(run.logits[:, -1])
         return first, step_logits, torch.cat(generated, dim=1)

@@ -98,3 +98,30 @@ def test_demo_runs_offline_and_says_the_model_is_random(tmp_path):
 def test_pruners_command_lists_the_registry(capsys):
     assert main(["pruners"]) == 0
     assert capsys.readouterr().out.split() == ["none", "random", "uniform", "vispruner"]
+
+
+# Non-default pruning options: each changes what reaches the LLM (the random pruner's seed picks its tokens,
+# dedup's threshold and reference what repeats, IVTP how many visual tokens the last layers see).
+PRUNING_FLAGS = ["--budget", "60", "--pruner", "random", "--seed", "3", "--dedup-threshold", "0.8",
+                 "--dedup-reference", "previous", "--ivtp-layer", "2", "--ivtp-keep", "0.5"]
+PRUNING_OPTIONS = dict(budget=60, pruner="random", seed=3, dedup_threshold=0.8, dedup_reference="previous",
+                       ivtp_layer=2, ivtp_keep=0.5)
+
+
+def test_ask_hands_every_pruning_option_to_the_llm(video_llava_ckpt, sample_video, capsys):
+    """`vidprune ask` with every pruning option set: the tokens kept per frame and by IVTP, and the answer, are
+    those of VideoQA built with the same options in this process (and another seed keeps other tokens)."""
+    from vidprune.qa import VideoQA
+
+    code = main(["ask", sample_video, "What is moving?", "--model", video_llava_ckpt, "--frames", "4",
+                 *PRUNING_FLAGS, "--max-new-tokens", "4", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    want = VideoQA.from_pretrained(video_llava_ckpt, frames=4, max_new_tokens=4, **PRUNING_OPTIONS).ask(
+        sample_video, "What is moving?").report
+    assert report["options"]["pruner"] == "random" and report["options"]["dedup_reference"] == "previous"
+    assert [f["kept"] for f in report["frames"]] == [f["kept"] for f in want["frames"]]
+    assert report["ivtp"]["visual_tokens_kept"] == want["ivtp"]["visual_tokens_kept"] < report["tokens"]["to_llm"]
+    assert report["ivtp"]["kept"] == want["ivtp"]["kept"] and report["answer"] == want["answer"]
+    other_seed = VideoQA.from_pretrained(video_llava_ckpt, frames=4, **{**PRUNING_OPTIONS, "seed": 4})
+    assert [f["kept"] for f in other_seed.prepare(sample_video).frames] != [f["kept"] for f in report["frames"]]

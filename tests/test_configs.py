@@ -17,7 +17,8 @@ PIPELINE = [p.name for p in list_presets("pipeline")]
 
 # The hub id of each family's presets (the real checkpoints; tests use tiny offline ones).
 HUB_IDS = {"video_llava": "LanguageBind/Video-LLaVA-7B-hf", "llava_next_video": "llava-hf/LLaVA-NeXT-Video-7B-hf",
-           "llava_onevision": "llava-hf/llava-onevision-qwen2-7b-ov-hf", "qwen2_5_vl": "Qwen/Qwen2.5-VL-7B-Instruct"}
+           "llava_onevision": "llava-hf/llava-onevision-qwen2-7b-ov-hf", "qwen2_5_vl": "Qwen/Qwen2.5-VL-7B-Instruct",
+           "qwen3_vl": "Qwen/Qwen3-VL-8B-Instruct", "qwen3_vl_moe": "Qwen/Qwen3-VL-30B-A3B-Instruct"}
 
 
 def test_there_are_presets_for_every_family_and_the_sweeps():
@@ -25,6 +26,7 @@ def test_there_are_presets_for_every_family_and_the_sweeps():
     assert {"llava_next_video_1024", "llava_next_video_512", "llava_next_video_256"} <= set(PIPELINE)
     assert {"llava_onevision_1568", "llava_onevision_941", "llava_onevision_627", "llava_onevision_full"} <= set(PIPELINE)
     assert {"qwen2_5_vl_1440", "qwen2_5_vl_864", "qwen2_5_vl_576", "qwen2_5_vl_full"} <= set(PIPELINE)
+    assert {"qwen3_vl_1760", "qwen3_vl_1056", "qwen3_vl_704", "qwen3_vl_full", "qwen3_vl_moe_1056"} <= set(PIPELINE)
     from vidprune.video_models import list_families
 
     assert set(HUB_IDS) == set(list_families())
@@ -50,6 +52,22 @@ def test_onevision_budgets_are_25_15_10_percent_of_the_stock_count():
     for name, share in (("llava_onevision_1568", 0.25), ("llava_onevision_941", 0.15), ("llava_onevision_627", 0.10)):
         preset = load_preset(name)
         assert preset["frames"] == 32 and round(share * stock) == preset["budget"]
+
+
+def test_qwen3_vl_budgets_are_25_15_10_percent_of_a_720p_clip():
+    """The stock count from the stock video processor at the hub's pixel limits: 8 patches x 22x40 merged tokens."""
+    import numpy as np
+    from transformers import Qwen3VLVideoProcessor
+
+    processor = Qwen3VLVideoProcessor(size={"shortest_edge": 4096, "longest_edge": 24576 * 32 * 32},
+                                      cap_pixels_per_frame=False, do_sample_frames=False)
+    t, h, w = processor(videos=[np.zeros((16, 720, 1280, 3), np.uint8)], return_tensors="pt")["video_grid_thw"][0]
+    stock = int(t * h * w) // 4
+    assert stock == 7040
+    for name, share in (("qwen3_vl_1760", 0.25), ("qwen3_vl_1056", 0.15), ("qwen3_vl_704", 0.10),
+                        ("qwen3_vl_moe_1056", 0.15)):
+        preset = load_preset(name)
+        assert preset["frames"] == 16 and round(share * stock) == preset["budget"]
 
 
 @pytest.mark.parametrize("name", [n for n in PIPELINE if n.split("_")[-1].isdigit()])

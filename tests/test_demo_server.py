@@ -43,13 +43,15 @@ FRAME_SIZE = moving_square_frames(num_frames=1)[0].shape[:2]  # (H, W)
 class ServerThread:
     """A DemoServer on its own event loop thread, bound to 127.0.0.1 on a free port."""
 
-    def __init__(self, llm, **overrides):
-        height, width = FRAME_SIZE  # Qwen2.5-VL's grid comes from the frame size: plan for the frames sent
-        geometry = llm.frame_geometry(llm.geometry, llm.processor.video_processor, height, width)
-        plan = plan_memory(geometry, budget=BUDGET, window_s=overrides.pop("window_s", 10.0),
-                           frame_rate=overrides.pop("frame_rate", 4.0), frame_tokens=overrides.pop("frame_tokens", None))
-        settings = DemoSettings(plan=plan, generate_kwargs={"max_new_tokens": 12, "do_sample": False}, port=0,
-                                model_name="tiny", tiny=True, **overrides)
+    def __init__(self, llm, settings: DemoSettings | None = None, **overrides):
+        if settings is None:
+            height, width = FRAME_SIZE  # Qwen2.5-VL's grid comes from the frame size: plan for the frames sent
+            geometry = llm.frame_geometry(llm.geometry, llm.processor.video_processor, height, width)
+            plan = plan_memory(geometry, budget=BUDGET, window_s=overrides.pop("window_s", 10.0),
+                               frame_rate=overrides.pop("frame_rate", 4.0),
+                               frame_tokens=overrides.pop("frame_tokens", None))
+            settings = DemoSettings(plan=plan, generate_kwargs={"max_new_tokens": 12, "do_sample": False}, port=0,
+                                    model_name="tiny", tiny=True, **overrides)
         self.server = DemoServer(llm, settings)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -160,15 +162,16 @@ def test_frames_go_into_memory_and_answers_stream_token_by_token(server):
     run(scenario())
 
 
-def test_qwen_pairs_the_pages_frames_into_temporal_patches_and_answers_from_them(tiny_checkpoints):
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_qwen_pairs_the_pages_frames_into_temporal_patches_and_answers_from_them(tiny_checkpoints, family):
     from vidprune.video_models import load_video_llm
 
-    llm = load_video_llm(tiny_checkpoints["qwen2_5_vl"])
+    llm = load_video_llm(tiny_checkpoints[family])
     with ServerThread(llm, max_sessions=1, frame_rate=20.0) as server:
         async def scenario():
             async with aiohttp.ClientSession() as http, http.ws_connect(server.ws_url) as ws:
                 hello = (await receive(ws, is_type("hello")))[-1]
-                assert hello["family"] == "qwen2_5_vl" and hello["grid"] is None
+                assert hello["family"] == family and hello["grid"] is None
                 assert hello["plan"]["frames_per_unit"] == 2 and hello["plan"]["dynamic"]
                 sent = 0
                 for data in FRAMES[:8]:  # one at a time: each pair is encoded before the next frame comes
@@ -378,6 +381,7 @@ def test_a_file_source_is_played_in_real_time_into_a_shared_memory(tiny_llm, sam
             assert isinstance(msgs[-2], bytes) and msgs[-2][:2] == b"\xff\xd8", "a JPEG preview before each frame"
             # Source frames are numbered as the source plays them (a frame the busy encoder skipped keeps its number).
             msgs = await receive(ws, lambda m: is_type("frame")(m) and m["seq"] >= first_seq + 4)
+            # a lower bound on real-time pacing (load only makes it later); everything else here is events and counts
             assert time.monotonic() - first_at >= 4 / 4.0 - 0.25, "4 frames at 4 fps cannot come faster than ~1 s"
             assert Image.open(io.BytesIO(msgs[-2])).size == (320, 240)
             await ws.send_bytes(FRAMES[0])
@@ -440,6 +444,50 @@ def test_an_unusable_source_fails_in_one_line_before_the_model_loads(video_llava
     assert code == 1 and words in err and len(err.splitlines()) == 1, err
 
 
+def test_the_command_lines_pruning_options_reach_the_llm(tiny_llm, video_llava_ckpt):
+    """`vidprune demo --ivtp-layer 2 --ivtp-keep 0.5 ...`: every answer runs IVTP (its token counts are in the
+    answer event), and the memory prunes with the pruner / dedup options given; nothing is dropped silently."""
+    import math
+
+    from vidprune.cli import build_parser
+    from vidprune.demo.command import settings_from_args
+
+    args = build_parser().parse_args([
+        "demo", "--model", video_llava_ckpt, "--port", "0", "--fps", "20", "--budget", "300", "--frame-tokens", "16",
+        "--pruner", "random", "--seed", "5", "--sample-seed", "6", "--important-ratio", "0.25", "--dedup-threshold", "0.95",
+        "--ivtp-layer", "2", "--ivtp-keep", "0.5", "--max-new-tokens", "3"])
+    settings, _ = settings_from_args(args)
+    assert settings.ivtp is not None and [list(st) for st in settings.ivtp.stages] == [[2, 0.5]]
+    assert settings.generate_kwargs["max_new_tokens"] == 3 and settings.generate_kwargs["seed"] == 6
+    assert {k: settings.memory_options[k] for k in ("pruner", "seed", "important_ratio", "dedup_threshold")} == \
+        {"pruner": "random", "seed": 5, "important_ratio": 0.25, "dedup_threshold": 0.95}
+
+    async def scenario(url):
+        async with aiohttp.ClientSession() as http, http.ws_connect(url.replace("http://", "ws://") + "ws") as ws:
+            await receive(ws, is_type("hello"))
+            await send_frames(ws, FRAMES[:4], gap_s=0.1)
+            await receive(ws, is_type("frame", seq=3))
+            return await ask(ws, "What is moving?")
+
+    with ServerThread(tiny_llm, settings) as s:
+        answer = run(scenario(s.url))
+    end = answer[-1]
+    assert end["type"] == "answer_end", end
+    assert end["new_tokens"] <= 3
+    ivtp = end["ivtp"]
+    assert ivtp is not None and ivtp["schedule"] == [[2, 0.5]] and ivtp["visual_tokens_in"] == end["visual_tokens"]
+    assert ivtp["visual_tokens_kept"] == math.ceil(0.5 * end["visual_tokens"])
+    per_layer = ivtp["tokens_per_layer"]  # layers >= 2 run on the kept visual tokens only
+    assert per_layer[0] == per_layer[1] and per_layer[2] == per_layer[1] - (end["visual_tokens"] - ivtp["visual_tokens_kept"])
+
+
+@pytest.mark.parametrize("flag", ["--no-prefix-reuse", "--prefix-reuse"])
+def test_an_option_the_demo_cannot_use_is_refused(video_llava_ckpt, capsys, flag):
+    code = cli_main(["demo", "--model", video_llava_ckpt, flag])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "do not apply to the demo" in err and len(err.splitlines()) == 1, err
+
+
 def test_a_busy_port_is_reported(video_llava_ckpt, capsys):
     import socket
 
@@ -468,9 +516,7 @@ def test_browser_frames_are_held_to_the_frame_rate(tiny_llm):
     async def scenario(server):
         async with aiohttp.ClientSession() as http, http.ws_connect(server.ws_url) as ws:
             await receive(ws, is_type("hello"))
-            started = time.monotonic()
             await send_frames(ws, [FRAMES[i % len(FRAMES)] for i in range(sent)], gap_s=gap_s)
-            elapsed = time.monotonic() - started
             for _ in range(200):
                 load = (await status(http, server.url))["feeds"][0]["load"]
                 if load["pending"] == 0 and load["received"] == sent:
@@ -479,13 +525,35 @@ def test_browser_frames_are_held_to_the_frame_rate(tiny_llm):
             assert load["received"] == sent == (load["encoded"] + load["dropped"] + load["refused"]
                                                 + load["over_rate"] + load["pending"])
             admitted = sent - load["over_rate"]
-            # the gate's guarantee: at most fps * T + 1 + tolerance frames in T seconds
-            assert 2 <= admitted <= 1.2 + (elapsed + 2.0) * 2.0, (admitted, elapsed, load)  # +2 s: event-loop stalls
+            # counts, not the clock: frames were thinned (30 sent 50 ms apart to a 2 fps gate) and some entered; the
+            # gate's bound over T seconds is checked with explicit arrival times in test_the_rate_gate_admits_...
+            assert 2 <= admitted < sent and load["over_rate"] >= 1, load
             notices = [m for m in await receive(ws, is_type("error")) if is_type("error")(m)]
             assert notices[0]["code"] == "frames_over_rate" and "--fps" in notices[0]["message"]
 
     with ServerThread(tiny_llm, frame_rate=2.0) as s:
         run(scenario(s))
+
+
+@pytest.mark.parametrize("frame_rate", [2.0, 4.0, 20.0])
+def test_the_rate_gate_admits_at_most_the_frame_rate(frame_rate):
+    """RateGate on explicit arrival times (no clock): a page sending 20 frames a second for 3 s, with a stall and a
+    burst. Over every window of T seconds at most frame_rate * T + 2 + FRAME_RATE_TOLERANCE frames enter, and a page
+    sending at the frame rate itself loses none. (The bound counts the two credits the gate saves up.)"""
+    from vidprune.demo.feed import RateGate
+    from vidprune.demo.limits import FRAME_RATE_TOLERANCE
+
+    arrivals = [i * 0.05 for i in range(60)] + [3.5 + i * 0.001 for i in range(10)]  # 20 fps, a stall, a burst
+    gate = RateGate(frame_rate)
+    admitted = [t for t in arrivals if gate.admit(t)]
+    for i, start in enumerate(admitted):
+        for end in admitted[i:]:
+            inside = sum(start <= t <= end for t in admitted)
+            assert inside <= frame_rate * (end - start) + RateGate._MAX_CREDIT + FRAME_RATE_TOLERANCE + 1e-9, \
+                (start, end, inside)
+    assert len(admitted) < len(arrivals) or frame_rate >= 20
+    steady = RateGate(frame_rate)
+    assert all(steady.admit(i / frame_rate) for i in range(50))  # at the frame rate: every frame enters
 
 
 async def read_for(ws, seconds: float) -> bool:
@@ -701,17 +769,18 @@ def test_questions_and_frames_take_turns_on_the_model_thread(tiny_llm):
         refill(feed)
         worker.add_feed(feed)
 
+    last_answered = threading.Event()
+
     def answer(i):
         events.append("answer")
         if i < 6:
             futures.append(worker.submit(lambda: answer(i + 1)))
+        else:
+            last_answered.set()
 
     futures = [worker.submit(lambda: answer(0))]
     worker.start()
-    deadline = time.monotonic() + TIMEOUT_S
-    while len(futures) < 7 or not futures[-1].done():
-        assert time.monotonic() < deadline, events
-        time.sleep(0.01)
+    assert last_answered.wait(TIMEOUT_S), events
     worker.stop()
     first, last = events.index("answer"), len(events) - 1 - events[::-1].index("answer")
     between = "".join("|" if e == "answer" else e[-1] for e in events[first:last + 1]).split("|")[1:-1]

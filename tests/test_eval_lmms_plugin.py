@@ -135,7 +135,7 @@ def test_lmms_eval_cli_runs_its_own_task_with_vidprune_pruning(tmp_path, video_l
     assert results["accuracy,none"] == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "qwen3_vl"])
 def test_lmms_eval_cli_runs_the_new_families(tmp_path, tiny_checkpoints, family):
     ckpt = tiny_checkpoints[family]
     videos, result, _, report_file = _run_tiny_task(tmp_path, ckpt, 2, "budget=40,frames=4")
@@ -291,3 +291,40 @@ def test_lmms_eval_cli_runs_its_own_videomme_and_mvbench_tasks(tmp_path, video_l
         assert answers[key]["token_ids"] == ours.token_ids, key
     results = json.loads(next(out.rglob("*_results.json")).read_text())["results"]
     assert set(names) <= set(results)
+
+
+def test_the_plugins_pruning_options_reach_the_llm(tmp_path, video_llava_ckpt):
+    """model_args with every pruning option set: lmms-eval's own request objects through generate_until give the
+    tokens kept per frame, IVTP's count and the ids of VideoQA built with the same options in this process."""
+    from lmms_eval.api.instance import Instance
+
+    from vidprune.eval.lmms_plugin import VidpruneLMM
+    from vidprune.qa import VideoQA
+
+    options = dict(budget=60, pruner="random", seed=3, dedup=True, dedup_threshold=0.8, dedup_reference="previous",
+                   ivtp_layer=2, ivtp_keep=0.5)
+    video = str(write_clip(tmp_path / "clip.mp4"))
+    report_file = tmp_path / "answers.jsonl"
+    lm = VidpruneLMM.create_from_arg_string(f"pretrained={video_llava_ckpt},frames=4,report_file={report_file},"
+                                            + ",".join(f"{k}={v}" for k, v in options.items()))
+    lm.task_dict = {TASK: {"test": [{"video": video}]}}
+    request = Instance("generate_until", (QUESTION, {"max_new_tokens": 4, "until": []}, lambda doc: [doc["video"]],
+                                          0, TASK, "test"), idx=0, metadata={"task": TASK, "doc_id": 0, "repeats": 1})
+    lm.generate_until([request])
+    got = json.loads(report_file.read_text().splitlines()[0])
+    want = VideoQA.from_pretrained(video_llava_ckpt, frames=4, max_new_tokens=4, **options).ask(video, QUESTION)
+    assert [f["kept"] for f in got["report"]["frames"]] == [f["kept"] for f in want.report["frames"]]
+    assert got["report"]["ivtp"]["visual_tokens_kept"] == want.report["ivtp"]["visual_tokens_kept"] \
+        < got["report"]["tokens"]["to_llm"]
+    assert got["token_ids"] == want.token_ids
+
+
+def test_the_plugins_own_dedup_default_is_said_aloud(video_llava_ckpt, capsys):
+    from vidprune.eval.lmms_plugin import VidpruneLMM
+
+    lm = VidpruneLMM.create_from_arg_string(f"pretrained={video_llava_ckpt},frames=2,budget=100")
+    err = capsys.readouterr().err
+    assert lm.qa.config.dedup is False
+    assert "cross-frame dedup off (the lmms-eval plugin's default" in err and "dedup=true" in err
+    VidpruneLMM.create_from_arg_string(f"pretrained={video_llava_ckpt},frames=2,budget=100,dedup=false")
+    assert "cross-frame dedup" not in capsys.readouterr().err  # asked for: nothing to say

@@ -139,7 +139,7 @@ def test_multiple_choice_benchmarks_in_one_sweep(tmp_path, video_llava_ckpt, cap
     assert "| Video-MME Acc | MVBench Acc | EgoSchema Acc | NExT-QA Acc |" in (tmp_path / "out" / "table.md").read_text()
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "qwen3_vl"])
 def test_the_new_families_run_a_sweep_with_pruning_and_ivtp(tmp_path, tiny_checkpoints, family, capsys):
     from vidprune import VideoQA
 
@@ -160,7 +160,7 @@ def test_the_new_families_run_a_sweep_with_pruning_and_ivtp(tmp_path, tiny_check
     # the sweep's arm is vidprune's own pipeline: the same options through VideoQA give the same tokens
     qa = VideoQA.from_pretrained(ckpt, budget=40, frames=4, dedup=False)
     assert qa.prepare(str(d / "videomme" / "data" / "vm1.mp4")).tokens_count["to_llm"] == pruned["tokens"]["to_llm"]
-    if family == "qwen2_5_vl":  # FastV's share of the stock stream is only known per video there: refused up front
+    if family in ("qwen2_5_vl", "qwen3_vl"):  # FastV's share of the stock stream is only known per video there: refused up front
         assert main(["eval", *common, "--budgets", "40", "--methods", "fastv", "--out", str(tmp_path / "o2")]) == 2
         assert "fastv keeps a share of the stock stream" in capsys.readouterr().err
 
@@ -327,3 +327,36 @@ def _sources(q_path, videos):
     from vidprune.eval.settings import BenchmarkSource
 
     return [BenchmarkSource("msvd_qa", str(q_path), str(videos))]
+
+
+def test_eval_hands_the_pipeline_options_to_every_arm(tmp_path, video_llava_ckpt, capsys):
+    """`vidprune eval` with the options that do not vary per arm (seed, dedup's, IVTP's) set on the command
+    line: each arm's kept tokens, IVTP's count and the answer's ids are VideoQA's with the arm's options."""
+    from vidprune import VideoQA
+    from vidprune.eval.benchmarks import load_benchmark
+
+    d, out = tmp_path / "data", tmp_path / "out"
+    write_clip(d / "videomme" / "data" / "vm1.mp4", num_frames=24)
+    write_json(d / "videomme" / "videomme.json", [{"videoID": "vm1", "question_id": "001-1", "question": "What moves?",
+                                                   "options": ["A. a square", "B. a dog", "C. a car", "D. a cat"],
+                                                   "answer": "A", "duration": "short", "task_type": "Counting"}])
+    assert main(["eval", "--model", video_llava_ckpt, "--frames", "4", "--max-new-tokens", "3", "--data-root", str(d),
+                 "--no-progress", "--benchmark", "videomme", "--annotations", "videomme/videomme.json", "--videos",
+                 "videomme", "--budgets", "60", "--methods", "random,vispruner_dedup", "--seed", "3",
+                 "--dedup-threshold", "0.8", "--dedup-reference", "previous", "--ivtp-layer", "2", "--ivtp-keep", "0.5",
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    recs = {r["arm"]: r for r in _records(out)}
+    video = str(d / "videomme" / "data" / "vm1.mp4")
+    prompt = load_benchmark("videomme", d / "videomme" / "videomme.json", d / "videomme").samples[0].prompt
+    for arm, options in (("random@60", dict(pruner="random", dedup=False)),
+                         ("vispruner_dedup@60", dict(pruner="vispruner", dedup=True))):
+        qa = VideoQA.from_pretrained(video_llava_ckpt, frames=4, budget=60, seed=3, dedup_threshold=0.8,
+                                     dedup_reference="previous", ivtp_layer=2, ivtp_keep=0.5, max_new_tokens=3,
+                                     **options)
+        want = qa.ask(video, prompt)
+        rec = recs[arm]
+        assert rec["tokens"]["to_llm"] == want.report["tokens"]["to_llm"]
+        assert rec["tokens"]["after_dedup"] == want.report["tokens"]["after_dedup"]
+        assert rec["tokens"]["after_ivtp"] == want.report["ivtp"]["visual_tokens_kept"] < rec["tokens"]["to_llm"]
+        assert rec["prediction_ids"] == want.token_ids, arm
+

@@ -24,12 +24,23 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from vidprune import VideoQA
 from vidprune.errors import ConfigError
 
-FAMILIES = [("video_llava", 8), ("llava_next_video", 4), ("llava_onevision", 4)]  # every registered family
+FAMILIES = [("video_llava", 8), ("llava_next_video", 4), ("llava_onevision", 4), ("qwen2_5_vl", 4)]  # every registered family
 QUESTIONS = ["What is the man holding?", "Describe the colours you see in great detail, please."]
 
 
 def _qa(ckpt, num_frames, **ivtp):
     return VideoQA.from_pretrained(ckpt, budget=num_frames * 24, dedup=False, **ivtp)
+
+
+def _model_inputs(qa, inputs, visual, layouts):
+    """What the stock forward takes besides the ids: the video's rows as ``mm_encoder_outputs`` and the positions
+    (Qwen2.5-VL: the stock mRoPE positions of the kept tokens, checked in test_models_qwen.py; else generate()'s)."""
+    positions = qa.llm.position_inputs(inputs, layouts) if qa.llm.model_type == "qwen2_5_vl" else {}
+    return {"mm_encoder_outputs": {"video": qa.llm.video_encoder_output(visual)}, **positions}
+
+
+def _text_positions(inputs):
+    return (inputs["attention_mask"].cumsum(-1) - 1).masked_fill(inputs["attention_mask"] == 0, 0)
 
 
 def _eager_scores(ckpt, qa, pruned, question, layers):
@@ -41,8 +52,8 @@ def _eager_scores(ckpt, qa, pruned, question, layers):
     visual = qa.llm.project(pruned.tokens)
     inputs = qa.llm.tokenize([prompt], [visual.shape[0]])
     with torch.no_grad():
-        out = eager(**inputs, mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=visual[None])},
-                    output_attentions=True, use_cache=False)
+        out = eager(**inputs, **_model_inputs(qa, inputs, [visual], [pruned.layout]), output_attentions=True,
+                    use_cache=False)
     ids = inputs["input_ids"][0]
     vis_pos = torch.nonzero(ids == qa.llm.video_token_id).flatten()
     rows = torch.arange(int(vis_pos.max()) + 1, len(ids))  # instruction tokens: after the last visual token
@@ -83,9 +94,9 @@ def _recomputed_scores(qa, pruned, question):
     prompt = qa.llm.build_prompt(question)
     visual = qa.llm.project(pruned.tokens)
     inputs = qa.llm.tokenize([prompt], [visual.shape[0]])
+    extra = _model_inputs(qa, inputs, [visual], [pruned.layout])
     with qa.llm.ivtp.session(inputs["input_ids"], inputs["attention_mask"], qa.llm.video_token_id) as s, torch.no_grad():
-        qa.llm.model(**inputs, mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=visual[None])},
-                     use_cache=False)
+        qa.llm.model(**inputs, **extra, use_cache=False)
     return {k: v[0] for k, v in s.stage_scores.items()}
 
 
@@ -138,24 +149,26 @@ def _vidprune_ivtp(qa, items, steps, never: tuple[int, ...]):
     prompts = [qa.llm.build_prompt(q) for _, q in items]
     visual = [qa.llm.project(p.tokens.to(qa.llm.dtype)) for p, _ in items]
     inputs = qa.llm.tokenize(prompts, [v.shape[0] for v in visual])
-    stream = {"video": BaseModelOutputWithPooling(pooler_output=torch.cat(visual)[None])}
-    positions = (inputs["attention_mask"].cumsum(-1) - 1).masked_fill(inputs["attention_mask"] == 0, 0)
+    layouts = [p.layout for p, _ in items]
+    extra = _model_inputs(qa, inputs, visual, layouts)
+    positions = extra.pop("position_ids", _text_positions(inputs))
     ivtp = qa.llm.ivtp
     with ivtp.session(inputs["input_ids"], inputs["attention_mask"], qa.llm.video_token_id) as s, torch.no_grad():
-        logits = qa.llm.model(**inputs, position_ids=positions, mm_encoder_outputs=stream, use_cache=False).logits
+        logits = qa.llm.model(**inputs, position_ids=positions, **extra, use_cache=False).logits
     prefill = {"logits": logits, "kept": s.kept, "tokens_per_layer": s.tokens_per_layer}
     step_logits = []  # the lm_head's last row of every forward generate() makes (its own output_logits are float32)
     hook = qa.llm.model.lm_head.register_forward_hook(lambda _m, _a, out: step_logits.append(out[:, -1].clone()))
     try:
+        gen_positions = {} if positions.dim() == 2 else {"position_ids": positions}  # Llama: generate()'s own
         with ivtp.session(inputs["input_ids"], inputs["attention_mask"], qa.llm.video_token_id), torch.no_grad():
-            sequences = qa.llm.model.generate(**inputs, mm_encoder_outputs=stream, max_new_tokens=steps,
+            sequences = qa.llm.model.generate(**inputs, **extra, **gen_positions, max_new_tokens=steps,
                                               do_sample=False, suppress_tokens=list(never))
     finally:
         hook.remove()
     generated = sequences[:, inputs["input_ids"].shape[1]:]
-    public = qa.llm.generate(prompts, visual, max_new_tokens=steps, do_sample=False,
-                             suppress_tokens=list(never)).sequences
-    return inputs, prefill, step_logits, generated, public
+    public = qa.llm.generate(prompts, visual, layouts, max_new_tokens=steps, do_sample=False,
+                             suppress_tokens=list(never)).answer_ids
+    return inputs, prefill, step_logits, generated, public, (positions[1:] if positions.dim() == 3 else None)
 
 
 @pytest.mark.parametrize("family,num_frames", FAMILIES)
@@ -177,12 +190,12 @@ def test_ivtp_equals_a_hand_written_loop_over_the_stock_layers(tiny_checkpoints,
     qa.llm.model.to(torch.float64)  # both sides in float64: float32 rounding of eager vs SDPA would hide small bugs
     steps = 8
     never = _never_generated(qa)
-    inputs, prefill, step_logits, generated, public = _vidprune_ivtp(qa, items, steps, never)
+    inputs, prefill, step_logits, generated, public, rope = _vidprune_ivtp(qa, items, steps, never)
 
     ref = IVTPReference(ckpt, dtype=torch.float64)
     rows = ref.project(torch.cat([p.tokens for p, _ in items]).double())
     run, ref_steps, ref_ids = ref.greedy(inputs["input_ids"], inputs["attention_mask"], rows, stages, steps,
-                                         suppress=never)
+                                         suppress=never, rope_positions=rope)
 
     # the kept sets and the layout sizes of every layer
     assert prefill["kept"] == run.kept_stream
@@ -217,12 +230,13 @@ def test_the_reference_loop_with_everything_kept_is_the_stock_model(tiny_checkpo
     ref = IVTPReference(ckpt)
     inputs = qa.llm.tokenize([qa.llm.build_prompt(q) for _, q in items], [p.tokens.shape[0] for p, _ in items])
     rows = ref.project(torch.cat([p.tokens for p, _ in items]))
-    positions = (inputs["attention_mask"].cumsum(-1) - 1).masked_fill(inputs["attention_mask"] == 0, 0)
+    extra = _model_inputs(qa, inputs, [qa.llm.project(p.tokens) for p, _ in items], [p.layout for p, _ in items])
+    positions = extra.pop("position_ids", _text_positions(inputs))
+    rope = positions[1:] if positions.dim() == 3 else None
     with torch.no_grad():
-        stock = ref.model(**inputs, position_ids=positions, use_cache=False,
-                          mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=rows[None])})
-    loop = ref.forward(inputs["input_ids"], inputs["attention_mask"], rows, [])
-    kept_all = ref.forward(inputs["input_ids"], inputs["attention_mask"], rows, [(1, 1.0)])
+        stock = ref.model(**inputs, position_ids=positions, use_cache=False, **extra)
+    loop = ref.forward(inputs["input_ids"], inputs["attention_mask"], rows, [], rope_positions=rope)
+    kept_all = ref.forward(inputs["input_ids"], inputs["attention_mask"], rows, [(1, 1.0)], rope_positions=rope)
     valid = inputs["attention_mask"].bool()
     torch.testing.assert_close(kept_all.logits, loop.logits, rtol=0, atol=0)
     torch.testing.assert_close(loop.logits[valid], stock.logits[valid], rtol=1e-5, atol=1e-5)
@@ -294,11 +308,11 @@ def test_beam_search_works_with_the_pruned_cache(video_llava_ckpt, random_frames
     pruned = stock.prepare(frames)
     visual = stock.llm.project(pruned.tokens)
     prompt = stock.llm.build_prompt(QUESTIONS[0])
-    ref = stock.llm.generate([prompt], [visual], max_new_tokens=6, num_beams=2, do_sample=False).sequences
+    ref = stock.llm.generate([prompt], [visual], max_new_tokens=6, num_beams=2, do_sample=False).answer_ids
     same = _qa(video_llava_ckpt, 8, ivtp_layer=2, ivtp_keep=1.0)
     out = same.llm.generate([prompt], [visual], max_new_tokens=6, num_beams=2, do_sample=False)
-    assert out.sequences == ref
+    assert out.answer_ids == ref
     pruning = _qa(video_llava_ckpt, 8, ivtp_layer=2, ivtp_keep=0.3)
     out = pruning.llm.generate([prompt], [visual], max_new_tokens=6, num_beams=2, do_sample=False)
-    assert len(out.sequences) == 1 and len(out.sequences[0]) > 0
+    assert len(out.answer_ids) == 1 and len(out.answer_ids[0]) > 0
     assert len(out.ivtp[0]["kept"]) == math.ceil(0.3 * visual.shape[0])

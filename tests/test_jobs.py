@@ -50,9 +50,16 @@ def job_cmd(manifest: Path, out: Path, ckpt: str, *extra: str) -> list[str]:
             *FLAGS, "--no-progress", *extra]
 
 
-def expected_answers(ckpt: str, items: list[JobItem]) -> dict[tuple, list[int]]:
+# Every pruning option set to something other than its default (test_job_starts_ray_locally_...).
+PRUNING_FLAGS = ["--pruner", "random", "--seed", "3", "--dedup-threshold", "0.8", "--dedup-reference", "previous",
+                 "--ivtp-layer", "2", "--ivtp-keep", "0.5"]
+PRUNING_OPTIONS = dict(pruner="random", seed=3, dedup_threshold=0.8, dedup_reference="previous", ivtp_layer=2,
+                       ivtp_keep=0.5)
+
+
+def expected_answers(ckpt: str, items: list[JobItem], **options) -> dict[tuple, list[int]]:
     """In-process answers, grouped per video as the job groups them: {(id, index): token ids}."""
-    qa = VideoQA.from_pretrained(ckpt, **OPTIONS)
+    qa = VideoQA.from_pretrained(ckpt, **{**OPTIONS, **options})
     by_video: dict[str, list[JobItem]] = {}
     for it in items:
         by_video.setdefault(it.video, []).append(it)
@@ -285,7 +292,8 @@ def test_job_starts_ray_locally_without_an_address(job_videos, video_llava_ckpt,
     env = ray_env(make_ray_home(tmp_path), marker)
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="vprt")  # short socket paths, away from other Ray sessions' /tmp/ray
     try:
-        run = subprocess.run(job_cmd(m, out, video_llava_ckpt, "--node-ip-address", "127.0.0.2", "--decoders", "1"),
+        run = subprocess.run(job_cmd(m, out, video_llava_ckpt, "--node-ip-address", "127.0.0.2", "--decoders", "1",
+                                     *PRUNING_FLAGS),
                              env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
     finally:
         deadline = time.monotonic() + LOCAL_RAY_EXIT_S  # ray.shutdown() lets its helpers exit on their own
@@ -297,8 +305,13 @@ def test_job_starts_ray_locally_without_an_address(job_videos, video_llava_ckpt,
         shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     assert run.returncode == 0, run.stderr
     assert not leftovers, f"the local Ray was not shut down: {leftovers}"
-    want = expected_answers(video_llava_ckpt, read_manifest(m))
-    assert {(json.dumps(r["id"]), r["question_index"]): r["token_ids"] for r in read_results(out)} == want
+    # every pruning option reached the actors: the ids are VideoQA's with the same options, IVTP ran
+    want = expected_answers(video_llava_ckpt, read_manifest(m), **PRUNING_OPTIONS)
+    results = read_results(out)
+    assert {(json.dumps(r["id"]), r["question_index"]): r["token_ids"] for r in results} == want
+    for r in results:
+        assert r["report"]["options"]["pruner"] == "random" and r["report"]["options"]["dedup_reference"] == "previous"
+        assert r["report"]["ivtp"]["visual_tokens_kept"] < r["report"]["tokens"]["to_llm"]
 
 
 def test_job_with_no_layout_flags_fits_two_one_cpu_nodes_and_survives_a_killed_actor(job_videos, video_llava_ckpt,
@@ -345,3 +358,53 @@ def test_job_with_no_layout_flags_fits_two_one_cpu_nodes_and_survives_a_killed_a
                                timeout=JOB_TIMEOUT_S)
         assert again.returncode == 0 and "0 new results (0 answered, 0 failed), 12 already in" in again.stderr
         assert out.read_bytes() == before
+
+
+# Two 1-CPU nodes and a layout of 1.75 CPUs (issue 24): losing a node leaves actors Ray cannot place again.
+TOO_BIG_AFTER_A_LOSS = ["--decoders", "1", "--encoders", "1", "--decode-cpus", "0.5", "--encode-cpus", "0.5",
+                        "--select-cpus", "0.25", "--answer-cpus", "0.5"]
+PLACEMENT_TIMEOUT_S = 15
+
+
+def test_a_job_whose_cluster_shrinks_below_its_layout_stops_in_one_line_keeping_its_answers(job_videos,
+                                                                                         video_llava_ckpt, tmp_path):
+    """The worker node of a two-node cluster is SIGKILLed mid-job: the restarted actors cannot be placed on the
+    node left. The job ends by itself (no result for --placement-timeout s, the layout no longer fits) with one
+    line naming the missing CPUs and the rerun that fits; every answer written before stays, once, correct."""
+    videos, _, _ = job_videos
+    m = write_manifest(tmp_path / "m.jsonl", [{"id": f"v{i}", "video": v, "questions": ["What moves?", "Where?"]}
+                                              for i, v in enumerate(videos)])
+    items = read_manifest(m)
+    out = tmp_path / "shrunk.jsonl"
+    with LoopbackCluster(worker_nodes=1, num_cpus=1) as small:
+        cmd = job_cmd(m, out, video_llava_ckpt, *TOO_BIG_AFTER_A_LOSS, "--placement-timeout", str(PLACEMENT_TIMEOUT_S))
+        proc = subprocess.Popen(cmd, env={**small.env, "RAY_ADDRESS": small.address}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        killed_at = None
+        try:
+            deadline = time.monotonic() + JOB_TIMEOUT_S
+            while time.monotonic() < deadline and proc.poll() is None:
+                if out.exists() and len(out.read_text().splitlines()) >= 2:
+                    small.kill_node("127.0.0.3")
+                    killed_at = len(out.read_text().splitlines())
+                    break
+                time.sleep(0.1)
+            _, stderr = proc.communicate(timeout=JOB_TIMEOUT_S)  # it must end by itself
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert killed_at is not None and killed_at < len(items), "the job ended before the node could be killed"
+    assert proc.returncode == 2, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr and line.startswith("vidprune: error: "), stderr
+    assert "the Ray cluster shrank below the pipeline's layout while it ran: it now has 1 node(s), 1 CPUs" in line
+    assert "asks for 1.75 CPUs" in line and "0.75 CPU" in line and "are missing" in line
+    assert "the Ray cluster has 1 CPUs but the pipeline asks for 1.75" in line  # what a rerun with these flags says
+    assert "without the layout flags it is sized for the cluster: decode 1x" in line
+    results = read_results(out)
+    assert killed_at <= len(results) < len(items)
+    keys = [(json.dumps(r["id"]), r["question_index"]) for r in results]
+    assert len(set(keys)) == len(keys)  # each once
+    want = expected_answers(video_llava_ckpt, [it for it in items if it.key in set(keys)])
+    assert {k: r["token_ids"] for k, r in zip(keys, results)} == want
+    assert f"{len(results)} results written so far are kept" in line

@@ -316,7 +316,7 @@ def test_memory_of_a_real_encoder_answers_through_the_llm(tiny_checkpoints, fami
     visual = llm.project(tokens)
     assert visual.shape == (stats.tokens, llm.config.text_config.hidden_size)
     out = llm.generate([llm.build_prompt("What is moving?")], [visual], max_new_tokens=4)
-    assert len(out.sequences[0]) >= 1
+    assert len(out.answer_ids[0]) >= 1
     assert llm.tokenize([llm.build_prompt("q")], [tokens.shape[0]])["input_ids"].eq(llm.video_token_id).sum() \
         == tokens.shape[0]
 

@@ -175,7 +175,9 @@ def test_batch_with_different_kept_counts_equals_one_at_a_time(tiny_checkpoints,
 
 def test_wrong_family_fails_before_loading_weights(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
-    with pytest.raises(ModelLoadError, match="bert.*supports llava_next_video, llava_onevision, qwen2_5_vl, video_llava"):
+    from vidprune.video_models import list_families
+
+    with pytest.raises(ModelLoadError, match="bert.*supports " + ", ".join(list_families())):
         VideoQA.from_pretrained(str(tmp_path), budget=100)
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -268,7 +270,7 @@ def test_sampling_samples_and_the_seed_fixes_it(video_llava_ckpt, random_frames,
     greedy = qa.answer(pruned, [question], max_new_tokens=8)[0].token_ids
 
     def sample(seed: int, temperature: float) -> list[int]:
-        sampler = VideoQA(qa.llm, qa.config.replace(do_sample=True, temperature=temperature, seed=seed))
+        sampler = VideoQA(qa.llm, qa.config.replace(do_sample=True, temperature=temperature, sample_seed=seed))
         return sampler.answer(pruned, [question], max_new_tokens=8)[0].token_ids
 
     hot = {seed: sample(seed, 5.0) for seed in range(4)}
@@ -276,3 +278,53 @@ def test_sampling_samples_and_the_seed_fixes_it(video_llava_ckpt, random_frames,
     assert len({tuple(ids) for ids in hot.values()}) >= 3  # other seeds: other ids
     assert all(ids != greedy for ids in hot.values())  # it samples: not the greedy answer
     assert sample(3, 1e-4) == greedy  # temperature is applied: near 0 sampling is greedy
+
+
+def test_a_torch_dtype_is_accepted_like_its_name(video_llava_ckpt, random_frames):
+    """dtype=torch.bfloat16 (not only "bfloat16"): the config holds the name, the model loads in that dtype."""
+    from vidprune.config import VidpruneConfig, resolve_config
+
+    assert VidpruneConfig(dtype=torch.bfloat16).validate().dtype == "bfloat16"
+    cfg, _ = resolve_config(video_llava_ckpt, dtype=torch.float16)
+    assert cfg.dtype == "float16"
+    qa = VideoQA.from_pretrained(video_llava_ckpt, dtype=torch.bfloat16, budget=64, frames=4)
+    assert qa.llm.dtype == torch.bfloat16 and qa.config.dtype == "bfloat16"
+    named = VideoQA.from_pretrained(video_llava_ckpt, dtype="bfloat16", budget=64, frames=4)
+    frames = random_frames(4, seed=5)
+    assert qa.ask(frames, "What?", max_new_tokens=3).token_ids == named.ask(frames, "What?", max_new_tokens=3).token_ids
+    with pytest.raises(ConfigError, match="dtype must be one of"):
+        VidpruneConfig(dtype=torch.int8).validate()
+
+
+@pytest.mark.parametrize("family", ["video_llava", "qwen2_5_vl"])
+def test_from_model_wraps_a_model_the_user_loaded(tiny_checkpoints, random_frames, family):
+    """VideoQA.from_model(model, processor, **options) on a stock model loaded with transformers gives the ids
+    and report of VideoQA.from_pretrained on the same checkpoint; loading options are refused in one line."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    ckpt = tiny_checkpoints[family]
+    model = AutoModelForImageTextToText.from_pretrained(ckpt, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(ckpt)
+    options = dict(budget=40, frames=4, ivtp_layer=2, ivtp_keep=0.5, max_new_tokens=4)
+    wrapped = VideoQA.from_model(model, processor, **options)
+    loaded = VideoQA.from_pretrained(ckpt, **options)
+    assert wrapped.llm.model is model and type(wrapped.llm) is type(loaded.llm)
+    frames = random_frames(4, seed=6)
+    a, b = wrapped.ask(frames, "What moves?"), loaded.ask(frames, "What moves?")
+    assert a.token_ids == b.token_ids and a.report["tokens"] == b.report["tokens"]
+    assert a.report["ivtp"]["kept"] == b.report["ivtp"]["kept"]
+    assert wrapped.config.device == "cpu" and wrapped.config.dtype == "float32"
+    with pytest.raises(ConfigError, match="dtype describe loading a checkpoint, but this model is already loaded"):
+        VideoQA.from_model(model, processor, dtype="bfloat16")
+    with pytest.raises(ConfigError, match="takes a transformers model and its processor"):
+        VideoQA.from_model(model, processor.tokenizer)
+
+
+def test_generation_output_names_the_new_ids_apart_from_transformers_sequences(video_llava_ckpt, random_frames):
+    qa = VideoQA.from_pretrained(video_llava_ckpt, budget=64, frames=4)
+    pruned = qa.prepare(random_frames(4, seed=7))
+    visual = qa.llm.project(pruned.tokens)
+    out = qa.llm.generate([qa.llm.build_prompt("What?")], [visual], max_new_tokens=3)
+    assert out.answer_ids == [qa.answer(pruned, ["What?"], max_new_tokens=3)[0].token_ids]
+    with pytest.warns(DeprecationWarning, match="renamed answer_ids"):
+        assert out.sequences == out.answer_ids

@@ -408,3 +408,48 @@ def test_make_tiny_checkpoint_lists_every_registered_family():
     action = next(a for a in build_parser()._subparsers._group_actions[0].choices["make-tiny-checkpoint"]._actions
                   if a.dest == "family")
     assert sorted(action.choices) == list_families()
+
+
+def test_rope_deltas_follow_the_stock_convention_in_a_left_padded_batch(qwen_ckpt, random_frames):
+    """rope_deltas as the stock get_rope_index returns them for a left-padded batch with its attention mask
+    (transformers 5.24: next position minus the sample's UNPADDED length): with pruning off they equal the stock
+    deltas on the processor's own left-padded batch, and the stock decode path without position ids
+    (compute_3d_position_ids: cumsum(attention_mask) - 1 + rope_deltas) puts each sample's next token right after
+    its last stock position, padded or not."""
+    from transformers.cache_utils import DynamicCache
+
+    qa = VideoQA.from_pretrained(qwen_ckpt, budget=None, dedup=False, frames=4)
+    llm = qa.llm
+    frames = [random_frames(4, seed=31), random_frames(4, seed=32, height=200, width=360)]  # two grids
+    pruned = [qa.prepare(f) for f in frames]
+    prompts = [llm.build_prompt(q) for q in QUESTIONS]
+    inputs = llm.tokenize(prompts, [p.tokens.shape[0] for p in pruned])
+    assert (inputs["attention_mask"] == 0).any(), "the batch must be left-padded"
+    positions = llm.position_inputs(inputs, [p.layout for p in pruned])["position_ids"]  # (4, B, L)
+    ours = llm.model.model.rope_deltas.clone()
+    # the stock processor and get_rope_index on the same two videos, left-padded
+    tok = llm.processor.tokenizer
+    old_side, tok.padding_side = tok.padding_side, "left"
+    try:
+        stock_in = llm.processor(text=prompts, videos=frames, return_tensors="pt", padding=True,
+                                 video_metadata=_metadata(4) + _metadata(4))
+    finally:
+        tok.padding_side = old_side
+    assert stock_in["input_ids"].tolist() == inputs["input_ids"].tolist()
+    _, stock_deltas = llm.model.model.get_rope_index(
+        stock_in["input_ids"], mm_token_type_ids=stock_in["mm_token_type_ids"],
+        video_grid_thw=stock_in["video_grid_thw"], second_per_grid_ts=stock_in["second_per_grid_ts"],
+        attention_mask=stock_in["attention_mask"])
+    assert ours.tolist() == stock_deltas.tolist()
+    # a decode step without position ids: the stock model's own positions from rope_deltas
+    cache = DynamicCache(config=llm.model.config)
+    with torch.no_grad():
+        llm.model(**inputs, position_ids=positions, cache=cache, use_cache=True,
+                  mm_encoder_outputs={"video": llm.video_encoder_output([llm.project(p.tokens) for p in pruned])})
+        llm.model.model.rope_deltas = ours
+        step = llm.model.get_input_embeddings()(torch.tensor([[0], [0]]))  # (B, 1, D): one new token each
+        mask = torch.cat([inputs["attention_mask"], torch.ones(2, 1, dtype=torch.long)], dim=1)  # as generate() grows it
+        decode = llm.model.model.compute_3d_position_ids(input_ids=None, image_grid_thw=None, video_grid_thw=None,
+                                                          inputs_embeds=step, attention_mask=mask, cache=cache)
+    assert cache.get_seq_length() == inputs["input_ids"].shape[1]
+    assert decode[:, :, -1].tolist() == (positions[1:, :, -1] + 1).tolist()

@@ -20,8 +20,9 @@ from vidprune import VideoQA
 from vidprune.pipeline.build import build_stages
 from vidprune.video_models.hf_internals import check_prefix_cache_internals, model_cache_keyword
 
-FAMILIES = ["video_llava", "llava_next_video", "llava_onevision", "qwen2_5_vl"]
-BUDGETS = {"video_llava": 60, "llava_next_video": 120, "llava_onevision": 160, "qwen2_5_vl": 96}
+# qwen3_vl_moe shares qwen3_vl's adapter and generation path (its own checks: tests/test_models_qwen3.py)
+FAMILIES = ["video_llava", "llava_next_video", "llava_onevision", "qwen2_5_vl", "qwen3_vl"]
+BUDGETS = {"video_llava": 60, "llava_next_video": 120, "llava_onevision": 160, "qwen2_5_vl": 96, "qwen3_vl": 96}
 # differing lengths, so the batch pads between the shared prefix and each question
 QUESTIONS = ["What is the man holding?", "Describe the colours you see in great detail, please.", "Why?",
              "What happens after the square stops moving, and where does it end up?", "Colour?"]
@@ -45,6 +46,14 @@ IVTP_ARMS = {
     "keep_all": {"ivtp_layer": 1, "ivtp_keep": 1.0},
     "fused": {"ivtp_layer": 2, "ivtp_keep": 0.4, "ivtp_fusion": "mean"},
 }
+# Qwen3-VL adds DeepStack levels after decoder layers 0 and 1 of the tiny checkpoints: pruning starts at 2
+# (a layer inside is refused), scores may still come from the layers below.
+DEEPSTACK_ARMS = {**IVTP_ARMS, "progressive": {"ivtp_schedule": [[2, 0.6], [3, 0.5]]},
+                  "keep_all": {"ivtp_layer": 2, "ivtp_keep": 1.0}}
+
+
+def _ivtp_arm(family: str, arm: str) -> dict:
+    return (DEEPSTACK_ARMS if family.startswith("qwen3_vl") else IVTP_ARMS)[arm]
 
 
 def _arm(qa, **options):
@@ -75,9 +84,9 @@ def test_prefix_reuse_generates_the_ids_of_prefilling_each_question(family_qa, r
 @pytest.mark.parametrize("ivtp", [None, "progressive"])
 def test_mixed_batch_of_videos_equals_the_batch_prefilled_whole(family_qa, random_frames, ivtp):
     """Two videos with two questions each and a third with one, interleaved: same ids, same order."""
-    _, qa = family_qa
+    family, qa = family_qa
     if ivtp is not None:
-        qa = _arm(qa, **IVTP_ARMS[ivtp])
+        qa = _arm(qa, **_ivtp_arm(family, ivtp))
     a, b, c = (qa.prepare(random_frames(qa.config.frames, seed=s)) for s in (4, 5, 6))
     items = [(a, QUESTIONS[0]), (b, QUESTIONS[1]), (a, QUESTIONS[2]), (c, QUESTIONS[3]), (b, QUESTIONS[4])]
     stock = build_stages(qa.config.replace(reuse_prefix=False), qa.checkpoint_info, qa.llm).answer
@@ -93,10 +102,10 @@ def test_mixed_batch_of_videos_equals_the_batch_prefilled_whole(family_qa, rando
 def test_ivtp_prefix_reuse_generates_the_ids_of_prefilling_each_question(family_qa, random_frames, arm):
     """IVTP over a prefix run once below k1: ids, kept sets and tokens per layer of each question prefilled whole."""
     family, plain = family_qa
-    qa = _arm(plain, **IVTP_ARMS[arm])
+    qa = _arm(plain, **_ivtp_arm(family, arm))
     pruned = qa.prepare(random_frames(qa.config.frames, seed=3))
     alone = [qa.answer(pruned, [q])[0] for q in QUESTIONS]  # one at a time: IVTP on the whole prompt
-    whole = _arm(plain, reuse_prefix=False, **IVTP_ARMS[arm]).answer(pruned, QUESTIONS)  # one left-padded batch
+    whole = _arm(plain, reuse_prefix=False, **_ivtp_arm(family, arm)).answer(pruned, QUESTIONS)  # one left-padded batch
     assert _ids(whole) == _ids(alone)
     outs = qa.answer_stage.process_batch([(pruned, q) for q in QUESTIONS])
     visual = pruned.tokens_count["to_llm"]

@@ -1,4 +1,4 @@
-"""LLaVA-OneVision and Qwen2.5-VL through the Ray pipeline (real loopback cluster) equal the in-process answers.
+"""LLaVA-OneVision, Qwen2.5-VL and Qwen3-VL through the Ray pipeline (real loopback cluster) equal the in-process answers.
 
 Segments of 4 frames: Qwen2.5-VL's temporal patches (pairs) stay whole; OneVision's newline
 follows the last segment.
@@ -16,7 +16,7 @@ from vidprune.samples import moving_square_frames, write_video
 OPTIONS = dict(budget=60, frames=8, max_new_tokens=4)
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "qwen3_vl"])
 def test_ray_job_equals_in_process(tiny_checkpoints, tmp_path, family):
     import ray
 

@@ -174,6 +174,28 @@ def test_array_input_equals_in_process(pipeline, reference):
     assert_same_pruned(pipeline.prepare(frames), reference.prepare(frames))
 
 
+def test_repeated_frames_reuse_features_per_segment_with_the_in_process_result(pipeline, reference):
+    # runs of 3 equal frames across segments of 4: the encoder replicas see a video's segments in
+    # parallel, so the last encoded frame is the segment's and each segment's first frame runs the tower
+    frames = np.repeat(moving_square_frames(8, seed=9), 3, axis=0)  # (24, H, W, 3)
+    got, want = pipeline.prepare(frames), reference.prepare(frames)
+    segment = OPTIONS["encoder_batch_size"]
+    assert [f["reused"] for f in want.frames] == [i % 3 != 0 for i in range(24)]
+    assert [f["reused"] for f in got.frames] == [i % 3 != 0 and i % segment != 0 for i in range(24)]
+    strip = lambda frames: [{k: v for k, v in f.items() if k != "reused"} for f in frames]  # noqa: E731
+    assert strip(got.frames) == strip(want.frames)
+    assert got.tokens_count == want.tokens_count
+    torch.testing.assert_close(got.tokens, want.tokens, rtol=1e-5, atol=1e-6)
+
+
+def test_a_video_over_http_equals_the_local_file(pipeline, reference, videos):
+    from range_server import RangeHTTPServer
+
+    with RangeHTTPServer(os.path.dirname(videos["short2"])) as server:  # on 127.0.0.1: the worker nodes reach it
+        got = pipeline.prepare(server.url(os.path.basename(videos["short2"])))
+    assert_same_pruned(got, reference.prepare(videos["short2"]))
+
+
 def _record_llm_inputs(answer_actor):
     """Test instrumentation, installed in the live actor: the token shapes handed to its answer stages."""
 

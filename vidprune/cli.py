@@ -137,7 +137,11 @@ def _demo_budget(family: str, checkpoint: str) -> int:
 def check_video_path(video: str) -> None:
     """Fail fast (before any model loads) on a video path that cannot be a readable file."""
     from .errors import VideoDecodeError
+    from .pipeline.decode.byte_source import check_source, is_remote
 
+    if is_remote(video):  # s3://, gs://, https://: reachable, a file, its size known (one line otherwise)
+        check_source(video)
+        return
     if not os.path.exists(video):
         raise VideoDecodeError(f"cannot decode video {video!r}: the file does not exist; check the path")
     if os.path.isdir(video):

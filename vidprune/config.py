@@ -40,12 +40,18 @@ from .presets import load_preset
 from .validators import problem_in_range, problem_positive_int, problem_positive_number
 
 __all__ = ["VidpruneConfig", "Option", "OPTIONS", "SECTIONS", "load_preset", "resolve_config",
-           "add_option_flags", "options_from_args", "DEFAULT_DEDUP_THRESHOLD", "DTYPE_NAMES", "DECODE_BACKENDS"]
+           "add_option_flags", "options_from_args", "DEFAULT_DEDUP_THRESHOLD", "DEFAULT_SKIP_STATIC_THRESHOLD", "DTYPE_NAMES", "DECODE_BACKENDS"]
 
 # Cosine similarity (pre-projector CLIP features) above which a token repeats what an
 # earlier frame gave. CLIP layer -2 features of an unchanged patch in consecutive
 # frames of real video sit well above 0.9 (codec noise only); a changed patch drops below.
 DEFAULT_DEDUP_THRESHOLD = 0.9
+
+# Mean absolute pixel difference (0–255 levels) under which --skip-static reuses a frame's
+# features (vidprune.pipeline.frame_reuse): about H.264's noise on a still scene, while an
+# object moving over a tenth of the frame changes the mean by several levels.
+# Its agreement with full processing: docs/performance.md.
+DEFAULT_SKIP_STATIC_THRESHOLD = 1.0
 
 DECODE_BACKENDS = ("pyav", "decord")
 # vidprune.engines.ENGINES, spelled here so that declaring the flags imports no torch (tests check they are equal)
@@ -149,7 +155,8 @@ class VidpruneConfig:
                                 help="hub id or checkpoint directory (Video-LLaVA, LLaVA-NeXT-Video, LLaVA-OneVision, Qwen2.5-VL)")
     device: str = _option("cpu", "model", help="cpu, cuda, cuda:1, ... (default cpu)")
     dtype: str | None = _option(None, "model", "engine",
-                                help="float32, float16 or bfloat16 (default: float32 on CPU); the vLLM engine's too")
+                                help="float32, float16 or bfloat16, or a torch dtype in Python (default: float32 on CPU); "
+                                     "the vLLM engine's too")
     keep_cls: bool = _option(True, "model", false_flag="--drop-cls",
                              help="Video-LLaVA: do not hand on each frame's [CLS] token")
     prune_pooled: bool = _option(True, "model", false_flag="--prune-unpooled",
@@ -164,6 +171,16 @@ class VidpruneConfig:
                                   help="pyav (default) or decord (falls back to PyAV when it cannot read a file)")
     encoder_batch_size: int | None = _option(None, "encode", arg="batch_size", parse=int,
                                              help="frames per vision-tower call (default: all)")
+    reuse_frames: bool = _option(True, "encode", true_flag="--reuse-frames", false_flag="--no-reuse-frames",
+                                 help="a frame (Qwen2.5-VL: temporal patch) whose pixels equal the last encoded one "
+                                      "reuses its features instead of running the vision tower (default on; the same ids)")
+    skip_static: bool = _option(False, "encode", true_flag="--skip-static",
+                                help="also reuse the last encoded frame's features when the mean absolute pixel "
+                                     "difference to it is at most --skip-static-threshold (default off; changes "
+                                     "results slightly, see docs/performance.md)")
+    skip_static_threshold: float = _option(DEFAULT_SKIP_STATIC_THRESHOLD, "encode", parse=float,
+                                           help=f"mean absolute pixel difference, in 0-255 levels, under which "
+                                                f"--skip-static reuses a frame ({DEFAULT_SKIP_STATIC_THRESHOLD})")
     # --- per-frame pruning, cross-frame dedup and the budget (SelectStage)
     budget: int | None = _option(None, "select", parse=_parse_budget,
                                  help="total visual tokens handed to the LLM per video, or 'none'")
@@ -178,7 +195,8 @@ class VidpruneConfig:
                                    help="what a token is compared with: kept tokens of earlier frames (default), "
                                         "the previous frame, or any kept token at the same position")
     dedup_window: int | None = _option(None, "select", parse=int, help="frames back that dedup compares with (default: all)")
-    seed: int = _option(0, "select", "generate", parse=int, help="seed of the random pruner and of sampling")
+    seed: int = _option(0, "select", parse=int, help="seed of the random pruner (its draw per frame depends on the "
+                                                    "seed and the frame alone)")
     # --- IVTP: prune again inside the LLM, conditioned on the question (off by default)
     ivtp_layer: int | None = _option(None, "ivtp", arg="layer", parse=int,
                                      help="k: score after layer k-1, run layers >= k on the kept tokens")
@@ -194,6 +212,10 @@ class VidpruneConfig:
     do_sample: bool = _option(False, "generate", true_flag="--sample", help="sample instead of greedy")
     temperature: float = _option(1.0, "generate", parse=float, help="sampling temperature (with --sample)")
     top_p: float = _option(1.0, "generate", parse=float, help="nucleus sampling mass (with --sample)")
+    sample_seed: int = _option(0, "generate", arg="seed", parse=int,
+                               help="seed of the answer's own sampling stream (with --sample): the same seed and the "
+                                    "same questions in the same order give the same samples; successive answers "
+                                    "differ; the caller's global torch RNG is never touched")
     reuse_prefix: bool = _option(True, "generate", true_flag="--prefix-reuse", false_flag="--no-prefix-reuse",
                                  help="several questions about one video: prefill the video once and reuse its KV "
                                       "cache (the same ids; greedy, without IVTP); default on")
@@ -212,6 +234,11 @@ class VidpruneConfig:
     vllm_options: dict | None = _option(None, "engine", parse=_parse_json_object, metavar="JSON",
                                         help="vLLM: further vllm.LLM keywords as a JSON object, e.g. "
                                              "'{\"enable_chunked_prefill\": false}'")
+
+    def __post_init__(self) -> None:
+        # a torch dtype (torch.bfloat16) is held by its name, so a config stays plain data (YAML, JSON, Ray)
+        if type(self.dtype).__module__ == "torch" and str(self.dtype).startswith("torch."):
+            self.dtype = str(self.dtype)[len("torch."):]
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -257,12 +284,17 @@ class VidpruneConfig:
             if getattr(self, name) is not None:
                 add(problem_positive_int(name, getattr(self, name)))
         add(problem_positive_int("max_new_tokens", self.max_new_tokens))
+        for name in ("seed", "sample_seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                p.append(f"{name} must be an integer, got {value!r}")
         if self.fps is not None:
             add(problem_positive_number("fps", self.fps))
         if self.frames is not None and self.fps is not None:
             p.append("give either frames (uniform sampling) or fps (rate sampling), not both")
         add(problem_in_range("important_ratio", self.important_ratio, 0.0, 1.0))
         add(problem_in_range("dedup_threshold", self.dedup_threshold, 0.0, 1.0, low_open=True))
+        add(problem_in_range("skip_static_threshold", self.skip_static_threshold, 0.0, 255.0))
         if self.dedup_reference not in DEDUP_REFERENCES:
             p.append(f"dedup_reference must be one of {', '.join(DEDUP_REFERENCES)}, got {self.dedup_reference!r}")
         elif self.dedup_reference == "previous" and self.dedup_window is not None:
@@ -409,12 +441,13 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 _NONE_IS_A_CHOICE = ("budget", "dedup", "frames", "fps")
 
 
-def resolve_config(model: str | None = None, config: str | os.PathLike | dict | None = None,
-                   **options: Any) -> tuple[VidpruneConfig, Any]:
+def resolve_config(model: str | None = None, config: str | os.PathLike | dict | None = None, *,
+                   hf_config: Any = None, **options: Any) -> tuple[VidpruneConfig, Any]:
     """Preset (file, preset name or dict) + keyword overrides → (validated config, checkpoint info).
 
     The checkpoint's :class:`~vidprune.video_models.checkpoint.CheckpointInfo` (family, HF config,
-    visual geometry) is read from its config alone: no weights load. The returned config has
+    visual geometry) is read from its config alone: no weights load. ``hf_config``: the config of a
+    model already loaded (``VideoQA.from_model``), used instead of reading the checkpoint's. The returned config has
     the family's frame count filled in (``frames``) unless ``fps`` sampling was asked for.
 
     Raises:
@@ -433,12 +466,16 @@ def resolve_config(model: str | None = None, config: str | os.PathLike | dict | 
         cfg = dataclasses.replace(cfg, fps=None)
     elif "fps" in options and "frames" not in options:
         cfg = dataclasses.replace(cfg, frames=None)
-    if cfg.model is None:
+    if cfg.model is None and hf_config is None:
         raise ConfigError("no model given; pass a hub id or a checkpoint directory (--model)")
     cfg.validate()
     from .pruners import check_pruner_grid
+    from .video_models.checkpoint import checkpoint_info_from_config
 
-    info = inspect_checkpoint(cfg.model, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)  # no weights
+    if hf_config is not None:
+        info = checkpoint_info_from_config(hf_config, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)
+    else:
+        info = inspect_checkpoint(cfg.model, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)  # no weights
     check_pruner_grid(cfg.pruner, info.geometry.dynamic)
     if cfg.engine == "vllm":
         _check_vllm_engine(info.family.model_type)
@@ -457,6 +494,7 @@ def resolve_config(model: str | None = None, config: str | os.PathLike | dict | 
     schedule = cfg.ivtp()
     if schedule is not None:
         schedule.validate(info.config.get_text_config().num_hidden_layers)
+        info.family.check_ivtp_schedule(info.config, schedule)  # e.g. Qwen3-VL: not inside the DeepStack layers
         check_ivtp_internals()  # an untested transformers is refused here, before any weights load
     return cfg, info
 
@@ -466,8 +504,10 @@ def _check_vllm_engine(model_type: str) -> None:
     from .engines.vllm_plugin import VLLM_ARCHITECTURES
 
     if model_type not in VLLM_ARCHITECTURES:
-        raise ConfigError(f"engine 'vllm' cannot run {model_type}: vLLM has no model class for it; use engine 'hf' "
-                          f"(vLLM runs {', '.join(sorted(VLLM_ARCHITECTURES))})")
+        why = ("vLLM has no model class for it" if model_type == "video_llava"
+               else "vidprune's vLLM engine does not run it yet")
+        raise ConfigError(f"engine 'vllm' cannot run {model_type}: {why}; use engine 'hf' "
+                          f"(engine 'vllm' runs {', '.join(sorted(VLLM_ARCHITECTURES))})")
     from .engines.vllm_plugin import vllm_problem
 
     problem = vllm_problem()

@@ -98,6 +98,34 @@ class VideoQA:
         llm = info.family.from_pretrained(**cfg.section("model"), ivtp=cfg.ivtp())
         return cls(llm, cfg, info)
 
+    @classmethod
+    def from_model(cls, model: Any, processor: Any, *, config: str | os.PathLike | dict | None = None,
+                   **options: Any) -> "VideoQA":
+        """Wrap a model and processor you already loaded (any supported family) with pruning options.
+
+            model = LlavaNextVideoForConditionalGeneration.from_pretrained(path, dtype=torch.bfloat16).to("cuda")
+            qa = VideoQA.from_model(model, AutoProcessor.from_pretrained(path), budget=227)
+
+        The family and visual geometry come from ``model.config``; ``device`` and ``dtype`` are the
+        model's own (loading options, ``model``/``device``/``dtype``, are refused: cast or move the
+        model before wrapping it). ``options``: the pruning, frame, IVTP and generation options of
+        :meth:`from_pretrained`. The model is used as it is (put in eval mode), not copied.
+        """
+        loading = sorted(k for k in ("model", "device", "dtype") if options.get(k) is not None)
+        if loading:
+            raise ConfigError(f"{', '.join(loading)} describe loading a checkpoint, but this model is already loaded; "
+                              "move or cast it (model.to(...)) before VideoQA.from_model")
+        if not hasattr(model, "config") or not hasattr(processor, "tokenizer"):
+            raise ConfigError(f"VideoQA.from_model takes a transformers model and its processor, got a "
+                              f"{type(model).__name__} and a {type(processor).__name__}")
+        name = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", "") or "loaded model"
+        cfg, info = resolve_config(None, config, hf_config=model.config, **options)
+        param = next(model.parameters())
+        cfg = cfg.replace(model=str(name), device=str(param.device), dtype=str(param.dtype).replace("torch.", ""))
+        llm = info.family(model, processor, str(name), keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled,
+                          ivtp=cfg.ivtp())
+        return cls(llm, cfg, info)
+
     # -------------------------------------------------------------- run
     def prepare(self, video: Any) -> PrunedVideo:
         """Decode, encode and prune one video (path or (T, H, W, 3) uint8 array): its token stream."""
@@ -150,6 +178,10 @@ def summarize(report: dict[str, Any]) -> str:
         + (f" (budget {tok['budget']})" if tok["budget"] is not None else ""),
         f"LLM prefill: {fl['llm_prefill_pruned'] / 1e12:.3g} of {fl['llm_prefill_full'] / 1e12:.3g} TFLOPs "
         f"({100 * fl['llm_ratio']:.1f}%)",
+        f"vision tower: ran on {report['encoder']['encoded']} of {report['encoder']['units']} "
+        f"{'frames' if report['encoder']['frames_per_unit'] == 1 else 'temporal patches'}, "
+        f"{report['encoder']['reused']} reused the features of an identical"
+        + (" or near-identical" if report["options"].get("skip_static") else "") + " earlier one",
         "time: " + ", ".join(f"{k} {v:.2f}s" for k, v in report["timings_s"].items()),
     ]
     if report.get("ivtp"):

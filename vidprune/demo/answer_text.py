@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import AsyncTextIteratorStreamer, StoppingCriteria
 
-from ..pipeline.stages import AnswerStage
+from ..pipeline.stages import MODEL_SCHEDULE, AnswerStage
 from ..video_models.base import VideoLLM
 
 __all__ = ["TokenStreamer", "StopWhenSet", "answer_streaming"]
@@ -90,13 +90,19 @@ class StopWhenSet(StoppingCriteria):
 @torch.inference_mode()
 def answer_streaming(llm: VideoLLM, question: str, tokens: torch.Tensor, streamer: TokenStreamer,
                      cancel: threading.Event | None = None, layout: dict[str, Any] | None = None,
+                     ivtp: Any = MODEL_SCHEDULE, stage: AnswerStage | None = None,
                      **generate_kwargs: Any) -> dict[str, Any]:
     """Answer ``question`` about the pre-projector ``tokens`` (K, Dv), streaming into ``streamer``.
 
     The pipeline's one answer step (:meth:`AnswerStage.answer_tokens`) with a streamer.
     ``layout``: where the tokens sit in the stock grid (``MemorySnapshot.layout``; Qwen2.5-VL).
-    ``cancel``: generation stops at the next token once it is set. Returns ``{"text",
-    "token_ids", "visual_tokens", "generate_s"}``. The streamer always ends (also when
+    ``cancel``: generation stops at the next token once it is set. ``ivtp``: the IVTP schedule
+    (None: off; not given: the model's); ``generate_kwargs``: the ``generate`` options section
+    (:class:`AnswerStage`'s keywords: ``max_new_tokens``, ``do_sample``, ``seed``, ...). Returns
+    ``{"text", "token_ids", "visual_tokens", "generate_s", "ivtp"}`` (``ivtp``: what IVTP kept and the
+    tokens each layer ran on, or None). ``stage``: the :class:`AnswerStage` to answer with (the server's one,
+    whose sampling stream goes on from answer to answer); without it one is built from ``ivtp`` and
+    ``generate_kwargs``. The streamer always ends (also when
     generation fails), so a reader never waits forever.
     """
     from transformers import StoppingCriteriaList
@@ -104,10 +110,12 @@ def answer_streaming(llm: VideoLLM, question: str, tokens: torch.Tensor, streame
     start = time.perf_counter()
     stopping = StoppingCriteriaList([StopWhenSet(cancel)]) if cancel is not None else None
     try:
-        out = AnswerStage(llm, **generate_kwargs).answer_tokens([(tokens, question)], layouts=[layout],
-                                                                 streamer=streamer, stopping_criteria=stopping)[0]
+        if stage is None:
+            stage = AnswerStage(llm, ivtp=ivtp, **generate_kwargs)
+        out = stage.answer_tokens([(tokens, question)], layouts=[layout], streamer=streamer,
+                                  stopping_criteria=stopping)[0]
     except BaseException:
         streamer.end()
         raise
     return {"text": out["text"], "token_ids": out["token_ids"], "visual_tokens": out["visual_tokens"],
-            "generate_s": time.perf_counter() - start}
+            "generate_s": time.perf_counter() - start, "ivtp": out["ivtp"]}

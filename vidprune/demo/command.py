@@ -121,6 +121,9 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     if given:
         raise ConfigError(f"{', '.join(given)} do not apply to the demo: it keeps the last --window seconds of the "
                           "stream, sampled at --fps frames per second")
+    if "reuse_prefix" in opts:
+        raise ConfigError("--prefix-reuse/--no-prefix-reuse do not apply to the demo: it answers one question at a "
+                          "time, so there is no video prefix to share between questions")
     if not args.window > 0:
         raise ConfigError(f"--window {args.window:g} must be a positive number of seconds")
     if args.max_sessions < 1:
@@ -164,7 +167,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     elif args.loop:
         raise ConfigError("--loop needs a --source video file")
     _check_host_port(args.host, args.port)
-    settings = DemoSettings(plan=plan, memory_options=memory_options, generate_kwargs=cfg.generate_kwargs(),
+    settings = DemoSettings(plan=plan, memory_options=memory_options, generate_kwargs=cfg.section("generate"),
+                            ivtp=cfg.ivtp(),
                             host=args.host, port=args.port, max_sessions=args.max_sessions, model_name=cfg.model,
                             tiny=tiny, source=args.source, loop_source=args.loop, allow_hosts=allow_hosts,
                             token=new_token() if wants_token else None, client_timeout_s=args.client_timeout,
@@ -190,6 +194,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"demo: memory of {plan.window_s:g} s at {plan.frame_rate:g} fps: at most {plan.max_frames} {units}, "
           f"{plan.budget} tokens ({plan.frame_allowance} patches per {unit} before dedup; the stock model would "
           f"use {plan.stock_tokens}{sized})", file=sys.stderr)
+    if settings.ivtp is not None:
+        stages = ", ".join(f"layer {k} keeps {r:g}" for k, r in settings.ivtp.stages)
+        print(f"demo: IVTP on every answer ({stages} of the visual tokens)", file=sys.stderr)
     qa = VideoQA.from_pretrained(config=cfg.to_dict())
     server = DemoServer(qa.llm, settings)
 

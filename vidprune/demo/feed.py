@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..pipeline.frame_reuse import LastEncodedUnit
 from ..pipeline.latest_frame import LatestFrameSlot
 from ..pipeline.memory import RollingTokenMemory
 from ..pipeline.stages import EncodeStage
@@ -119,8 +120,8 @@ class RateGate:
     up, so a frame delayed on the way and the one right behind it both pass); a frame is
     admitted when the credit is at least ``1 - FRAME_RATE_TOLERANCE`` and spends one. So a
     page that sends at ``frame_rate`` with a jittery timer loses no frames, a faster one is
-    thinned to ``frame_rate``, and over any ``T`` seconds at most ``frame_rate * T + 1 +
-    FRAME_RATE_TOLERANCE`` frames enter.
+    thinned to ``frame_rate``, and over any ``T`` seconds at most ``frame_rate * T + 2 +
+    FRAME_RATE_TOLERANCE`` frames enter (the two saved credits; tests/test_demo_server.py checks it).
     """
 
     _MAX_CREDIT = 2.0
@@ -205,6 +206,8 @@ class Feed:
         self._refused_at_door = 0  # of those, refused before they entered the slot
         self.over_rate = 0  # frames that came sooner than the frame rate allows
         self.encoded = 0
+        self.reused = 0  # of the encoded frames, those whose unit repeated the last one run and skipped the tower
+        self.last_unit = LastEncodedUnit()  # the feed's last unit through the tower (frame reuse across calls)
         self.last_messages: list[Any] = []  # what the last encoded frame told the subscribers (for late tabs)
         self.closed = False
         self.frame_rate = frame_rate
@@ -238,16 +241,19 @@ class Feed:
         self.memory.clear()
         self._pairing.clear()
         self._frame_size = None
+        self.last_unit = LastEncodedUnit()
 
     def load(self) -> dict[str, int]:
         """Frame counters: ``received == encoded + dropped + refused + over_rate + pending + pairing``.
 
         dropped: the encoder was busy and a newer frame replaced it; over_rate: it came sooner
         than the frame rate allows; refused: too large, not a JPEG, unreadable; pairing:
-        waiting for the next frame to make a temporal patch with (Qwen2.5-VL).
+        waiting for the next frame to make a temporal patch with (Qwen2.5-VL); reused: of the
+        encoded frames, those that repeated the last frame through the tower and took its features.
         """
         counts = self.slot.counts()
         return {"received": counts.received + self._refused_at_door + self.over_rate, "encoded": self.encoded,
+                "reused": self.reused,
                 "dropped": counts.dropped, "refused": self.refused, "over_rate": self.over_rate,
                 "pending": counts.pending, "pairing": len(self._pairing)}
 
@@ -283,9 +289,10 @@ class Feed:
         times = ([first.time_s + i / self.frame_rate for i in range(per_unit)] if self.frame_rate
                  else [p.time_s for p, _ in self._pairing])
         self._pairing.clear()
-        encoded = encoder.process(frames, times)  # one unit
-        stored = self.memory.add(encoded, first.time_s, seq=pending.seq)
+        encoded = encoder.process(frames, times, last=self.last_unit)  # one unit; a repeat skips the tower
+        stored = self.memory.add(encoded, first.time_s, seq=pending.seq, unit_time_s=(times[0] + times[-1]) / 2)
         self.encoded += per_unit
+        self.reused += per_unit if encoded.reused and encoded.reused[0] else 0
         height, width = rgb.shape[:2]
         message = {
             "type": "frame",

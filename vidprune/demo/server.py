@@ -63,7 +63,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import ConfigError
 from ..pipeline.memory import MemoryPlan, MemorySnapshot, RollingTokenMemory, build_memory
-from ..pipeline.stages import EncodeStage
+from ..pipeline.stages import AnswerStage, EncodeStage
 from ..qa import MAX_QUESTION_CHARS, check_question
 from ..video_models.base import VideoLLM
 from .access import AccessPolicy, browser_urls
@@ -110,7 +110,8 @@ class DemoSettings:
 
     plan: MemoryPlan
     memory_options: dict[str, Any] = field(default_factory=dict)  # build_memory keywords (pruner, dedup, ...)
-    generate_kwargs: dict[str, Any] = field(default_factory=dict)  # max_new_tokens, do_sample, ...
+    generate_kwargs: dict[str, Any] = field(default_factory=dict)  # the generate section: max_new_tokens, seed, ...
+    ivtp: Any = None  # the IVTPSchedule every answer runs with (VidpruneConfig.ivtp()), None: off
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     max_sessions: int = DEFAULT_MAX_SESSIONS
@@ -175,6 +176,8 @@ class DemoServer:
 
     def __init__(self, llm: VideoLLM, settings: DemoSettings):
         self.llm, self.settings = llm, settings
+        # the one answer stage of every tab: its sampling stream goes on from answer to answer
+        self.answer_stage = AnswerStage(llm, ivtp=settings.ivtp, **settings.generate_kwargs)
         self.encoder = EncodeStage(llm, batch_size=1)
         self.worker = ModelWorker(self.encoder, on_frame=self._frame_done, on_error=self._frame_error)
         self.clients: dict[int, _Client] = {}
@@ -535,10 +538,9 @@ class DemoServer:
         client.post({"type": "answer_start", "id": answer_id, "question": question,
                      "visual_tokens": int(tokens.shape[0]), "stats": stats.to_dict()})
         streamer = TokenStreamer(self.llm.processor.tokenizer)
-        gen = dict(self.settings.generate_kwargs)
         future = self.worker.submit(
             lambda: answer_streaming(self.llm, question, tokens, streamer, layout=snapshot.layout,
-                                     cancel=client.cancel, **gen))
+                                     cancel=client.cancel, stage=self.answer_stage))
         try:
             async for text in streamer:
                 if text:
@@ -555,7 +557,8 @@ class DemoServer:
         client.post({"type": "answer_end", "id": answer_id, "text": result["text"],
                      "ttft_s": None if ttft is None else round(ttft, 4),
                      "generate_s": round(result["generate_s"], 4), "new_tokens": len(result["token_ids"]),
-                     "visual_tokens": result["visual_tokens"], "stock_tokens": stats.stock_tokens})
+                     "visual_tokens": result["visual_tokens"], "stock_tokens": stats.stock_tokens,
+                     "ivtp": _ivtp_event(self.settings.ivtp, result)})
 
     # ------------------------------------------------ from other threads
     def _source_frame(self, rgb: np.ndarray, time_s: float) -> None:
@@ -590,6 +593,15 @@ class DemoServer:
             for feed in feeds.values():
                 feed.memory.expire(now)
                 self._publish(feed, [self._stats_message(feed)])
+
+
+def _ivtp_event(schedule: Any, result: dict[str, Any]) -> dict[str, Any] | None:
+    """What IVTP did to one answer, for its ``answer_end`` event (None without IVTP)."""
+    info = result.get("ivtp")
+    if schedule is None or info is None:
+        return None
+    return {"schedule": [list(st) for st in schedule.stages], "visual_tokens_in": result["visual_tokens"],
+            "visual_tokens_kept": len(info["kept"]), "tokens_per_layer": info["tokens_per_layer"]}
 
 
 _JSON_TYPES = {dict: "an object", list: "an array", bool: "a boolean", int: "a number", float: "a number",

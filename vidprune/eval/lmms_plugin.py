@@ -172,7 +172,8 @@ class VidpruneLMM(lmms):
                 else:
                     budget = None
             kwargs["budget"] = budget
-        if "dedup" not in kwargs and "dedup" not in preset:
+        dedup_defaulted = "dedup" not in kwargs and "dedup" not in preset
+        if dedup_defaulted:
             kwargs["dedup"] = DEFAULT_DEDUP
         if harness.get("device"):  # lmms-eval's --device (or device= in --model_args)
             kwargs["device"] = str(harness["device"])
@@ -182,6 +183,10 @@ class VidpruneLMM(lmms):
         except (TypeError, ValueError):
             raise ConfigError(f"vidprune takes an integer --batch_size, got {batch!r}") from None
         self.qa = VideoQA.from_pretrained(str(pretrained), config=config, **kwargs)
+        if dedup_defaulted and self.rank == 0:  # the one default that differs from VideoQA / ask / job: said aloud
+            print(f"vidprune: cross-frame dedup {'on' if DEFAULT_DEDUP else 'off'} (the lmms-eval plugin's default, as "
+                  "in vidprune eval's arms; VideoQA, ask and job default to on): give dedup=true to turn it on",
+                  file=sys.stderr, flush=True)
         self.num_frames = self.qa.config.frames or self.qa.llm.default_num_frames
         self.reports: list[dict[str, Any]] = []  # the pruning report of every answer, in request order
 

@@ -7,6 +7,7 @@ import sys
 import time
 
 from ..pipeline.ray.layout import ANSWER_GPU_SHARE, ENCODE_GPU_SHARE
+from ..pipeline.ray.placement import DEFAULT_PLACEMENT_TIMEOUT_S
 
 __all__ = ["add_command", "run"]
 
@@ -37,6 +38,9 @@ def add_command(subparsers) -> None:
     g.add_argument("--max-videos-in-flight", type=int, default=2, help="videos streaming at once")
     g.add_argument("--questions-per-call", type=int, default=8, help="questions per LLM generate() call")
     g.add_argument("--video-attempts", type=int, default=3, help="times a video is started over after lost work")
+    g.add_argument("--placement-timeout", type=float, default=DEFAULT_PLACEMENT_TIMEOUT_S, metavar="S",
+                   help=f"stop (answers kept) when no result came for S seconds and the cluster, having lost nodes, "
+                        f"can no longer place the layout's actors (default {DEFAULT_PLACEMENT_TIMEOUT_S:g})")
     for stage in ("decode", "encode", "select", "answer"):
         g.add_argument(f"--{stage}-cpus", type=float, help=f"CPUs per {stage} actor (default: a share of the "
                                                            "cluster's CPUs, fractions on small clusters)")
@@ -72,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         decoders=args.decoders, encoders=args.encoders, answerers=args.answerers, segment_frames=args.segment_frames,
         max_segments_in_flight=args.max_segments_in_flight, max_videos_in_flight=args.max_videos_in_flight,
         questions_per_call=args.questions_per_call, video_attempts=args.video_attempts,
+        placement_timeout_s=args.placement_timeout,
         decode=_stage_resources(args, "decode"), encode=_stage_resources(args, "encode"),
         select=_stage_resources(args, "select"), answer=_stage_resources(args, "answer"),
     )

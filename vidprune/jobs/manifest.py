@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..pipeline.decode.byte_source import is_remote
 from ..qa import check_question
 
 __all__ = ["JobItem", "read_manifest", "format_question", "MANIFEST_KEYS", "OPTION_LETTERS", "MC_INSTRUCTION"]
@@ -133,7 +134,7 @@ def read_manifest(path: str | os.PathLike) -> list[JobItem]:
         if line_problems:
             problems += [f"line {line_no}: {p}" for p in line_problems]
             continue
-        video_path = video if os.path.isabs(video) else str(base / video)
+        video_path = video if os.path.isabs(video) or is_remote(video) else str(base / video)  # s3://, https://: as given
         for qi, q in enumerate(checked):
             items.append(JobItem(id=item_id, index=qi, question=q, prompt=format_question(q, options),
                                  video=video_path, options=options, line=line_no))

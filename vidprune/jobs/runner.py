@@ -114,7 +114,8 @@ def run_job(manifest: str | os.PathLike, out: str | os.PathLike, options: dict[s
             requests = [VideoRequest(video, video, [it.prompt for it in group]) for video, group in by_video.items()]
             bar = _progress_bar(len(items), summary.already_done, enabled=progress)
             try:
-                for result in pipe.run(requests):
+                results_so_far = pipe.run(requests)
+                for result in _stop_if_the_cluster_shrank(results_so_far, cfg, ray_opts, summary, out):
                     group = by_video[result.key]
                     if result.error is not None:
                         records = [_record(it, error=result.error, attempts=result.attempts) for it in group]
@@ -144,6 +145,29 @@ def run_job(manifest: str | os.PathLike, out: str | os.PathLike, options: dict[s
         return summary
     finally:
         results.close()
+
+
+def _stop_if_the_cluster_shrank(results, cfg, ray_opts, summary: JobSummary, out):
+    """``results`` as they come; a :class:`ClusterShrunk` becomes one line that also says what was kept and
+    the rerun that fits the cluster as it is now (the same command, its layout sized or refused as at start)."""
+    from ..pipeline.ray.placement import ClusterShrunk
+
+    try:
+        yield from results
+    except ClusterShrunk as exc:
+        try:
+            rerun = ray_opts.resolved(cfg, exc.cluster)
+            fix = f"rerun the same command to resume on it (its layout would be {rerun.layout()})"
+        except ConfigError as refused:  # the same flags do not fit: what the rerun's own check says, and what fits
+            fix = f"a rerun with the same flags would stop with: {refused}"
+            try:
+                sized = type(ray_opts)(max_videos_in_flight=ray_opts.max_videos_in_flight,
+                                       questions_per_call=ray_opts.questions_per_call).resolved(cfg, exc.cluster)
+                fix += f"; without the layout flags it is sized for the cluster: {sized.layout()}"
+            except ConfigError:
+                pass
+        raise ConfigError(f"{exc}; stopped, the {summary.answered + summary.failed} results written so far are "
+                          f"kept in {str(out)!r}; {fix}") from None
 
 
 def layout_path(out: str | os.PathLike) -> Path:

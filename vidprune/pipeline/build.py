@@ -64,7 +64,7 @@ def build_stages(config: "VidpruneConfig", checkpoint_info: "CheckpointInfo", ll
     select = SelectStage(geometry, **config.section("select"))
     if llm is None:
         return Stages(config=config, decode=decode, select=select)
-    engine = create_engine(llm=llm, seed=config.seed, **config.section("engine")) if config.engine != "hf" else None
+    engine = create_engine(llm=llm, seed=config.sample_seed, **config.section("engine")) if config.engine != "hf" else None
     return Stages(config=config, decode=decode, select=select, encode=EncodeStage(llm, **config.section("encode")),
                   answer=AnswerStage(llm, **config.section("generate"), ivtp=config.ivtp(), engine=engine,
                                      **answer_options))

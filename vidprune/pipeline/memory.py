@@ -167,6 +167,8 @@ class MemoryFrame:
         features: (K, Dv) what dedup compares, when the rows are not the features; else None.
         grid: (h, w) of the frame's N tokens where its geometry is dynamic (Qwen2.5-VL), else None.
         seconds_per_unit: seconds the frame spans, for families whose positions depend on time.
+        unit_time_s: the mean time of the unit's frames (a temporal patch of two: between them), on the
+            caller's clock; None: ``time_s``. Qwen3-VL writes it (from the oldest frame held) in the prompt.
     """
 
     seq: int
@@ -179,6 +181,7 @@ class MemoryFrame:
     features: torch.Tensor | None = None
     grid: tuple[int, int] | None = None
     seconds_per_unit: float | None = None
+    unit_time_s: float | None = None
 
     @property
     def num_extra(self) -> int:
@@ -296,13 +299,15 @@ class RollingTokenMemory:
             dedup.reset()
 
     # ------------------------------------------------------------------ intake
-    def add(self, encoded: EncodedFrames, time_s: float, seq: int | None = None) -> MemoryFrame:
+    def add(self, encoded: EncodedFrames, time_s: float, seq: int | None = None,
+            unit_time_s: float | None = None) -> MemoryFrame:
         """Prune, dedup and store one encoded frame taken at ``time_s``; return what was stored.
 
         Args:
             encoded: one frame: features (1, N, Dv), cls_attn (1, N), extra (1, E, Dv) or None.
             time_s: the frame's time on the caller's clock; not earlier than the previous frame's.
             seq: a label kept with the frame (default: a running count).
+            unit_time_s: the mean time of the unit's frames when a unit holds several (default: ``time_s``).
         """
         features, cls_attn, extra, all_rows = self._check_frame(encoded)
         grid = None if encoded.grid is None else (int(encoded.grid[0]), int(encoded.grid[1]))
@@ -335,6 +340,7 @@ class RollingTokenMemory:
                 features=kept_features,
                 grid=grid,
                 seconds_per_unit=encoded.seconds_per_unit,
+                unit_time_s=None if unit_time_s is None else float(unit_time_s),
             )
             self._next_seq = frame.seq + 1
             self._frames.append(frame)
@@ -387,7 +393,10 @@ class RollingTokenMemory:
                 if first.grid is not None:  # every frame held has this grid (_check_shape)
                     layout = {"units": len(self._frames), "grid": first.grid,
                               "seconds_per_unit": first.seconds_per_unit,
-                              "kept": [f.kept.tolist() for f in self._frames]}
+                              "kept": [f.kept.tolist() for f in self._frames],
+                              # the frames held make one video: each unit's mean time, from its oldest frame
+                              "times_s": [round((f.time_s if f.unit_time_s is None else f.unit_time_s)
+                                                - first.time_s, 6) for f in self._frames]}
             else:
                 tokens = torch.zeros(0, 0 if self._shape is None else self._shape[2])
             return MemorySnapshot(tokens=tokens, layout=layout, stats=self._stats())

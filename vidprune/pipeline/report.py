@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..flops import layer_flops, llm_flops
+from ..flops import llm_flops, llm_layer_flops
 from .stages import PrunedVideo
 
 if TYPE_CHECKING:
@@ -15,7 +15,17 @@ if TYPE_CHECKING:
     from ..video_models.base import VideoLLM
     from .stages import SelectStage
 
-__all__ = ["answer_report"]
+__all__ = ["answer_report", "encoder_counts"]
+
+
+def encoder_counts(video: PrunedVideo, frames_per_unit: int = 1) -> dict[str, int]:
+    """How many units (frames; Qwen2.5-VL: temporal patches) ran the vision tower and how many reused features.
+
+    ``{"units", "encoded", "reused", "frames_per_unit"}``; a unit not checked for reuse counts as encoded.
+    """
+    reused = sum(1 for f in video.frames if f.get("reused"))
+    return {"units": len(video.frames), "encoded": len(video.frames) - reused, "reused": reused,
+            "frames_per_unit": frames_per_unit}
 
 
 def answer_report(cfg: "VidpruneConfig", llm: "VideoLLM", select_stage: "SelectStage", ivtp_schedule: Any,
@@ -31,8 +41,7 @@ def answer_report(cfg: "VidpruneConfig", llm: "VideoLLM", select_stage: "SelectS
     flops_full = llm_flops(llm.config.text_config, full_seq)
     ivtp_info = out.get("ivtp")
     if ivtp_info is not None:
-        per_layer = [layer_flops(n, llm.config.text_config.hidden_size, llm.config.text_config.intermediate_size)
-                     for n in ivtp_info["tokens_per_layer"]]
+        per_layer = [llm_layer_flops(llm.config.text_config, i, n) for i, n in enumerate(ivtp_info["tokens_per_layer"])]
         flops_pruned = sum(per_layer)
         schedule = ivtp_schedule
         ivtp_report = {"schedule": [list(st) for st in schedule.stages],
@@ -59,6 +68,7 @@ def answer_report(cfg: "VidpruneConfig", llm: "VideoLLM", select_stage: "SelectS
             "vision_tower": llm.tower_flops(llm.config, num_frames,
                                             grid=None if video.layout is None else video.layout["grid"]),
         },
+        "encoder": encoder_counts(video, llm.geometry.frames_per_unit),
         "timings_s": {**{k: round(v, 4) for k, v in video.timings_s.items()}, "generate": round(out["generate_s"], 4)},
         "decode": video.decode,
         "ivtp": ivtp_report,
@@ -66,5 +76,6 @@ def answer_report(cfg: "VidpruneConfig", llm: "VideoLLM", select_stage: "SelectS
         "options": {"pruner": select_stage.pruner.name,
                     **{k: getattr(cfg, k) for k in ("budget", "important_ratio", "dedup", "dedup_threshold",
                                                  "dedup_reference", "keep_cls", "prune_pooled", "ivtp_layer",
-                                                 "ivtp_keep", "ivtp_schedule", "ivtp_fusion")}},
+                                                 "ivtp_keep", "ivtp_schedule", "ivtp_fusion",
+                                                 "reuse_frames", "skip_static", "skip_static_threshold")}},
     }

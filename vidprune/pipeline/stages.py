@@ -12,6 +12,7 @@ the family hands on stock LLM-input rows, see ``EncodedFrames``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,8 @@ from ..plan import TokenPlan, plan_tokens
 from ..video_models.base import VideoLLM
 from ..video_models.datatypes import EncodedFrames, VisualGeometry
 from .decode import DecodedClip, read_video
+from .random_stream import SamplingStream
+from .frame_reuse import CARRIED, DEFAULT_SKIP_STATIC_THRESHOLD, FrameReuse, LastEncodedUnit
 
 __all__ = [
     "PrunedVideo",
@@ -48,11 +51,13 @@ class PrunedVideo:
             tokens first (the stock layout puts [CLS] first) then its kept patches in raster
             order; then the per-video extra rows (OneVision's newline). Pre-projector rows, or
             already LLM embeddings for families that hand on ``EncodedFrames.tokens``.
-        frames: per sampled frame, a dict with index, time_s, kept, duplicates, candidates, allowance.
+        frames: per sampled frame, a dict with index, time_s, kept, duplicates, candidates, allowance,
+            and reused (the tower did not run on it: it repeats the last encoded frame) where checked.
         tokens_count: full / after_vispruner / after_dedup / to_llm totals.
         decode: what the decoder said (backend, stream frame count, warnings).
         layout: where the kept tokens sit in the stock grid, for families with multimodal
-            positions (Qwen2.5-VL): {"units", "grid": (h, w), "seconds_per_unit", "kept": per unit}.
+            positions (Qwen2.5-VL, Qwen3-VL): {"units", "grid": (h, w), "seconds_per_unit", "kept": per unit,
+            "times_s": per unit the mean time of its frames (Qwen3-VL writes it in the prompt)}.
             None for the others.
         sampled_frames: frames sampled from the video (``frames`` has one record per pruning
             unit: a temporal patch of two frames for Qwen2.5-VL).
@@ -99,19 +104,67 @@ class DecodeStage:
 
 
 class EncodeStage:
-    """Frames (T, H, W, 3) uint8 → :class:`EncodedFrames` with the model's own processor and vision tower."""
+    """Frames (T, H, W, 3) uint8 → :class:`EncodedFrames` with the model's own processor and vision tower.
+
+    Units whose pixels repeat the last encoded unit's take its features instead of running the
+    tower (:mod:`vidprune.pipeline.frame_reuse`): exactly equal pixels with ``reuse_frames``
+    (default on), nearly equal (mean absolute difference ≤ ``skip_static_threshold`` levels)
+    with ``skip_static`` (default off). ``EncodedFrames.reused`` says which.
+    """
 
     name = "encode"
 
-    def __init__(self, llm: VideoLLM, batch_size: int | None = None):
+    def __init__(self, llm: VideoLLM, batch_size: int | None = None, reuse_frames: bool = True,
+                 skip_static: bool = False, skip_static_threshold: float = DEFAULT_SKIP_STATIC_THRESHOLD):
         self.llm, self.batch_size = llm, batch_size
+        self.reuse = FrameReuse(exact=reuse_frames, threshold=skip_static_threshold if skip_static else None)
 
-    def process(self, frames: np.ndarray, times_s: list[float] | None = None) -> EncodedFrames:
-        """Frames (T, H, W, 3) → :class:`EncodedFrames` of T units (Qwen2.5-VL: ceil(T/2) temporal patches)."""
+    def process(self, frames: np.ndarray, times_s: list[float] | None = None,
+                last: LastEncodedUnit | None = None) -> EncodedFrames:
+        """Frames (T, H, W, 3) → :class:`EncodedFrames` of T units (Qwen2.5-VL: ceil(T/2) temporal patches).
+
+        ``last``: the stream's last encoded unit, kept by a caller that feeds one stream in
+        several calls (the demo); updated here. Without it each call is a stream of its own.
+        """
         pixel_values = self.llm.preprocess(frames, times_s)  # (T, 3, S, S), or units of patches
+        per_unit = self.llm.geometry.frames_per_unit
+        if not self.reuse.active:
+            return self._encode(pixel_values)
+        last = last if last is not None else LastEncodedUnit()
+        units = [frames[u * per_unit : (u + 1) * per_unit] for u in range(len(pixel_values))]  # (k, H, W, 3) each
+        sources = self.reuse.sources(units, last)
+        fresh = [u for u, src in enumerate(sources) if src == u]
+        if len(fresh) == len(sources):
+            encoded = self._encode(pixel_values)
+        else:
+            encoded = self._gather(pixel_values, sources, fresh, last)
+        encoded.reused = [src != u for u, src in enumerate(sources)]
+        if fresh:  # the stream's last encoded unit is now the last fresh one
+            last.pixels, last.encoded = np.array(units[fresh[-1]]), encoded.take([fresh[-1]])
+        return encoded
+
+    def _encode(self, pixel_values: Any) -> EncodedFrames:
+        """All units of ``pixel_values`` through the tower, ``batch_size`` frames per call."""
         per_unit = self.llm.geometry.frames_per_unit
         step = max(1, self.batch_size // per_unit) if self.batch_size else len(pixel_values)
         return EncodedFrames.concat([self.llm.encode(pixel_values[i : i + step]) for i in range(0, len(pixel_values), step)])
+
+    def _gather(self, pixel_values: Any, sources: list[int], fresh: list[int], last: LastEncodedUnit) -> EncodedFrames:
+        """Encode the ``fresh`` units only; every unit takes the rows of its source (``CARRIED``: ``last``'s)."""
+        parts = []
+        if last.encoded is not None and CARRIED in sources:
+            parts.append(last.encoded.to(self.llm.device))
+        if fresh:
+            picked = (pixel_values.index_select(0, torch.as_tensor(fresh)) if isinstance(pixel_values, torch.Tensor)
+                      else pixel_values.take(fresh))
+            parts.append(self._encode(picked))
+        pool = EncodedFrames.concat(parts)  # (carried?, fresh...) units
+        offset = len(parts[0]) if len(parts) == 2 else 0
+        position = {u: offset + i for i, u in enumerate(fresh)}
+        encoded = pool.take([0 if src == CARRIED else position[src] for src in sources])
+        encoded.seconds_per_unit = getattr(pixel_values, "seconds_per_unit", encoded.seconds_per_unit)
+        encoded.reused = None
+        return encoded
 
 
 class SelectStage:
@@ -190,12 +243,18 @@ class VideoSelection:
         if -(-len(indices) // self.per_unit) != len(encoded) or (len(indices) % self.per_unit and not last):
             raise RuntimeError(f"a segment of {len(indices)} frames encoded to {len(encoded)} units of "
                                f"{self.per_unit} frames; segments must hold whole units (an even frame count)")
+        unit_times = [(float(times_s[i]) + float(times_s[min(i + self.per_unit, len(times_s)) - 1])) / 2
+                      for i in range(0, len(times_s), self.per_unit)]  # mean time of each unit's frames
         indices, times_s = indices[::self.per_unit], times_s[::self.per_unit]
         if self.stage.geometry.dynamic and self.layout is None:
             self.plan = plan_tokens(self.stage.geometry, self.num_units, self.stage.budget,
                                     tokens_per_frame=int(encoded.features.shape[1]))
             self.layout = {"units": self.num_units, "grid": tuple(encoded.grid),
-                           "seconds_per_unit": encoded.seconds_per_unit, "kept": []}
+                           "seconds_per_unit": encoded.seconds_per_unit, "kept": [], "times_s": []}
+        elif self.layout is not None and tuple(encoded.grid) != self.layout["grid"]:
+            # e.g. Qwen3-VL's processor sizes frames from the whole clip's pixel total: a segment alone can differ
+            raise RuntimeError(f"a segment encoded to a {tuple(encoded.grid)} grid, the video's first to "
+                               f"{self.layout['grid']}; every unit of one video needs the same grid")
         for t in range(len(encoded)):
             sel = self.video_budget.select(encoded.cls_attn[t], encoded.features[t])
             if encoded.extra is not None:
@@ -205,6 +264,7 @@ class VideoSelection:
             self.after_pruner += len(sel.candidates)
             if self.layout is not None:
                 self.layout["kept"].append(sel.kept.tolist())
+                self.layout["times_s"].append(round(unit_times[t], 6))
             self.frames.append({
                 "index": int(indices[t]),
                 "time_s": round(float(times_s[t]), 6),
@@ -212,6 +272,7 @@ class VideoSelection:
                 "duplicates": sel.duplicates.tolist(),
                 "candidates": int(len(sel.candidates)),
                 "allowance": int(sel.allowance),
+                **({} if encoded.reused is None else {"reused": bool(encoded.reused[t])}),
             })
         if encoded.video_extra is not None and self.video_extra is None:
             self.video_extra = encoded.video_extra
@@ -235,6 +296,10 @@ class VideoSelection:
                            warnings=list(warnings or []), layout=self.layout, sampled_frames=self.num_frames)
 
 
+# ``AnswerStage(ivtp=...)`` not given: the schedule the model was loaded with.
+MODEL_SCHEDULE = object()
+
+
 class AnswerStage:
     """Token streams + questions → answers, with the LLM through an engine (:mod:`vidprune.engines`).
 
@@ -242,17 +307,23 @@ class AnswerStage:
     Built from the ``generate`` options (:meth:`VidpruneConfig.section`), the IVTP schedule and
     the engine (default: the HF engine, transformers ``generate()`` on ``llm``); the schedule is
     handed to each ``generate`` call, never set on the (possibly shared) model.
+    ``ivtp`` not given: the schedule the model was loaded with (``llm.default_ivtp``), so a stage
+    built without it never switches off a schedule the model carries; ``ivtp=None``: no IVTP.
     """
 
     name = "answer"
 
     def __init__(self, llm: VideoLLM, *, max_new_tokens: int = 64, do_sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, ivtp: Any = None,
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, ivtp: Any = MODEL_SCHEDULE,
                  reuse_prefix: bool = True, engine: Any = None, **extra_generate_kwargs: Any):
         from ..engines.hf import HFEngine
 
+        if ivtp is MODEL_SCHEDULE:
+            ivtp = getattr(llm, "default_ivtp", None)
         self.llm, self.seed, self.ivtp, self.reuse_prefix = llm, seed, ivtp, reuse_prefix
         self.engine = engine if engine is not None else HFEngine(llm)
+        # sampled calls draw from this stage's own stream (seeded once), never reseeding the caller's RNG
+        self.sampling = SamplingStream(seed, getattr(llm, "device", "cpu"))
         self.generate_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
                                                 **extra_generate_kwargs}
         if do_sample:
@@ -276,8 +347,11 @@ class AnswerStage:
             kwargs["streamer"] = streamer
         if stopping_criteria is not None:
             kwargs["stopping_criteria"] = stopping_criteria
-        if kwargs.get("do_sample"):
-            torch.manual_seed(self.seed)
+        with self.sampling.active() if kwargs.get("do_sample") else contextlib.nullcontext():
+            return self._answer(items, layouts, kwargs)
+
+    def _answer(self, items: list[tuple[torch.Tensor, str]], layouts: list | None,
+                kwargs: dict[str, Any]) -> list[dict[str, Any]]:
         by_video: dict[int, list[int]] = {}  # the items of each video (same tokens tensor), in order
         for n, (tokens, _) in enumerate(items):
             by_video.setdefault(id(tokens), []).append(n)
@@ -311,7 +385,7 @@ class AnswerStage:
         return [{"text": self.llm.decode_text(ids), "token_ids": ids, "prompt_tokens": n,
                  "visual_tokens": int(v.shape[0]), "generate_s": elapsed, "ivtp": info,
                  "prefix_tokens": out.prefix_tokens}
-                for ids, n, info, v in zip(out.sequences, out.prompt_tokens, ivtp, visual_rows)]
+                for ids, n, info, v in zip(out.answer_ids, out.prompt_tokens, ivtp, visual_rows)]
 
     def process_batch(self, items: list[tuple[PrunedVideo, str]], **overrides: Any) -> list[dict[str, Any]]:
         """Answer several (video, question) pairs in one left-padded batch; kept counts may differ."""

@@ -20,6 +20,8 @@ A family subclass supplies only :meth:`VideoLLM.encode` (tower → prunable feat
 
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Any, ClassVar
 
 import numpy as np
@@ -52,20 +54,57 @@ __all__ = [
 ]
 
 
+# The methods that touch state shared by every call on one model: the vision tower's forward hooks
+# (run_tower_to_layer), the tokenizer's padding_side (tokenize), the positions Qwen2.5-VL writes to the model
+# (position_inputs: rope_deltas), and IVTP's one session slot (generate). They run under the model's lock.
+_SERIALIZED_METHODS = ("encode", "tokenize", "position_inputs", "generate", "generate_about_one_video")
+
+
+def _serialized(method):
+    """``method`` run under its instance's :attr:`VideoLLM.lock` (re-entrant: generate calls tokenize)."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    locked.serialized = True
+    return locked
+
+
 class VideoLLM(VideoLLMGeneration):
     """A stock HF video LLM plus what vidprune needs from it. Build with :func:`load_video_llm`.
 
     Subclasses set ``model_class_name`` and implement :meth:`geometry_from_config`,
     :meth:`encode` and :meth:`project`.
+
+    Thread safety: one ``VideoLLM`` (and a ``VideoQA`` over it) may be called from several
+    threads. Its encode and generate calls, which share the tower hooks, the tokenizer's padding
+    side, Qwen2.5-VL's positions and the IVTP session, take turns under one re-entrant lock per
+    model (:attr:`lock`); decoding and pruning run in parallel. A subclass's overrides of those
+    methods are put under the lock too (``__init_subclass__``).
     """
 
     model_type: ClassVar[str]
     model_class_name: ClassVar[str]
     default_num_frames: ClassVar[int]
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in _SERIALIZED_METHODS:
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "serialized", False):
+                setattr(cls, name, _serialized(method))
+
+    tokenize = _serialized(VideoLLMGeneration.tokenize)
+    position_inputs = _serialized(VideoLLMGeneration.position_inputs)
+    generate = _serialized(VideoLLMGeneration.generate)
+    generate_about_one_video = _serialized(VideoLLMGeneration.generate_about_one_video)
+
     def __init__(self, model, processor, name_or_path: str, *, keep_cls: bool = True, prune_pooled: bool = True,
                  ivtp: IVTPSchedule | None = None):
         self.model = model.eval()
+        self.lock = threading.RLock()  # encode / generate take turns (see the class docstring)
         self.processor = processor
         self.config = model.config
         self.name_or_path = name_or_path
@@ -83,6 +122,7 @@ class VideoLLM(VideoLLMGeneration):
         # default of calls that do not say. The layer wrappers are installed on first use, on
         # this instance only, and are stock pass-throughs outside a call that prunes.
         self.default_ivtp = ivtp.validate(self.config.get_text_config().num_hidden_layers) if ivtp is not None else None
+        self.check_ivtp_schedule(self.config, self.default_ivtp)
         self._ivtp_decoder: IVTPDecoder | None = None
         if ivtp is not None:
             self.ivtp_decoder()
@@ -103,6 +143,10 @@ class VideoLLM(VideoLLMGeneration):
         self.default_ivtp = schedule
         if self._ivtp_decoder is not None:
             self._ivtp_decoder.schedule = schedule
+
+    @classmethod
+    def check_ivtp_schedule(cls, config, schedule: IVTPSchedule | None) -> None:
+        """Raise :class:`ConfigError` (one line) if this family cannot prune at the schedule's layers (default: any layer)."""
 
     def ivtp_rotary(self):
         """How the LLM's attention applies its rotary tables (for IVTP's recomputed rows); None: Llama's."""

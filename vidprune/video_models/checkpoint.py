@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .datatypes import VisualGeometry
-from .registry import family_of_checkpoint
+from .registry import family_of_checkpoint, family_of_model_type
 
 if TYPE_CHECKING:
     from .base import VideoLLM
 
-__all__ = ["CheckpointInfo", "inspect_checkpoint"]
+__all__ = ["CheckpointInfo", "inspect_checkpoint", "checkpoint_info_from_config"]
 
 
 @dataclass(frozen=True)
@@ -33,5 +33,16 @@ def inspect_checkpoint(model: str, *, keep_cls: bool = True, prune_pooled: bool 
 
     family = family_of_checkpoint(model)
     config = AutoConfig.from_pretrained(model)
+    return CheckpointInfo(family, config,
+                          family.geometry_from_config(config, keep_cls=keep_cls, prune_pooled=prune_pooled))
+
+
+def checkpoint_info_from_config(config: Any, *, keep_cls: bool = True, prune_pooled: bool = True) -> CheckpointInfo:
+    """:func:`inspect_checkpoint` for a model already loaded: family and geometry from its HF ``config``.
+
+    Raises:
+        ModelLoadError: its ``model_type`` is not one of the supported families.
+    """
+    family = family_of_model_type(getattr(config, "model_type", None), getattr(config, "_name_or_path", "") or "the model")
     return CheckpointInfo(family, config,
                           family.geometry_from_config(config, keep_cls=keep_cls, prune_pooled=prune_pooled))

@@ -72,7 +72,9 @@ class GenerationOutput:
     """What :meth:`VideoLLM.generate` returns.
 
     Attributes:
-        sequences: per sample, the generated token ids (prompt removed, stopped before EOS).
+        answer_ids: per sample, the generated token ids only (prompt removed, stopped before EOS). Not
+            transformers' ``sequences``, which holds the prompt too; the deprecated ``sequences`` alias
+            returns these.
         prompt_tokens: per sample, the prompt's length in tokens (visual tokens included, padding not).
         ivtp: per sample ``{"kept": sorted visual-stream indices that survive IVTP,
             "tokens_per_layer": tokens each decoder layer ran on in prefill, as for the prompt alone}``,
@@ -81,10 +83,19 @@ class GenerationOutput:
             or None where each prompt was prefilled whole.
     """
 
-    sequences: list[list[int]]
+    answer_ids: list[list[int]]
     prompt_tokens: list[int]
     ivtp: list[dict[str, Any]] | None = None
     prefix_tokens: int | None = None
+
+    @property
+    def sequences(self) -> list[list[int]]:
+        """Deprecated: ``answer_ids`` (transformers' ``sequences`` holds the prompt too; these do not)."""
+        import warnings
+
+        warnings.warn("GenerationOutput.sequences was renamed answer_ids: it holds the generated ids only, not the "
+                      "prompt as transformers' sequences does", DeprecationWarning, stacklevel=2)
+        return self.answer_ids
 
 
 @dataclass
@@ -111,6 +122,9 @@ class EncodedFrames:
             (LLaVA-OneVision's image newline), or None.
         grid: (h, w) of the N prunable tokens when the geometry is dynamic (Qwen2.5-VL's merged grid).
         seconds_per_unit: seconds one unit spans, for families whose positions depend on time (Qwen2.5-VL).
+        reused: per unit, whether it took the features of an earlier unit with the same (or, with
+            ``skip_static``, nearly the same) pixels instead of running the tower
+            (:mod:`vidprune.pipeline.frame_reuse`); None where nothing was checked.
 
     T counts pruning units: frames, or temporal patches of ``frames_per_unit`` frames.
     """
@@ -122,6 +136,7 @@ class EncodedFrames:
     video_extra: torch.Tensor | None = None
     grid: tuple[int, int] | None = None
     seconds_per_unit: float | None = None
+    reused: list[bool] | None = None
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -138,14 +153,23 @@ class EncodedFrames:
         take = lambda t: None if t is None else t[units]  # noqa: E731
         return EncodedFrames(features=self.features[units], cls_attn=self.cls_attn[units], extra=take(self.extra),
                              tokens=take(self.tokens), video_extra=self.video_extra, grid=self.grid,
-                             seconds_per_unit=self.seconds_per_unit)
+                             seconds_per_unit=self.seconds_per_unit, reused=take(self.reused))
+
+    def take(self, units: list[int]) -> "EncodedFrames":
+        """Units ``units`` of these in that order (repeats allowed): (len(units), N, Dv) features and so on."""
+        index = torch.as_tensor(units, dtype=torch.long)
+        take = lambda t: None if t is None else t.index_select(0, index.to(t.device))  # noqa: E731
+        return EncodedFrames(features=take(self.features), cls_attn=take(self.cls_attn), extra=take(self.extra),
+                             tokens=take(self.tokens), video_extra=self.video_extra, grid=self.grid,
+                             seconds_per_unit=self.seconds_per_unit,
+                             reused=None if self.reused is None else [self.reused[u] for u in units])
 
     def to(self, device: str | torch.device) -> "EncodedFrames":
         """A copy with every tensor on ``device``."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return EncodedFrames(features=move(self.features), cls_attn=move(self.cls_attn), extra=move(self.extra),
                              tokens=move(self.tokens), video_extra=move(self.video_extra), grid=self.grid,
-                             seconds_per_unit=self.seconds_per_unit)
+                             seconds_per_unit=self.seconds_per_unit, reused=self.reused)
 
     @staticmethod
     def concat(parts: list["EncodedFrames"]) -> "EncodedFrames":
@@ -153,6 +177,8 @@ class EncodedFrames:
         if len(parts) == 1:
             return parts[0]
         cat = lambda name: None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+        reused = (None if any(p.reused is None for p in parts)
+                  else [flag for p in parts for flag in p.reused])  # type: ignore[union-attr]
         return EncodedFrames(features=cat("features"), cls_attn=cat("cls_attn"), extra=cat("extra"),
                              tokens=cat("tokens"), video_extra=parts[0].video_extra, grid=parts[0].grid,
-                             seconds_per_unit=parts[0].seconds_per_unit)
+                             seconds_per_unit=parts[0].seconds_per_unit, reused=reused)

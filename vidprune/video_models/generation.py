@@ -41,12 +41,23 @@ class VideoLLMGeneration:
             )
         return prompt
 
-    def tokenize(self, prompts: list[str], visual_counts: list[int]) -> dict[str, torch.Tensor]:
+    def video_placeholder(self, count: int, layout: Any = None) -> str:
+        """The prompt text that stands for one video's ``count`` kept rows: ``<video>`` ``count`` times.
+
+        Families whose prompt marks the video's structure (Qwen3-VL: per temporal patch a timestamp and
+        its kept pads between vision start/end) build it from ``layout`` (``PrunedVideo.layout``).
+        """
+        return self.video_token * count
+
+    def tokenize(self, prompts: list[str], visual_counts: list[int], layouts: list | None = None) -> dict[str, torch.Tensor]:
         """Tokenize prompts, each ``<video>`` expanded to that sample's kept-token count; left padding.
 
+        ``layouts``: per sample, ``PrunedVideo.layout`` (for :meth:`video_placeholder`), or None.
         Returns ``input_ids`` and ``attention_mask`` (B, L) on the model's device.
         """
-        texts = [p.replace(self.video_token, self.video_token * k) for p, k in zip(prompts, visual_counts)]
+        layouts = [None] * len(prompts) if layouts is None else layouts
+        texts = [p.replace(self.video_token, self.video_placeholder(k, layout))
+                 for p, k, layout in zip(prompts, visual_counts, layouts)]
         tok = self.processor.tokenizer
         old_side = tok.padding_side
         tok.padding_side = "left"
@@ -98,10 +109,11 @@ class VideoLLMGeneration:
         """
 
         counts = [int(t.shape[0]) for t in visual_tokens]
-        inputs = self.tokenize(prompts, counts)
+        schedule = self.default_ivtp if ivtp is _DEFAULT else ivtp
+        self.check_ivtp_schedule(self.config, schedule)
+        inputs = self.tokenize(prompts, counts, layouts)
         positions = self.position_inputs(inputs, layouts)
         encoded = self.video_encoder_output(visual_tokens)
-        schedule = self.default_ivtp if ivtp is _DEFAULT else ivtp
         session = (
             self.ivtp_decoder().session(inputs["input_ids"], inputs["attention_mask"], self.video_token_id,
                                         schedule=schedule)
@@ -116,7 +128,7 @@ class VideoLLMGeneration:
             )
         result = self._answer_ids(out[:, inputs["input_ids"].shape[1]:])
         ivtp = [ivtp_state.summary(b) for b in range(len(result))] if ivtp_state is not None else None
-        return GenerationOutput(sequences=result, prompt_tokens=inputs["attention_mask"].sum(dim=1).tolist(), ivtp=ivtp)
+        return GenerationOutput(answer_ids=result, prompt_tokens=inputs["attention_mask"].sum(dim=1).tolist(), ivtp=ivtp)
 
     def _answer_ids(self, new_tokens: torch.Tensor) -> list[list[int]]:
         """Generated ids (B, T) → per row the answer: stopped before EOS, trailing padding removed."""
@@ -179,12 +191,14 @@ class VideoLLMGeneration:
         from .hf_internals import check_prefix_cache_internals, model_cache_keyword
 
         schedule = self.default_ivtp if ivtp is _DEFAULT else ivtp
+        self.check_ivtp_schedule(self.config, schedule)
         layouts = None if layout is None else [layout] * len(prompts)
         if not self.reuses_prefix(len(prompts), generate_kwargs):
             return self.generate(prompts, [visual_tokens] * len(prompts), layouts, ivtp=schedule, **generate_kwargs)
         check_prefix_cache_internals(self.model)
         count = int(visual_tokens.shape[0])
-        ids = [self.tokenize([p], [count])["input_ids"][0] for p in prompts]  # (L_i,) each, unpadded
+        ids = [self.tokenize([p], [count], None if layout is None else [layout])["input_ids"][0]
+               for p in prompts]  # (L_i,) each, unpadded
         shortest = min(len(i) for i in ids)
         shared = 0
         while shared < shortest and all(int(i[shared]) == int(ids[0][shared]) for i in ids):
@@ -226,7 +240,7 @@ class VideoLLMGeneration:
             out = self.model.generate(**inputs, **positions, **{keyword: cache}, **generate_kwargs)
         sequences = self._answer_ids(out[:, inputs["input_ids"].shape[1]:])
         ivtp = [ivtp_state.summary(b) for b in range(len(sequences))] if ivtp_state is not None else None
-        return GenerationOutput(sequences=sequences, prompt_tokens=[len(i) for i in ids], ivtp=ivtp,
+        return GenerationOutput(answer_ids=sequences, prompt_tokens=[len(i) for i in ids], ivtp=ivtp,
                                 prefix_tokens=prefix)
 
     def decode_text(self, ids: list[int]) -> str:

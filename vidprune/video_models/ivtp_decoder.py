@@ -446,8 +446,11 @@ def layer_instruction_scores(layer: torch.nn.Module, hidden: torch.Tensor,
     start = int(torch.nonzero(has_rows).min()) if bool(has_rows.any()) else length - 1
     normed = layer.input_layernorm(hidden)
     head_dim = attn.head_dim
-    query = attn.q_proj(normed[:, start:]).view(batch, length - start, -1, head_dim).transpose(1, 2)  # (B, H, T, hd)
-    key = attn.k_proj(normed).view(batch, length, -1, head_dim).transpose(1, 2)  # (B, KVH, L, hd)
+    query = attn.q_proj(normed[:, start:]).view(batch, length - start, -1, head_dim)  # (B, T, H, hd)
+    key = attn.k_proj(normed).view(batch, length, -1, head_dim)  # (B, L, KVH, hd)
+    if getattr(attn, "q_norm", None) is not None:  # per-head RMSNorm of q and k (Qwen3VLTextAttention.forward, 5.24)
+        query, key = attn.q_norm(query), attn.k_norm(key)
+    query, key = query.transpose(1, 2), key.transpose(1, 2)  # (B, H, T, hd), (B, KVH, L, hd)
     cos, sin = position_embeddings
     query, _ = apply_rotary(query, query, cos[..., start:, :], sin[..., start:, :])
     _, key = apply_rotary(key, key, cos, sin)

@@ -64,6 +64,12 @@ class QwenVideoPixels:
         rows = self.pixel_values[kept.start * h * w : kept.stop * h * w]
         return QwenVideoPixels(rows, (len(kept), h, w), self.seconds_per_unit)
 
+    def take(self, units: list[int]) -> "QwenVideoPixels":
+        """Temporal patches ``units`` in that order (any subset): ((len(units)·h·w, C·2·14·14) patches)."""
+        _, h, w = self.grid_thw
+        rows = self.pixel_values.view(self.grid_thw[0], h * w, -1)[list(units)]  # (len(units), h·w, C·2·14·14)
+        return QwenVideoPixels(rows.reshape(len(units) * h * w, -1), (len(units), h, w), self.seconds_per_unit)
+
 
 @register_family("qwen2_5_vl")
 class Qwen2_5_VLAdapter(VideoLLM):
@@ -196,8 +202,9 @@ class Qwen2_5_VLAdapter(VideoLLM):
         Returns:
             ``{"position_ids": (4, B, L)}``: row 0 the pruned layout's text positions (what the
             stock generate() puts there: attention-mask cumsum), rows 1-3 the stock (t, h, w)
-            positions. Also sets ``model.model.rope_deltas`` (B, 1) for decode steps that come
-            without position ids.
+            positions. Also sets ``model.model.rope_deltas`` (B, 1) as the stock ``get_rope_index``
+            returns them for a left-padded batch with its attention mask (the next position minus the
+            sample's unpadded length) for decode steps that come without position ids.
         """
         if layouts is None or any(layout is None for layout in layouts):
             from ..errors import ConfigError
@@ -221,6 +228,9 @@ class Qwen2_5_VLAdapter(VideoLLM):
                 second_per_grid_ts=torch.tensor([layout["seconds_per_unit"]], device=ids.device))
             kept_positions = positions[:, 0, keep]  # (3, L_b)
             rope[:, b, valid] = kept_positions
+            # the stock convention (get_rope_index with an attention mask, transformers 5.24): next position minus
+            # the sample's UNPADDED length; compute_3d_position_ids adds it to cumsum(attention_mask) - 1 in decode
+            # steps without position ids (tests/test_models_qwen.py checks both against the stock model)
             deltas.append(int(positions.max()) + 1 - int(valid.sum()))
         text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # (B, L)
         self.model.model.rope_deltas = torch.tensor(deltas, device=ids.device).unsqueeze(1)

@@ -17,12 +17,12 @@ from ..errors import ModelLoadError
 if TYPE_CHECKING:
     from .base import VideoLLM
 
-__all__ = ["family_of_checkpoint", "list_families", "load_video_llm", "register_family"]
+__all__ = ["family_of_checkpoint", "family_of_model_type", "list_families", "load_video_llm", "register_family"]
 
 _FAMILIES: dict[str, type["VideoLLM"]] = {}
 
 # The modules that register the built-in families (imported on the registry's first use).
-_FAMILY_MODULES = ("video_llava", "llava_next_video", "llava_onevision", "qwen2_5_vl")
+_FAMILY_MODULES = ("video_llava", "llava_next_video", "llava_onevision", "qwen2_5_vl", "qwen3_vl")
 
 
 def _families() -> dict[str, type["VideoLLM"]]:
@@ -84,6 +84,11 @@ def family_of_checkpoint(model: str) -> type["VideoLLM"]:
                 f"cannot read the config of {model!r} ({type(exc).__name__}); "
                 "pass a local checkpoint directory or a hub id you can download"
             ) from None
+    return family_of_model_type(model_type, model)
+
+
+def family_of_model_type(model_type: str | None, model: str) -> type["VideoLLM"]:
+    """The adapter class for a transformers ``config.model_type`` (``model`` names it in the error)."""
     if model_type not in _families():
         raise ModelLoadError(
             f"{model!r} is a {model_type!r} checkpoint; vidprune supports {', '.join(list_families())}"

@@ -26,7 +26,7 @@ from pathlib import Path
 __all__ = ["TINY_FAMILIES", "VLLM_TINY_FAMILIES", "build_tiny_checkpoint", "tiny_checkpoint_dir",
            "ensure_tiny_checkpoint"]
 
-TINY_FAMILIES = ("video_llava", "llava_next_video", "llava_onevision", "qwen2_5_vl")
+TINY_FAMILIES = ("video_llava", "llava_next_video", "llava_onevision", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 # The families vLLM has a model class for (it has none for Video-LLaVA): ``build_tiny_checkpoint(..., vllm=True)``.
 VLLM_TINY_FAMILIES = ("llava_next_video", "llava_onevision", "qwen2_5_vl")
 
@@ -218,6 +218,8 @@ def build_tiny_checkpoint(family: str, out_dir: str | os.PathLike, seed: int = 0
         return _save(_build_llava_onevision(seed, text_sizes), out, family, seed, vllm=vllm)
     if family == "qwen2_5_vl":
         return _save(_build_qwen2_5_vl(seed, text_sizes), out, family, seed, vllm=vllm)
+    if family in ("qwen3_vl", "qwen3_vl_moe"):
+        return _save(_build_qwen3_vl(seed, moe=family == "qwen3_vl_moe"), out, family, seed)
     tokenizer = _build_tokenizer()
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     video_token_id = tokenizer.convert_tokens_to_ids("<video>")
@@ -435,6 +437,89 @@ def _build_qwen2_5_vl(seed: int, text_sizes: dict | None = None):
                                               cap_pixels_per_frame=False),
         tokenizer=tokenizer,
         chat_template=QWEN2_5_VL_TEMPLATE,
+    )
+    return model, processor
+
+
+# Qwen3-VL's chat template (as on the Instruct model cards, no default system turn), one user turn of media
+# then text: "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{question}<|im_end|>\n
+# <|im_start|>assistant\n". The processor replaces <|video_pad|> with, per temporal patch,
+# "<t seconds><|vision_start|>" + pads + "<|vision_end|>".
+QWEN3_VL_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif content['type'] == 'video' %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# How much the tiny Qwen3-VL's mergers' last projection and LM head are scaled up: a random checkpoint's
+# greedy answer otherwise ignores the video (same ids for two different videos, docs/models.md).
+_QWEN3_VL_VISUAL_GAIN = 8.0
+
+
+def _build_qwen3_vl(seed: int, moe: bool = False):
+    """Qwen3-VL: ViT patch 16, temporal patch 2, 2×2 merger, learned position embeddings (the real 48×48
+    table) plus 2-D rotary, no window attention; DeepStack on (vision blocks 1 and 2 → added after decoder
+    layers 0 and 1, as the 8B's blocks 8/16/24 → decoder layers 0-2); interleaved mRoPE with the real sections'
+    proportions (24:20:20 of the half head dim → 6:5:5); explicit ``head_dim``. ``moe``: the
+    ``Qwen3VLMoeForConditionalGeneration`` class (4 experts, 2 active per token, every decoder layer sparse)."""
+    import torch
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLMoeConfig,
+        Qwen3VLMoeForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    tokenizer = _build_tokenizer(chatml=True, extra_special=_QWEN_VISION_TOKENS)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _QWEN_VISION_TOKENS}
+    head_dim = 32  # rotary half 16 = 6 (t) + 5 (h) + 5 (w), interleaved
+    text = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                num_attention_heads=2, num_key_value_heads=1, head_dim=head_dim, max_position_embeddings=32768,
+                rms_norm_eps=1e-6, initializer_range=0.5, tie_word_embeddings=False,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_interleaved": True,
+                                 "mrope_section": [6, 5, 5]})
+    if moe:
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48, decoder_sparse_step=1)
+    vision = {"depth": 4, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "patch_size": 16,
+              "temporal_patch_size": 2, "spatial_merge_size": 2, "out_hidden_size": text["hidden_size"],
+              "num_position_embeddings": 2304, "deepstack_visual_indexes": [1, 2], "initializer_range": 0.5}
+    config_cls, model_cls = ((Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration) if moe
+                             else (Qwen3VLConfig, Qwen3VLForConditionalGeneration))
+    config = config_cls(
+        text_config=text, vision_config=vision, tie_word_embeddings=False,
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch_seed(seed)
+    model = model_cls(config)
+    with torch.no_grad():
+        visual = model.model.visual
+        for merger in [visual.merger, *visual.deepstack_merger_list]:
+            merger.linear_fc2.weight.mul_(_QWEN3_VL_VISUAL_GAIN)
+        model.lm_head.weight.mul_(_QWEN3_VL_VISUAL_GAIN)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    # The hub video processor's limits (4096 .. 24576 x 32 x 32 pixels over the whole video: a 240x320 frame
+    # becomes 256x320 px, 8x10 merged tokens per temporal patch; 16 frames of 720p 22x40); frames come
+    # pre-sampled (vidprune samples them), so the processor does not sample again.
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2,
+                                              size={"shortest_edge": 64 * 64, "longest_edge": 32 * 32 * 1280}),
+        video_processor=Qwen3VLVideoProcessor(size={"shortest_edge": 4096, "longest_edge": 24576 * 32 * 32},
+                                              cap_pixels_per_frame=False, do_sample_frames=False),
+        tokenizer=tokenizer,
+        chat_template=QWEN3_VL_TEMPLATE,
     )
     return model, processor
 

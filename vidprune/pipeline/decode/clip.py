@@ -235,7 +235,7 @@ def _cost(reader: VideoReader) -> dict[str, object]:
     return {
         "frame_table": reader.table_source,
         "bytes_read": stats["bytes_read"],
-        "file_bytes": os.path.getsize(reader.path),
+        "file_bytes": reader.media.size,
         "packets_demuxed": stats["packets_demuxed"],
         "packets_skipped": stats["packets_skipped"],
         "decoded_frames": stats["decoded_frames"],

@@ -10,9 +10,9 @@ cannot define it (no pts, repeated pts), by decoding every frame (:func:`table_b
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from vidprune.errors import VideoDecodeError
 
+from .byte_source import Span
 from .media import MediaFile
 from .messages import decode_error, one_line
 
@@ -43,6 +44,59 @@ class TableMismatch(Exception):
     """Decoded frames disagree with the frame table (raised by a decoding pass, caught by the reader)."""
 
 
+# Samples past the last one a target needs that FFmpeg's decoder reads before it outputs the target
+# (its frame threads and B-frame delay): measured 4-5 on 2 cores with 2 B-frames. Announcing them costs
+# their bytes where the decoder stops sooner; not announcing them reads them without read-ahead.
+DECODER_LOOKAHEAD_SAMPLES = 4
+
+
+@dataclass
+class SampleSpans:
+    """Where an MP4's frames lie in the file (its sample table), to say which bytes a seek will read.
+
+    ``decode_pos``: (n,) each frame's (presentation order) position in decoding order;
+    ``offset`` / ``size``: (n,) int64 byte range of each sample, in decoding order.
+    """
+
+    decode_pos: np.ndarray
+    offset: np.ndarray
+    size: np.ndarray
+
+    def spans(self, keyframe: int, target: int) -> list[Span]:
+        """The bytes decoding reads from ``keyframe`` to ``target`` (frame indices): the samples from the
+        keyframe's to the last one that frames up to the target need, in decoding order, as runs of
+        adjacent samples, and the ``DECODER_LOOKAHEAD_SAMPLES`` after them that a decoder with frame
+        threads and B-frames reads before it outputs the target."""
+        first = int(self.decode_pos[keyframe])
+        last = min(int(self.decode_pos[keyframe : target + 1].max()) + DECODER_LOOKAHEAD_SAMPLES, len(self.offset) - 1)
+        offset, end = self.offset[first : last + 1], self.offset[first : last + 1] + self.size[first : last + 1]
+        breaks = np.flatnonzero(offset[1:] != end[:-1]) + 1  # a sample that does not start where the last ended
+        starts, stops = np.concatenate([[0], breaks]), np.concatenate([breaks, [len(offset)]])
+        return [Span(int(offset[a]), int(end[b - 1])) for a, b in zip(starts, stops)]
+
+
+@dataclass
+class ClusterSpans:
+    """Where a Matroska file's keyframes lie (its cues): a seek reads from the keyframe's cluster at most to
+    the next cue's cluster (an upper bound: the blocks' positions are not read).
+
+    ``keyframes``: sorted frame indices of the cue points; ``clusters``: their clusters' byte
+    offsets, in the same order; ``end``: where the last cluster ends at most (the Segment's end).
+    """
+
+    keyframes: list[int]
+    clusters: list[int]
+    end: int
+
+    def spans(self, keyframe: int, target: int) -> list[Span]:
+        i = bisect.bisect_right(self.keyframes, keyframe) - 1
+        if i < 0:
+            return []
+        start = self.clusters[i]
+        later = [c for c in self.clusters[i + 1 :] if c > start]
+        return [Span(start, min(later) if later else self.end, exact=False)]
+
+
 @dataclass
 class FrameTable:
     """Frames of one video stream in presentation order.
@@ -60,6 +114,7 @@ class FrameTable:
     keyframes: list[int]
     pts_to_index: dict[int, int]
     source: str
+    byte_spans: SampleSpans | ClusterSpans | None = None  # from the index: the bytes a seek reads
 
     def __len__(self) -> int:
         return len(self.times)
@@ -325,7 +380,7 @@ def table_from_sample_table(media: MediaFile) -> tuple[FrameTable | None, str]:
     sorted_pts = samples.pts[order]
     if n > 1 and not np.all(np.diff(sorted_pts) > 0):
         return None, "two samples share a presentation time"
-    file_size = os.path.getsize(media.path)
+    file_size = media.size
     if int((samples.offset + samples.size).max()) > file_size or samples.offset.min() < 0:
         return None, "the table lists samples past the end of the file (the media data is cut)"
     if samples.edits:
@@ -360,7 +415,9 @@ def table_from_sample_table(media: MediaFile) -> tuple[FrameTable | None, str]:
                 return None, "FFmpeg's last packets differ from the table"
 
     key_rank = np.flatnonzero(samples.keyframe[order]).tolist()
-    return _sorted_pts_table((sorted_pts + shift).tolist(), key_rank, media, "index"), ""
+    table = _sorted_pts_table((sorted_pts + shift).tolist(), key_rank, media, "index")
+    table.byte_spans = SampleSpans(decode_pos=order, offset=samples.offset, size=samples.size)
+    return table, ""
 
 
 # ---------------------------------------------------------------------- from Matroska cues
@@ -437,7 +494,7 @@ def table_from_cues(media: MediaFile) -> tuple[FrameTable | None, str]:
         return None, "the Cues list no point for the video track"
     if cues.cue_times.size > 1 and not np.all(np.diff(cues.cue_times) > 0):
         return None, "the cue times do not increase"
-    if cues.cue_clusters.min() < 0 or cues.cue_clusters.max() >= os.path.getsize(media.path):
+    if cues.cue_clusters.min() < 0 or cues.cue_clusters.max() >= media.size:
         return None, "a cue points past the end of the file"
     if cues.duration is None or not math.isfinite(cues.duration) or cues.duration <= 0:
         return None, "the header has no Duration"
@@ -513,4 +570,7 @@ def table_from_cues(media: MediaFile) -> tuple[FrameTable | None, str]:
             f"the {what} ({claimed * scale / 1e9:.3f} s) does not match the {n} frames of the "
             f"constant frame-rate grid (ending at {ends * scale / 1e9:.3f} s)"
         )
-    return _sorted_pts_table(grid.pts(np.arange(n)).tolist(), sorted(cue_k), media, "index"), ""  # cue_k: unique
+    table = _sorted_pts_table(grid.pts(np.arange(n)).tolist(), sorted(cue_k), media, "index")  # cue_k: unique
+    by_frame = sorted(zip(cue_k, cues.cue_clusters.tolist()))
+    table.byte_spans = ClusterSpans([k for k, _ in by_frame], [int(c) for _, c in by_frame], int(cues.segment_end))
+    return table, ""

@@ -20,6 +20,7 @@ import av
 
 from vidprune.errors import VideoDecodeError
 
+from .byte_source import RangeFile, Span, check_source, is_remote, open_bytes
 from .messages import Notes, decode_error, one_line
 
 __all__ = ["MediaFile", "mp4_index_cut_off"]
@@ -33,9 +34,9 @@ _EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 
 def _is_ebml(path: str) -> bool:
     try:
-        with open(path, "rb") as f:
+        with open_bytes(path) as f:
             return f.read(4) == _EBML_MAGIC
-    except OSError:
+    except (OSError, VideoDecodeError):
         return False
 
 
@@ -50,8 +51,8 @@ def codec_name(stream: Any) -> str:
 def mp4_index_cut_off(path: str) -> bool:
     """True for an ISO-BMFF file (``ftyp`` first) whose ``moov`` box (the index) is missing or runs past the end."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        with open_bytes(path) as f:
+            size = f.size
             pos, first = 0, True
             while pos + 8 <= size:
                 f.seek(pos)
@@ -70,7 +71,7 @@ def mp4_index_cut_off(path: str) -> bool:
                 pos += box_size
                 first = False
             return not first
-    except OSError:
+    except (OSError, VideoDecodeError):
         return False
 
 
@@ -83,9 +84,13 @@ class CountingFile(io.RawIOBase):
 
     def __init__(self, path: str, stats: dict[str, int], seekable: bool = True) -> None:
         super().__init__()
-        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        self._file: RangeFile = open_bytes(path, stats)  # local or remote (byte_source); closed in close()
         self._stats = stats
         self._seekable = seekable
+
+    def need(self, spans: list[Span]) -> None:
+        """Decoding is about to read ``spans``: tell the source (read-ahead off, those spans fetched)."""
+        self._file.need(spans)
 
     def readable(self) -> bool:
         return True
@@ -156,6 +161,8 @@ class MediaFile:
         self.track_duration_s: float | None = None
         self.header_duration_s: float | None = None
         self._open_options: dict[str, str] = {}
+        self.size = 0  # bytes in the file (set by the check)
+        self.source: CountingFile | None = None  # the file of the container opened last (``need`` goes there)
         self._check_file()
         if _is_ebml(path):
             # FFmpeg's stream probing (avformat_find_stream_info) reads ~40 frames of a Matroska
@@ -203,6 +210,9 @@ class MediaFile:
 
     def _check_file(self) -> None:
         p = self.path
+        if is_remote(p):
+            self.size = check_source(p)  # one line when it cannot be reached
+            return
         try:
             st = os.stat(p)
         except FileNotFoundError:
@@ -219,6 +229,7 @@ class MediaFile:
             raise decode_error(p, "the file is empty (0 bytes)", "re-download or re-export the video")
         if not os.access(p, os.R_OK):
             raise decode_error(p, "the file is not readable (permission denied)", "fix its permissions")
+        self.size = st.st_size
 
     def open(self) -> Any:
         """A fresh PyAV input container; maps every failure to VideoDecodeError."""
@@ -226,6 +237,7 @@ class MediaFile:
             raise ValueError("I/O operation on a closed VideoReader")
         try:
             source = CountingFile(self.path, self.stats, seekable=not self.unindexed)
+            self.source = source
             try:
                 return av.open(
                     source, mode="r", metadata_errors="replace", buffer_size=_IO_BUFFER_BYTES, options=self._open_options
@@ -243,6 +255,11 @@ class MediaFile:
             ) from None
         except (OSError, ValueError, UnicodeError) as e:
             raise decode_error(self.path, f"it cannot be opened ({one_line(e)})", "check that it is a video file") from None
+
+    def need(self, spans: list[Span]) -> None:
+        """The open container's decoding is about to read ``spans`` (:meth:`RangeFile.need`)."""
+        if self.source is not None and not self.source.closed:
+            self.source.need(spans)
 
     def cut_mp4_error(self) -> VideoDecodeError:
         return decode_error(

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .byte_source import open_bytes
 from .mp4_index import IndexUnusable
 
 __all__ = ["ClusterBlocks", "CueIndex", "read_cluster_blocks", "read_cue_index"]
@@ -209,8 +210,8 @@ def read_cue_index(path: str) -> CueIndex:
 
     Raises IndexUnusable (with the reason) when the file has no such readable index.
     """
-    with open(path, "rb", buffering=0) as f:
-        file = _File(f, os.fstat(f.fileno()).st_size)
+    with open_bytes(path) as f:
+        file = _File(f, f.size)
         try:
             return _read(file)
         except (struct.error, ValueError, IndexError) as e:
@@ -307,8 +308,8 @@ def read_cluster_blocks(path: str, start: int, end: int, track_number: int, max_
     Raises IndexUnusable for a cluster of unknown size, laced blocks (several frames in
     one block) or more than ``max_blocks`` blocks.
     """
-    with open(path, "rb", buffering=0) as f:
-        file = _File(f, min(end, os.fstat(f.fileno()).st_size))
+    with open_bytes(path) as f:
+        file = _File(f, min(end, f.size))
         try:
             return _cluster_blocks(file, start, track_number, max_blocks)
         except (struct.error, ValueError, IndexError) as e:

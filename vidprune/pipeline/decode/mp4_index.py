@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .byte_source import open_bytes
+
 __all__ = ["IndexUnusable", "SampleTable", "read_sample_table"]
 
 # A moov box larger than this is not read (a 10-hour 60 fps track's tables are ~20 MB).
@@ -80,8 +82,8 @@ def _boxes(data: bytes | memoryview, start: int, end: int):
 
 def _read_moov(path: str) -> tuple[bytes, int]:
     """The ``moov`` box's bytes (header included) and the bytes read to find it."""
-    with open(path, "rb", buffering=0) as f:
-        file_size = os.fstat(f.fileno()).st_size
+    with open_bytes(path) as f:
+        file_size = f.size
         pos, read, first = 0, 0, True
         while pos + 8 <= file_size:
             f.seek(pos)

@@ -111,7 +111,7 @@ def _pyav_pass(reader: VideoReader, table: FrameTable, wanted: list[int]) -> Ite
                     if may_seek and head_ok and not just_sought:
                         kf = table.keyframes[bisect.bisect_right(table.keyframes, target) - 1]
                         if kf - (cur + 1) >= reader.seek_threshold:
-                            frames = _seek(reader, container, stream, table, kf, skip)
+                            frames = _seek(reader, container, stream, table, kf, skip, target)
                             sequential, just_sought, sought_kf, before_seek = False, True, kf, cur
                     av_frame = next(frames, None)
                     found = None
@@ -127,7 +127,7 @@ def _pyav_pass(reader: VideoReader, table: FrameTable, wanted: list[int]) -> Ite
                         earlier = table.keyframes[max(0, ki - 2 ** (misses - 1))]
                         if misses > _MAX_SEEK_MISSES or earlier == sought_kf:
                             raise SeekTrouble("the seek landed after the target")
-                        frames = _seek(reader, container, stream, table, earlier, skip)
+                        frames = _seek(reader, container, stream, table, earlier, skip, target)
                         sought_kf = earlier
                         continue
                     if av_frame is None:
@@ -199,9 +199,16 @@ def _pyav_pass(reader: VideoReader, table: FrameTable, wanted: list[int]) -> Ite
 
 
 def _seek(
-    reader: VideoReader, container: Any, stream: Any, table: FrameTable, kf: int, skip: Any = None
+    reader: VideoReader, container: Any, stream: Any, table: FrameTable, kf: int, skip: Any = None,
+    target: int | None = None,
 ) -> Iterator[Any]:
-    """Seek to keyframe ``kf`` of ``table``; the decoded frames from there (``skip``: packets not to decode)."""
+    """Seek to keyframe ``kf`` of ``table``; the decoded frames from there (``skip``: packets not to decode).
+
+    Where the index gives byte ranges, the file is told first which bytes decoding up to
+    ``target`` reads (read-ahead off, those ranges fetched: :mod:`.byte_source`).
+    """
+    if table.byte_spans is not None and target is not None:
+        reader.media.need(table.byte_spans.spans(kf, target))
     try:
         container.seek(table.pts[kf], stream=stream, backward=True, any_frame=False)
     except av.FFmpegError as e:

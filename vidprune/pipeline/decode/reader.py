@@ -18,6 +18,7 @@ from vidprune.errors import ConfigError
 from vidprune.validators import check_non_negative_int, check_positive_int
 
 from . import decord_backend
+from .byte_source import is_remote
 from .frame_table import FrameTable, header_duration_note, table_by_decoding, table_by_demuxing, table_from_index
 from .frames import Frame
 from .media import MediaFile
@@ -108,7 +109,10 @@ class VideoReader:
         self._header_note: str | None = None  # the warning about a header claiming a longer video, if any
         self.media = MediaFile(self.path, threads, self.notes, self.stats)
         self.pixels = PixelConverter(self.path, self.notes, self.stats)
-        if backend == "decord":
+        if backend == "decord" and is_remote(self.path):  # decord opens local files only
+            self.backend = "pyav"
+            self.notes.add("decord reads local files only: a remote video is decoded with PyAV", "decord-remote")
+        elif backend == "decord":
             decord_backend.setup_decord(self)
 
     @property

@@ -14,6 +14,7 @@ from typing import Any
 from ...config import VidpruneConfig
 from ...errors import ConfigError
 from ...validators import problem_int_at_least
+from .placement import DEFAULT_PLACEMENT_TIMEOUT_S
 from .layout import (ANSWER_GPU_SHARE, ENCODE_GPU_SHARE, MAX_CPUS_PER_ACTOR, MAX_DEFAULT_DECODERS, ClusterShape, fits, refuse,
                      slot_share)
 
@@ -79,6 +80,8 @@ class RayPipelineOptions:
         decode / encode / select / answer: resources per actor of each stage.
         max_restarts / max_task_retries / video_attempts: fault tolerance (docs/ray.md).
         spread: place replicas on different nodes when possible.
+        placement_timeout_s: seconds without any result after which a cluster that shrank below
+            the layout (a node lost) stops the run with one line (:mod:`.placement`).
     """
 
     decoders: int | None = None
@@ -97,6 +100,7 @@ class RayPipelineOptions:
     max_task_retries: int = DEFAULT_MAX_TASK_RETRIES
     video_attempts: int = DEFAULT_VIDEO_ATTEMPTS
     spread: bool = True
+    placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S
 
     def resolved(self, config: VidpruneConfig, cluster: ClusterShape | None = None, *,
                  answering: bool = True) -> RayPipelineOptions:
@@ -150,6 +154,9 @@ class RayPipelineOptions:
 
     def problems(self) -> list[str]:
         p: list[str] = []
+        timeout = self.placement_timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            p.append(f"placement_timeout_s must be a positive number of seconds, got {timeout!r}")
         for name, minimum in (("decoders", 1), ("encoders", 1), ("answerers", 1), ("segment_frames", 1),
                               ("max_segments_in_flight", 1), ("max_videos_in_flight", 1), ("max_answers_queued", 1),
                               ("questions_per_call", 1), ("video_attempts", 1), ("max_restarts", -1),

@@ -16,6 +16,7 @@ from .actors import DEFAULT_VARIANT, AnswerActor, DecodeActor, EncodeActor, Sele
 from .failures import one_line, root_cause
 from .layout import ClusterShape
 from .options import RayPipelineOptions, StageResources, actor_options
+from .placement import PlacementWatch
 from .scheduler import POLL_S, Scheduler, VideoRequest, VideoResult
 
 __all__ = ["RayVideoPipeline", "ACTOR_RESTART_TIMEOUT_S"]
@@ -61,6 +62,8 @@ class RayVideoPipeline:
         # with room, so the LLM replicas (0.75) take one device each before the encoders (0.25)
         # fill the rest beside them (created the other way round, two encoders share device 0
         # and the second LLM replica finds no device with 0.75 free).
+        # a cluster that shrinks below the layout while it runs stops the run with one line (placement.py)
+        self.placement = PlacementWatch(o, answering=lambda: bool(self.answerers), timeout_s=o.placement_timeout_s)
         self.answerers: list[Any] = []
         if answering:
             self.answerers = [self._new_answerer() for _ in range(o.answerers)]
@@ -96,16 +99,21 @@ class RayVideoPipeline:
         too early would lose its work again.
         """
         deadline = time.monotonic() + ACTOR_RESTART_TIMEOUT_S
+        ref = self.selector.ready.remote()
         while True:
             try:
-                ray.get(self.selector.ready.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                ray.get(ref, timeout=min(POLL_S, max(0.1, deadline - time.monotonic())))
                 return
             except ActorDiedError:
                 return  # gone for good (max_restarts used up): the next attempt reports it
-            except (ActorUnavailableError, GetTimeoutError):
-                if time.monotonic() > deadline:
-                    return  # the video's next attempt reports what is wrong
+            except ActorUnavailableError:  # the call failed while the actor restarts: ask again shortly
                 time.sleep(POLL_S / 4)
+                ref = self.selector.ready.remote()
+            except GetTimeoutError:  # still waiting for the answer
+                pass
+            if time.monotonic() > deadline:
+                return  # the video's next attempt reports what is wrong
+            self.placement.check()  # it may be waiting for resources the cluster no longer has
 
     def _new_answerer(self):
         return self._actor(AnswerActor, self.options.answer, False, self.config, self.options.questions_per_call,

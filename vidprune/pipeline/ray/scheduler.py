@@ -140,6 +140,7 @@ class Scheduler:
 
     def run(self, requests: Iterable[VideoRequest]) -> Iterator[VideoResult]:
         o, todo, exhausted = self.o, iter(requests), False
+        self.pipe.placement.progress()  # the clock of "no result for placement_timeout_s" starts now
         while True:
             while not exhausted and len(self.streaming) < o.max_videos_in_flight \
                     and len(self.answering) < o.max_answers_queued:
@@ -161,6 +162,8 @@ class Scheduler:
             if not self.waiting:
                 continue
             ready, _ = ray.wait(list(self.waiting), num_returns=1, timeout=POLL_S)
+            if not ready:
+                self.pipe.placement.check()  # ClusterShrunk: the cluster can no longer place the actors
             for ref in ready:
                 if ref in self.waiting:
                     result = self.handle(ref, *self.waiting.pop(ref))
@@ -236,6 +239,7 @@ class Scheduler:
                 self.decode_whole(run)
                 return None
             return self.fail(run, exc)
+        self.pipe.placement.progress()
         return self._handlers[awaiting](run, ref, value, awaiting)
 
     def on_plan(self, run: VideoRun, ref, plan, awaiting: Awaiting) -> None:
