@@ -125,7 +125,7 @@ class VllmEngine(LLMEngine):
         outputs = self.engine.generate(requests, params, use_tqdm=False)
         sequences = self.llm.answer_ids([list(out.outputs[0].token_ids) for out in outputs])  # as the HF engine's
         cached = [getattr(out, "num_cached_tokens", None) for out in outputs]
-        return GenerationOutput(sequences=sequences, prompt_tokens=[len(out.prompt_token_ids) for out in outputs],
+        return GenerationOutput(answer_ids=sequences, prompt_tokens=[len(out.prompt_token_ids) for out in outputs],
                                 prefix_tokens=max((c for c in cached if c), default=None))
 
     def generate_about_one_video(self, prompts, visual_tokens, layout=None, *, ivtp: Any = None, **generate_kwargs):
