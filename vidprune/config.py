@@ -56,6 +56,10 @@ DEFAULT_DEDUP_THRESHOLD = 0.9
 DEFAULT_SKIP_STATIC_THRESHOLD = 1.0
 
 DECODE_BACKENDS = ("pyav", "decord")
+# vidprune.engines.ENGINES, spelled here so that declaring the flags imports no torch (tests check they are equal)
+ENGINES = ("hf", "vllm")
+# the engine settings that only the vLLM engine takes (the ``engine`` section less ``engine`` and ``dtype``)
+VLLM_SETTINGS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager", "vllm_options")
 # vidprune.pruners.DEDUP_REFERENCES, spelled here so that declaring the flags imports no torch
 # (tests/test_configs.py checks they are equal)
 DEDUP_REFERENCES = ("kept", "previous", "kept_any")
@@ -68,10 +72,21 @@ SECTIONS = {
     "select": ("pruning", "SelectStage"),
     "ivtp": ("IVTP (pruning inside the LLM, conditioned on the question; off by default)", "IVTPSchedule.from_options"),
     "generate": ("generation", "AnswerStage"),
+    "engine": ("LLM engine (hf: transformers generate(); vllm: a vLLM engine, docs/vllm.md)", "create_engine"),
 }
 
 
 # ----------------------------------------------------------------------------- CLI value parsers
+def _parse_json_object(value: str) -> dict:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"enable_chunked_prefill\": false}}', got {value!r}")
+    return parsed
+
+
 def _parse_budget(value: str) -> int | str:
     if value.lower() in ("none", "off", "full"):
         return "none"
@@ -176,8 +191,9 @@ class VidpruneConfig:
     model: str | None = _option(None, "model", arg="name_or_path",
                                 help="hub id or checkpoint directory (Video-LLaVA, LLaVA-NeXT-Video, LLaVA-OneVision, Qwen2.5-VL)")
     device: str = _option("cpu", "model", help="cpu, cuda, cuda:1, ... (default cpu)")
-    dtype: str | None = _option(None, "model", help="float32, float16 or bfloat16, or a torch dtype in Python (default: "
-                                                    "float32 on CPU)")
+    dtype: str | None = _option(None, "model", "engine",
+                                help="float32, float16 or bfloat16, or a torch dtype in Python (default: float32 on CPU); "
+                                     "the vLLM engine's too")
     device_map: Any = _option(None, "model", parse=_parse_device_map, metavar="MAP",
                               help="split the model over devices: auto (balanced, sequential) or a JSON map "
                                    "'{\"model.language_model.layers.20\": 1, ...}' (devices: 0, cuda:1, cpu, disk); "
@@ -257,6 +273,21 @@ class VidpruneConfig:
     reuse_prefix: bool = _option(True, "generate", true_flag="--prefix-reuse", false_flag="--no-prefix-reuse",
                                  help="several questions about one video: prefill the video once and reuse its KV "
                                       "cache (the same ids; greedy, without IVTP); default on")
+    # --- the LLM engine (vidprune.engines.create_engine); the vision side runs the same with either
+    engine: str = _option("hf", "engine", arg="name", choices=ENGINES,
+                          help="hf (transformers generate(), default) or vllm (a vLLM engine: continuous batching, "
+                               "prefix caching, tensor parallelism; docs/vllm.md)")
+    tensor_parallel_size: int | None = _option(None, "engine", parse=int, help="vLLM: GPUs one engine spans (default 1)")
+    gpu_memory_utilization: float | None = _option(None, "engine", parse=float,
+                                                   help="vLLM: its share of the GPU's memory, in (0, 1] (the vision "
+                                                        "tower in this process is outside it; default vLLM's 0.9)")
+    max_model_len: int | None = _option(None, "engine", parse=int,
+                                        help="vLLM: the longest prompt + answer in tokens (default: the model's)")
+    enforce_eager: bool | None = _option(None, "engine", true_flag="--enforce-eager",
+                                         help="vLLM: no CUDA graphs / compilation (slower decode, quicker start)")
+    vllm_options: dict | None = _option(None, "engine", parse=_parse_json_object, metavar="JSON",
+                                        help="vLLM: further vllm.LLM keywords as a JSON object, e.g. "
+                                             "'{\"enable_chunked_prefill\": false}'")
 
     def __post_init__(self) -> None:
         # a torch dtype (torch.bfloat16) is held by its name, so a config stays plain data (YAML, JSON, Ray)
@@ -343,6 +374,40 @@ class VidpruneConfig:
         p += self.loading_problems()
         if self.model is not None and not isinstance(self.model, str):
             p.append(f"model must be a hub id or a directory, got {self.model!r}")
+        p += self.engine_problems()
+        return p
+
+    def engine_problems(self) -> list[str]:
+        """Problems with the ``engine`` section (no vLLM import: whether it is installed is checked at resolve)."""
+        p: list[str] = []
+        if self.engine not in ENGINES:
+            return [f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}"]
+        given = [name for name in VLLM_SETTINGS if getattr(self, name) is not None]
+        if self.engine != "vllm":
+            return [f"{name} is a vLLM engine setting: add engine 'vllm' (--engine vllm) or drop it" for name in given]
+        for name in ("tensor_parallel_size", "max_model_len"):
+            if getattr(self, name) is not None:
+                problem = problem_positive_int(name, getattr(self, name))
+                if problem:
+                    p.append(problem)
+        if self.gpu_memory_utilization is not None:
+            problem = problem_in_range("gpu_memory_utilization", self.gpu_memory_utilization, 0.0, 1.0, low_open=True)
+            if problem:
+                p.append(problem)
+        if self.enforce_eager is not None and not isinstance(self.enforce_eager, bool):
+            p.append(f"enforce_eager must be true or false, got {self.enforce_eager!r}")
+        if self.vllm_options is not None:
+            from .engines.vllm_plugin import VLLM_RESERVED_OPTIONS
+
+            if not isinstance(self.vllm_options, dict) or not all(isinstance(k, str) for k in self.vllm_options):
+                p.append(f"vllm_options must be a mapping of vllm.LLM keywords, got {self.vllm_options!r}")
+            else:
+                for key in sorted(set(self.vllm_options) & set(VLLM_RESERVED_OPTIONS)):
+                    p.append(f"vllm_options may not set {key!r}: vidprune sets it"
+                             + (f" (use the {key} option)" if key in OPTIONS else ""))
+        if self.ivtp_layer is not None or self.ivtp_schedule is not None:
+            p.append("IVTP needs the attention rows of the LLM's layers, which vLLM's paged attention does not "
+                     "expose: use engine 'hf' for IVTP")
         return p
 
     def loading_problems(self) -> list[str]:
@@ -529,6 +594,8 @@ def resolve_config(model: str | None = None, config: str | os.PathLike | dict | 
         info = inspect_checkpoint(cfg.model, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled,  # no weights
                                   revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     check_pruner_grid(cfg.pruner, info.geometry.dynamic)
+    if cfg.engine == "vllm":
+        _check_vllm_engine(info.family.model_type)
     per_unit = info.geometry.frames_per_unit  # Qwen2.5-VL pairs frames into temporal patches
     if cfg.frames is not None and cfg.frames % per_unit:
         raise ConfigError(
@@ -547,3 +614,19 @@ def resolve_config(model: str | None = None, config: str | os.PathLike | dict | 
         info.family.check_ivtp_schedule(info.config, schedule)  # e.g. Qwen3-VL: not inside the DeepStack layers
         check_ivtp_internals()  # an untested transformers is refused here, before any weights load
     return cfg, info
+
+
+def _check_vllm_engine(model_type: str) -> None:
+    """engine 'vllm': the family has a vLLM class and vLLM (with vidprune's plugin) is installed; one line if not."""
+    from .engines.vllm_plugin import VLLM_ARCHITECTURES
+
+    if model_type not in VLLM_ARCHITECTURES:
+        why = ("vLLM has no model class for it" if model_type == "video_llava"
+               else "vidprune's vLLM engine does not run it yet")
+        raise ConfigError(f"engine 'vllm' cannot run {model_type}: {why}; use engine 'hf' "
+                          f"(engine 'vllm' runs {', '.join(sorted(VLLM_ARCHITECTURES))})")
+    from .engines.vllm_plugin import vllm_problem
+
+    problem = vllm_problem()
+    if problem is not None:
+        raise ConfigError(problem)
