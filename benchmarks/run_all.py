@@ -3,6 +3,12 @@
     python benchmarks/run_all.py                    # CPU: small layer counts, writes docs/performance.md
     python benchmarks/run_all.py --device cuda      # a GPU: the full 32 layers, absolute times too
     python benchmarks/run_all.py --only prefill,ask # a subset
+    python benchmarks/run_all.py --device cuda --dry-run   # print the commands, check each parses them
+
+``--families video_llava`` limits the benchmarks that take families to those (the GPU check,
+``benchmarks/gpu_check.sh``, runs one family to stay inside its time). With
+``$VIDPRUNE_BENCH_CHECKPOINTS`` set to a folder, the 7B-shape checkpoints are built once there and
+reused by every benchmark (``seven_b.build_checkpoint``) instead of once per benchmark.
 
 Each benchmark runs in its own process (its variants interleaved inside it, ratios from that
 one run) and writes its table between its markers in ``--write``. The Ray pipeline runs on a
@@ -23,9 +29,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def commands(device: str, layers: int | None, write: Path) -> dict[str, list[str]]:
+def commands(device: str, layers: int | None, write: Path, families: str | None = None) -> dict[str, list[str]]:
     """name → argv of each benchmark; ``layers`` None: each one's default for the device."""
     gpu = device != "cpu"
+    fam = ["--families", families] if families else []
 
     def n(cpu_default: int) -> list[str]:
         return ["--layers", str(layers if layers is not None else (32 if gpu else cpu_default))]
@@ -33,8 +40,8 @@ def commands(device: str, layers: int | None, write: Path) -> dict[str, list[str
     dev = ["--device", device]
     out = ["--write", str(write)]
     return {
-        "prefill": ["bench_prefill.py", *n(1), *dev, *out],
-        "ask": ["bench_ask.py", *n(4), *dev, *out],
+        "prefill": ["bench_prefill.py", *n(1), *dev, *fam, *out],
+        "ask": ["bench_ask.py", *n(4), *dev, *fam, *out],
         "prefix_reuse": ["bench_prefix_reuse.py", *n(2), *dev, *out],
         # CPU only (it builds the model on the CPU); k must be below the layer count
         "ivtp": ["bench_ivtp.py", *n(2), "--rounds", "3", *([] if gpu else ["--settings", "1:0.5,1:0.25"]), *out],
@@ -54,14 +61,19 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated subset of: prefill, ask, prefix_reuse, ivtp, decode, skip_and_fetch, "
                                                "pipeline")
     parser.add_argument("--write", type=Path, default=HERE.parent / "docs" / "performance.md")
+    parser.add_argument("--families", help="comma-separated families for prefill and ask (default: each one's own)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the commands and check that each benchmark parses its arguments; run nothing")
     args = parser.parse_args()
-    todo = commands(args.device, args.layers, args.write)
+    todo = commands(args.device, args.layers, args.write, args.families)
     if args.only:
         names = args.only.split(",")
         unknown = sorted(set(names) - set(todo))
         if unknown:
             parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(todo)}")
         todo = {k: v for k, v in todo.items() if k in names}
+    if args.dry_run:
+        return _dry_run(todo)
     for i, (name, argv) in enumerate(todo.items(), 1):
         print(f"[{i}/{len(todo)}] {name}: python benchmarks/{' '.join(argv)}", flush=True)
         t0 = time.perf_counter()
@@ -76,6 +88,30 @@ def main() -> int:
                   file=sys.stderr)
             return 1
         print(f"[{i}/{len(todo)}] {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
+def _dry_run(todo: dict[str, list[str]]) -> int:
+    """Print each command; check that its script's parser takes its arguments (``parse_args`` only, nothing runs)."""
+    check = ("import runpy, sys; sys.argv = sys.argv[1:]; import argparse\n"
+             "parse = argparse.ArgumentParser.parse_args\n"
+             "def stop(self, *a, **k):\n"
+             "    parse(self, *a, **k); raise SystemExit(0)\n"
+             "argparse.ArgumentParser.parse_args = stop\n"
+             "runpy.run_path(sys.argv[0], run_name='__main__')")
+    failed = []
+    for i, (name, argv) in enumerate(todo.items(), 1):
+        print(f"[{i}/{len(todo)}] {name}: python benchmarks/{' '.join(argv)}  (dry run)", flush=True)
+        done = subprocess.run([sys.executable, "-c", check, str(HERE / argv[0]), *argv[1:]], cwd=HERE,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            failed.append(name)
+            print(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}",
+                  file=sys.stderr)
+    if failed:
+        print(f"run_all: dry run: {', '.join(failed)} do not take their arguments", file=sys.stderr)
+        return 1
+    print(f"run_all: dry run: {len(todo)} benchmark(s) take their arguments", flush=True)
     return 0
 
 

@@ -8,6 +8,7 @@ load it with ``VideoQA.from_pretrained`` like any checkpoint.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -29,6 +30,11 @@ def build_checkpoint(family: str, out: Path, num_layers: int, *, vit_l: bool = F
     with ``vit_l``), random bf16 weights, saved in ``out``."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+    cache = os.environ.get("VIDPRUNE_BENCH_CHECKPOINTS")
+    if cache:  # built once, reused by every benchmark of a run (benchmarks/run_all.py, gpu_check.sh)
+        out = Path(cache) / f"{family}-{num_layers}layers{'-vitl' if vit_l else ''}"
+        if (out / "vidprune_tiny.json").exists():
+            return out
     tiny = ensure_tiny_checkpoint(family)
     config = AutoConfig.from_pretrained(tiny)
     config.text_config.update({**VICUNA_7B, "num_hidden_layers": num_layers})

@@ -18,6 +18,7 @@ LAYERS = [
     {"errors", "flops", "validators", "devices", "samples", "py"},
     {"pruners"},
     {"video_models"},
+    {"engines"},
     {"plan", "presets", "config", "configs"},
     {"pipeline"},
     {"qa", "prompts", "results"},

@@ -64,9 +64,24 @@ def test_declared_gpus_get_the_planned_placement(gpu_cluster, video_llava_ckpt, 
                 assert i["resources"]["GPU"] == pytest.approx(share)
                 assert len(i["gpu_ids"]) == 1 and i["cuda_visible_devices"] == i["gpu_ids"][0]
                 devices.setdefault(i["gpu_ids"][0], []).append(stage)
-        # each of the two GPUs holds one LLM replica and the encoder beside it
+        # each of the two GPUs holds one LLM replica and the encoder beside it, reserved as one bundle
         assert sorted(devices) == ["0", "1"]
         assert all(sorted(stages) == ["answer", "encode"] for stages in devices.values())
+        assert len(pipe.placement_groups) == 2 and pipe.options.gpu_pairs() == 2
+        bundles = [ray.util.placement_group_table(g)["bundles"][0] for g in pipe.placement_groups]
+        assert all(b["GPU"] == pytest.approx(ANSWER_GPU_SHARE + ENCODE_GPU_SHARE) for b in bundles)
+
+        # an encoder replica holds the vision tower's and projector's bytes only (the LLM never materialized)
+        from vidprune.video_models import load_video_llm
+
+        full = load_video_llm(video_llava_ckpt).model
+        want = {}
+        for name, tensor in (*full.named_parameters(), *full.named_buffers()):
+            top = ".".join(name.split(".")[:2])
+            if top in ("model.video_tower", "model.multi_modal_projector"):
+                want[top] = want.get(top, 0) + tensor.numel() * tensor.element_size()
+        for encoder in pipe.encoders:
+            assert ray.get(encoder.weights.remote()) == want
 
         video = str(write_video(tmp_path / "v.mp4", moving_square_frames(16, seed=5), fps=8))
         (result,) = list(pipe.run([VideoRequest("v", video, ["What moves?"])]))
@@ -76,3 +91,4 @@ def test_declared_gpus_get_the_planned_placement(gpu_cluster, video_llava_ckpt, 
         assert result.answers[0]["token_ids"] == want[0].token_ids  # the math ran on the CPU
     finally:
         pipe.shutdown()
+

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -40,7 +41,8 @@ from .validators import problem_in_range, problem_positive_int, problem_positive
 
 __all__ = ["VidpruneConfig", "Option", "OPTIONS", "SECTIONS", "load_preset", "resolve_config",
            "add_option_flags", "options_from_args", "check_pruner_runs", "DEFAULT_DEDUP_THRESHOLD",
-           "DEFAULT_SKIP_STATIC_THRESHOLD", "DTYPE_NAMES", "DECODE_BACKENDS"]
+           "DEFAULT_SKIP_STATIC_THRESHOLD", "DTYPE_NAMES", "DECODE_BACKENDS", "DEVICE_MAP_STRATEGIES",
+           "ATTN_IMPLEMENTATIONS", "QUANTIZATIONS"]
 
 # Cosine similarity (pre-projector CLIP features) above which a token repeats what an
 # earlier frame gave. CLIP layer -2 features of an unchanged patch in consecutive
@@ -54,6 +56,10 @@ DEFAULT_DEDUP_THRESHOLD = 0.9
 DEFAULT_SKIP_STATIC_THRESHOLD = 1.0
 
 DECODE_BACKENDS = ("pyav", "decord")
+# vidprune.engines.ENGINES, spelled here so that declaring the flags imports no torch (tests check they are equal)
+ENGINES = ("hf", "vllm")
+# the engine settings that only the vLLM engine takes (the ``engine`` section less ``engine`` and ``dtype``)
+VLLM_SETTINGS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager", "vllm_options")
 # vidprune.pruners.DEDUP_REFERENCES, spelled here so that declaring the flags imports no torch
 # (tests/test_configs.py checks they are equal)
 DEDUP_REFERENCES = ("kept", "previous", "kept_any")
@@ -66,10 +72,21 @@ SECTIONS = {
     "select": ("pruning", "SelectStage"),
     "ivtp": ("IVTP (pruning inside the LLM, conditioned on the question; off by default)", "IVTPSchedule.from_options"),
     "generate": ("generation", "AnswerStage"),
+    "engine": ("LLM engine (hf: transformers generate(); vllm: a vLLM engine, docs/vllm.md)", "create_engine"),
 }
 
 
 # ----------------------------------------------------------------------------- CLI value parsers
+def _parse_json_object(value: str) -> dict:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"enable_chunked_prefill\": false}}', got {value!r}")
+    return parsed
+
+
 def _parse_budget(value: str) -> int | str:
     if value.lower() in ("none", "off", "full"):
         return "none"
@@ -93,6 +110,41 @@ def _parse_ivtp_fusion(value: str) -> str | list[float]:
         return [float(w) for w in value.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"ivtp fusion must be none, mean or comma-separated weights, got {value!r}") from None
+
+
+# device_map values transformers/accelerate compute themselves (else: a {module: device} map)
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+QUANTIZATIONS = ("8bit", "4bit")  # bitsandbytes, the LLM only
+
+
+def _parse_device_map(value: str) -> str | dict:
+    if value in DEVICE_MAP_STRATEGIES:
+        return value
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"device map must be one of {', '.join(DEVICE_MAP_STRATEGIES)} or a JSON "
+                                         f"object of module -> device, got {value!r}") from None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(f"device map must be a JSON object of module -> device, got {value!r}")
+    return parsed
+
+
+def _parse_max_memory(value: str) -> dict:
+    if value.lstrip().startswith("{"):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return parsed
+    else:
+        try:
+            return {k.strip(): v.strip() for k, v in (pair.split("=") for pair in value.split(","))}
+        except ValueError:
+            pass
+    raise argparse.ArgumentTypeError(f"max memory must look like '0=20GiB,1=20GiB,cpu=60GiB', got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -139,8 +191,26 @@ class VidpruneConfig:
     model: str | None = _option(None, "model", arg="name_or_path",
                                 help="hub id or checkpoint directory (Video-LLaVA, LLaVA-NeXT-Video, LLaVA-OneVision, Qwen2.5-VL)")
     device: str = _option("cpu", "model", help="cpu, cuda, cuda:1, ... (default cpu)")
-    dtype: str | None = _option(None, "model", help="float32, float16 or bfloat16, or a torch dtype in Python (default: "
-                                                    "float32 on CPU)")
+    dtype: str | None = _option(None, "model", "engine",
+                                help="float32, float16 or bfloat16, or a torch dtype in Python (default: float32 on CPU); "
+                                     "the vLLM engine's too")
+    device_map: Any = _option(None, "model", parse=_parse_device_map, metavar="MAP",
+                              help="split the model over devices: auto (balanced, sequential) or a JSON map "
+                                   "'{\"model.language_model.layers.20\": 1, ...}' (devices: 0, cuda:1, cpu, disk); "
+                                   "--device is then not used for placement")
+    max_memory: dict | None = _option(None, "model", parse=_parse_max_memory, metavar="MEM",
+                                      help="with --device-map auto: memory per device, e.g. '0=20GiB,1=20GiB,cpu=60GiB'")
+    offload_folder: str | None = _option(None, "model", metavar="DIR",
+                                         help="where a device map's 'disk' modules are kept (needed with disk offload)")
+    attn_implementation: str | None = _option(None, "model", choices=ATTN_IMPLEMENTATIONS,
+                                              help="the LLM's and tower's attention: sdpa (transformers' default), "
+                                                   "eager or flash_attention_2 (needs flash-attn and a GPU)")
+    revision: str | None = _option(None, "model", help="hub revision (branch, tag or commit) of --model")
+    trust_remote_code: bool = _option(False, "model", true_flag="--trust-remote-code",
+                                      help="let transformers run the checkpoint's own code (hub ids only)")
+    quantization: Any = _option(None, "model", choices=QUANTIZATIONS,
+                                help="bitsandbytes 8bit or 4bit weights for the LLM (vision side stays in --dtype); "
+                                     "needs bitsandbytes")
     keep_cls: bool = _option(True, "model", false_flag="--drop-cls",
                              help="Video-LLaVA: do not hand on each frame's [CLS] token")
     prune_pooled: bool = _option(True, "model", false_flag="--prune-unpooled",
@@ -203,6 +273,21 @@ class VidpruneConfig:
     reuse_prefix: bool = _option(True, "generate", true_flag="--prefix-reuse", false_flag="--no-prefix-reuse",
                                  help="several questions about one video: prefill the video once and reuse its KV "
                                       "cache (the same ids; greedy, without IVTP); default on")
+    # --- the LLM engine (vidprune.engines.create_engine); the vision side runs the same with either
+    engine: str = _option("hf", "engine", arg="name", choices=ENGINES,
+                          help="hf (transformers generate(), default) or vllm (a vLLM engine: continuous batching, "
+                               "prefix caching, tensor parallelism; docs/vllm.md)")
+    tensor_parallel_size: int | None = _option(None, "engine", parse=int, help="vLLM: GPUs one engine spans (default 1)")
+    gpu_memory_utilization: float | None = _option(None, "engine", parse=float,
+                                                   help="vLLM: its share of the GPU's memory, in (0, 1] (the vision "
+                                                        "tower in this process is outside it; default vLLM's 0.9)")
+    max_model_len: int | None = _option(None, "engine", parse=int,
+                                        help="vLLM: the longest prompt + answer in tokens (default: the model's)")
+    enforce_eager: bool | None = _option(None, "engine", true_flag="--enforce-eager",
+                                         help="vLLM: no CUDA graphs / compilation (slower decode, quicker start)")
+    vllm_options: dict | None = _option(None, "engine", parse=_parse_json_object, metavar="JSON",
+                                        help="vLLM: further vllm.LLM keywords as a JSON object, e.g. "
+                                             "'{\"enable_chunked_prefill\": false}'")
 
     def __post_init__(self) -> None:
         # a torch dtype (torch.bfloat16) is held by its name, so a config stays plain data (YAML, JSON, Ray)
@@ -286,8 +371,89 @@ class VidpruneConfig:
             self.ivtp()
         except ConfigError as exc:
             p.append(str(exc))
+        p += self.loading_problems()
         if self.model is not None and not isinstance(self.model, str):
             p.append(f"model must be a hub id or a directory, got {self.model!r}")
+        p += self.engine_problems()
+        return p
+
+    def engine_problems(self) -> list[str]:
+        """Problems with the ``engine`` section (no vLLM import: whether it is installed is checked at resolve)."""
+        p: list[str] = []
+        if self.engine not in ENGINES:
+            return [f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}"]
+        given = [name for name in VLLM_SETTINGS if getattr(self, name) is not None]
+        if self.engine != "vllm":
+            return [f"{name} is a vLLM engine setting: add engine 'vllm' (--engine vllm) or drop it" for name in given]
+        for name in ("tensor_parallel_size", "max_model_len"):
+            if getattr(self, name) is not None:
+                problem = problem_positive_int(name, getattr(self, name))
+                if problem:
+                    p.append(problem)
+        if self.gpu_memory_utilization is not None:
+            problem = problem_in_range("gpu_memory_utilization", self.gpu_memory_utilization, 0.0, 1.0, low_open=True)
+            if problem:
+                p.append(problem)
+        if self.enforce_eager is not None and not isinstance(self.enforce_eager, bool):
+            p.append(f"enforce_eager must be true or false, got {self.enforce_eager!r}")
+        if self.vllm_options is not None:
+            from .engines.vllm_plugin import VLLM_RESERVED_OPTIONS
+
+            if not isinstance(self.vllm_options, dict) or not all(isinstance(k, str) for k in self.vllm_options):
+                p.append(f"vllm_options must be a mapping of vllm.LLM keywords, got {self.vllm_options!r}")
+            else:
+                for key in sorted(set(self.vllm_options) & set(VLLM_RESERVED_OPTIONS)):
+                    p.append(f"vllm_options may not set {key!r}: vidprune sets it"
+                             + (f" (use the {key} option)" if key in OPTIONS else ""))
+        if self.ivtp_layer is not None or self.ivtp_schedule is not None:
+            p.append("IVTP needs the attention rows of the LLM's layers, which vLLM's paged attention does not "
+                     "expose: use engine 'hf' for IVTP")
+        return p
+
+    def loading_problems(self) -> list[str]:
+        """Problems with the loading options (``device_map`` ... ``quantization``) and what they are combined with."""
+        p: list[str] = []
+        dm = self.device_map
+        if dm is not None:
+            if isinstance(dm, str) and dm not in DEVICE_MAP_STRATEGIES:
+                p.append(f"device_map must be one of {', '.join(DEVICE_MAP_STRATEGIES)} or a map of module -> device, "
+                         f"got {dm!r}")
+            elif isinstance(dm, dict):
+                bad = [k for k, v in dm.items() if not isinstance(k, str) or isinstance(v, bool)
+                       or not isinstance(v, (str, int))]
+                if bad or not dm:
+                    p.append(f"device_map must map module names to devices (0, 'cuda:1', 'cpu', 'disk'), got {dm!r}")
+                elif "disk" in dm.values() and not self.offload_folder:
+                    p.append("device_map sends modules to 'disk' but no offload_folder is given; add --offload-folder DIR")
+            elif not isinstance(dm, (str, dict)):
+                p.append(f"device_map must be a strategy name or a map of module -> device, got {dm!r}")
+        if self.max_memory is not None:
+            if not isinstance(self.max_memory, dict) or not self.max_memory:
+                p.append(f"max_memory must map devices to sizes, e.g. {{0: '20GiB', 'cpu': '60GiB'}}, got {self.max_memory!r}")
+            elif dm is None:
+                p.append("max_memory bounds a device_map: add --device-map auto")
+        if self.offload_folder is not None and dm is None:
+            p.append("offload_folder holds a device_map's 'disk' modules: add --device-map")
+        if self.attn_implementation is not None and self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            p.append(f"attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
+                     f"got {self.attn_implementation!r}")
+        elif self.attn_implementation == "flash_attention_2" and (self.ivtp_layer is not None
+                                                                  or self.ivtp_schedule is not None):
+            p.append("IVTP with attn_implementation 'flash_attention_2' is not supported (its re-padded layouts and "
+                     "masks are tested with sdpa and eager only); use --attn-implementation sdpa or turn IVTP off")
+        if not isinstance(self.trust_remote_code, bool):
+            p.append(f"trust_remote_code must be true or false, got {self.trust_remote_code!r}")
+        q = self.quantization
+        if q is not None:
+            if not (q in QUANTIZATIONS or isinstance(q, dict)):
+                p.append(f"quantization must be one of {', '.join(QUANTIZATIONS)} (or BitsAndBytesConfig keywords), "
+                         f"got {q!r}")
+            else:
+                import importlib.util
+
+                if importlib.util.find_spec("bitsandbytes") is None:
+                    p.append(f"quantization {q!r} needs bitsandbytes, which is not installed; pip install "
+                             "bitsandbytes (CUDA), or drop --quantization")
         return p
 
     def validate(self) -> "VidpruneConfig":
@@ -425,8 +591,11 @@ def resolve_config(model: str | None = None, config: str | os.PathLike | dict | 
     if hf_config is not None:
         info = checkpoint_info_from_config(hf_config, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)
     else:
-        info = inspect_checkpoint(cfg.model, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled)  # no weights
+        info = inspect_checkpoint(cfg.model, keep_cls=cfg.keep_cls, prune_pooled=cfg.prune_pooled,  # no weights
+                                  revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     check_pruner_grid(cfg.pruner, info.geometry.dynamic)
+    if cfg.engine == "vllm":
+        _check_vllm_engine(info.family.model_type)
     per_unit = info.geometry.frames_per_unit  # Qwen2.5-VL pairs frames into temporal patches
     if cfg.frames is not None and cfg.frames % per_unit:
         raise ConfigError(
@@ -445,3 +614,19 @@ def resolve_config(model: str | None = None, config: str | os.PathLike | dict | 
         info.family.check_ivtp_schedule(info.config, schedule)  # e.g. Qwen3-VL: not inside the DeepStack layers
         check_ivtp_internals()  # an untested transformers is refused here, before any weights load
     return cfg, info
+
+
+def _check_vllm_engine(model_type: str) -> None:
+    """engine 'vllm': the family has a vLLM class and vLLM (with vidprune's plugin) is installed; one line if not."""
+    from .engines.vllm_plugin import VLLM_ARCHITECTURES
+
+    if model_type not in VLLM_ARCHITECTURES:
+        why = ("vLLM has no model class for it" if model_type == "video_llava"
+               else "vidprune's vLLM engine does not run it yet")
+        raise ConfigError(f"engine 'vllm' cannot run {model_type}: {why}; use engine 'hf' "
+                          f"(engine 'vllm' runs {', '.join(sorted(VLLM_ARCHITECTURES))})")
+    from .engines.vllm_plugin import vllm_problem
+
+    problem = vllm_problem()
+    if problem is not None:
+        raise ConfigError(problem)

@@ -32,10 +32,12 @@ def add_command(subparsers) -> None:
                                                 "(default: sized from the cluster, like every layout flag left out)")
     g.add_argument("--encoders", type=int, help="vision-tower replicas (default: sized from the cluster)")
     g.add_argument("--answerers", type=int, help="LLM replicas (default: 1, or one per GPU with --device cuda)")
+    g.add_argument("--selectors", type=int, help="select actors (default: one per 4 LLM replicas)")
     g.add_argument("--segment-frames", type=int,
                    help="frames per time segment and encoder call (default: --encoder-batch-size, else 8)")
     g.add_argument("--max-segments-in-flight", type=int, help="bound on segments between decode and select")
-    g.add_argument("--max-videos-in-flight", type=int, default=2, help="videos streaming at once")
+    g.add_argument("--max-videos-in-flight", type=int,
+                   help="videos streaming at once (default: one per LLM replica, at least 2)")
     g.add_argument("--questions-per-call", type=int, default=8, help="questions per LLM generate() call")
     g.add_argument("--video-attempts", type=int, default=3, help="times a video is started over after lost work")
     g.add_argument("--placement-timeout", type=float, default=DEFAULT_PLACEMENT_TIMEOUT_S, metavar="S",
@@ -75,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     ray_options = RayPipelineOptions(
         decoders=args.decoders, encoders=args.encoders, answerers=args.answerers, segment_frames=args.segment_frames,
         max_segments_in_flight=args.max_segments_in_flight, max_videos_in_flight=args.max_videos_in_flight,
+        selectors=getattr(args, "selectors", None),
         questions_per_call=args.questions_per_call, video_attempts=args.video_attempts,
         placement_timeout_s=args.placement_timeout,
         decode=_stage_resources(args, "decode"), encode=_stage_resources(args, "encode"),

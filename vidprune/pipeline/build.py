@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..engines import create_engine
 from ..errors import ConfigError
 from .stages import AnswerStage, DecodeStage, EncodeStage, SelectStage
 
@@ -63,5 +64,7 @@ def build_stages(config: "VidpruneConfig", checkpoint_info: "CheckpointInfo", ll
     select = SelectStage(geometry, **config.section("select"))
     if llm is None:
         return Stages(config=config, decode=decode, select=select)
+    engine = create_engine(llm=llm, seed=config.sample_seed, **config.section("engine")) if config.engine != "hf" else None
     return Stages(config=config, decode=decode, select=select, encode=EncodeStage(llm, **config.section("encode")),
-                  answer=AnswerStage(llm, **config.section("generate"), ivtp=config.ivtp(), **answer_options))
+                  answer=AnswerStage(llm, **config.section("generate"), ivtp=config.ivtp(), engine=engine,
+                                     **answer_options))

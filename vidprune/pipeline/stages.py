@@ -301,11 +301,12 @@ MODEL_SCHEDULE = object()
 
 
 class AnswerStage:
-    """Token streams + questions → answers, with the LLM through ``generate()``.
+    """Token streams + questions → answers, with the LLM through an engine (:mod:`vidprune.engines`).
 
     The one answer step of every path (in-process, Ray, eval, the demo's streamed answers).
-    Built from the ``generate`` options (:meth:`VidpruneConfig.section`) and the IVTP schedule;
-    the schedule is handed to each ``generate`` call, never set on the (possibly shared) model.
+    Built from the ``generate`` options (:meth:`VidpruneConfig.section`), the IVTP schedule and
+    the engine (default: the HF engine, transformers ``generate()`` on ``llm``); the schedule is
+    handed to each ``generate`` call, never set on the (possibly shared) model.
     ``ivtp`` not given: the schedule the model was loaded with (``llm.default_ivtp``), so a stage
     built without it never switches off a schedule the model carries; ``ivtp=None``: no IVTP.
     """
@@ -314,10 +315,13 @@ class AnswerStage:
 
     def __init__(self, llm: VideoLLM, *, max_new_tokens: int = 64, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, ivtp: Any = MODEL_SCHEDULE,
-                 reuse_prefix: bool = True, **extra_generate_kwargs: Any):
+                 reuse_prefix: bool = True, engine: Any = None, **extra_generate_kwargs: Any):
+        from ..engines.hf import HFEngine
+
         if ivtp is MODEL_SCHEDULE:
             ivtp = getattr(llm, "default_ivtp", None)
         self.llm, self.seed, self.ivtp, self.reuse_prefix = llm, seed, ivtp, reuse_prefix
+        self.engine = engine if engine is not None else HFEngine(llm)
         # sampled calls draw from this stage's own stream (seeded once), never reseeding the caller's RNG
         self.sampling = SamplingStream(seed, getattr(llm, "device", "cpu"))
         self.generate_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
@@ -352,7 +356,7 @@ class AnswerStage:
         for n, (tokens, _) in enumerate(items):
             by_video.setdefault(id(tokens), []).append(n)
         shared = [group for group in by_video.values() if len(group) > 1]
-        if not (self.reuse_prefix and shared and self.llm.reuses_prefix(2, kwargs)):
+        if not (self.reuse_prefix and shared and self.engine.reuses_prefix(2, kwargs)):
             return self._generate(items, list(range(len(items))), layouts, kwargs)
         results: list[dict[str, Any] | None] = [None] * len(items)
         alone = [n for group in by_video.values() if len(group) == 1 for n in group]
@@ -370,12 +374,12 @@ class AnswerStage:
         start = time.perf_counter()
         if one_video:
             visual = self.llm.project(items[which[0]][0].to(self.llm.device, dtype))  # (K, D), once
-            out = self.llm.generate_about_one_video(prompts, visual, None if picked is None else picked[0],
-                                                    ivtp=self.ivtp, **kwargs)
+            out = self.engine.generate_about_one_video(prompts, visual, None if picked is None else picked[0],
+                                                       ivtp=self.ivtp, **kwargs)
             visual_rows = [visual] * len(which)
         else:
             visual_rows = [self.llm.project(items[n][0].to(self.llm.device, dtype)) for n in which]  # (K_i, D) each
-            out = self.llm.generate(prompts, visual_rows, layouts=picked, ivtp=self.ivtp, **kwargs)
+            out = self.engine.generate(prompts, visual_rows, layouts=picked, ivtp=self.ivtp, **kwargs)
         elapsed = time.perf_counter() - start
         ivtp = out.ivtp or [None] * len(which)
         return [{"text": self.llm.decode_text(ids), "token_ids": ids, "prompt_tokens": n,

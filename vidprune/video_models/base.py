@@ -34,7 +34,7 @@ from .datatypes import EncodedFrames, GenerationOutput, VisualGeometry
 from .generation import VideoLLMGeneration
 from .hf_internals import check_mm_encoder_outputs
 from .ivtp_decoder import IVTPDecoder
-from .loading import image_processor_notice_silenced, load_model_and_processor
+from .loading import image_processor_notice_silenced, load_model_and_processor, module_device
 from .registry import family_of_checkpoint, list_families, load_video_llm, register_family
 from .tower_hooks import run_tower_to_layer
 
@@ -91,6 +91,9 @@ class VideoLLM(VideoLLMGeneration):
     # True where the video processor sizes frames from the whole clip's pixel total (Qwen3-VL): a
     # video is then preprocessed in one call in-process, as the stock model does (not in segments).
     sizes_frames_by_clip: ClassVar[bool] = False
+    # The modules (or parameters) of the HF model that encode() and project() run: all an
+    # encoder replica loads (``from_pretrained(vision_only=True)``), what quantization leaves in dtype.
+    vision_modules: ClassVar[tuple[str, ...]] = ("model.vision_tower", "model.multi_modal_projector")
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -133,8 +136,30 @@ class VideoLLM(VideoLLMGeneration):
     def ivtp_decoder(self) -> IVTPDecoder:
         """The IVTP layer wrappers of this model (installed once, on first use)."""
         if self._ivtp_decoder is None:
+            self._check_ivtp_placement()
             self._ivtp_decoder = IVTPDecoder(self.language_model, self.default_ivtp, self.ivtp_rotary())
         return self._ivtp_decoder
+
+    def _check_ivtp_placement(self) -> None:
+        """Refuse IVTP where its layer wrappers would see tensors of several devices, or flash-attention.
+
+        IVTP gathers hidden states, rotary tables and scores across the decoder layers in one
+        layout; a ``device_map`` that computes the layers on several devices would need every one
+        of those moved per layer, which is not implemented (CPU / disk offload computes every
+        layer on one device and works).
+        """
+        from ..errors import ConfigError
+
+        layers = self.language_model.layers
+        devices = sorted({str(module_device(layer)) for layer in layers})
+        if len(devices) > 1:
+            raise ConfigError(f"IVTP with a device_map that runs the decoder layers on several devices ({', '.join(devices)}) "
+                              "is not supported (its pruned layout is gathered on one device); keep the LLM on one "
+                              "device (offload the rest to cpu/disk) or turn IVTP off")
+        attn = getattr(self.config.get_text_config(), "_attn_implementation", None)
+        if attn is not None and "flash" in str(attn):
+            raise ConfigError(f"IVTP with attn_implementation={attn!r} is not supported (its re-padded layouts and masks "
+                              "are tested with sdpa and eager only); use --attn-implementation sdpa or turn IVTP off")
 
     @property
     def ivtp(self) -> IVTPDecoder | None:
@@ -165,15 +190,33 @@ class VideoLLM(VideoLLMGeneration):
     def from_pretrained(cls, name_or_path: str, *, device: str | torch.device = "cpu",
                         dtype: str | torch.dtype | None = None, keep_cls: bool = True,
                         prune_pooled: bool = True, attn_implementation: str | None = None,
-                        ivtp: IVTPSchedule | None = None) -> "VideoLLM":
+                        ivtp: IVTPSchedule | None = None, vision_only: bool = False,
+                        **loading: Any) -> "VideoLLM":
         """Load model + processor from a checkpoint directory or hub id (:func:`.loading.load_model_and_processor`).
 
         Args:
             device, dtype, attn_implementation: see :func:`~vidprune.video_models.loading.load_model_and_processor`.
             ivtp: in-LLM pruning schedule (None: off).
+            vision_only: load :attr:`vision_modules` alone, the LLM left on ``meta`` (never read):
+                an encoder replica (:func:`~vidprune.video_models.vision_only.load_vision_side`). It
+                runs :meth:`encode` / :meth:`project` only; ``device_map`` and ``quantization`` do
+                not apply (the vision side goes to ``device`` in ``dtype``).
+            loading: the other loading options (``device_map``, ``max_memory``, ``offload_folder``,
+                ``revision``, ``trust_remote_code``, ``quantization``), passed to ``from_pretrained``.
         """
+        if vision_only:
+            from .vision_only import load_vision_side
+
+            model, processor = load_vision_side(cls.model_class_name, name_or_path, cls.vision_modules, device=device,
+                                                dtype=dtype, attn_implementation=attn_implementation,
+                                                revision=loading.get("revision"),
+                                                trust_remote_code=bool(loading.get("trust_remote_code")))
+            llm = cls(model, processor, name_or_path, keep_cls=keep_cls, prune_pooled=prune_pooled)
+            llm.vision_only = True
+            return llm
         model, processor = load_model_and_processor(cls.model_class_name, name_or_path, device=device, dtype=dtype,
-                                                     attn_implementation=attn_implementation)
+                                                     attn_implementation=attn_implementation,
+                                                     keep_unquantized=cls.vision_modules, **loading)
         return cls(model, processor, name_or_path, keep_cls=keep_cls, prune_pooled=prune_pooled, ivtp=ivtp)
 
     # ------------------------------------------------------------- vision side
@@ -210,10 +253,24 @@ class VideoLLM(VideoLLMGeneration):
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        """The LLM's first device: where its input ids and the pruned rows go (with a ``device_map``, the
+        device of the input embeddings; offloaded, the device they compute on)."""
+        if getattr(self, "vision_only", False):
+            return self.vision_device
+        return module_device(self.model.get_input_embeddings())
+
+    @property
+    def vision_device(self) -> torch.device:
+        """Where the vision tower computes (the first of :attr:`vision_modules`; the map's choice with a ``device_map``)."""
+        first = self.vision_modules[0]
+        return module_device(self.model.get_submodule(first))
 
     @property
     def dtype(self) -> torch.dtype:
+        """The vision side's dtype (what pixel values and rows are cast to; quantization leaves it as loaded)."""
+        for tensor in self.model.get_submodule(self.vision_modules[0]).parameters():
+            if tensor.is_floating_point():
+                return tensor.dtype
         return self.model.dtype
 
     def preprocess(self, frames: np.ndarray, times_s: list[float] | None = None) -> torch.Tensor:
@@ -240,7 +297,7 @@ class VideoLLM(VideoLLMGeneration):
         if feature_idx == 0:
             raise ModelLoadError("vision_feature_layer selects the embeddings, not an encoder layer; vidprune needs a layer")
         layer_idx = feature_idx - 1  # the encoder layer whose output is the feature layer
-        captured = run_tower_to_layer(tower, self._encoder_layer(tower, layer_idx), pixel_values.to(self.device, self.dtype))
+        captured = run_tower_to_layer(tower, self._encoder_layer(tower, layer_idx), pixel_values.to(self.vision_device, self.dtype))
         return captured[0], captured[1], layer_idx
 
     @staticmethod

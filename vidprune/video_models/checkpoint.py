@@ -23,7 +23,8 @@ class CheckpointInfo:
     geometry: VisualGeometry
 
 
-def inspect_checkpoint(model: str, *, keep_cls: bool = True, prune_pooled: bool = True) -> CheckpointInfo:
+def inspect_checkpoint(model: str, *, keep_cls: bool = True, prune_pooled: bool = True, revision: str | None = None,
+                       trust_remote_code: bool = False) -> CheckpointInfo:
     """Family, config and :class:`VisualGeometry` of a checkpoint directory or hub id, without loading weights.
 
     Raises:
@@ -31,8 +32,8 @@ def inspect_checkpoint(model: str, *, keep_cls: bool = True, prune_pooled: bool 
     """
     from transformers import AutoConfig
 
-    family = family_of_checkpoint(model)
-    config = AutoConfig.from_pretrained(model)
+    family = family_of_checkpoint(model, revision=revision, trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
     return CheckpointInfo(family, config,
                           family.geometry_from_config(config, keep_cls=keep_cls, prune_pooled=prune_pooled))
 

@@ -77,7 +77,8 @@ class VideoLLMGeneration:
         """
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        return BaseModelOutputWithPooling(pooler_output=torch.cat(list(visual_tokens), dim=0).unsqueeze(0))
+        rows = torch.cat([t.to(self.device) for t in visual_tokens], dim=0)  # (sum K_i, D) on the LLM's first device
+        return BaseModelOutputWithPooling(pooler_output=rows.unsqueeze(0))
 
     def position_inputs(self, inputs: dict[str, torch.Tensor], layouts) -> dict[str, torch.Tensor]:
         """Extra ``generate()`` inputs that place the kept tokens (none: 1-D positions follow the sequence).
@@ -132,11 +133,15 @@ class VideoLLMGeneration:
 
     def _answer_ids(self, new_tokens: torch.Tensor) -> list[list[int]]:
         """Generated ids (B, T) → per row the answer: stopped before EOS, trailing padding removed."""
+        return self.answer_ids(new_tokens.tolist())
+
+    def answer_ids(self, generated: list[list[int]]) -> list[list[int]]:
+        """Per row of generated ids, the answer every engine returns: stopped before EOS, trailing padding removed."""
         pad = self.processor.tokenizer.pad_token_id
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
         result = []
-        for row in new_tokens.tolist():
+        for row in generated:
             ids = []
             for t in row:
                 if t in eos_ids:

@@ -27,6 +27,11 @@ follow internals instead, and this module is the only place that knows their nam
   is stopped at the first pruning layer (an exception from that layer's wrapper), so only the
   layers below it hold the prefix; the session tells prefill from decode by each layer's
   ``Cache.get_seq_length(layer_idx)``.
+* **The vision side alone** (``vision_only.py``, Ray encoder replicas): checkpoint keys are
+  named as ``from_pretrained`` names them with ``conversion_mapping.get_model_conversion_mapping``
+  and ``core_model_loading.rename_source_key`` (:func:`vision_only_key_mapper`); the
+  non-persistent buffers of a meta-built model are set by ``PreTrainedModel.initialize_weights``
+  (each sub-model's ``_init_weights``), which skips tensors flagged ``_is_hf_initialized``.
 * **Qwen2.5-VL** (``qwen2_5_vl.py``): the tower's window permutation
   (:func:`qwen_vision_window_index`: ``vision_utils.get_vision_window_index`` in 5.24,
   ``visual.get_window_index`` before), the vision block's ``norm1`` / ``attn.qkv`` /
@@ -59,6 +64,7 @@ from typing import Any
 from ..errors import ConfigError, ModelLoadError
 
 __all__ = [
+    "vision_only_key_mapper",
     "SUPPORTED_TRANSFORMERS",
     "IncompatibleTransformersError",
     "transformers_version",
@@ -311,6 +317,33 @@ def check_mm_encoder_outputs(model) -> None:
     """Raise unless ``model.forward`` takes ``mm_encoder_outputs`` (the seam the pruned tokens enter by)."""
     if "mm_encoder_outputs" not in inspect.signature(model.forward).parameters:
         raise _refuse(f"{type(model).__name__}.forward", "it takes no mm_encoder_outputs, which arrived in 5.18")
+
+
+def vision_only_key_mapper(model):
+    """``rename(checkpoint_key, wanted) -> (model_key, converter or None)`` with transformers' own key mapping.
+
+    Loading the vision side alone (:mod:`.vision_only`) reads checkpoint tensors by name and must
+    name them as ``from_pretrained`` would: ``conversion_mapping.get_model_conversion_mapping(model)``
+    gives the model's renamings and converters, ``core_model_loading.rename_source_key`` applies
+    them (and the base-model prefix), 5.18-5.24.
+    """
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError as exc:
+        raise _refuse("conversion_mapping / core_model_loading", f"import failed: {exc}") from None
+    params = inspect.signature(rename_source_key).parameters
+    if list(params)[:5] != ["source_key", "weight_renamings", "weight_converters", "base_model_prefix",
+                            "meta_state_dict"]:
+        raise _refuse("core_model_loading.rename_source_key", f"its parameters are now {list(params)}")
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+
+    def rename(key: str, wanted: dict):
+        return rename_source_key(key, renamings, converters, model.base_model_prefix, wanted)
+
+    return rename
 
 
 def check_cls_attention_internals(encoder_layer) -> None:

@@ -23,6 +23,7 @@ __all__ = ["LlavaNextVideoAdapter"]
 class LlavaNextVideoAdapter(VideoLLM):
     model_class_name = "LlavaNextVideoForConditionalGeneration"
     default_num_frames = 32
+    vision_modules = ("model.vision_tower", "model.vision_resampler", "model.multi_modal_projector")
 
     @classmethod
     def geometry_from_config(cls, config, *, keep_cls: bool, prune_pooled: bool) -> VisualGeometry:

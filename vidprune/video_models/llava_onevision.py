@@ -50,6 +50,7 @@ def bilinear_pool_grid(tokens: torch.Tensor, side: int) -> torch.Tensor:
 class LlavaOnevisionAdapter(VideoLLM):
     model_class_name = "LlavaOnevisionForConditionalGeneration"
     default_num_frames = 32  # the model card's video setting
+    vision_modules = ("model.vision_tower", "model.multi_modal_projector", "model.image_newline")
 
     @classmethod
     def geometry_from_config(cls, config, *, keep_cls: bool, prune_pooled: bool) -> VisualGeometry:
@@ -80,7 +81,7 @@ class LlavaOnevisionAdapter(VideoLLM):
         tokens = inner.apply_pooling(inner.multi_modal_projector(hidden))  # (T, 196, D): the stock rows
         features = bilinear_pool_grid(hidden, side)  # (T, 196, Dv)
         importance = bilinear_pool_grid(received[..., None], side)[..., 0]  # (T, 196)
-        newline = inner.image_newline[None].to(tokens.dtype)  # (1, D)
+        newline = inner.image_newline[None].to(tokens.device, tokens.dtype)  # (1, D)
         return EncodedFrames(features=features, cls_attn=importance.float(), tokens=tokens, video_extra=newline)
 
     def project(self, rows: torch.Tensor) -> torch.Tensor:

@@ -75,6 +75,7 @@ class QwenVideoPixels:
 class Qwen2_5_VLAdapter(VideoLLM):
     model_class_name = "Qwen2_5_VLForConditionalGeneration"
     default_num_frames = 16  # 8 temporal patches; even, as the temporal patch pairs frames
+    vision_modules = ("model.visual",)
 
     @classmethod
     def geometry_from_config(cls, config, *, keep_cls: bool, prune_pooled: bool) -> VisualGeometry:
@@ -135,7 +136,7 @@ class Qwen2_5_VLAdapter(VideoLLM):
         visual = self.model.model.visual
         t, h, w = pixels.grid_thw
         merge = visual.spatial_merge_size
-        grid = torch.tensor([[t, h, w]], device=self.device)
+        grid = torch.tensor([[t, h, w]], device=self.vision_device)
         block = visual.blocks[visual.fullatt_block_indexes[-1]]
         captured: dict = {}
 
@@ -144,12 +145,12 @@ class Qwen2_5_VLAdapter(VideoLLM):
 
         handle = block.register_forward_pre_hook(take_input, with_kwargs=True)
         try:
-            out = visual(pixels.pixel_values.to(self.device, visual.dtype), grid_thw=grid)
+            out = visual(pixels.pixel_values.to(self.vision_device, self.dtype), grid_thw=grid)
         finally:
             handle.remove()
         n_merged = (h // merge) * (w // merge)
         unit = merge * merge
-        window_index = qwen_vision_window_index(visual, grid).to(self.device)  # (t·N,) window slot -> group
+        window_index = qwen_vision_window_index(visual, grid).to(self.vision_device)  # (t·N,) window slot -> group
         received = _mean_received_attention_windowed(block, captured)  # (S,) window order
         natural = torch.empty_like(received.view(-1, unit))
         natural[window_index] = received.view(-1, unit)  # (t·N, 4) natural group order
@@ -189,7 +190,7 @@ class Qwen2_5_VLAdapter(VideoLLM):
         """Qwen2.5-VL's forward reads ``pooler_output`` as a tuple of per-video (K_i, D) rows."""
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        return BaseModelOutputWithPooling(pooler_output=tuple(visual_tokens))
+        return BaseModelOutputWithPooling(pooler_output=tuple(t.to(self.device) for t in visual_tokens))
 
     def position_inputs(self, inputs: dict[str, torch.Tensor], layouts) -> dict[str, torch.Tensor]:
         """The stock 3-D positions of each sample's full grid, at the kept tokens; generate()'s ``position_ids``.

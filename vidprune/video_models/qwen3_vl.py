@@ -66,6 +66,7 @@ class Qwen3VLAdapter(VideoLLM):
     model_class_name = "Qwen3VLForConditionalGeneration"
     default_num_frames = 16  # 8 temporal patches; even, as the temporal patch pairs frames
     sizes_frames_by_clip = True  # the processor's size limit is the whole clip's pixel total
+    vision_modules = ("model.visual",)
 
     @classmethod
     def geometry_from_config(cls, config, *, keep_cls: bool, prune_pooled: bool) -> VisualGeometry:
@@ -129,8 +130,8 @@ class Qwen3VLAdapter(VideoLLM):
 
         handle = block.register_forward_pre_hook(take_input, with_kwargs=True)
         try:
-            out = visual(pixels.pixel_values.to(self.device, visual.dtype), grid_thw=torch.tensor([[t, h, w]],
-                                                                                                  device=self.device))
+            out = visual(pixels.pixel_values.to(self.vision_device, self.dtype),
+                         grid_thw=torch.tensor([[t, h, w]], device=self.vision_device))
         finally:
             handle.remove()
         n_merged = (h // merge) * (w // merge)
@@ -196,7 +197,7 @@ class Qwen3VLAdapter(VideoLLM):
         from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
         width = self.config.text_config.hidden_size
-        parts = [rows.split(width, dim=-1) for rows in visual_tokens]  # per video: 1 + levels of (K_i, D)
+        parts = [rows.to(self.device).split(width, dim=-1) for rows in visual_tokens]  # per video: 1 + levels of (K_i, D)
         if any(len(p) != 1 + self.deepstack_levels for p in parts):
             raise RuntimeError(f"Qwen3-VL rows must be {1 + self.deepstack_levels} x {width} wide "
                                f"(main + DeepStack levels), got {[int(r.shape[-1]) for r in visual_tokens]}")

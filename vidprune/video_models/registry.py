@@ -59,7 +59,7 @@ def _read_config_dict(path: str | os.PathLike) -> dict | None:
     return None
 
 
-def family_of_checkpoint(model: str) -> type["VideoLLM"]:
+def family_of_checkpoint(model: str, *, revision: str | None = None, trust_remote_code: bool = False) -> type["VideoLLM"]:
     """The adapter class for a checkpoint directory or hub id, from its config alone (no weights).
 
     Raises:
@@ -81,7 +81,8 @@ def family_of_checkpoint(model: str) -> type["VideoLLM"]:
         try:
             from transformers import AutoConfig
 
-            model_type = AutoConfig.from_pretrained(model).model_type
+            model_type = AutoConfig.from_pretrained(model, revision=revision,
+                                                    trust_remote_code=trust_remote_code).model_type
         except Exception as exc:  # hub unreachable, unknown id, ...
             raise ModelLoadError(
                 f"cannot read the config of {model!r} ({type(exc).__name__}); "
@@ -110,4 +111,5 @@ def _names_a_local_path(model: str) -> bool:
 
 def load_video_llm(name_or_path: str, **kwargs) -> VideoLLM:
     """Load a checkpoint of any supported family: the adapter is chosen from its config."""
-    return family_of_checkpoint(name_or_path).from_pretrained(name_or_path, **kwargs)
+    hub = {k: kwargs[k] for k in ("revision", "trust_remote_code") if kwargs.get(k) is not None}
+    return family_of_checkpoint(name_or_path, **hub).from_pretrained(name_or_path, **kwargs)

@@ -23,9 +23,20 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["TINY_FAMILIES", "build_tiny_checkpoint", "tiny_checkpoint_dir", "ensure_tiny_checkpoint"]
+__all__ = ["TINY_FAMILIES", "VLLM_TINY_FAMILIES", "build_tiny_checkpoint", "tiny_checkpoint_dir",
+           "ensure_tiny_checkpoint"]
 
 TINY_FAMILIES = ("video_llava", "llava_next_video", "llava_onevision", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+# The families vLLM has a model class for (it has none for Video-LLaVA): ``build_tiny_checkpoint(..., vllm=True)``.
+VLLM_TINY_FAMILIES = ("llava_next_video", "llava_onevision", "qwen2_5_vl")
+
+# ``vllm=True`` checkpoints: the text decoder's size (head_dim 64 = 128 / 2 heads: vLLM's CPU attention
+# refuses the default tiny head_dim of 16), and the factors that scale the random weights up so that a
+# greedy answer depends on the video (an unscaled random decoder repeats one token whatever it sees).
+_VLLM_TEXT_SIZES = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 2, "num_key_value_heads": 1}
+_VLLM_QUERY_KEY_SCALE = 4.0  # q_proj and k_proj of every decoder layer: sharper attention over the video
+_VLLM_PROJECTOR_SCALE = 8.0  # the projector's (merger's) last linear: visual rows as large as the text's
+_VLLM_HEAD_SCALE = 4.0  # lm_head: logits far enough apart that float rounding between engines cannot flip them
 
 # Bump when the tiny configs change, so cached demo checkpoints are rebuilt.
 _TINY_FORMAT_VERSION = 1
@@ -130,7 +141,7 @@ def _qwen2_text_config(tokenizer, **overrides):
     return Qwen2Config(**kwargs)
 
 
-def _text_config(vocab_size: int, family: str):
+def _text_config(vocab_size: int, family: str, **overrides):
     from transformers import LlamaConfig
 
     kwargs = dict(
@@ -150,6 +161,7 @@ def _text_config(vocab_size: int, family: str):
     if family == "llava_next_video":
         # The real checkpoint uses linear RoPE scaling with factor 2.
         kwargs["rope_parameters"] = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    kwargs.update(overrides)
     return LlamaConfig(**kwargs)
 
 
@@ -167,13 +179,17 @@ def _vision_config(image_size: int):
     )
 
 
-def build_tiny_checkpoint(family: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:
+def build_tiny_checkpoint(family: str, out_dir: str | os.PathLike, seed: int = 0, *, vllm: bool = False) -> Path:
     """Build a random-weight checkpoint of ``family`` and save model + processor in ``out_dir``.
 
     Args:
-        family: ``"video_llava"`` or ``"llava_next_video"``.
+        family: one of ``TINY_FAMILIES``.
         out_dir: directory to write (created; existing files are overwritten).
         seed: torch seed for the random weights (same seed → same weights).
+        vllm: a checkpoint vLLM loads too (``VLLM_TINY_FAMILIES``): a text decoder with head_dim 64
+            (vLLM's CPU attention refuses 16), weights scaled so that the answer depends on the
+            video, and the LLaVA families' towers saved in the hub's key layout
+            (``vision_tower.vision_model.``; vLLM loads no other, transformers loads both).
 
     Returns:
         The directory, loadable with ``VideoQA.from_pretrained`` or the HF classes.
@@ -193,12 +209,15 @@ def build_tiny_checkpoint(family: str, out_dir: str | os.PathLike, seed: int = 0
 
     if family not in TINY_FAMILIES:
         raise ValueError(f"Unknown tiny model family {family!r}. Has to be one of {list(TINY_FAMILIES)}")
+    if vllm and family not in VLLM_TINY_FAMILIES:
+        raise ValueError(f"vLLM has no model class for {family!r}; vllm=True builds one of {list(VLLM_TINY_FAMILIES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    text_sizes = _VLLM_TEXT_SIZES if vllm else {}
     if family == "llava_onevision":
-        return _save(_build_llava_onevision(seed), out, family, seed)
+        return _save(_build_llava_onevision(seed, text_sizes), out, family, seed, vllm=vllm)
     if family == "qwen2_5_vl":
-        return _save(_build_qwen2_5_vl(seed), out, family, seed)
+        return _save(_build_qwen2_5_vl(seed, text_sizes), out, family, seed, vllm=vllm)
     if family in ("qwen3_vl", "qwen3_vl_moe"):
         return _save(_build_qwen3_vl(seed, moe=family == "qwen3_vl_moe"), out, family, seed)
     tokenizer = _build_tokenizer()
@@ -232,7 +251,7 @@ def build_tiny_checkpoint(family: str, out_dir: str | os.PathLike, seed: int = 0
     else:
         config = LlavaNextVideoConfig(
             vision_config=_vision_config(336),
-            text_config=_text_config(len(tokenizer), family),
+            text_config=_text_config(len(tokenizer), family, **text_sizes),
             image_token_index=image_token_id,
             video_token_index=video_token_id,
             vision_feature_layer=-2,
@@ -256,20 +275,66 @@ def build_tiny_checkpoint(family: str, out_dir: str | os.PathLike, seed: int = 0
             num_additional_image_tokens=1,
         )
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return _save((model, processor), out, family, seed)
+    return _save((model, processor), out, family, seed, vllm=vllm)
 
 
-def _save(model_and_processor, out: Path, family: str, seed: int) -> Path:
+def _save(model_and_processor, out: Path, family: str, seed: int, *, vllm: bool = False) -> Path:
     model, processor = model_and_processor
+    if vllm:
+        _scale_for_video_dependence(model)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    if vllm and family in ("llava_onevision", "llava_next_video"):
+        _write_hub_tower_layout(out)
     (out / "vidprune_tiny.json").write_text(
-        json.dumps({"family": family, "seed": seed, "format": _TINY_FORMAT_VERSION, "note": "random weights: answers are nonsense"})
+        json.dumps({"family": family, "seed": seed, "format": _TINY_FORMAT_VERSION, "vllm": vllm,
+                    "note": "random weights: answers are nonsense"})
     )
     return out
 
 
-def _build_llava_onevision(seed: int):
+def _scale_for_video_dependence(model) -> None:
+    """Scale query/key projections, the projector's last linear and the LM head (see the ``_VLLM_*`` factors).
+
+    A random decoder with small weights ignores its input: greedy decoding repeats one token
+    whatever the video. Larger query/key weights make attention pick out visual rows, larger
+    visual rows make them count, a larger head spreads the logits.
+    """
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "language_model" in name and (".q_proj." in name or ".k_proj." in name):
+                param.mul_(_VLLM_QUERY_KEY_SCALE)
+            elif name.startswith("lm_head."):
+                param.mul_(_VLLM_HEAD_SCALE)
+        projector = getattr(model.model, "multi_modal_projector", None)
+        last = projector.linear_2 if projector is not None else model.model.visual.merger.mlp[-1]
+        last.weight.mul_(_VLLM_PROJECTOR_SCALE)
+        last.bias.mul_(_VLLM_PROJECTOR_SCALE)
+
+
+def _write_hub_tower_layout(out: Path) -> None:
+    """Rename the saved tower keys ``vision_tower.X`` to the hub's ``vision_tower.vision_model.X``.
+
+    transformers 5.x saves the LLaVA families' CLIP / SigLIP tower without the ``vision_model.`` level (the rest in
+    the hub's layout, ``language_model.model.``); the hub's checkpoints, and so vLLM's loader, have
+    it. transformers loads both.
+    """
+    from safetensors.torch import load_file, save_file
+
+    def hub_key(key: str) -> str:
+        for prefix in ("model.vision_tower.", "vision_tower."):
+            if key.startswith(prefix) and not key.startswith(prefix + "vision_model."):
+                return prefix + "vision_model." + key[len(prefix):]
+        return key
+
+    for path in sorted(out.glob("*.safetensors")):
+        tensors = load_file(path)
+        save_file({hub_key(k): v for k, v in tensors.items()}, path, metadata={"format": "pt"})
+
+
+def _build_llava_onevision(seed: int, text_sizes: dict | None = None):
     """LLaVA-OneVision: SigLIP at 384 px / patch 14 (27×27, no [CLS]), feature layer -1, Qwen2 decoder."""
     from transformers import (
         LlavaOnevisionConfig,
@@ -285,7 +350,7 @@ def _build_llava_onevision(seed: int):
                                 image_size=384, patch_size=14, vision_use_head=False)
     config = LlavaOnevisionConfig(
         vision_config=vision,
-        text_config=_qwen2_text_config(tokenizer),
+        text_config=_qwen2_text_config(tokenizer, **(text_sizes or {})),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
         vision_feature_layer=-1,
@@ -331,7 +396,7 @@ QWEN2_5_VL_TEMPLATE = (
 _QWEN_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 
-def _build_qwen2_5_vl(seed: int):
+def _build_qwen2_5_vl(seed: int, text_sizes: dict | None = None):
     """Qwen2.5-VL: ViT patch 14, temporal patch 2, 2×2 merger, window attention (112 px) with full attention
     in blocks 1 and 3 (the last block is full, as in the real 7B's 7/15/23/31), mRoPE with the real
     sections' proportions (16:24:24 of the half head dim), dynamic resolution from the processor's pixel limits."""
@@ -345,8 +410,9 @@ def _build_qwen2_5_vl(seed: int):
 
     tokenizer = _build_tokenizer(chatml=True, extra_special=_QWEN_VISION_TOKENS)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _QWEN_VISION_TOKENS}
-    text = _qwen2_text_config(tokenizer, num_attention_heads=2, num_key_value_heads=1).to_dict()
-    head_dim = text["hidden_size"] // text["num_attention_heads"]  # 32: rotary half 16 = 4 + 6 + 6
+    text = _qwen2_text_config(tokenizer, **{"num_attention_heads": 2, "num_key_value_heads": 1,
+                                            **(text_sizes or {})}).to_dict()
+    head_dim = text["hidden_size"] // text["num_attention_heads"]  # 32: rotary half 16 = 4 + 6 + 6 (64: 8 + 12 + 12)
     text.update(model_type="qwen2_5_vl_text",
                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
                                  "mrope_section": [head_dim // 16 * 2, head_dim // 16 * 3, head_dim // 16 * 3]})

@@ -20,6 +20,7 @@ __all__ = ["VideoLlavaAdapter"]
 class VideoLlavaAdapter(VideoLLM):
     model_class_name = "VideoLlavaForConditionalGeneration"
     default_num_frames = 8  # trained with 8 frames
+    vision_modules = ("model.video_tower", "model.multi_modal_projector")
 
     @classmethod
     def geometry_from_config(cls, config, *, keep_cls: bool, prune_pooled: bool) -> VisualGeometry:

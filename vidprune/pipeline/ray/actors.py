@@ -39,7 +39,8 @@ DEFAULT_VARIANT = ""
 def _checkpoint_info(config: VidpruneConfig):
     from ...video_models.checkpoint import inspect_checkpoint
 
-    return inspect_checkpoint(config.model, keep_cls=config.keep_cls, prune_pooled=config.prune_pooled)
+    return inspect_checkpoint(config.model, keep_cls=config.keep_cls, prune_pooled=config.prune_pooled,
+                              revision=config.revision, trust_remote_code=config.trust_remote_code)
 
 
 def _stages_without_weights(config: VidpruneConfig):
@@ -82,15 +83,26 @@ class DecodeActor(_ActorBase):
 
 
 class EncodeActor(_ActorBase):
-    """``EncodeStage`` as an actor (one replica): a segment's frames → features on CPU, pixels dropped."""
+    """``EncodeStage`` as an actor (one replica): a segment's frames → features on CPU, pixels dropped.
 
-    def __init__(self, config: VidpruneConfig, free_language_model: bool = True):
+    A replica loads the family's vision side alone (``from_pretrained(vision_only=True)``: the
+    tower and projector from the checkpoint, the LLM built on ``meta`` and never read), so
+    beside an LLM replica on one GPU the weights are held once.
+    """
+
+    def __init__(self, config: VidpruneConfig):
         _quiet_worker()
         info = _checkpoint_info(config)
-        llm = info.family.from_pretrained(**config.section("model"))
-        if free_language_model:
-            _free_language_model(llm)
+        model = config.section("model")
+        llm = info.family.from_pretrained(**model, vision_only=True)
         self.stage = build_stages(config, info, llm).encode
+        self.llm = llm
+
+    def weights(self) -> dict[str, int]:
+        """Bytes of the weights this replica holds (not on ``meta``), by module of the HF model."""
+        from ...video_models.vision_only import materialized_bytes
+
+        return materialized_bytes(self.llm.model)
 
     def encode(self, batch: FrameBatch) -> FrameBatch:
         start = time.perf_counter()
@@ -99,19 +111,6 @@ class EncodeActor(_ActorBase):
         timings = {**batch.timings_s, "encode": time.perf_counter() - start}
         return FrameBatch(seq=batch.seq, indices=batch.indices, times_s=batch.times_s, frames=None, encoded=enc,
                           backend=batch.backend, warnings=batch.warnings, timings_s=timings)
-
-
-def _free_language_model(llm) -> None:
-    """Drop the LLM's weights from an encoder replica (it runs only the vision side).
-
-    ``get_decoder()`` / ``get_output_embeddings()`` are transformers' public accessors of
-    the language model and LM head; moving them to the meta device releases their memory.
-    """
-    model = llm.model
-    for getter in ("get_decoder", "get_output_embeddings"):
-        module = getattr(model, getter, lambda: None)()
-        if module is not None:
-            module.to("meta")
 
 
 @dataclass

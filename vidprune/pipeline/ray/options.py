@@ -19,7 +19,8 @@ from .layout import (ANSWER_GPU_SHARE, ENCODE_GPU_SHARE, MAX_CPUS_PER_ACTOR, MAX
                      slot_share)
 
 __all__ = ["StageResources", "RayPipelineOptions", "actor_options", "STAGES", "DEFAULT_SEGMENT_FRAMES",
-           "DEFAULT_QUESTIONS_PER_CALL"]
+           "DEFAULT_QUESTIONS_PER_CALL", "ANSWERERS_PER_SELECTOR", "VIDEOS_IN_FLIGHT_PER_ANSWERER",
+           "ANSWERS_QUEUED_PER_ANSWERER", "MIN_VIDEOS_IN_FLIGHT", "MIN_ANSWERS_QUEUED"]
 
 # The pipeline's stages, in the order a segment visits them; one actor class each.
 STAGES = ("decode", "encode", "select", "answer")
@@ -37,6 +38,16 @@ DEFAULT_MAX_TASK_RETRIES = 2
 DEFAULT_VIDEO_ATTEMPTS = 3
 # Questions per LLM generate() call (a left-padded batch).
 DEFAULT_QUESTIONS_PER_CALL = 8
+# Bounds that grow with the LLM replicas, so every one has work (docs/ray.md, "Layout"):
+# videos streaming through decode/encode/select per LLM replica (at least 2 in all) ...
+VIDEOS_IN_FLIGHT_PER_ANSWERER = 1
+MIN_VIDEOS_IN_FLIGHT = 2
+# ... pruned videos waiting for or in an LLM replica: one running and one queued per replica (at least 4) ...
+ANSWERS_QUEUED_PER_ANSWERER = 2
+MIN_ANSWERS_QUEUED = 4
+# ... and a select actor per this many LLM replicas (selection is light, but one actor serialises
+# every segment of every video: with 8 replicas one selector becomes the queue they wait in).
+ANSWERERS_PER_SELECTOR = 4
 
 
 @dataclass(frozen=True)
@@ -74,8 +85,15 @@ class RayPipelineOptions:
             ``encoder_batch_size``, else ``DEFAULT_SEGMENT_FRAMES``.
         max_segments_in_flight: segments decoded/encoded but not yet selected, over all
             videos; None: ``SEGMENTS_IN_FLIGHT_PER_ENCODER`` per encoder, at least one per decoder.
-        max_videos_in_flight: videos streaming through decode/encode/select at once.
-        max_answers_queued: pruned videos waiting for (or in) the LLM.
+        max_videos_in_flight: videos streaming through decode/encode/select at once; None:
+            ``VIDEOS_IN_FLIGHT_PER_ANSWERER`` per LLM replica, at least ``MIN_VIDEOS_IN_FLIGHT``.
+        max_answers_queued: pruned videos waiting for (or in) the LLM; None:
+            ``ANSWERS_QUEUED_PER_ANSWERER`` per LLM replica, at least ``MIN_ANSWERS_QUEUED``.
+        selectors: select actors (a video's segments all go to one); None: one per
+            ``ANSWERERS_PER_SELECTOR`` LLM replicas.
+        pack_gpu_pairs: on GPUs, hold each encoder replica and an LLM replica in one placement-group
+            bundle of one GPU (their shares summed), so they share a device by reservation, not by
+            the order Ray happened to place them.
         questions_per_call: questions per generate() call.
         decode / encode / select / answer: resources per actor of each stage.
         max_restarts / max_task_retries / video_attempts: fault tolerance (docs/ray.md).
@@ -89,8 +107,10 @@ class RayPipelineOptions:
     answerers: int | None = None
     segment_frames: int | None = None
     max_segments_in_flight: int | None = None
-    max_videos_in_flight: int = 2
-    max_answers_queued: int = 4
+    max_videos_in_flight: int | None = None
+    max_answers_queued: int | None = None
+    selectors: int | None = None
+    pack_gpu_pairs: bool = True
     questions_per_call: int = DEFAULT_QUESTIONS_PER_CALL
     decode: StageResources | None = None
     encode: StageResources | None = None
@@ -118,12 +138,19 @@ class RayPipelineOptions:
         if cluster is None:
             gpu = 1.0 if on_gpu else 0.0
             out.decoders, out.encoders, out.answerers = self.decoders or 2, self.encoders or 1, self.answerers or 1
+            out.selectors = self.selectors or math.ceil(out.answerers / ANSWERERS_PER_SELECTOR)
             out.decode = self.decode or StageResources(1.0, 0.0)
             out.encode = self.encode or StageResources(1.0, gpu)
             out.select = self.select or StageResources(0.5, 0.0)
             out.answer = self.answer or StageResources(1.0, gpu)
         else:
             _size_from_cluster(out, on_gpu, cluster, str(config.device))
+        if self.max_videos_in_flight is None:
+            out.max_videos_in_flight = max(MIN_VIDEOS_IN_FLIGHT, VIDEOS_IN_FLIGHT_PER_ANSWERER * out.answerers)
+        if self.max_answers_queued is None:
+            out.max_answers_queued = max(MIN_ANSWERS_QUEUED, ANSWERS_QUEUED_PER_ANSWERER * out.answerers)
+        if out.selectors is None:
+            out.selectors = math.ceil(out.answerers / ANSWERERS_PER_SELECTOR)
         if self.max_segments_in_flight is None:
             out.max_segments_in_flight = max(SEGMENTS_IN_FLIGHT_PER_ENCODER * out.encoders, out.decoders)
         if on_gpu and (out.encode.num_gpus == 0 or out.answer.num_gpus == 0):
@@ -150,14 +177,29 @@ class RayPipelineOptions:
                            for s, n in self.actors_per_stage().items()},
                 "segment_frames": self.segment_frames, "max_segments_in_flight": self.max_segments_in_flight,
                 "max_videos_in_flight": self.max_videos_in_flight, "max_answers_queued": self.max_answers_queued,
-                "questions_per_call": self.questions_per_call}
+                "questions_per_call": self.questions_per_call, "gpu_pairs": self.gpu_pairs()}
+
+    def gpu_pairs(self) -> int:
+        """Encoder + LLM replica pairs held in one placement-group bundle each (resolved options; 0: none).
+
+        Where both stages take a GPU share and the two shares fit one device, the first
+        ``min(encoders, answerers)`` encoders are each paired with an LLM replica.
+        """
+        if not (self.pack_gpu_pairs and self.encode and self.answer and self.encode.num_gpus > 0
+                and self.answer.num_gpus > 0 and self.encode.num_gpus + self.answer.num_gpus <= 1 + 1e-9):
+            return 0
+        return min(self.encoders or 0, self.answerers or 0)
+
+    def pair_bundle(self) -> dict[str, float]:
+        """The placement-group bundle of one encoder + LLM replica pair: their CPUs and GPU shares summed."""
+        return {"CPU": self.encode.num_cpus + self.answer.num_cpus, "GPU": self.encode.num_gpus + self.answer.num_gpus}
 
     def problems(self) -> list[str]:
         p: list[str] = []
         timeout = self.placement_timeout_s
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             p.append(f"placement_timeout_s must be a positive number of seconds, got {timeout!r}")
-        for name, minimum in (("decoders", 1), ("encoders", 1), ("answerers", 1), ("segment_frames", 1),
+        for name, minimum in (("decoders", 1), ("encoders", 1), ("answerers", 1), ("selectors", 1), ("segment_frames", 1),
                               ("max_segments_in_flight", 1), ("max_videos_in_flight", 1), ("max_answers_queued", 1),
                               ("questions_per_call", 1), ("video_attempts", 1), ("max_restarts", -1),
                               ("max_task_retries", -1)):
@@ -173,7 +215,7 @@ class RayPipelineOptions:
         return p
 
     def actors_per_stage(self, answering: bool = True) -> dict[str, int]:
-        return {"decode": self.decoders, "encode": self.encoders, "select": 1,
+        return {"decode": self.decoders, "encode": self.encoders, "select": self.selectors or 1,
                 "answer": self.answerers if answering else 0}
 
     def required(self, answering: bool = True) -> dict[str, float]:
@@ -190,12 +232,14 @@ class RayPipelineOptions:
                          for stage, n in self.actors_per_stage().items())
 
 
-def actor_options(resources: StageResources, *, stateful: bool, options: RayPipelineOptions) -> dict[str, Any]:
+def actor_options(resources: StageResources, *, stateful: bool, options: RayPipelineOptions,
+                  bundle: tuple[Any, int] | None = None) -> dict[str, Any]:
     """The fault-tolerance defaults and resources of one actor (all actors are built through here).
 
     Every actor restarts after its process or node dies (``max_restarts``). A stateless
     actor also retries the calls that were running (``max_task_retries``); a stateful one
-    does not (its state is gone; the driver restarts the video instead).
+    does not (its state is gone; the driver restarts the video instead). ``bundle``:
+    (placement group, bundle index) the actor's resources are taken from.
     """
     opts: dict[str, Any] = {
         "num_cpus": resources.num_cpus,
@@ -203,7 +247,12 @@ def actor_options(resources: StageResources, *, stateful: bool, options: RayPipe
         "max_restarts": options.max_restarts,
         "max_task_retries": 0 if stateful else options.max_task_retries,
     }
-    if options.spread:
+    if bundle is not None:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=bundle[0],
+                                                                       placement_group_bundle_index=bundle[1])
+    elif options.spread:
         opts["scheduling_strategy"] = "SPREAD"
     return opts
 
@@ -220,6 +269,8 @@ def _size_from_cluster(out: RayPipelineOptions, on_gpu: bool, cluster: ClusterSh
         out.encoders = out.encoders or out.answerers
     else:
         out.answerers = out.answerers or 1
+    if out.selectors is None:  # before sizing: every select actor takes a CPU share
+        out.selectors = math.ceil(out.answerers / ANSWERERS_PER_SELECTOR)
     if out.decoders is None:
         out.decoders = max(1, min(MAX_DEFAULT_DECODERS, nodes, math.floor(cluster.cpus / 2)))
     if out.encoders is None:  # CPU: the CPU slots left, at most one replica per node beyond the first

@@ -64,17 +64,49 @@ class RayVideoPipeline:
         # and the second LLM replica finds no device with 0.75 free).
         # a cluster that shrinks below the layout while it runs stops the run with one line (placement.py)
         self.placement = PlacementWatch(o, answering=lambda: bool(self.answerers), timeout_s=o.placement_timeout_s)
+        # On GPUs each encoder replica shares a device with an LLM replica: the pair is reserved as
+        # one placement-group bundle of one GPU (their shares summed), so they land on the same
+        # device by reservation whatever order Ray places actors in.
+        self.placement_groups = self._pair_bundles(o.gpu_pairs())
         self.answerers: list[Any] = []
         if answering:
-            self.answerers = [self._new_answerer() for _ in range(o.answerers)]
-        self.encoders = [self._actor(EncodeActor, o.encode, False, config) for _ in range(o.encoders)]
+            self.answerers = [self._new_answerer(i) for i in range(o.answerers)]
+        self.encoders = [self._actor(EncodeActor, o.encode, False, config, bundle=self._bundle(i))
+                         for i in range(o.encoders)]
         self.decoders = [self._actor(DecodeActor, o.decode, False, config) for _ in range(o.decoders)]
-        self.selector = self._actor(SelectActor, o.select, True, config, self.variants)
-        self._wait_ready(self.decoders + self.encoders + [self.selector] + self.answerers)
+        self.selectors = [self._actor(SelectActor, o.select, True, config, self.variants) for _ in range(o.selectors)]
+        self._wait_ready(self.decoders + self.encoders + self.selectors + self.answerers)
+
+    @property
+    def selector(self):
+        """The first select actor (a pipeline with one select actor: the only one)."""
+        return self.selectors[0]
 
     # ------------------------------------------------------------ actors
-    def _actor(self, cls, resources: StageResources, stateful: bool, *args):
-        return ray.remote(cls).options(**actor_options(resources, stateful=stateful, options=self.options)).remote(*args)
+    def _actor(self, cls, resources: StageResources, stateful: bool, *args, bundle=None):
+        opts = actor_options(resources, stateful=stateful, options=self.options, bundle=bundle)
+        return ray.remote(cls).options(**opts).remote(*args)
+
+    def _pair_bundles(self, pairs: int) -> list[Any]:
+        """One placement group per encoder + LLM replica pair, each one bundle of the pair's summed shares."""
+        if not pairs:
+            return []
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        groups = [placement_group([self.options.pair_bundle()], strategy="STRICT_PACK") for _ in range(pairs)]
+        try:
+            ray.get([g.ready() for g in groups], timeout=ACTOR_START_TIMEOUT_S)
+        except GetTimeoutError:
+            for g in groups:
+                remove_placement_group(g)
+            raise ConfigError(f"the Ray cluster ({self.cluster.describe()}) could not reserve {pairs} GPU(s) for the "
+                              f"encoder + LLM replica pairs ({self.options.pair_bundle()} each) within "
+                              f"{ACTOR_START_TIMEOUT_S:.0f} s; lower --answerers/--encoders or add GPUs") from None
+        return groups
+
+    def _bundle(self, i: int):
+        """The (placement group, bundle) of pair ``i``, or None when replica ``i`` is not paired."""
+        return (self.placement_groups[i], 0) if i < len(self.placement_groups) else None
 
     def _wait_ready(self, actors: list) -> None:
         try:
@@ -98,8 +130,12 @@ class RayVideoPipeline:
         Calls to a restarting actor without task retries fail at once, so a video started over
         too early would lose its work again.
         """
+        for selector in self.selectors:
+            self._await_actor(selector)
+
+    def _await_actor(self, actor) -> None:
         deadline = time.monotonic() + ACTOR_RESTART_TIMEOUT_S
-        ref = self.selector.ready.remote()
+        ref = actor.ready.remote()
         while True:
             try:
                 ray.get(ref, timeout=min(POLL_S, max(0.1, deadline - time.monotonic())))
@@ -108,32 +144,38 @@ class RayVideoPipeline:
                 return  # gone for good (max_restarts used up): the next attempt reports it
             except ActorUnavailableError:  # the call failed while the actor restarts: ask again shortly
                 time.sleep(POLL_S / 4)
-                ref = self.selector.ready.remote()
+                ref = actor.ready.remote()
             except GetTimeoutError:  # still waiting for the answer
                 pass
             if time.monotonic() > deadline:
                 return  # the video's next attempt reports what is wrong
             self.placement.check()  # it may be waiting for resources the cluster no longer has
 
-    def _new_answerer(self):
+    def _new_answerer(self, i: int):
         return self._actor(AnswerActor, self.options.answer, False, self.config, self.options.questions_per_call,
-                           self.variants)
+                           self.variants, bundle=self._bundle(i))
 
     def ensure_answerers(self) -> None:
         """Start the LLM actors if they are not running yet (a pipeline built with ``answering=False``)."""
         if not self.answerers:
-            self.answerers = [self._new_answerer() for _ in range(self.options.answerers)]
+            self.answerers = [self._new_answerer(i) for i in range(self.options.answerers)]
             self._wait_ready(self.answerers)
 
     def actors(self) -> dict[str, list[Any]]:
         """The actor handles, by stage."""
-        return {"decode": list(self.decoders), "encode": list(self.encoders), "select": [self.selector],
+        return {"decode": list(self.decoders), "encode": list(self.encoders), "select": list(self.selectors),
                 "answer": list(self.answerers)}
 
     def shutdown(self) -> None:
-        for actor in self.decoders + self.encoders + [self.selector] + self.answerers:
+        for actor in self.decoders + self.encoders + self.selectors + self.answerers:
             ray.kill(actor, no_restart=True)
         self.decoders, self.encoders, self.answerers = [], [], []
+        if self.placement_groups:
+            from ray.util.placement_group import remove_placement_group
+
+            for group in self.placement_groups:
+                remove_placement_group(group)
+            self.placement_groups = []
 
     # ------------------------------------------------------------ public
     def prepare(self, video: Any) -> PrunedVideo:

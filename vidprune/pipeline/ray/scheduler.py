@@ -68,6 +68,7 @@ class VideoResult:
     error: str | None = None
     attempts: int = 1
     exception: BaseException | None = field(default=None, repr=False)
+    answerer: int | None = None  # the LLM replica that answered (index into the pipeline's answer actors)
 
 
 class Phase(Enum):
@@ -113,6 +114,7 @@ class VideoRun:
     decode_info: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     answerer: int = -1
+    selector: int = 0  # the select actor that holds this video's selection (all its segments go there)
 
 
 class Scheduler:
@@ -133,6 +135,7 @@ class Scheduler:
         self.discarded: list[Any] = []  # refs of abandoned work, fetched once done so Ray does not report them
         self.encoder_load = [0] * len(pipe.encoders)
         self.answer_load = [0] * self.o.answerers
+        self.answered = [0] * self.o.answerers  # videos each LLM replica was given: ties go to the least used
         self.in_flight = 0
         self._handlers = {Awaiting.PLAN: self.on_plan, Awaiting.WHOLE_CLIP: self.on_whole_clip,
                           Awaiting.SELECTED: self.on_selected, Awaiting.PRUNED: self.on_done,
@@ -176,6 +179,8 @@ class Scheduler:
         pipe = self.pipe
         run.stream_key = uuid.uuid4().hex
         run.phase, run.next_seq, run.window, run.batches = Phase.PLANNING, 0, {}, None
+        held = [sum(1 for r in self.streaming if r is not run and r.selector == i) for i in range(len(pipe.selectors))]
+        run.selector = held.index(min(held))  # the select actor holding the fewest videos' selections
         video = run.request.video
         if isinstance(video, np.ndarray):
             run.batches = batches_from_clip(clip_from_array(video), self.o.segment_frames)
@@ -203,7 +208,7 @@ class Scheduler:
             pipe.stats["segments_per_decoder"][lane] += 1
         enc_i = min(range(len(pipe.encoders)), key=lambda i: self.encoder_load[i])
         encoded = pipe.encoders[enc_i].encode.remote(decoded)
-        selected = pipe.selector.add.remote(run.stream_key, run.num_frames, encoded, self.variants_of(run))
+        selected = pipe.selectors[run.selector].add.remote(run.stream_key, run.num_frames, encoded, self.variants_of(run))
         run.window[seq] = _Segment(seq, selected, (decoded, encoded), enc_i)
         self.waiting[selected] = (run, Awaiting.SELECTED)
         self.encoder_load[enc_i] += 1
@@ -218,13 +223,14 @@ class Scheduler:
         self.streaming.remove(run)
         self.answering.append(run)
         run.phase = Phase.ANSWERING
-        pruned_ref = pipe.selector.finish.remote(run.stream_key, run.decode_info, run.warnings)
+        pruned_ref = pipe.selectors[run.selector].finish.remote(run.stream_key, run.decode_info, run.warnings)
         if run.request.questions is None:
             self.waiting[pruned_ref] = (run, Awaiting.PRUNED)
             return
         pipe.ensure_answerers()
-        run.answerer = min(range(len(pipe.answerers)), key=lambda i: self.answer_load[i])
+        run.answerer = min(range(len(pipe.answerers)), key=lambda i: (self.answer_load[i], self.answered[i]))
         self.answer_load[run.answerer] += 1
+        self.answered[run.answerer] += 1
         answer_ref = pipe.answerers[run.answerer].answer.remote(pruned_ref, run.request.questions,
                                                                 run.request.generate)
         self.waiting[answer_ref] = (run, Awaiting.ANSWERS)
@@ -265,12 +271,13 @@ class Scheduler:
 
     def on_done(self, run: VideoRun, ref, by_variant: dict[str, Any], awaiting: Awaiting) -> VideoResult:
         self.answering.remove(run)
+        answerer = run.answerer if awaiting is Awaiting.ANSWERS else None
         self.free_answerer(run)
         if run.request.variants is not None or len(self.pipe.variants) > 1:
-            return VideoResult(run.request.key, by_variant=by_variant, attempts=run.attempt)
+            return VideoResult(run.request.key, by_variant=by_variant, attempts=run.attempt, answerer=answerer)
         (value,) = by_variant.values()
         if awaiting is Awaiting.ANSWERS:
-            return VideoResult(run.request.key, answers=value, attempts=run.attempt)
+            return VideoResult(run.request.key, answers=value, attempts=run.attempt, answerer=answerer)
         return VideoResult(run.request.key, pruned=value, attempts=run.attempt)
 
     def decode_whole(self, run: VideoRun) -> None:
@@ -316,7 +323,7 @@ class Scheduler:
             if r is run:
                 del self.waiting[ref]
                 self.discarded.append(ref)
-        self.discarded.append(self.pipe.selector.drop.remote(run.stream_key))
+        self.discarded.append(self.pipe.selectors[run.selector].drop.remote(run.stream_key))
 
     def drain(self, timeout: float) -> None:
         if self.discarded:
