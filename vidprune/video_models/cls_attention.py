@@ -27,7 +27,7 @@ from torch import nn
 
 from .hf_internals import check_cls_attention_internals
 
-__all__ = ["clip_cls_attention", "mean_received_attention"]
+__all__ = ["clip_cls_attention", "mean_received_attention", "segment_mean_received_attention"]
 
 
 @torch.no_grad()
@@ -85,3 +85,42 @@ def mean_received_attention(attn_module: nn.Module, normed_input: torch.Tensor, 
         probs = (torch.matmul(q, keys.transpose(-1, -2)) * attn_module.scale).softmax(dim=-1)  # (B, nh, c, N)
         received += probs.sum(dim=2).mean(dim=1)
     return received / seq_len
+
+
+@torch.no_grad()
+def segment_mean_received_attention(block: nn.Module, captured: dict, apply_rotary, chunk: int = 256) -> torch.Tensor:
+    """Mean attention each patch receives from the queries of its attention segment, at one Qwen vision block.
+
+    Recomputes the block's attention probabilities from its input as the Qwen-VL vision
+    attention does (``Qwen2_5_VLVisionAttention`` / ``Qwen3VLVisionAttention``, transformers
+    5.18–5.24): ``norm1`` → ``qkv`` → the tower's rotary tables (``apply_rotary``, the family's
+    ``apply_rotary_pos_emb_vision``) → softmax(q·kᵀ·scaling) within each ``cu_seqlens``
+    segment (a temporal patch, or a window in Qwen2.5-VL's windowed blocks). Query chunks keep
+    memory at (heads, chunk, segment).
+
+    Args:
+        block: the vision block (``norm1``, ``attn.qkv``, ``attn.num_heads``, ``attn.scaling``).
+        captured: the block's inputs: ``hidden_states`` (S, Dv), ``position_embeddings`` (cos, sin),
+            ``cu_seqlens`` (segments + 1,).
+        apply_rotary: ``(q, k, cos, sin) -> (q, k)``.
+
+    Returns:
+        (S,) float32, in the order the tower holds the patches.
+    """
+    attn = block.attn
+    hidden = block.norm1(captured["hidden_states"])  # (S, Dv)
+    seq = hidden.shape[0]
+    q, k, _ = attn.qkv(hidden).reshape(seq, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)  # (S, H, hd)
+    cos, sin = captured["position_embeddings"]
+    q, k = apply_rotary(q, k, cos, sin)
+    q, k = q.transpose(0, 1).float(), k.transpose(0, 1).float()  # (H, S, hd)
+    bounds = captured["cu_seqlens"].tolist()
+    received = torch.zeros(seq, dtype=torch.float32, device=hidden.device)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        keys = k[:, lo:hi]  # (H, n, hd)
+        for start in range(lo, hi, chunk):
+            stop = min(start + chunk, hi)
+            probs = (torch.matmul(q[:, start:stop], keys.transpose(-1, -2)) * attn.scaling).softmax(dim=-1)  # (H, c, n)
+            received[lo:hi] += probs.sum(dim=1).mean(dim=0)
+        received[lo:hi] /= hi - lo
+    return received

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .base import EncodedFrames, VideoLLM, VisualGeometry, register_family
+from .cls_attention import segment_mean_received_attention
 from .hf_internals import qwen_apply_rotary, qwen_vision_window_index
 
 __all__ = ["Qwen2_5_VLAdapter", "QwenVideoPixels"]
@@ -151,7 +152,8 @@ class Qwen2_5_VLAdapter(VideoLLM):
         n_merged = (h // merge) * (w // merge)
         unit = merge * merge
         window_index = qwen_vision_window_index(visual, grid).to(self.vision_device)  # (t·N,) window slot -> group
-        received = _mean_received_attention_windowed(block, captured)  # (S,) window order
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision  # the tower's own rotary
+        received = segment_mean_received_attention(block, captured, apply_rotary_pos_emb_vision)  # (S,) window order
         natural = torch.empty_like(received.view(-1, unit))
         natural[window_index] = received.view(-1, unit)  # (t·N, 4) natural group order
         importance = natural.mean(dim=1).view(t, n_merged)
@@ -263,37 +265,3 @@ def sampled_fps(times_s: list[float] | None) -> float | None:
         return None
     span = float(times_s[-1]) - float(times_s[0])
     return (len(times_s) - 1) / span if span > 0 else None
-
-
-@torch.no_grad()
-def _mean_received_attention_windowed(block, captured: dict, chunk: int = 256) -> torch.Tensor:
-    """Mean attention each patch receives from the queries of its attention segment, at one vision block.
-
-    Recomputes the block's attention probabilities from its input as ``Qwen2_5_VLVisionAttention``
-    does (transformers 5.24): ``norm1`` → ``qkv`` → the tower's rotary tables
-    (``apply_rotary_pos_emb_vision``) → softmax(q·kᵀ·scaling) within each ``cu_seqlens`` segment.
-    For a full-attention block a segment is one temporal patch. Query chunks keep memory at
-    (heads, chunk, segment).
-
-    Returns:
-        (S,) float32 in the tower's (window) order.
-    """
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
-
-    attn = block.attn
-    hidden = block.norm1(captured["hidden_states"])  # (S, Dv)
-    seq = hidden.shape[0]
-    q, k, _ = attn.qkv(hidden).reshape(seq, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)  # (S, H, hd)
-    cos, sin = captured["position_embeddings"]
-    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
-    q, k = q.transpose(0, 1).float(), k.transpose(0, 1).float()  # (H, S, hd)
-    bounds = captured["cu_seqlens"].tolist()
-    received = torch.zeros(seq, dtype=torch.float32, device=hidden.device)
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        keys = k[:, lo:hi]  # (H, n, hd)
-        for start in range(lo, hi, chunk):
-            stop = min(start + chunk, hi)
-            probs = (torch.matmul(q[:, start:stop], keys.transpose(-1, -2)) * attn.scaling).softmax(dim=-1)  # (H, c, n)
-            received[lo:hi] += probs.sum(dim=1).mean(dim=0)
-        received[lo:hi] /= hi - lo
-    return received

@@ -44,6 +44,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import EncodedFrames, VideoLLM, VisualGeometry, register_family
+from .cls_attention import segment_mean_received_attention
 from .hf_internals import qwen3_vl_keeps_video_wrapper
 from .qwen2_5_vl import QwenVideoPixels, sampled_fps
 
@@ -136,7 +137,8 @@ class Qwen3VLAdapter(VideoLLM):
             handle.remove()
         n_merged = (h // merge) * (w // merge)
         unit = merge * merge
-        received = _mean_received_attention(block, captured)  # (S,) patches, 2×2 groups contiguous
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision  # the tower's own rotary
+        received = segment_mean_received_attention(block, captured, apply_rotary_pos_emb_vision)  # (S,) patches, 2×2 groups contiguous
         importance = received.view(-1, unit).mean(dim=1).view(t, n_merged)
         hidden = out.last_hidden_state  # (S, Dv): the merger's input
         features = hidden.view(t, n_merged, unit, -1).mean(dim=2)  # (t, N, Dv)
@@ -272,36 +274,3 @@ class Qwen3VLMoeAdapter(Qwen3VLAdapter):
     """The MoE class: the same vision side, DeepStack, prompt and positions; only the decoder's MLPs differ."""
 
     model_class_name = "Qwen3VLMoeForConditionalGeneration"
-
-
-@torch.no_grad()
-def _mean_received_attention(block, captured: dict, chunk: int = 256) -> torch.Tensor:
-    """Mean attention each patch receives from the queries of its temporal patch, at one vision block.
-
-    Recomputes the block's attention probabilities from its input as ``Qwen3VLVisionAttention``
-    does (transformers 5.24): ``norm1`` → ``qkv`` → the tower's rotary tables
-    (``apply_rotary_pos_emb_vision``) → softmax(q·kᵀ·scaling) within each ``cu_seqlens`` segment (one
-    temporal patch). Query chunks keep memory at (heads, chunk, segment).
-
-    Returns:
-        (S,) float32 in the processor's patch order.
-    """
-    from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision
-
-    attn = block.attn
-    hidden = block.norm1(captured["hidden_states"])  # (S, Dv)
-    seq = hidden.shape[0]
-    q, k, _ = attn.qkv(hidden).reshape(seq, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)  # (S, H, hd)
-    cos, sin = captured["position_embeddings"]
-    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
-    q, k = q.transpose(0, 1).float(), k.transpose(0, 1).float()  # (H, S, hd)
-    bounds = captured["cu_seqlens"].tolist()
-    received = torch.zeros(seq, dtype=torch.float32, device=hidden.device)
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        keys = k[:, lo:hi]  # (H, n, hd)
-        for start in range(lo, hi, chunk):
-            stop = min(start + chunk, hi)
-            probs = (torch.matmul(q[:, start:stop], keys.transpose(-1, -2)) * attn.scaling).softmax(dim=-1)  # (H, c, n)
-            received[lo:hi] += probs.sum(dim=1).mean(dim=0)
-        received[lo:hi] /= hi - lo
-    return received

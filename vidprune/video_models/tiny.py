@@ -375,12 +375,8 @@ def _build_llava_onevision(seed: int, text_sizes: dict | None = None):
     return model, processor
 
 
-# Qwen2.5-VL's chat template (as on its model card), one user turn of media then text:
-# "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n
-#  <|vision_start|><|video_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n".
-QWEN2_5_VL_TEMPLATE = (
-    "{% if messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+# The Qwen-VL chat turns: each message's media as vision-start + pad + vision-end, then its text.
+_QWEN_TURNS = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
@@ -391,6 +387,15 @@ QWEN2_5_VL_TEMPLATE = (
     "{% endfor %}{% endif %}{{ '<|im_end|>\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# Qwen2.5-VL's chat template (as on its model card), one user turn of media then text:
+# "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n
+#  <|vision_start|><|video_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n".
+QWEN2_5_VL_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    + _QWEN_TURNS
 )
 
 _QWEN_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
@@ -445,18 +450,7 @@ def _build_qwen2_5_vl(seed: int, text_sizes: dict | None = None):
 # then text: "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{question}<|im_end|>\n
 # <|im_start|>assistant\n". The processor replaces <|video_pad|> with, per temporal patch,
 # "<t seconds><|vision_start|>" + pads + "<|vision_end|>".
-QWEN3_VL_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{% elif content['type'] == 'video' %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
-    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}{{ '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+QWEN3_VL_TEMPLATE = _QWEN_TURNS
 
 # How much the tiny Qwen3-VL's mergers' last projection and LM head are scaled up: a random checkpoint's
 # greedy answer otherwise ignores the video (same ids for two different videos, docs/models.md).

@@ -143,6 +143,7 @@ class RangeFile(io.RawIOBase):
     """A video's bytes, told ahead which spans decoding will read (:meth:`need`)."""
 
     size: int
+    _pos: int  # the read position, set by the subclass's __init__
 
     def readable(self) -> bool:
         return True
@@ -152,6 +153,20 @@ class RangeFile(io.RawIOBase):
 
     def need(self, spans: list[Span]) -> None:
         """Decoding is about to read ``spans`` (in this order)."""
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            self._pos = offset
+        elif whence == io.SEEK_CUR:
+            self._pos += offset
+        elif whence == io.SEEK_END:
+            self._pos = self.size + offset
+        else:
+            raise ValueError(f"bad whence {whence}")
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
 
 
 class _LocalFile(RangeFile):
@@ -211,20 +226,6 @@ class _LocalFile(RangeFile):
     def _read_at(self, buffer: Any) -> int:
         os.lseek(self._fd, self._pos, os.SEEK_SET)
         return os.readv(self._fd, [buffer])
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            self._pos = offset
-        elif whence == io.SEEK_CUR:
-            self._pos += offset
-        elif whence == io.SEEK_END:
-            self._pos = self.size + offset
-        else:
-            raise ValueError(f"bad whence {whence}")
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
 
     def close(self) -> None:
         if not self.closed:
@@ -316,16 +317,3 @@ class _RemoteFile(RangeFile):
             self._pos += len(data)
         return done
 
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            self._pos = offset
-        elif whence == io.SEEK_CUR:
-            self._pos += offset
-        elif whence == io.SEEK_END:
-            self._pos = self.size + offset
-        else:
-            raise ValueError(f"bad whence {whence}")
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
