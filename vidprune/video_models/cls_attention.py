@@ -15,7 +15,7 @@ from that layer's input (method.md §1):
 That is O(N·D²) extra work per frame, one row instead of an N×N matrix, and the tower
 itself keeps SDPA / flash attention. The test suite checks it against eager attention.
 
-Mirrors ``CLIPEncoderLayer.forward`` / ``CLIPAttention.forward`` of transformers 5.18–5.24
+Mirrors ``CLIPEncoderLayer.forward`` / ``CLIPAttention.forward`` of transformers 5.18–5.25
 (pre-norm layer, separate q/k projections with bias, no rotary embedding); the attributes
 it reads are checked by :func:`.hf_internals.check_cls_attention_internals`.
 """

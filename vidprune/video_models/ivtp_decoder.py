@@ -31,7 +31,7 @@ per prompt): layers < k1 run only the prompts' own tokens against the cached pre
 IVTP needs the whole prompt (scoring layers ≤ k1, the pruning at k1) the prefix's rows are put
 back in front of them, so everything from the first score on runs exactly as for the whole prompt.
 
-Mirrors ``LlamaModel.forward`` / ``LlamaDecoderLayer.forward`` of transformers 5.0–5.24: the
+Mirrors ``LlamaModel.forward`` / ``LlamaDecoderLayer.forward`` of transformers 5.0–5.25: the
 model computes one mask, ``position_ids`` and ``position_embeddings`` per forward and hands
 them to every layer as keyword arguments, which is what the wrapper replaces. The names of
 those internals (the cache keyword changed in 5.24) live in :mod:`.hf_internals`, which

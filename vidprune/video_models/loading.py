@@ -17,6 +17,7 @@ import torch
 
 from ..devices import check_device
 from ..errors import ConfigError, ModelLoadError
+from .hf_internals import FROM_PRETRAINED_NO_HUB_KERNELS, check_attn_implementation
 
 __all__ = ["image_processor_notice_silenced", "load_model_and_processor", "resolve_dtype", "from_pretrained_kwargs",
            "module_device", "quantization_config", "QUANTIZATION_MODES", "LOADING_OPTIONS"]
@@ -157,7 +158,9 @@ def load_model_and_processor(model_class_name: str, name_or_path: str, *, device
         device: where to run (``"cpu"``, ``"cuda"``, ``"cuda:1"``...); not used with ``device_map``.
         dtype: weights dtype (``"bfloat16"``, ``"float16"``, ``"float32"`` or a torch dtype);
             None keeps the checkpoint's dtype on GPU and uses float32 on CPU.
-        attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2`` (default: transformers' choice, SDPA).
+        attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2`` (default: transformers' choice, SDPA);
+            one that transformers would download from the Hugging Face Hub is refused
+            (:func:`.hf_internals.check_attn_implementation`). Hub kernels are off (``use_kernels=False``).
         device_map: ``"auto"`` (or ``"balanced"``, ``"sequential"``...) or a map of module names to
             devices (``0``, ``"cuda:1"``, ``"cpu"``, ``"disk"``), dispatched by accelerate; the model
             is not moved afterwards. ``max_memory`` ({device: "20GiB"}) bounds ``"auto"``;
@@ -178,6 +181,7 @@ def load_model_and_processor(model_class_name: str, name_or_path: str, *, device
         torch_dtype = torch.float32
     if device_map is None:
         check_device(device, torch_dtype)  # one line, before any weights load, on the machine that loads them
+    check_attn_implementation(attn_implementation)  # nothing fetched from the Hub for attention
     model_cls = getattr(transformers, model_class_name)
     # a bitsandbytes model is placed while it loads (it cannot be moved afterwards)
     placement = device_map if device_map is not None or quantization is None else {"": str(device)}
@@ -185,6 +189,7 @@ def load_model_and_processor(model_class_name: str, name_or_path: str, *, device
                                     device_map=placement, max_memory=max_memory, offload_folder=offload_folder,
                                     revision=revision, trust_remote_code=trust_remote_code,
                                     quantization=quantization, keep_unquantized=keep_unquantized)
+    kwargs.update(FROM_PRETRAINED_NO_HUB_KERNELS)  # no Hub kernels: 5.25 kernelizes every load by default
     hub = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
     try:
         model = model_cls.from_pretrained(name_or_path, **kwargs)

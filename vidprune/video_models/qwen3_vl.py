@@ -24,7 +24,10 @@ token. **The pruner's unit is one temporal patch**: its ``(h/2)·(w/2)`` merged 
   mean time of the patch's two decoded frames (``PrunedVideo.layout["times_s"]``, from the frames'
   real times as the report's ``time_s``). A patch whose every token was dropped (dedup on a static
   scene) keeps its timestamp and an empty ``<|vision_start|><|vision_end|>``: the model sees that the
-  moment exists and adds nothing new; every other token keeps its stock position.
+  moment exists and adds nothing new; every other token keeps its stock position. Around the whole
+  video the prompt follows the installed release's stock processor: up to transformers 5.24 the chat
+  template's outer ``<|vision_start|>``…``<|vision_end|>`` stays, from 5.25 it is collapsed into the
+  patches' own pairs (``hf_internals.qwen3_vl_keeps_video_wrapper`` asks the processor once).
 * Positions: interleaved mRoPE. The stock (t, h, w) positions of the full prompt (every pad) come
   from the model's own ``get_rope_index``; kept tokens and text keep theirs; decode steps continue
   from the largest + 1.
@@ -42,6 +45,7 @@ import torch
 from ..errors import ConfigError
 from .base import EncodedFrames, VideoLLM, VisualGeometry, register_family
 from .cls_attention import segment_mean_received_attention
+from .hf_internals import qwen3_vl_keeps_video_wrapper
 from .qwen2_5_vl import QwenVideoPixels, sampled_fps
 
 __all__ = ["Qwen3VLAdapter", "Qwen3VLMoeAdapter", "unit_times"]
@@ -162,8 +166,9 @@ class Qwen3VLAdapter(VideoLLM):
     def video_placeholder(self, count: int, layout) -> str:
         """Per temporal patch ``<t seconds><|vision_start|>`` + its kept pads + ``<|vision_end|>``.
 
-        Mirrors ``Qwen3VLProcessor.replace_video_token`` (transformers 5.24), with each patch's kept
-        count instead of the full grid's, and ``t`` from ``layout["times_s"]`` (the decoded frames' times).
+        Mirrors ``Qwen3VLProcessor.replace_video_token`` (transformers 5.24 and 5.25), with each patch's kept
+        count instead of the full grid's, and ``t`` from ``layout["times_s"]`` (the decoded frames' times);
+        whether the template's outer pair stays around it is :meth:`tokenize`'s business.
         """
         if layout is None or layout.get("times_s") is None:
             raise ConfigError("Qwen3-VL writes each temporal patch's time in the prompt: pass each video's layout "
@@ -173,6 +178,21 @@ class Qwen3VLAdapter(VideoLLM):
             raise RuntimeError(f"the layout keeps {sum(kept)} tokens but {count} rows were given")
         start, end = self.processor.vision_start_token, self.processor.vision_end_token
         return "".join(f"<{t:.1f} seconds>{start}{self.video_token * k}{end}" for t, k in zip(layout["times_s"], kept))
+
+    def tokenize(self, prompts: list[str], visual_counts: list[int], layouts: list | None = None) -> dict[str, torch.Tensor]:
+        """:meth:`VideoLLMGeneration.tokenize`, the template's outer vision start/end dropped where the stock
+        processor of the installed release drops them (transformers 5.25: the prompt holds one
+        ``<|vision_start|>`` per temporal patch and none around the video)."""
+        if not self._keeps_video_wrapper():
+            wrapper = self.processor.vision_start_token + self.video_token + self.processor.vision_end_token
+            prompts = [p.replace(wrapper, self.video_token) for p in prompts]
+        return super().tokenize(prompts, visual_counts, layouts)
+
+    def _keeps_video_wrapper(self) -> bool:
+        """``hf_internals.qwen3_vl_keeps_video_wrapper`` of this model's processor, asked once."""
+        if getattr(self, "_video_wrapper_kept", None) is None:
+            self._video_wrapper_kept = qwen3_vl_keeps_video_wrapper(self.processor)
+        return self._video_wrapper_kept
 
     def video_encoder_output(self, visual_tokens: list[torch.Tensor]):
         """The side-by-side rows split back: ``pooler_output`` (per video (K_i, D)) and one tuple per DeepStack level."""
@@ -221,7 +241,8 @@ class Qwen3VLAdapter(VideoLLM):
         """The unpruned prompt (every pad of every temporal patch) and which of its positions were kept.
 
         A patch's pads follow its ``<|vision_start|>`` (the one directly followed by a pad or by
-        ``<|vision_end|>``; the template's outer ``<|vision_start|>`` is followed by a timestamp).
+        ``<|vision_end|>``; the template's outer ``<|vision_start|>``, kept up to transformers 5.24, is
+        followed by a timestamp).
         """
         h, w = layout["grid"]
         per_unit = h * w

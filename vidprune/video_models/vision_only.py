@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
-from .hf_internals import vision_only_key_mapper
+from .hf_internals import check_attn_implementation, vision_only_key_mapper
 from .loading import image_processor_notice_silenced, resolve_dtype
 
 __all__ = ["load_vision_side", "materialized_bytes"]
@@ -77,6 +77,7 @@ def load_vision_side(model_class_name: str, name_or_path: str, modules: tuple[st
     from transformers import AutoConfig, AutoProcessor
 
     torch_dtype = resolve_dtype(dtype) or torch.float32
+    check_attn_implementation(attn_implementation)  # nothing fetched from the Hub for attention (5.25)
     hub = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
         config = AutoConfig.from_pretrained(name_or_path, **hub)
