@@ -5,6 +5,10 @@ The reference model is loaded again with ``from_pretrained(..., attn_implementat
 and runs, for one batch of prompts (left-padded) and a schedule ((k1, r1), (k2, r2), ...):
 
 * the stock token embeddings with the visual rows at the ``<video>`` placeholders;
+* DeepStack (Qwen3-VL): the rows hold the main merger's row and one row per DeepStack level side
+  by side; as the stock ``Qwen3VLTextModel`` does, level i is added to the hidden states at the
+  visual tokens after decoder layer i, for the first ``len(levels)`` layers (each visual token
+  still present gets its own level row, found by its original position);
 * every decoder layer called one by one (``LlamaDecoderLayer.forward``), with rotary cos/sin
   from the model's own ``rotary_emb`` at the tokens' ORIGINAL position ids and an additive
   causal + padding mask built here by hand for the current layout (the whole sequence
@@ -24,7 +28,8 @@ Positions follow ``generate()``: ``cumsum(attention_mask) - 1`` (0 at padding), 
 tokens continue from the last one. Families with multimodal rotary positions (Qwen2.5-VL's
 mRoPE) are handed their (t, h, w) position rows (the stock ``get_rope_index``'s, which
 ``tests/test_models_qwen.py`` checks vidprune's against); the model's own ``rotary_emb`` turns
-them into cos/sin, and each decoder layer gets the text row as its ``position_ids``. The reference never passes a KV cache, so it is
+them into cos/sin (Qwen3-VL's interleaved mRoPE in its ``rotary_emb``), and each decoder layer gets the
+text row as its ``position_ids``; the decoder layers' own attention holds Qwen3's q/k norm. The reference never passes a KV cache, so it is
 independent of the cache keyword (``past_key_values`` up to transformers 5.23, ``cache``
 from 5.24): every layer is called with ``use_cache=False`` and no cache argument.
 """
@@ -66,7 +71,8 @@ class IVTPReference:
 
     Two loads of the checkpoint: ``model`` (SDPA) runs the layers, ``eager`` gives the
     attention probabilities that choose the kept rows (its ``self_attn`` on the same layer
-    input). Eager attention takes its softmax in float32 even for float64 weights, which is
+    input). MoE decoders (Qwen3-VL-MoE) run their experts one by one (``experts_implementation="eager"``:
+    torch's grouped_mm has no float64). Eager attention takes its softmax in float32 even for float64 weights, which is
     enough to rank tokens but would limit the logits comparison to float32 rounding.
     """
 
@@ -74,20 +80,24 @@ class IVTPReference:
         from transformers import AutoModelForImageTextToText
 
         def load(attn: str):
-            return AutoModelForImageTextToText.from_pretrained(checkpoint, attn_implementation=attn, dtype=dtype).eval()
+            return AutoModelForImageTextToText.from_pretrained(checkpoint, attn_implementation=attn, dtype=dtype,
+                                                               experts_implementation="eager").eval()
 
         self.model, self.eager = load("sdpa"), load("eager")
         self.video_token_id = self.model.config.video_token_id
         self.decoder = self.model.model.language_model  # the stock LlamaModel
         self.num_layers = self.decoder.config.num_hidden_layers
+        vision = getattr(self.model.config, "vision_config", None)
+        self.deepstack_levels = len(getattr(vision, "deepstack_visual_indexes", None) or [])  # Qwen3-VL: 2 (tiny)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """Pre-projector rows (K, Dv) -> (K, D) with the fresh model's own projector.
 
         LLaVA-OneVision pools *after* its projector, so its stream already holds the stock
-        projected-then-pooled rows (K, D): they are handed on as they are.
+        projected-then-pooled rows (K, D): they are handed on as they are; so do the Qwen families
+        (the merger's rows; Qwen3-VL: (K, D·(1 + DeepStack levels)), the main row and every level's side by side).
         """
-        if self.model.config.model_type in ("llava_onevision", "qwen2_5_vl"):  # Qwen: the merger's rows
+        if self.model.config.model_type in ("llava_onevision", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"):
             return features
         with torch.no_grad():
             return self.model.model.multi_modal_projector(features)
@@ -125,7 +135,8 @@ class IVTPReference:
         """Run the reference on (B, L) ids (left-padded), returning logits and kept sets.
 
         Args:
-            visual_rows: (sum K_b, D) projected visual rows of all samples in batch order.
+            visual_rows: (sum K_b, D) projected visual rows of all samples in batch order; with
+                DeepStack (sum K_b, D·(1 + levels)): the main row, then each level's row.
             stages: ((k, keep_ratio), ...); empty: every layer on the whole sequence.
             prompt_length: columns of ``input_ids`` that are the prompt (the rest: generated
                 tokens, never instruction rows); default all.
@@ -142,9 +153,13 @@ class IVTPReference:
         rope = position_ids[None] if rope_positions is None else rope_positions.clone()
         visual = (input_ids == self.video_token_id) & valid
         hidden = self.model.get_input_embeddings()(input_ids)  # (B, L, D)
-        hidden[visual] = visual_rows.to(hidden.dtype)  # the visual rows at the <video> placeholders, batch order
+        main, *deepstack = visual_rows.to(hidden.dtype).split(hidden.shape[-1], dim=-1)  # (sum K_b, D) each
+        if len(deepstack) != self.deepstack_levels:
+            raise ValueError(f"{len(deepstack)} DeepStack levels in the rows, the model has {self.deepstack_levels}")
+        hidden[visual] = main  # the visual rows at the <video> placeholders, batch order
         index = torch.arange(length).expand(batch, length).masked_fill(~valid, -1)  # original slot of each slot
         prompt_visual = [torch.nonzero(visual[b]).flatten() for b in range(batch)]
+        first_row = [sum(len(v) for v in prompt_visual[:b]) for b in range(batch)]  # sample b's first row in visual_rows
         tokens_per_layer: list[list[int]] = [[] for _ in range(batch)]
         all_kept: list[list[list[int]]] = []
         stage_of = dict(stages)
@@ -174,6 +189,12 @@ class IVTPReference:
                 tokens_per_layer[b].append(int(n))
             hidden = _layer_output(layer(hidden, attention_mask=mask, position_ids=position_ids,
                                          position_embeddings=pe, use_cache=False))
+            if i < len(deepstack):  # DeepStack level i at the visual tokens still present, after layer i
+                hidden = hidden.clone()
+                for b in range(batch):
+                    slots = torch.nonzero(visual[b]).flatten()
+                    stream = torch.searchsorted(prompt_visual[b], index[b, slots])
+                    hidden[b, slots] = hidden[b, slots] + deepstack[i][first_row[b] + stream]
         logits = self.model.lm_head(self.decoder.norm(hidden))
         kept_stream = [torch.searchsorted(prompt_visual[b], torch.tensor(all_kept[-1][b], dtype=torch.long)).tolist()
                        for b in range(batch)] if all_kept else []

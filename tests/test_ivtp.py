@@ -24,7 +24,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from vidprune import VideoQA
 from vidprune.errors import ConfigError
 
-FAMILIES = [("video_llava", 8), ("llava_next_video", 4), ("llava_onevision", 4), ("qwen2_5_vl", 4)]  # every registered family
+# every registered family (qwen3_vl_moe: qwen3_vl's adapter, MoE MLPs in the decoder)
+FAMILIES = [("video_llava", 8), ("llava_next_video", 4), ("llava_onevision", 4), ("qwen2_5_vl", 4), ("qwen3_vl", 4),
+            ("qwen3_vl_moe", 4)]
 QUESTIONS = ["What is the man holding?", "Describe the colours you see in great detail, please."]
 
 
@@ -32,10 +34,31 @@ def _qa(ckpt, num_frames, **ivtp):
     return VideoQA.from_pretrained(ckpt, budget=num_frames * 24, dedup=False, **ivtp)
 
 
+def _allowed(ckpt, stages):
+    """``stages`` ((layer, keep), ...) with every layer moved up to the family's first allowed one.
+
+    That is 1, or past the DeepStack layers (Qwen3-VL adds its levels at every visual token after
+    decoder layers 0..levels-1, and vidprune refuses IVTP inside them): the tiny Qwen3-VL checkpoints
+    (2 levels, 4 decoder layers) run layer 1 at layer 2, the other families the stages as written.
+    The shifted schedule must stay strictly increasing and inside the decoder.
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(ckpt)
+    levels = len(getattr(getattr(config, "vision_config", None), "deepstack_visual_indexes", None) or [])
+    shifted = [[max(layer, levels, 1), keep] for layer, keep in stages]
+    layers = [layer for layer, _ in shifted]
+    assert layers == sorted(set(layers)), f"{stages} shifted to {shifted} is not strictly increasing"
+    depth = getattr(config, "text_config", config).num_hidden_layers
+    assert layers[-1] < depth, f"{shifted} needs more than the checkpoint's {depth} decoder layers"
+    return shifted
+
+
 def _model_inputs(qa, inputs, visual, layouts):
-    """What the stock forward takes besides the ids: the video's rows as ``mm_encoder_outputs`` and the positions
-    (Qwen2.5-VL: the stock mRoPE positions of the kept tokens, checked in test_models_qwen.py; else generate()'s)."""
-    positions = qa.llm.position_inputs(inputs, layouts) if qa.llm.model_type == "qwen2_5_vl" else {}
+    """What the stock forward takes besides the ids: the video's rows as ``mm_encoder_outputs`` (Qwen3-VL: with
+    its DeepStack levels) and the positions (Qwen: the stock mRoPE positions of the kept tokens, checked in
+    test_models_qwen.py / test_models_qwen3.py; else none, generate()'s own)."""
+    positions = qa.llm.position_inputs(inputs, layouts)
     return {"mm_encoder_outputs": {"video": qa.llm.video_encoder_output(visual)}, **positions}
 
 
@@ -50,7 +73,7 @@ def _eager_scores(ckpt, qa, pruned, question, layers):
     eager = AutoModelForImageTextToText.from_pretrained(ckpt, attn_implementation="eager", dtype=torch.float32)
     prompt = qa.llm.build_prompt(question)
     visual = qa.llm.project(pruned.tokens)
-    inputs = qa.llm.tokenize([prompt], [visual.shape[0]])
+    inputs = qa.llm.tokenize([prompt], [visual.shape[0]], [pruned.layout])
     with torch.no_grad():
         out = eager(**inputs, **_model_inputs(qa, inputs, [visual], [pruned.layout]), output_attentions=True,
                     use_cache=False)
@@ -76,6 +99,7 @@ def test_keep_ratio_one_generates_exactly_the_stock_model(tiny_checkpoints, rand
 def test_kept_set_is_the_top_by_eager_attention_of_the_stock_model(tiny_checkpoints, random_frames, family,
                                                                     num_frames, layer, keep):
     ckpt = tiny_checkpoints[family]
+    [[layer, keep]] = _allowed(ckpt, [[layer, keep]])  # Qwen3-VL: layer 1 is inside DeepStack, run at 2
     qa = _qa(ckpt, num_frames, ivtp_layer=layer, ivtp_keep=keep)
     for seed, question in enumerate(QUESTIONS):
         pruned = qa.prepare(random_frames(num_frames, seed=seed + 20))
@@ -93,7 +117,7 @@ def test_kept_set_is_the_top_by_eager_attention_of_the_stock_model(tiny_checkpoi
 def _recomputed_scores(qa, pruned, question):
     prompt = qa.llm.build_prompt(question)
     visual = qa.llm.project(pruned.tokens)
-    inputs = qa.llm.tokenize([prompt], [visual.shape[0]])
+    inputs = qa.llm.tokenize([prompt], [visual.shape[0]], [pruned.layout])
     extra = _model_inputs(qa, inputs, [visual], [pruned.layout])
     with qa.llm.ivtp.session(inputs["input_ids"], inputs["attention_mask"], qa.llm.video_token_id) as s, torch.no_grad():
         qa.llm.model(**inputs, **extra, use_cache=False)
@@ -148,8 +172,8 @@ def _vidprune_ivtp(qa, items, steps, never: tuple[int, ...]):
     """vidprune's IVTP: full prefill logits of one forward, then generate() with the pruned KV cache."""
     prompts = [qa.llm.build_prompt(q) for _, q in items]
     visual = [qa.llm.project(p.tokens.to(qa.llm.dtype)) for p, _ in items]
-    inputs = qa.llm.tokenize(prompts, [v.shape[0] for v in visual])
     layouts = [p.layout for p, _ in items]
+    inputs = qa.llm.tokenize(prompts, [v.shape[0] for v in visual], layouts)
     extra = _model_inputs(qa, inputs, visual, layouts)
     positions = extra.pop("position_ids", _text_positions(inputs))
     ivtp = qa.llm.ivtp
@@ -184,10 +208,12 @@ def test_ivtp_equals_a_hand_written_loop_over_the_stock_layers(tiny_checkpoints,
     built by hand over the kept layout; decode steps recompute the whole sequence without a cache.
     """
     ckpt = tiny_checkpoints[family]
-    stages = [tuple(s) for s in SCHEDULES[schedule]]
-    qa = _qa(ckpt, num_frames, ivtp_schedule=SCHEDULES[schedule])
+    allowed = _allowed(ckpt, SCHEDULES[schedule])  # Qwen3-VL: progressive from layer 2 (DeepStack in 0-1)
+    stages = [tuple(s) for s in allowed]
+    qa = _qa(ckpt, num_frames, ivtp_schedule=allowed)
     items = _items(qa, random_frames, num_frames, batch)
     qa.llm.model.to(torch.float64)  # both sides in float64: float32 rounding of eager vs SDPA would hide small bugs
+    qa.llm.model.set_experts_implementation("eager")  # MoE (as the reference): torch's grouped_mm has no float64
     steps = 8
     never = _never_generated(qa)
     inputs, prefill, step_logits, generated, public, rope = _vidprune_ivtp(qa, items, steps, never)
@@ -228,7 +254,8 @@ def test_the_reference_loop_with_everything_kept_is_the_stock_model(tiny_checkpo
     qa = _qa(ckpt, num_frames)
     items = _items(qa, random_frames, num_frames, 2)
     ref = IVTPReference(ckpt)
-    inputs = qa.llm.tokenize([qa.llm.build_prompt(q) for _, q in items], [p.tokens.shape[0] for p, _ in items])
+    inputs = qa.llm.tokenize([qa.llm.build_prompt(q) for _, q in items], [p.tokens.shape[0] for p, _ in items],
+                             [p.layout for p, _ in items])
     rows = ref.project(torch.cat([p.tokens for p, _ in items]))
     extra = _model_inputs(qa, inputs, [qa.llm.project(p.tokens) for p, _ in items], [p.layout for p, _ in items])
     positions = extra.pop("position_ids", _text_positions(inputs))
@@ -246,6 +273,11 @@ def test_the_reference_loop_with_everything_kept_is_the_stock_model(tiny_checkpo
 @pytest.mark.parametrize("ivtp", [{"ivtp_layer": 2, "ivtp_keep": 0.3}, {"ivtp_schedule": [[1, 0.6], [3, 0.5]]}])
 def test_left_padded_batch_equals_one_at_a_time(tiny_checkpoints, random_frames, family, num_frames, ivtp):
     ckpt = tiny_checkpoints[family]
+    if "ivtp_schedule" in ivtp:  # Qwen3-VL: from layer 2 (DeepStack in 0-1)
+        ivtp = {"ivtp_schedule": _allowed(ckpt, ivtp["ivtp_schedule"])}
+    else:
+        [[layer, keep]] = _allowed(ckpt, [[ivtp["ivtp_layer"], ivtp["ivtp_keep"]]])
+        ivtp = {"ivtp_layer": layer, "ivtp_keep": keep}
     qa = _qa(ckpt, num_frames, **ivtp)
     a = qa.prepare(random_frames(num_frames, seed=4))
     qa.select_stage.budget = num_frames * 10
