@@ -452,4 +452,4 @@ def test_prompt_style_is_validated_and_a_resume_with_another_is_refused(tmp_path
     assert json.loads((tmp_path / "out" / "run.json").read_text())["options"]["prompt"] == "video_llava"
     capsys.readouterr()
     assert main(args) == 2  # the default lmms_eval prompt would mix two prompts in one table
-    assert "prompt differ" in capsys.readouterr().err
+    assert "(prompt: 'video_llava' before, 'lmms_eval' now)" in capsys.readouterr().err
